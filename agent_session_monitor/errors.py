@@ -1,0 +1,18 @@
+"""The one exception type of the core, and the exit codes it maps to."""
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class MonitorError(Exception):
+    """A user-facing failure: its message is one line that names the path and the fix.
+
+    Entry points print it to stderr and exit with ``exit_code``; nothing else in the
+    package prints tracebacks at users.
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_RUNTIME) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
