@@ -1,0 +1,238 @@
+"""The derived index: what readers answer from, so that ``list``, ``stats-*``, ``export``
+and the web overview never parse every conversation.
+
+An SQLite file (``.index.sqlite``, standard library) beside the session files, holding
+one row per session and its usage aggregated per (UTC quarter-hour, model, consumer):
+quarter-hours because every time zone's offset is a multiple of 15 minutes, so per-day
+reports in any zone are exact. It is derived data: rebuildable from the session files
+at any time (``main.py --rebuild-index``), and rebuilt when missing.
+
+Crash safety: before the monitor rewrites session files it records their names as
+*pending* in the index; after the rewrite it replaces their rows and clears the mark in
+one transaction. A crash in between leaves the mark, and the next run (or a reader)
+re-reads just those files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .names import is_session_file
+from .store import read_document
+
+INDEX_NAME = ".index.sqlite"
+INDEX_VERSION = 1
+BUCKET_FIELDS = ("input", "cache_read", "cache_write", "cache_write_1h", "output", "reasoning")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS sessions (
+    file TEXT PRIMARY KEY, session_id TEXT NOT NULL, unsessioned INTEGER NOT NULL,
+    created_at TEXT, updated_at TEXT, rounds INTEGER NOT NULL,
+    input INTEGER NOT NULL, output INTEGER NOT NULL, reasoning INTEGER NOT NULL,
+    cached INTEGER NOT NULL, cache_write INTEGER NOT NULL,
+    cost REAL, unpriced_rounds INTEGER NOT NULL, model TEXT, models TEXT NOT NULL,
+    consumers TEXT NOT NULL, tool_calls INTEGER NOT NULL, size INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS sessions_updated ON sessions (updated_at);
+CREATE INDEX IF NOT EXISTS sessions_id ON sessions (session_id);
+CREATE TABLE IF NOT EXISTS usage (
+    file TEXT NOT NULL, bucket TEXT NOT NULL, model TEXT, consumer TEXT,
+    rounds INTEGER NOT NULL, input INTEGER NOT NULL, output INTEGER NOT NULL,
+    reasoning INTEGER NOT NULL, cached INTEGER NOT NULL, cache_write INTEGER NOT NULL,
+    {", ".join(f"b_{f} INTEGER NOT NULL" for f in BUCKET_FIELDS)},
+    cost REAL NOT NULL, unpriced_rounds INTEGER NOT NULL, tool_calls INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS usage_file ON usage (file);
+"""
+
+
+def index_path(directory: Path) -> Path:
+    return directory / INDEX_NAME
+
+
+def quarter_hour(timestamp: str) -> str:
+    """``2026-02-01T09:37:12.000Z`` -> ``2026-02-01T09:30`` (UTC)."""
+    return f"{timestamp[:14]}{int(timestamp[14:16]) // 15 * 15:02d}"
+
+
+def session_row(file_name: str, doc: dict, size: int) -> tuple:
+    rounds = doc.get("rounds") or []
+    return (
+        file_name, doc.get("session_id") or "", 1 if doc.get("unsessioned") else 0,
+        doc.get("created_at"), doc.get("updated_at"), len(rounds),
+        doc.get("total_input_tokens") or 0, doc.get("total_output_tokens") or 0,
+        doc.get("total_reasoning_tokens") or 0, doc.get("total_cached_tokens") or 0,
+        doc.get("total_cache_write_tokens") or 0, doc.get("total_cost_usd"),
+        doc.get("unpriced_rounds") or 0, doc.get("model"),
+        json.dumps(doc.get("models") or []), json.dumps(doc.get("consumers") or []),
+        sum(1 for r in rounds if r.get("has_tool_calls")), size,
+    )
+
+
+def usage_rows(file_name: str, doc: dict) -> list[tuple]:
+    groups: dict[tuple, list] = {}
+    for r in doc.get("rounds") or []:
+        key = (quarter_hour(r["timestamp"]), r.get("model"), r.get("consumer"))
+        acc = groups.get(key)
+        if acc is None:
+            acc = groups[key] = [0] * (6 + len(BUCKET_FIELDS)) + [[], 0, 0]
+        acc[0] += 1
+        acc[1] += r.get("input_tokens") or 0
+        acc[2] += r.get("output_tokens") or 0
+        acc[3] += r.get("reasoning_tokens") or 0
+        acc[4] += r.get("cached_tokens") or 0
+        acc[5] += r.get("cache_write_tokens") or 0
+        buckets = r.get("buckets") or {}
+        for i, name in enumerate(BUCKET_FIELDS):
+            acc[6 + i] += buckets.get(name) or 0
+        n = 6 + len(BUCKET_FIELDS)
+        if r.get("cost_usd") is None:
+            acc[n + 1] += 1
+        else:
+            acc[n].append(r["cost_usd"])
+        if r.get("has_tool_calls"):
+            acc[n + 2] += 1
+    rows = []
+    n = 6 + len(BUCKET_FIELDS)
+    for (bucket, model, consumer), acc in groups.items():
+        rows.append((file_name, bucket, model, consumer, *acc[:n], math.fsum(acc[n]),
+                     acc[n + 1], acc[n + 2]))
+    return rows
+
+
+INSERT_SESSION = f"INSERT INTO sessions VALUES ({','.join('?' * 18)})"
+INSERT_USAGE = f"INSERT INTO usage VALUES ({','.join('?' * 19)})"
+
+
+def replace_rows(db: sqlite3.Connection, docs: list[tuple[str, dict, int]]) -> None:
+    """(file name, session document, file size) -> their rows, replacing old ones.
+    The caller holds the transaction."""
+    for name, _doc, _size in docs:
+        delete_rows(db, name)
+    db.executemany(INSERT_SESSION, [session_row(n, d, size) for n, d, size in docs])
+    db.executemany(INSERT_USAGE, [row for n, d, _size in docs for row in usage_rows(n, d)])
+
+
+def delete_rows(db: sqlite3.Connection, name: str) -> None:
+    db.execute("DELETE FROM sessions WHERE file = ?", (name,))
+    db.execute("DELETE FROM usage WHERE file = ?", (name,))
+
+
+def create_schema(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+
+
+class Index:
+    """Read-write access for the monitor (the single writer)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = index_path(directory)
+        fresh = not self.path.exists()
+        self.db = connect(self.path)
+        if fresh:
+            os.chmod(self.path, 0o600)
+        version = self._meta("version")
+        if version is not None and version != str(INDEX_VERSION):
+            # Derived data: an index of another layout is simply rebuilt.
+            self.db.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            self.db = connect(self.path)
+            fresh = True
+        self.db.executescript(_SCHEMA)
+        self.needs_rebuild = fresh or self._meta("complete") != "1"
+        self._set_meta("version", str(INDEX_VERSION))
+
+    def _meta(self, key: str) -> str | None:
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: str | None) -> None:
+        with self.db:
+            if value is None:
+                self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def pending(self) -> list[str]:
+        return json.loads(self._meta("pending") or "[]")
+
+    def mark_pending(self, file_names: Iterable[str]) -> None:
+        names = sorted(set(self.pending()) | set(file_names))
+        self._set_meta("pending", json.dumps(names))
+
+    def update(self, docs: list[tuple[str, dict, int]]) -> None:
+        """Replace the rows of these sessions and clear their pending mark, atomically."""
+        with self.db:
+            self._replace(docs)
+            self.db.execute("DELETE FROM meta WHERE key = 'pending'")
+
+    def _replace(self, docs: list[tuple[str, dict, int]]) -> None:
+        replace_rows(self.db, docs)
+
+    def repair_pending(self) -> int:
+        """Re-index sessions a crash left marked pending; returns how many."""
+        names = self.pending()
+        if names:
+            docs = [loaded for loaded in (load_entry(self.directory, n) for n in names) if loaded]
+            with self.db:
+                for name in names:
+                    delete_rows(self.db, name)
+                self._replace(docs)
+                self.db.execute("DELETE FROM meta WHERE key = 'pending'")
+        return len(names)
+
+    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Re-read every session file (after a loss of the index, or a schema change)."""
+        names = sorted(n for n in os.listdir(self.directory) if is_session_file(n))
+        with self.db:
+            self.db.execute("DELETE FROM sessions")
+            self.db.execute("DELETE FROM usage")
+            batch: list[tuple[str, dict, int]] = []
+            for i, name in enumerate(names, 1):
+                loaded = load_entry(self.directory, name)
+                if loaded is not None:
+                    batch.append(loaded)
+                if len(batch) >= 500:
+                    self._replace(batch)
+                    batch = []
+                if progress:
+                    progress(i, len(names))
+            self._replace(batch)
+            self.db.execute("DELETE FROM meta WHERE key = 'pending'")
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('complete', '1')")
+        self.needs_rebuild = False
+        return len(names)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def load_entry(directory: Path, name: str) -> tuple[str, dict, int] | None:
+    path = directory / name
+    try:
+        size = path.stat().st_size
+        return name, read_document(path), size
+    except (OSError, ValueError):
+        return None
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        db = sqlite3.connect(path, check_same_thread=False)
+        # WAL: readers (the web UI) never block the monitor and never see a half
+        # transaction; NORMAL is durable at every checkpoint and never corrupts.
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    return db

@@ -1,0 +1,61 @@
+"""Store-wide maintenance under the writer lock: reprice, rebuild the index."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from .fsutil import atomic_write_many
+from .names import is_session_file
+from .rounds import reprice_round
+from .session import summarise
+from .store import dump_document, read_document
+
+BATCH = 500
+
+
+def reprice_store(monitor) -> tuple[int, int, float]:
+    """Recompute every round's cost from its stored buckets with ``monitor.table``.
+
+    Rounds keep their token buckets, so a new price table or override applies without
+    re-reading the logs. Returns (sessions changed, rounds repriced, change in USD).
+    """
+    directory = monitor.config.output_dir
+    names = sorted(n for n in os.listdir(directory) if is_session_file(n))
+    changed_sessions = rounds = 0
+    before_total, after_total = [], []
+    batch: list[tuple[str, dict, bytes]] = []
+    for name in names:
+        try:
+            doc = read_document(directory / name)
+        except (OSError, ValueError):
+            continue
+        before = [r.get("cost_usd") for r in doc["rounds"]]
+        for rnd in doc["rounds"]:
+            reprice_round(rnd, monitor.table)
+        after = [r.get("cost_usd") for r in doc["rounds"]]
+        rounds += len(after)
+        before_total.extend(c for c in before if c is not None)
+        after_total.extend(c for c in after if c is not None)
+        if before != after:
+            summarise(doc)
+            batch.append((name, doc, dump_document(doc)))
+            changed_sessions += 1
+        if len(batch) >= BATCH:
+            _commit(monitor, batch)
+            batch = []
+    _commit(monitor, batch)
+    return changed_sessions, rounds, math.fsum(after_total) - math.fsum(before_total)
+
+
+def _commit(monitor, batch: list[tuple[str, dict, bytes]]) -> None:
+    if not batch:
+        return
+    directory = monitor.config.output_dir
+    monitor.index.mark_pending(name for name, _doc, _data in batch)
+    atomic_write_many(directory, [(directory / name, data) for name, _doc, data in batch])
+    monitor.index.update([(name, doc, len(data)) for name, doc, data in batch])
+
+
+def rebuild_index(monitor) -> int:
+    return monitor.index.rebuild(monitor._index_progress if monitor.progress else None)

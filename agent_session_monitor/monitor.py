@@ -1,0 +1,369 @@
+"""The monitor: ``poll_once()`` reads what is new, stores it, saves the state; a thin loop
+repeats it in follow mode.
+
+Commit protocol (failure-scenarios.md, B0): changed sessions are written first (each
+atomically, then one directory fsync), then the index, then ``.state.json``. A crash
+anywhere replays from the last saved offsets, and the idempotency key of every round
+(``request_id``, else file fingerprint + byte offset) makes the replay count nothing
+twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TextIO
+
+from .errors import EXIT_RUNTIME, MonitorError
+from .fmt import fmt_bytes, fmt_int, fmt_usd, safe_text
+from .fsutil import DirLock, ensure_dir, remove_stale_temps
+from .index import Index
+from .parse import BadLine, Request, parse_line, utc_now
+from .pricing import PriceTable, load_price_table
+from .rounds import build_round
+from .state import State, load_state, save_state
+from .store import SessionStore
+from .tail import Tailer
+
+REPORT_PER_KIND = 3   # bad lines reported in full per kind and pass; the rest are counted
+
+
+@dataclass
+class MonitorConfig:
+    log_paths: list[str]
+    output_dir: Path
+    state_file: Path | None = None
+    session_key: str | None = None
+    max_rotate: int = 5
+    store_content: bool = True
+    pricing: str | None = None
+    follow: bool = False
+    refresh_interval: float = 1.0
+    rotate_wait: float = 30.0
+    max_line_bytes: int = 64 * 2**20
+    reset_from: str | None = None
+    checkpoint_bytes: int = 64 * 2**20     # input read between checkpoints in a catch-up
+    pending_bytes: int = 48 * 2**20        # content held in memory before a flush
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_file or self.output_dir / ".state.json"
+
+
+@dataclass
+class PassStats:
+    """What one pass did: the summary line and the tests read it."""
+
+    files: int = 0
+    bytes_read: int = 0
+    lines: int = 0
+    rounds: int = 0
+    duplicates: int = 0
+    non_ai: int = 0
+    filtered: int = 0
+    bad: Counter = field(default_factory=Counter)
+    warnings: Counter = field(default_factory=Counter)
+    tail_events: Counter = field(default_factory=Counter)
+    sessions: set = field(default_factory=set)
+    new_sessions: set = field(default_factory=set)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    cost: float = 0.0
+    unpriced: Counter = field(default_factory=Counter)   # model -> rounds
+
+
+class Monitor:
+    """One output directory, its lock, state, store, index and log files.
+
+    Use as a context manager; :meth:`poll_once` is the whole unit of work.
+    ``on_commit`` callbacks get the sessions each checkpoint wrote (budgets, export).
+    """
+
+    def __init__(self, config: MonitorConfig, table: PriceTable | None = None,
+                 err: TextIO | None = None, progress: bool | None = None) -> None:
+        self.config = config
+        self.err = err or sys.stderr
+        self.table = table or load_price_table(config.pricing)
+        self.progress = self.err.isatty() if progress is None else progress
+        self.on_commit: list[Callable[[list, "Monitor"], None]] = []
+        self.lock: DirLock | None = None
+        self.notes: list[str] = []
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def __enter__(self) -> "Monitor":
+        out = self.config.output_dir
+        ensure_dir(out)
+        self.lock = DirLock(out)
+        try:
+            acquired = self.lock.try_acquire()
+        except OSError as e:
+            raise MonitorError(f"cannot lock {out}: {e.strerror}; check its permissions") from e
+        if not acquired:
+            raise AlreadyRunning(f"another monitor is writing {out} (it holds {self.lock.path}); "
+                                 "this one exits")
+        try:
+            self._open()
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def _open(self) -> None:
+        out = self.config.output_dir
+        remove_stale_temps(out)
+        if self.config.state_path.parent != out:
+            ensure_dir(self.config.state_path.parent)
+            remove_stale_temps(self.config.state_path.parent)
+        self.state, note = load_state(self.config.state_path, self.config.reset_from)
+        if note:
+            self.notes.append(note)
+        self.store = SessionStore(out, store_content=self.config.store_content,
+                                  warn=self._warn)
+        self.index = Index(out)
+        if self.index.needs_rebuild:
+            self.index.rebuild(self._index_progress if self.progress else None)
+        elif self.index.repair_pending():
+            self.notes.append("re-indexed sessions an interrupted run had left pending")
+        self.tailer = Tailer(self.config.log_paths, self.config.max_rotate, self.state.sources,
+                             keep_open=self.config.follow, rotate_wait=self.config.rotate_wait,
+                             max_line=self.config.max_line_bytes)
+        self._saved_sources = copy.deepcopy(self.state.sources)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.tailer.release_all()
+            self.index.close()
+        finally:
+            if self.lock:
+                self.lock.release()
+
+    def _warn(self, message: str) -> None:
+        print(safe_text(message), file=self.err, flush=True)
+
+    # -- one pass ------------------------------------------------------------------
+
+    def poll_once(self) -> PassStats:
+        """Read every new complete line of every log file, store it, save the state."""
+        stats = PassStats()
+        self._stats = stats
+        read_time = utc_now()
+        pairs = self.tailer.poll_files()
+        self._report_tail_events(stats)
+        if self.state.extra.pop("reset_to_end", False):
+            for src, lf in pairs:
+                src.offset = _last_line_end(lf)
+        stats.files = len(pairs)
+        todo = sum(max((lf.size if not lf.gz else 0) - src.offset, 0) for src, lf in pairs)
+        since_checkpoint = 0
+        reported: Counter = Counter()
+        progress = _Progress(self.err, todo) if self.progress else None
+        for src, lf in pairs:
+            name = os.path.basename(lf.path)
+            for start, end, line in self.tailer.lines(src, lf):
+                length = end - start
+                stats.bytes_read += length
+                since_checkpoint += length
+                if line is None:
+                    self._bad(stats, reported, "oversized_line", lf.path, start,
+                              f"line of {length:,} bytes exceeds --max-line-bytes")
+                else:
+                    stats.lines += 1
+                    self._handle(line, src.fp, start, read_time, stats, reported, lf.path)
+                src.offset = end
+                if (since_checkpoint >= self.config.checkpoint_bytes
+                        or self.store.pending_bytes >= self.config.pending_bytes):
+                    self.checkpoint()
+                    since_checkpoint = 0
+                if progress:
+                    progress.update(name, stats)
+            self._report_tail_events(stats)
+        if progress:
+            progress.done()
+        self.checkpoint()
+        self._count_pass(stats)
+        self.state.count("passes")
+        return stats
+
+    def _handle(self, line: bytes, fp: str, start: int, read_time: str, stats: PassStats,
+                reported: Counter, path: str) -> None:
+        try:
+            req = parse_line(line, read_time)
+        except BadLine as bad:
+            self._bad(stats, reported, bad.kind, path, start, bad.detail)
+            return
+        if not isinstance(req, Request):
+            if req == "non_ai":
+                stats.non_ai += 1
+            return
+        if self.config.session_key is not None and req.session_id != self.config.session_key:
+            stats.filtered += 1
+            return
+        for w in req.warnings:
+            stats.warnings[w] += 1
+        key = req.request_id or f"{fp}:{start}"
+        if self.store.has_key(req.session_id, key):
+            stats.duplicates += 1
+            return
+        rnd = build_round(req, key, {"fp": fp[:16], "offset": start}, self.table,
+                          self.config.store_content)
+        messages = req.ai.get("messages") if self.config.store_content else None
+        self.store.add_round(req.session_id, rnd, messages, len(line))
+        stats.rounds += 1
+        name = self.store.file_name(req.session_id)
+        if name not in stats.sessions and not (self.config.output_dir / name).exists():
+            stats.new_sessions.add(name)
+        stats.sessions.add(name)
+        stats.input_tokens += rnd["input_tokens"]
+        stats.output_tokens += rnd["output_tokens"]
+        stats.reasoning_tokens += rnd["reasoning_tokens"]
+        stats.cached_tokens += rnd["cached_tokens"]
+        if rnd["cost_usd"] is None:
+            stats.unpriced[rnd["model"] or "(no model)"] += 1
+        else:
+            stats.cost += rnd["cost_usd"]
+
+    def _bad(self, stats: PassStats, reported: Counter, kind: str, path: str, offset: int,
+             detail: str) -> None:
+        stats.bad[kind] += 1
+        reported[kind] += 1
+        if reported[kind] <= REPORT_PER_KIND:
+            self._warn(f"skipped {kind} line in {path} at offset {offset}: {detail}")
+
+    def _report_tail_events(self, stats: PassStats) -> None:
+        for event in self.tailer.events:
+            stats.tail_events[event.kind] += 1
+            if event.amount:
+                self.state.count_kind("lost_bytes", event.kind, event.amount)
+            self._warn(("warning: " if event.kind != "data_loss" else "") + event.message)
+        self.tailer.events = []
+
+    def checkpoint(self) -> None:
+        """Commit: sessions, then index, then state. On failure nothing advances."""
+        try:
+            if self.store.dirty_count:
+                names = [s.file_name for s in self.store._dirty.values()]
+                self.index.mark_pending(names)
+                written = self.store.flush()
+                self.index.update([(s.file_name, s.doc, s.size) for s in written])
+                for hook in self.on_commit:
+                    hook(written, self)
+            self.state.sources = self.tailer.sources
+            save_state(self.config.state_path, self.state)
+        except OSError as e:
+            self.store.discard_dirty()
+            # Rewind to what the files on disk describe: the next pass re-reads it.
+            self.tailer.sources[:] = copy.deepcopy(self._saved_sources)
+            self.state.sources = self.tailer.sources
+            raise MonitorError(f"cannot write the store in {self.config.output_dir}: "
+                               f"{e.strerror or e}; nothing was lost, the same lines are "
+                               "read again once it is writable (free space?)") from e
+        self._saved_sources = copy.deepcopy(self.tailer.sources)
+
+    def _count_pass(self, stats: PassStats) -> None:
+        s = self.state
+        s.count("lines_read", stats.lines)
+        s.count("rounds_stored", stats.rounds)
+        s.count("duplicates_skipped", stats.duplicates)
+        s.count("non_ai_lines", stats.non_ai)
+        for kind, n in stats.bad.items():
+            s.count_kind("bad_lines", kind, n)
+        for kind, n in stats.warnings.items():
+            s.count_kind("warnings", kind, n)
+        for kind, n in stats.tail_events.items():
+            s.count_kind("file_events", kind, n)
+        if stats.lines or stats.bad or stats.tail_events:
+            save_state(self.config.state_path, self.state)
+
+    def _index_progress(self, done: int, total: int) -> None:
+        if done == total or done % 200 == 0:
+            self.err.write(f"\rindexing sessions: {done:,}/{total:,}")
+            if done == total:
+                self.err.write("\n")
+            self.err.flush()
+
+
+class AlreadyRunning(MonitorError):
+    """Another monitor holds the store's lock."""
+
+
+def _last_line_end(lf) -> int:
+    """Offset just after the last newline of a plain file (for --reset-from end)."""
+    if lf.gz or lf.size == 0:
+        return lf.size if not lf.gz else 0
+    fd = lf.file.fileno()
+    pos = lf.size
+    while pos > 0:
+        start = max(0, pos - 65536)
+        chunk = os.pread(fd, pos - start, start)
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            return start + nl + 1
+        pos = start
+    return 0
+
+
+class _Progress:
+    """Catch-up progress on stderr, at most a few times a second, only on a terminal."""
+
+    def __init__(self, err: TextIO, total: int) -> None:
+        self.err, self.total = err, total
+        self.last = 0.0
+        self.shown = False
+        self.started = time.monotonic()
+
+    def update(self, name: str, stats: PassStats) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.25 or self.total < 8 * 2**20:
+            return
+        self.last = now
+        pct = 100.0 * stats.bytes_read / self.total if self.total else 100.0
+        rate = stats.bytes_read / max(now - self.started, 1e-6)
+        self.err.write(f"\rreading {safe_text(name)}: {fmt_bytes(stats.bytes_read)} of "
+                       f"{fmt_bytes(self.total)} ({pct:.0f}%), {fmt_bytes(rate)}/s, "
+                       f"{stats.rounds:,} rounds   ")
+        self.err.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            self.err.write("\n")
+            self.err.flush()
+
+
+def summary(stats: PassStats) -> str:
+    """The one-paragraph report of a pass (stdout)."""
+    if not stats.lines and not stats.bad:
+        return (f"Nothing new: {stats.files} log file{'s' if stats.files != 1 else ''} "
+                "checked, all lines already read.")
+    parts = [f"Read {fmt_bytes(stats.bytes_read)} ({fmt_int(stats.lines)} lines) from "
+             f"{stats.files} file{'s' if stats.files != 1 else ''}: "
+             f"{fmt_int(stats.rounds)} rounds stored in {fmt_int(len(stats.sessions))} "
+             f"sessions ({fmt_int(len(stats.new_sessions))} new)"]
+    if stats.duplicates:
+        parts.append(f"{fmt_int(stats.duplicates)} already-stored rounds skipped")
+    parts.append(f"tokens: input {fmt_int(stats.input_tokens)}, output "
+                 f"{fmt_int(stats.output_tokens)}, reasoning {fmt_int(stats.reasoning_tokens)}, "
+                 f"cached {fmt_int(stats.cached_tokens)}")
+    parts.append(f"cost {fmt_usd(stats.cost)}")
+    if stats.unpriced:
+        models = sorted(stats.unpriced)
+        n = sum(stats.unpriced.values())
+        parts.append(f"{n} round{'s' if n != 1 else ''} of {len(models)} model"
+                     f"{'s' if len(models) != 1 else ''} have no price: "
+                     + ", ".join(safe_text(m) for m in models))
+    if stats.bad:
+        parts.append("skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.bad.items())))
+    if stats.non_ai:
+        parts.append(f"{fmt_int(stats.non_ai)} non-AI lines")
+    if stats.filtered:
+        parts.append(f"{fmt_int(stats.filtered)} rounds of other sessions ignored (--session-key)")
+    return "; ".join(parts) + "."

@@ -1,0 +1,242 @@
+"""``main.py``: parse Higress access logs into the session store (spec: interfaces.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from . import __version__
+from .config import (DEFAULT_LOG_PATH, ENV_DATA_DIR, ENV_PRICING, HIGRESS_LOG_PATH,
+                     allowed_log_dirs, check_log_path_allowed, data_dir)
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, MonitorError
+from .fmt import safe_text
+from .live import live_rows, render_live
+from .monitor import AlreadyRunning, Monitor, MonitorConfig, summary
+
+EXIT_ALREADY_RUNNING = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="main.py",
+        description="Read Higress access logs (ai-statistics ai_log) and keep one JSON file "
+                    "per agent session with its rounds, tokens and cost.",
+        epilog="One pass and exit by default (for cron); --follow keeps polling.")
+    p.add_argument("--version", action="version", version=f"agent-session-monitor {__version__}")
+    p.add_argument("--log-path", action="append", metavar="PATH",
+                   help=f"access log to read, with its rotations PATH.1..N and .gz; repeatable, "
+                        f"globs allowed (default {DEFAULT_LOG_PATH}, or {HIGRESS_LOG_PATH} "
+                        "when only that exists)")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help=f"session store (default ${ENV_DATA_DIR} or ./sessions)")
+    p.add_argument("--session-key", metavar="ID", help="only record this session id")
+    p.add_argument("--max-rotate", type=_non_negative, default=5, metavar="N",
+                   help="how many rotated files PATH.1..N to read (default 5)")
+    p.add_argument("--state-file", metavar="FILE",
+                   help="read offsets and counters (default OUTPUT_DIR/.state.json)")
+    p.add_argument("--refresh-interval", type=_positive_float, default=1.0, metavar="SECONDS",
+                   help="seconds between polls with --follow (default 1)")
+    p.add_argument("--follow", action="store_true",
+                   help="keep polling until interrupted; a live table on a terminal")
+    p.add_argument("--pricing", metavar="FILE",
+                   help=f"price overrides, JSON model -> prices per 1M tokens (or ${ENV_PRICING})")
+    p.add_argument("--no-content", action="store_true",
+                   help="privacy mode: store tokens and costs only, no messages, questions, "
+                        "answers, reasoning or tool arguments")
+    p.add_argument("--allow-log-dir", action="append", metavar="DIR",
+                   help="directory logs may be read from; repeatable (default /var/log and "
+                        "the current directory, or $AGENT_SESSION_MONITOR_LOG_DIRS)")
+    p.add_argument("--rotate-wait", type=_non_negative_float, default=30.0, metavar="SECONDS",
+                   help="how long a rotated file must be quiet before its unterminated last "
+                        "line is taken as final (default 30)")
+    p.add_argument("--max-line-bytes", type=_positive, default=64 * 2**20, metavar="N",
+                   help="longer lines are skipped and counted (default 64 MiB)")
+    p.add_argument("--reset-from", choices=("beginning", "end"),
+                   help="when the state file is unreadable: re-read everything (safe, nothing "
+                        "is counted twice) or start at the end of the logs")
+    p.add_argument("--reprice", action="store_true",
+                   help="recompute every stored round's cost with the current price table and "
+                        "--pricing overrides, without re-reading the logs, then exit")
+    p.add_argument("--rebuild-index", action="store_true",
+                   help="rebuild the derived index from the session files, then exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
+    return p
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def config_from_args(args: argparse.Namespace, err: TextIO) -> MonitorConfig:
+    paths = args.log_path
+    if not paths:
+        paths = [DEFAULT_LOG_PATH]
+        if not os.path.exists(DEFAULT_LOG_PATH) and os.path.exists(HIGRESS_LOG_PATH):
+            paths = [HIGRESS_LOG_PATH]
+            print(f"note: {DEFAULT_LOG_PATH} does not exist; reading {HIGRESS_LOG_PATH}, "
+                  "where Higress writes its access log", file=err)
+    allowed = allowed_log_dirs(args.allow_log_dir)
+    for path in paths:
+        check_log_path_allowed(path, allowed)
+    out = data_dir(args.output_dir)
+    return MonitorConfig(
+        log_paths=paths, output_dir=out,
+        state_file=Path(args.state_file) if args.state_file else None,
+        session_key=args.session_key, max_rotate=args.max_rotate,
+        store_content=not args.no_content, pricing=args.pricing, follow=args.follow,
+        refresh_interval=args.refresh_interval, rotate_wait=args.rotate_wait,
+        max_line_bytes=args.max_line_bytes, reset_from=args.reset_from)
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _terminate_as_interrupt()
+    try:
+        config = config_from_args(args, err)
+        if args.reprice or args.rebuild_index:
+            return _maintenance(config, args, out, err)
+        return _run(config, args, out, err)
+    except AlreadyRunning as e:
+        # Under cron a second copy is normal: quiet, status 0. A service (--follow) that
+        # cannot start must fail visibly.
+        if args.follow or err.isatty():
+            print(f"main.py: {e}", file=err)
+        return EXIT_ALREADY_RUNNING if args.follow else EXIT_OK
+    except MonitorError as e:
+        print(f"main.py: error: {safe_text(e)}", file=err)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return EXIT_OK
+    except Exception as e:  # a bug: still one line, with a way to get the details
+        if os.environ.get("AGENT_SESSION_MONITOR_DEBUG"):
+            raise
+        print(f"main.py: internal error: {type(e).__name__}: {safe_text(e)} (set "
+              "AGENT_SESSION_MONITOR_DEBUG=1 for the traceback, and please report it)", file=err)
+        return EXIT_RUNTIME
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (systemd stop, kill) ends the monitor like Ctrl-C: state saved first."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:   # not the main thread (tests calling main() from a thread)
+        pass
+
+
+def _quiet_broken_pipe() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if not config.follow and not _any_log_exists(config.log_paths):
+        shown = ", ".join(config.log_paths)
+        raise MonitorError(f"no access log at {shown} yet: nothing to read (check --log-path; "
+                           "with --follow the monitor waits for it)")
+    with Monitor(config, err=err) as monitor:
+        for note in monitor.notes:
+            print(f"note: {note}", file=err)
+        if not config.follow:
+            stats = monitor.poll_once()
+            if not args.quiet:
+                print(summary(stats), file=out)
+            return EXIT_OK
+        return _follow(monitor, config, args, out, err)
+
+
+def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
+            out: TextIO, err: TextIO) -> int:
+    live = out.isatty() and not args.quiet
+    waiting_said = False
+    backoff = config.refresh_interval
+    try:
+        while True:
+            if not _any_log_exists(config.log_paths):
+                if not waiting_said:
+                    print(f"waiting for {', '.join(config.log_paths)} to appear...", file=err)
+                    waiting_said = True
+            else:
+                waiting_said = False
+            try:
+                stats = monitor.poll_once()
+                backoff = config.refresh_interval
+            except MonitorError as e:
+                # Disk full, unreadable directory: say so, back off, try again.
+                print(f"main.py: error: {safe_text(e)} (retrying in {backoff:.0f}s)", file=err)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
+                continue
+            if live:
+                totals, rows = live_rows(monitor.index.db)
+                render_live(out, totals, rows, last_pass=summary(stats))
+            elif (stats.lines or stats.bad) and not args.quiet:
+                print(summary(stats), file=out, flush=True)
+            time.sleep(config.refresh_interval)
+    except KeyboardInterrupt:
+        monitor.checkpoint()
+        if live:
+            out.write("\n")
+        print("stopped; state saved.", file=err)
+        return EXIT_INTERRUPTED
+
+
+def _any_log_exists(patterns: list[str]) -> bool:
+    import glob
+
+    return any(glob.glob(p) if glob.has_magic(p) else os.path.exists(p) for p in patterns)
+
+
+def _maintenance(config: MonitorConfig, args: argparse.Namespace, out: TextIO,
+                 err: TextIO) -> int:
+    from .maintenance import rebuild_index, reprice_store
+
+    with Monitor(config, err=err) as monitor:
+        if args.reprice:
+            n_sessions, n_rounds, delta = reprice_store(monitor)
+            print(f"Repriced {n_rounds:,} rounds in {n_sessions:,} sessions with "
+                  f"{monitor.table.source}; total cost changed by {delta:+.6f} USD.", file=out)
+        if args.rebuild_index:
+            n = rebuild_index(monitor)
+            print(f"Rebuilt the index from {n:,} session files.", file=out)
+    return EXIT_OK

@@ -1,0 +1,35 @@
+"""Session id -> file name. A session id is a header any client sets: it never becomes a
+path unsanitised (spec: storage.md, "File names")."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+UNSESSIONED_ID = "(unsessioned)"
+UNSESSIONED_FILE = "~unsessioned.json"
+SUFFIX = ".json"
+
+# Lower case only, so that case twins cannot share a file on a case-insensitive disk;
+# no "~": hashed names contain one, so a readable name can never equal a hashed one.
+_SAFE = re.compile(r"[a-z0-9][a-z0-9._:@+=-]{0,199}")
+_UNSAFE_RUN = re.compile(r"[^a-z0-9._:@+=-]+")
+# Names Windows refuses whatever their extension: harmless here, but the store may be
+# copied to such a machine.
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
+             *(f"lpt{i}" for i in range(10))}
+
+
+def file_name_for(session_id: str) -> str:
+    """The file name (no directory) of a session; distinct ids give distinct names."""
+    if (_SAFE.fullmatch(session_id) and ".." not in session_id
+            and session_id.split(".", 1)[0] not in _RESERVED):
+        return session_id + SUFFIX
+    digest = hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    prefix = _UNSAFE_RUN.sub("_", session_id.lower())[:60].strip("._")
+    return f"{prefix}~{digest}{SUFFIX}"
+
+
+def is_session_file(name: str) -> bool:
+    """True for names the store writes for sessions (not state, index, lock or temps)."""
+    return name.endswith(SUFFIX) and not name.startswith(".")

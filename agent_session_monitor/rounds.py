@@ -1,0 +1,129 @@
+"""A parsed :class:`Request` -> the round dict stored in a session file, priced.
+
+Field names follow the original skill (storage.md); additions are documented in
+README.md ("Session file format") and stay stable once released.
+"""
+
+from __future__ import annotations
+
+from .parse import Request
+from .pricing import PriceTable, usage_buckets, bucket_cost
+
+# ai_log keys that become round fields of their own; any other key (cache_status,
+# safecheck_* from other plugins) is kept verbatim under "extra".
+KNOWN_AI_KEYS = frozenset((
+    "session_id", "model", "input_token", "output_token", "total_token", "cached_tokens",
+    "reasoning_tokens", "input_token_details", "output_token_details", "messages", "question",
+    "answer", "reasoning", "system", "tool_calls", "chat_round", "chat_id", "response_type",
+    "api", "api_type", "consumer", "llm_first_token_duration", "llm_service_duration",
+))
+CONTENT_FIELDS = ("question", "answer", "reasoning", "system")
+
+
+def build_round(req: Request, key: str, source: dict, table: PriceTable,
+                store_content: bool = True) -> dict:
+    """The stored form of one request, before its messages are reduced to the new ones
+    (the session does that: it knows the previous round)."""
+    ai = req.ai
+    model = ai.get("model")
+    if not isinstance(model, str) or model in ("", "-"):
+        model = None
+    buckets = usage_buckets(req.input_token, req.output_token, req.cached_tokens,
+                            req.reasoning_tokens, req.input_details, req.output_details)
+    cost, priced_as = None, None
+    if model is not None:
+        found = table.lookup(model)
+        if found is not None:
+            priced_as = found[0]
+            cost = bucket_cost(buckets, found[1])
+    tool_calls = ai.get("tool_calls")
+    if not isinstance(tool_calls, list):
+        tool_calls = []
+    rnd = {
+        "round": 0,
+        "timestamp": req.timestamp,
+        "request_id": req.request_id,
+        "key": key,
+        "model": model,
+        "input_tokens": req.input_token,
+        "output_tokens": req.output_token,
+        "reasoning_tokens": buckets.reasoning if req.reasoning_tokens is None else req.reasoning_tokens,
+        # Anthropic reports cache reads only in the details: cached_tokens is the
+        # cache-read count whichever way the provider reported it.
+        "cached_tokens": buckets.cache_read if req.cached_tokens is None else req.cached_tokens,
+        "cache_write_tokens": buckets.cache_write + buckets.cache_write_1h,
+        "total_tokens": req.total_token,
+        "buckets": buckets.as_dict(),
+        "cost_usd": cost,
+        "priced_as": priced_as,
+        "has_tool_calls": bool(tool_calls),
+        "response_type": _text(ai.get("response_type")),
+        "chat_round": _int_or_none(ai.get("chat_round")),
+        "chat_id": _text(ai.get("chat_id")),
+        "consumer": _text(ai.get("consumer")),
+        "api": _text(ai.get("api")),
+        "api_type": _text(ai.get("api_type")),
+        "llm_first_token_duration": _int_or_none(ai.get("llm_first_token_duration")),
+        "llm_service_duration": _int_or_none(ai.get("llm_service_duration")),
+        "messages": [],
+        "messages_offset": 0,
+        "context_key": None,
+        "input_token_details": req.input_details,
+        "output_token_details": req.output_details,
+        "source": source,
+    }
+    if store_content:
+        for name in CONTENT_FIELDS:
+            rnd[name] = ai.get(name)
+        rnd["tool_calls"] = tool_calls
+    else:
+        # Privacy mode keeps which tools ran (an agent's cost driver), never what they
+        # were given or returned.
+        rnd["tool_calls"] = [_tool_name_only(call) for call in tool_calls]
+    if req.gateway:
+        rnd["gateway"] = req.gateway
+    if req.time_source != "start_time":
+        rnd["time_source"] = req.time_source
+    if req.warnings:
+        rnd["warnings"] = sorted(set(req.warnings))
+    if not req.has_usage:
+        rnd["usage_missing"] = True
+    extra = {k: v for k, v in ai.items() if k not in KNOWN_AI_KEYS}
+    if extra and store_content:
+        rnd["extra"] = extra
+    return rnd
+
+
+def reprice_round(rnd: dict, table: PriceTable) -> None:
+    """Recompute a stored round's cost from its stored buckets (after a table change)."""
+    from .pricing import Buckets
+
+    model = rnd.get("model")
+    found = table.lookup(model) if model else None
+    if found is None:
+        rnd["cost_usd"], rnd["priced_as"] = None, None
+    else:
+        rnd["priced_as"] = found[0]
+        rnd["cost_usd"] = bucket_cost(Buckets.from_dict(rnd.get("buckets") or {}), found[1])
+
+
+def _tool_name_only(call: object) -> dict:
+    name = None
+    if isinstance(call, dict):
+        fn = call.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else call.get("name")
+    return {"function": {"name": name if isinstance(name, str) else None}}
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str) and value not in ("", "-"):
+        return value
+    return None
+
+
+def _int_or_none(value: object) -> int | None:
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
+        return int(value)
+    return None

@@ -1,0 +1,182 @@
+"""One session document in memory: add rounds once each, keep messages linear, summarise.
+
+Messages are stored linearly (storage.md): each round keeps only the messages new since
+the round it extends (``context_key``), plus ``messages_offset``, the number of that
+round's context messages that precede them. The full request of any round is
+``full(context_key round)[:messages_offset] + messages``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+
+from .names import UNSESSIONED_ID
+
+SCHEMA = 1
+SUMMARY_TOKEN_FIELDS = (
+    ("total_input_tokens", "input_tokens"),
+    ("total_output_tokens", "output_tokens"),
+    ("total_reasoning_tokens", "reasoning_tokens"),
+    ("total_cached_tokens", "cached_tokens"),
+    ("total_cache_write_tokens", "cache_write_tokens"),
+)
+
+
+def new_document(session_id: str | None) -> dict:
+    doc = {
+        "session_id": UNSESSIONED_ID if session_id is None else session_id,
+        "created_at": None,
+        "updated_at": None,
+        "messages_count": 0,
+        **{name: 0 for name, _ in SUMMARY_TOKEN_FIELDS},
+        "total_cost_usd": None,
+        "unpriced_rounds": 0,
+        "unpriced_models": [],
+        "model": None,
+        "models": [],
+        "consumers": [],
+        "schema": SCHEMA,
+        "context_tip": None,
+        "rounds": [],
+    }
+    if session_id is None:
+        doc["unsessioned"] = True
+    return doc
+
+
+class Session:
+    """A session document plus what makes adding to it cheap: the set of keys already
+    applied, and the full context of the latest request (for prefix detection)."""
+
+    __slots__ = ("doc", "file_name", "keys", "_tip_context", "dirty", "size")
+
+    def __init__(self, doc: dict, file_name: str, size: int = 0) -> None:
+        self.doc = doc
+        self.file_name = file_name
+        self.keys = {r["key"] for r in doc["rounds"]}
+        self._tip_context: list | None = None
+        self.dirty = False
+        self.size = size
+
+    def add(self, rnd: dict, messages: object, store_content: bool = True) -> int:
+        """Add one round (not yet in the session); returns how many messages it stores.
+
+        ``messages`` is the request's whole logged history: a list, a string when the
+        plugin truncated it, or None when it was not logged.
+        """
+        stored = 0
+        if store_content:
+            stored = self._link_messages(rnd, messages)
+        rounds = self.doc["rounds"]
+        self.keys.add(rnd["key"])
+        if not rounds or rounds[-1]["timestamp"] <= rnd["timestamp"]:
+            rnd["round"] = len(rounds) + 1
+            rounds.append(rnd)
+        else:
+            # A late line (another pod, a lagging writer): keep event-time order; equal
+            # times keep arrival order so that a replay gives the same numbering.
+            at = bisect.bisect_right([r["timestamp"] for r in rounds], rnd["timestamp"])
+            rounds.insert(at, rnd)
+            for i in range(at, len(rounds)):
+                rounds[i]["round"] = i + 1
+        self.dirty = True
+        return stored
+
+    def _link_messages(self, rnd: dict, messages: object) -> int:
+        if isinstance(messages, str):
+            # Cut by the plugin's value_length_limit: kept as given, flagged, and it
+            # cannot extend a chain; the next round starts a new one.
+            rnd["messages"] = messages
+            rnd["messages_truncated"] = True
+            self._set_tip(rnd["key"], [])
+            return 1
+        if not isinstance(messages, list):
+            return 0
+        base = self.tip_context()
+        shared = common_prefix(base, messages) if base else 0
+        if shared:
+            rnd["messages_offset"] = shared
+            rnd["context_key"] = self.doc["context_tip"]
+            rnd["messages"] = messages[shared:]
+            # Reuse the stored objects for the shared part, so memory holds each
+            # message once however often it was re-logged.
+            context = base[:shared]
+            context.extend(rnd["messages"])
+        else:
+            rnd["messages"] = messages
+            context = messages
+        self._set_tip(rnd["key"], context)
+        return len(rnd["messages"])
+
+    def _set_tip(self, key: str, context: list) -> None:
+        self.doc["context_tip"] = key
+        self._tip_context = context
+
+    def tip_context(self) -> list:
+        """Full message list of the latest request (rebuilt from the rounds once after a load)."""
+        if self._tip_context is None:
+            tip = self.doc.get("context_tip")
+            by_key = {r["key"]: r for r in self.doc["rounds"]}
+            self._tip_context = full_context(by_key, by_key[tip]) if tip in by_key else []
+        return self._tip_context
+
+    def summarise(self) -> None:
+        """Recompute the session totals from its rounds (cheap next to serialising it)."""
+        summarise(self.doc)
+
+
+def common_prefix(base: list, messages: list) -> int:
+    """Length of the common prefix of two message lists (exact comparison)."""
+    n = len(base)
+    if len(messages) >= n and messages[:n] == base:  # the usual case, compared in C
+        return n
+    limit = min(n, len(messages))
+    i = 0
+    while i < limit and base[i] == messages[i]:
+        i += 1
+    return i
+
+
+def full_context(by_key: dict, rnd: dict) -> list:
+    """The whole message list ``rnd``'s request carried, rebuilt from the chain."""
+    chain = []
+    seen = set()
+    current = rnd
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        if not current.get("messages_offset"):
+            break
+        current = by_key.get(current.get("context_key"))
+    context: list = []
+    for link in reversed(chain):
+        messages = link.get("messages")
+        if not isinstance(messages, list):
+            context = []
+            continue
+        del context[link.get("messages_offset") or 0:]
+        context.extend(messages)
+    return context
+
+
+def summarise(doc: dict) -> None:
+    rounds = doc["rounds"]
+    doc["messages_count"] = len(rounds)
+    doc["created_at"] = rounds[0]["timestamp"] if rounds else None
+    doc["updated_at"] = rounds[-1]["timestamp"] if rounds else None
+    for total_name, field in SUMMARY_TOKEN_FIELDS:
+        doc[total_name] = sum(r.get(field) or 0 for r in rounds)
+    priced = [r["cost_usd"] for r in rounds if r.get("cost_usd") is not None]
+    unpriced = [r for r in rounds if r.get("cost_usd") is None]
+    # fsum: the total is the correctly rounded sum whatever the order rounds came in.
+    doc["total_cost_usd"] = math.fsum(priced) if priced or not unpriced else None
+    doc["unpriced_rounds"] = len(unpriced)
+    doc["unpriced_models"] = _unique(r.get("model") or "(no model)" for r in unpriced)
+    doc["model"] = rounds[-1].get("model") if rounds else None
+    doc["models"] = _unique(r.get("model") for r in rounds if r.get("model"))
+    doc["consumers"] = _unique(r.get("consumer") for r in rounds if r.get("consumer"))
+
+
+def _unique(values) -> list:
+    return list(dict.fromkeys(values))

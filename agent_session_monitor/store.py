@@ -1,0 +1,138 @@
+"""The session store on disk: one JSON file per session, loaded on demand, rewritten
+atomically and only when it changed (spec: storage.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from .fsutil import atomic_write_many
+from .names import UNSESSIONED_FILE, file_name_for
+from .session import Session, new_document
+
+
+def dump_document(doc: dict) -> bytes:
+    """Serialise a session: compact, UTF-8 (so CJK text is not inflated sixfold)."""
+    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate from the log cannot be UTF-8: escape this document instead.
+        return json.dumps(doc, ensure_ascii=True, separators=(",", ":"),
+                          allow_nan=False).encode("ascii")
+
+
+def read_document(path: Path) -> dict:
+    with open(path, "rb") as f:
+        doc = json.loads(f.read())
+    if not isinstance(doc, dict) or not isinstance(doc.get("rounds"), list):
+        raise ValueError("not a session document")
+    return doc
+
+
+class SessionStore:
+    """Sessions of one output directory, as the monitor (the only writer) sees them.
+
+    Clean sessions stay cached (LRU, bounded in bytes) so that a live session is not
+    re-read on every poll; dirty ones stay until :meth:`flush`.
+    """
+
+    def __init__(self, directory: Path, *, store_content: bool = True,
+                 cache_bytes: int = 64 * 2**20, warn=None) -> None:
+        self.directory = directory
+        self.store_content = store_content
+        self.cache_bytes = cache_bytes
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._cached_bytes = 0
+        self._dirty: dict[str, Session] = {}
+        self.pending_bytes = 0  # rough size of content added since the last flush
+        self._warn = warn or (lambda msg: print(msg, file=sys.stderr))
+
+    def file_name(self, session_id: str | None) -> str:
+        return UNSESSIONED_FILE if session_id is None else file_name_for(session_id)
+
+    def get(self, session_id: str | None) -> Session:
+        name = self.file_name(session_id)
+        session = self._sessions.get(name)
+        if session is not None:
+            self._sessions.move_to_end(name)
+            return session
+        session = self._load(name, session_id)
+        self._sessions[name] = session
+        self._cached_bytes += session.size
+        return session
+
+    def _load(self, name: str, session_id: str | None) -> Session:
+        path = self.directory / name
+        try:
+            size = path.stat().st_size
+            doc = read_document(path)
+        except FileNotFoundError:
+            return Session(new_document(session_id), name)
+        except (OSError, ValueError) as e:
+            # Atomic writes make this a manual edit or a disk fault. Keep the file for
+            # the user, say so, and go on: never crash the monitor over one session.
+            aside = path.with_name(f".corrupt-{int(time.time())}-{name}")
+            os.replace(path, aside)
+            self._warn(f"warning: session file {path} is unreadable ({e}); moved to {aside}")
+            return Session(new_document(session_id), name)
+        return Session(doc, name, size)
+
+    def add_round(self, session_id: str | None, rnd: dict, messages: object,
+                  line_bytes: int = 0) -> bool:
+        """Add a round unless its key is already in the session. True if added."""
+        session = self.get(session_id)
+        if rnd["key"] in session.keys:
+            return False
+        total = len(messages) if isinstance(messages, list) else 1
+        stored = session.add(rnd, messages, self.store_content)
+        self._dirty[session.file_name] = session
+        self.pending_bytes += 512 + line_bytes * max(stored, 1) // max(total, 1)
+        return True
+
+    def has_key(self, session_id: str | None, key: str) -> bool:
+        return key in self.get(session_id).keys
+
+    @property
+    def dirty_count(self) -> int:
+        return len(self._dirty)
+
+    def flush(self) -> list[Session]:
+        """Write every changed session atomically (one directory fsync for the batch)."""
+        written = list(self._dirty.values())
+        items = []
+        for session in written:
+            session.summarise()
+            data = dump_document(session.doc)
+            self._cached_bytes += len(data) - session.size
+            session.size = len(data)
+            items.append((self.directory / session.file_name, data))
+        atomic_write_many(self.directory, items)
+        for session in written:
+            session.dirty = False
+        self._dirty.clear()
+        self.pending_bytes = 0
+        self._evict()
+        return written
+
+    def discard_dirty(self) -> None:
+        """Forget unwritten changes (after a failed flush they are re-read from the log)."""
+        for name in list(self._dirty):
+            session = self._sessions.pop(name, None)
+            if session is not None:
+                self._cached_bytes -= session.size
+        self._dirty.clear()
+        self.pending_bytes = 0
+
+    def _evict(self) -> None:
+        while self._cached_bytes > self.cache_bytes and self._sessions:
+            name, session = next(iter(self._sessions.items()))
+            if session.dirty:
+                self._sessions.move_to_end(name)
+                break
+            del self._sessions[name]
+            self._cached_bytes -= session.size

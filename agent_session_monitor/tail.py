@@ -1,0 +1,484 @@
+"""Read the access log and its rotations: every complete line once, oldest first.
+
+Files are known by identity, not by name (failure-scenarios.md, B0-B2): ``(st_dev,
+st_ino)`` confirmed by a SHA-256 fingerprint of the first bytes, or the fingerprint
+alone, which finds the copy ``copytruncate`` made and the decompressed head of a
+``.gz``. Offsets are always at line boundaries; a half-written last line waits.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from .state import SourceState
+
+FP_LEN = 1024
+TAIL_LEN = 64
+CHUNK = 4 * 2**20
+GZIP_MAGIC = b"\x1f\x8b"
+ORPHAN_TTL = 7 * 86400.0
+_NUMERIC = re.compile(r"\.(\d+)(\.gz)?$")
+
+
+@dataclass
+class LogFile:
+    """A file found this poll, open, with its head read (decompressed for gzip)."""
+
+    path: str
+    file: BinaryIO
+    dev: int
+    ino: int
+    size: int
+    mtime: float
+    gz: bool
+    head: bytes
+    live: bool
+
+    def head_matches(self, src: SourceState) -> bool:
+        return len(self.head) >= src.fp_len and _sha(self.head[:src.fp_len]) == src.fp
+
+
+@dataclass
+class TailEvent:
+    """Something about the files the user should hear of (and that is counted)."""
+
+    kind: str       # data_loss, truncated, rewritten, unreadable, bad_gzip, oversized_line
+    message: str
+    amount: int = 0
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def discover(patterns: list[str], max_rotate: int) -> list[tuple[str, bool]]:
+    """Candidate paths, oldest first, each with whether it is a live log.
+
+    Rotations are ``PATH.N`` / ``PATH.N.gz`` ordered by N as a number (never ``.10``
+    before ``.2`` by string), and ``PATH-DATE[.gz]`` (dateext) ordered by their suffix.
+    """
+    found: list[tuple[str, bool]] = []
+    seen: set[str] = set()
+    for pattern in patterns:
+        lives = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        for live in lives:
+            for path, is_live in _with_rotations(live, max_rotate):
+                if path not in seen:
+                    seen.add(path)
+                    found.append((path, is_live))
+    return found
+
+
+def _with_rotations(live: str, max_rotate: int) -> list[tuple[str, bool]]:
+    directory, base = os.path.split(live)
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        names = []
+    numeric, dated = [], []
+    for name in names:
+        if name.startswith(base + "."):
+            m = _NUMERIC.fullmatch(name[len(base):])
+            if m and 1 <= int(m.group(1)) <= max_rotate:
+                numeric.append((int(m.group(1)), name))
+        elif name.startswith(base + "-") and max_rotate > 0:
+            dated.append(name)
+    dated.sort(key=lambda n: n[:-3] if n.endswith(".gz") else n)
+    ordered = dated[-max_rotate:] if max_rotate else []
+    ordered += [name for _, name in sorted(numeric, key=lambda t: (-t[0], t[1]))]
+    result = [(os.path.join(directory, name), False) for name in ordered]
+    result.append((live, True))
+    return result
+
+
+class Tailer:
+    """Finds the log files of one or more paths each poll and reads their new lines.
+
+    ``poll_files()`` matches files to the known sources (mutating them and adding new
+    ones); ``lines()`` yields the new complete lines of one. With ``keep_open`` (follow
+    mode), files stay open between polls, so bytes written to a file after it was
+    renamed away or deleted are still read until it has been quiet for ``rotate_wait``.
+    """
+
+    def __init__(self, patterns: list[str], max_rotate: int, sources: list[SourceState],
+                 *, keep_open: bool = False, rotate_wait: float = 30.0,
+                 max_line: int = 64 * 2**20) -> None:
+        self.patterns = patterns
+        self.max_rotate = max_rotate
+        self.sources = sources
+        self.keep_open = keep_open
+        self.rotate_wait = rotate_wait
+        self.max_line = max_line
+        self.events: list[TailEvent] = []
+        self._held: dict[str, tuple[BinaryIO, int, int]] = {}   # fp -> (file, dev, ino)
+        self._quiet_since: dict[str, tuple[int, float]] = {}     # fp -> (size, monotonic)
+
+    # -- matching ------------------------------------------------------------------
+
+    def poll_files(self) -> list[tuple[SourceState, LogFile]]:
+        """Open every candidate and pair it with its source; oldest first."""
+        self.events = []
+        files, unreadable = self._open_candidates()
+        matched: dict[int, tuple[SourceState, LogFile]] = {}   # index in files
+        taken: set[int] = set()                                 # id() of matched sources
+
+        by_inode: dict[tuple[int, int], list[SourceState]] = {}
+        for src in self.sources:
+            by_inode.setdefault((src.dev, src.ino), []).append(src)
+
+        # 1. Same inode and same head: the file we know, wherever it moved.
+        for i, lf in enumerate(files):
+            for src in by_inode.get((lf.dev, lf.ino), ()):
+                if id(src) not in taken and src.gz == lf.gz and lf.head_matches(src):
+                    matched[i] = (src, lf)
+                    taken.add(id(src))
+                    break
+        # 2. Files held open that no path leads to any more (renamed away, deleted):
+        #    drain them through the old descriptor.
+        draining = self._held_orphans(files, taken)
+        # 3. Same head, other inode: a copytruncate copy or a compressed rotation.
+        for i, lf in enumerate(files):
+            if i in matched:
+                continue
+            for src in self.sources:
+                if lf.head_matches(src):
+                    if id(src) not in taken:
+                        matched[i] = (src, lf)
+                        taken.add(id(src))
+                    break  # a second copy of a known file (.2 beside .2.gz): skip it
+            else:
+                new = self._new_source(lf)
+                if new is not None:
+                    self.sources.append(new)
+                    matched[i] = (new, lf)
+                    taken.add(id(new))
+        result = []
+        for i, lf in enumerate(files):
+            if i in matched:
+                result.append(self._check_in_place(*matched[i]))
+            else:
+                lf.file.close()
+        result = draining + result
+        if not unreadable:
+            self._mark_missing(taken)
+        return result
+
+    def _open_candidates(self) -> tuple[list[LogFile], bool]:
+        files: list[LogFile] = []
+        seen_inodes: set[tuple[int, int]] = set()
+        unreadable = False
+        for path, live in discover(self.patterns, self.max_rotate):
+            try:
+                f = open(path, "rb")
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                unreadable = True
+                self.events.append(TailEvent("unreadable", f"cannot read {path}: {e.strerror}"))
+                continue
+            try:
+                st = os.fstat(f.fileno())
+                key = (st.st_dev, st.st_ino)
+                if key in seen_inodes or not os.path.isfile(path):
+                    f.close()
+                    continue
+                seen_inodes.add(key)
+                gz, head = _read_head(f)
+            except OSError as e:
+                f.close()
+                unreadable = True
+                self.events.append(TailEvent("unreadable", f"cannot read {path}: {e.strerror}"))
+                continue
+            held = self._held.get(_fp_of_inode(self.sources, key))
+            if held is not None and (held[1], held[2]) == key:
+                f.close()
+                f = held[0]
+            files.append(LogFile(path, f, st.st_dev, st.st_ino, st.st_size, st.st_mtime,
+                                 gz, head, live))
+        return files, unreadable
+
+    def _held_orphans(self, files: list[LogFile], taken: set[int]) -> list:
+        result = []
+        for src in self.sources:
+            held = self._held.get(src.fp)
+            if held is None or id(src) in taken:
+                continue
+            f, dev, ino = held
+            try:
+                st = os.fstat(f.fileno())
+            except OSError:
+                self._release(src.fp)
+                continue
+            taken.add(id(src))
+            lf = LogFile(src.path, f, dev, ino, st.st_size, st.st_mtime, src.gz, b"", False)
+            result.append((src, lf))
+        return result
+
+    def _new_source(self, lf: LogFile) -> SourceState | None:
+        head = lf.head
+        # Fingerprint only a head that holds a complete line or the full length: a
+        # half-written first line could still change.
+        if len(head) < FP_LEN and b"\n" not in head:
+            return None
+        n = min(len(head), FP_LEN)
+        return SourceState(fp=_sha(head[:n]), fp_len=n, dev=lf.dev, ino=lf.ino,
+                           path=lf.path, gz=lf.gz)
+
+    def _check_in_place(self, src: SourceState, lf: LogFile) -> tuple[SourceState, LogFile]:
+        """Same file: was it truncated (T1/T2) or rewritten in place (T7) under us?"""
+        if src.missing_since is not None:
+            src.missing_since = None
+            src.loss_reported = False
+        src.path, src.dev, src.ino, src.gz = lf.path, lf.dev, lf.ino, lf.gz
+        if lf.gz:
+            return src, lf
+        if lf.size < src.offset:
+            lost = max(src.size - src.offset, 0)
+            self.events.append(TailEvent(
+                "truncated", f"{lf.path} shrank from {src.offset} to {lf.size} bytes; "
+                f"reading on from {lf.size}" + (f" ({lost} unread bytes lost)" if lost else ""),
+                lost))
+            src.offset = lf.size
+            src.tail = _tail_hash(lf.file, src.offset)
+        elif src.tail and src.offset >= TAIL_LEN and _tail_hash(lf.file, src.offset) != src.tail:
+            self.events.append(TailEvent(
+                "rewritten", f"{lf.path} was rewritten in place before offset {src.offset}; "
+                "re-reading it (lines already stored are recognised and skipped)"))
+            src.offset = 0
+        return src, lf
+
+    def _mark_missing(self, taken: set[int]) -> None:
+        now = time.time()
+        keep = []
+        for src in self.sources:
+            if id(src) in taken:
+                keep.append(src)
+                continue
+            if src.missing_since is None:
+                src.missing_since = now
+            if not src.loss_reported and src.size > src.offset and not src.gz_complete:
+                lost = src.size - src.offset
+                self.events.append(TailEvent(
+                    "data_loss", f"data loss: {src.path} (fp {src.fp[:12]}) is gone with "
+                    f"{lost} unread bytes after offset {src.offset} (rotated away or deleted "
+                    "before it was read: poll more often or raise rotate)", lost))
+                src.loss_reported = True
+            if now - src.missing_since < ORPHAN_TTL:
+                keep.append(src)
+        self.sources[:] = keep
+
+    # -- reading -------------------------------------------------------------------
+
+    def lines(self, src: SourceState, lf: LogFile) -> Iterator[tuple[int, int, bytes | None]]:
+        """Yield ``(start, end, line)`` for each complete new line; ``line`` is None for a
+        line over ``max_line`` bytes (skipped without buffering it). The caller sets
+        ``src.offset = end`` once it has handled the line."""
+        if lf.gz:
+            yield from self._gz_lines(src, lf)
+            return
+        end = lf.size  # fstat once: a writer appending meanwhile is read next poll (T8)
+        if end <= src.offset:
+            self._after_read(src, lf)
+            return
+        final = not lf.live and self._is_quiet(src, lf)
+        yield from split_lines(_plain_chunks(lf.file, src.offset, end), src.offset,
+                               self.max_line, final)
+        self._after_read(src, lf)
+
+    def _after_read(self, src: SourceState, lf: LogFile) -> None:
+        src.size, src.mtime = lf.size, lf.mtime
+        if not lf.gz:
+            src.tail = _tail_hash(lf.file, src.offset)
+        if self.keep_open and not lf.gz:
+            old = self._held.get(src.fp)
+            if old is not None and old[0] is not lf.file:
+                old[0].close()
+            self._held[src.fp] = (lf.file, lf.dev, lf.ino)
+            if not lf.live and lf.head == b"" and self._is_quiet(src, lf):
+                self._release(src.fp)   # an orphan drained and quiet: let it go
+        else:
+            lf.file.close()
+
+    def _is_quiet(self, src: SourceState, lf: LogFile) -> bool:
+        """No growth for ``rotate_wait`` seconds (monotonic: wall-clock jumps don't matter)."""
+        if time.time() - lf.mtime >= self.rotate_wait:
+            return True   # the only measure a one-pass (cron) run has
+        now = time.monotonic()
+        size, since = self._quiet_since.get(src.fp, (-1, now))
+        if size != lf.size:
+            self._quiet_since[src.fp] = (lf.size, now)
+            return self.rotate_wait <= 0
+        return now - since >= self.rotate_wait
+
+    def _gz_lines(self, src: SourceState, lf: LogFile) -> Iterator[tuple[int, int, bytes | None]]:
+        if ((src.gz_complete or src.size == src.offset)
+                and _gzip_isize(lf.file) == src.offset & 0xFFFFFFFF):
+            # The trailer's length equals what was read: it holds nothing new, so
+            # it is not decompressed again.
+            src.gz_complete = True
+            lf.file.close()
+            return
+        reader = _GzipChunks(lf.file, src.offset)
+        yield from split_lines(reader, src.offset, self.max_line, final=True,
+                               complete=lambda: reader.complete)
+        if reader.error:
+            self.events.append(TailEvent("bad_gzip", f"{lf.path}: {reader.error}; "
+                                         "kept the lines before the damage"))
+        src.gz_complete = reader.complete or bool(reader.error)
+        src.size = max(src.size, reader.position)
+        src.mtime = lf.mtime
+        lf.file.close()
+
+    def release_all(self) -> None:
+        for fp in list(self._held):
+            self._release(fp)
+
+    def _release(self, fp: str) -> None:
+        held = self._held.pop(fp, None)
+        self._quiet_since.pop(fp, None)
+        if held is not None:
+            held[0].close()
+
+
+def _fp_of_inode(sources: list[SourceState], key: tuple[int, int]) -> str:
+    for src in sources:
+        if (src.dev, src.ino) == key:
+            return src.fp
+    return ""
+
+
+def _tail_hash(f: BinaryIO, offset: int) -> str:
+    if offset < TAIL_LEN:
+        return ""
+    return _sha(os.pread(f.fileno(), TAIL_LEN, offset - TAIL_LEN))
+
+
+def _read_head(f: BinaryIO) -> tuple[bool, bytes]:
+    head = os.pread(f.fileno(), FP_LEN, 0)
+    if not head.startswith(GZIP_MAGIC):   # by magic bytes, not by the name's .gz
+        return False, head
+    d = zlib.decompressobj(wbits=31)
+    out, pos = b"", 0
+    try:
+        while len(out) < FP_LEN and not d.eof:
+            chunk = os.pread(f.fileno(), 65536, pos)
+            if not chunk:
+                break
+            pos += len(chunk)
+            out += d.decompress(chunk, FP_LEN - len(out))
+            while d.unconsumed_tail and len(out) < FP_LEN:
+                out += d.decompress(d.unconsumed_tail, FP_LEN - len(out))
+    except zlib.error:
+        pass
+    return True, out[:FP_LEN]
+
+
+def _gzip_isize(f: BinaryIO) -> int:
+    size = os.fstat(f.fileno()).st_size
+    if size < 18:
+        return -1
+    return int.from_bytes(os.pread(f.fileno(), 4, size - 4), "little")
+
+
+def _plain_chunks(f: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    pos = start
+    fd = f.fileno()
+    while pos < end:
+        chunk = os.pread(fd, min(CHUNK, end - pos), pos)
+        if not chunk:
+            return
+        pos += len(chunk)
+        yield chunk
+
+
+class _GzipChunks:
+    """Decompressed bytes of a gzip file from ``offset`` on (gzip keeps the original
+    byte offsets, so a saved plain offset is valid inside the ``.gz``)."""
+
+    def __init__(self, f: BinaryIO, offset: int) -> None:
+        self.f, self.offset = f, offset
+        self.position = 0        # decompressed bytes produced so far
+        self.complete = False    # reached the end of the last gzip member
+        self.error: str | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        fd = self.f.fileno()
+        d = zlib.decompressobj(wbits=31)
+        pos = 0
+        while True:
+            raw = os.pread(fd, CHUNK // 4, pos)
+            if not raw:
+                break   # the stream ended early: still being written; retry next poll
+            pos += len(raw)
+            try:
+                data = d.decompress(raw)
+                while d.eof and d.unused_data:   # concatenated members
+                    rest = d.unused_data
+                    d = zlib.decompressobj(wbits=31)
+                    data += d.decompress(rest)
+            except zlib.error as e:
+                self.error = f"corrupt gzip data ({e})"
+                return
+            yield from self._emit(data)
+        self.complete = d.eof
+
+    def _emit(self, data: bytes) -> Iterator[bytes]:
+        start = self.position
+        self.position += len(data)
+        if self.position <= self.offset:
+            return
+        if start < self.offset:
+            data = data[self.offset - start:]
+        yield data
+
+
+def split_lines(chunks, start: int, max_line: int, final: bool,
+                complete=lambda: True) -> Iterator[tuple[int, int, bytes | None]]:
+    """Cut a byte stream beginning at offset ``start`` into ``(start, end, line)``.
+
+    Only lines ending in ``\\n`` are yielded, except that when ``final`` (the file will
+    never grow: an old rotation, a finished gzip) a last fragment is yielded too, so it
+    is parsed or counted rather than glued onto another file's first line (T4).
+    """
+    carry = b""
+    carry_start = start
+    skipping = False
+    pos = start
+    for chunk in chunks:
+        if skipping:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                pos += len(chunk)
+                continue
+            pos += nl + 1
+            yield carry_start, pos, None
+            skipping = False
+            chunk = chunk[nl + 1:]
+            carry, carry_start = b"", pos
+        buf = carry + chunk if carry else chunk
+        base = carry_start
+        i = 0
+        find = buf.find
+        while True:
+            nl = find(b"\n", i)
+            if nl < 0:
+                break
+            yield base + i, base + nl + 1, buf[i:nl]
+            i = nl + 1
+        carry = buf[i:]
+        carry_start = base + i
+        pos = base + len(buf)
+        if len(carry) > max_line:
+            skipping, carry = True, b""
+    if skipping:
+        return   # the oversized line has no end yet: wait for it
+    if carry and final and complete():
+        yield carry_start, carry_start + len(carry), carry
