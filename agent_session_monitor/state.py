@@ -37,6 +37,7 @@ class SourceState:
     mtime: float = 0.0
     tail: str = ""            # hash of the 64 bytes before offset: catches in-place rewrites
     gz: bool = False
+    live: bool = False        # last seen under a live path (not a rotation)
     gz_complete: bool = False
     missing_since: float | None = None  # wall-clock epoch: orphans expire after days
     loss_reported: bool = False

@@ -237,7 +237,7 @@ class Tailer:
         if src.missing_since is not None:
             src.missing_since = None
             src.loss_reported = False
-        src.path, src.dev, src.ino, src.gz = lf.path, lf.dev, lf.ino, lf.gz
+        src.path, src.dev, src.ino, src.gz, src.live = lf.path, lf.dev, lf.ino, lf.gz, lf.live
         if lf.gz:
             return src, lf
         if lf.size < src.offset:
@@ -264,16 +264,28 @@ class Tailer:
                 continue
             if src.missing_since is None:
                 src.missing_since = now
-            if not src.loss_reported and src.size > src.offset and not src.gz_complete:
-                lost = src.size - src.offset
-                self.events.append(TailEvent(
-                    "data_loss", f"data loss: {src.path} (fp {src.fp[:12]}) is gone with "
-                    f"{lost} unread bytes after offset {src.offset} (rotated away or deleted "
-                    "before it was read: poll more often or raise rotate)", lost))
-                src.loss_reported = True
+            if not src.loss_reported and not src.gz_complete:
+                self._report_loss(src)
             if now - src.missing_since < ORPHAN_TTL:
                 keep.append(src)
         self.sources[:] = keep
+
+    def _report_loss(self, src: SourceState) -> None:
+        """A file vanished. Bytes seen but not read are lost for sure; a file last seen
+        as the live log vanished without ever being seen rotated, so whatever was
+        written to it after the last read is lost too (amount unknown)."""
+        lost = max(src.size - src.offset, 0)
+        if lost:
+            detail = f"with {lost:,} unread bytes after offset {src.offset:,}"
+        elif src.live:
+            detail = (f"while it was the live log, read up to offset {src.offset:,}: lines "
+                      "written after that were rotated or deleted before they could be read")
+        else:
+            return   # an old rotation, fully read, aged out: normal
+        self.events.append(TailEvent(
+            "data_loss", f"data loss: {src.path} (fp {src.fp[:12]}) is gone {detail} "
+            "(poll more often than logs rotate, or raise --max-rotate)", lost))
+        src.loss_reported = True
 
     # -- reading -------------------------------------------------------------------
 
@@ -401,7 +413,12 @@ def _plain_chunks(f: BinaryIO, start: int, end: int) -> Iterator[bytes]:
 
 class _GzipChunks:
     """Decompressed bytes of a gzip file from ``offset`` on (gzip keeps the original
-    byte offsets, so a saved plain offset is valid inside the ``.gz``)."""
+    byte offsets, so a saved plain offset is valid inside the ``.gz``).
+
+    Members are inflated as raw deflate with the header and CRC handled here: zlib's
+    own gzip mode raises on a bad CRC *before* returning the data it decompressed, and
+    the lines before the damage must be kept (R9).
+    """
 
     def __init__(self, f: BinaryIO, offset: int) -> None:
         self.f, self.offset = f, offset
@@ -411,24 +428,42 @@ class _GzipChunks:
 
     def __iter__(self) -> Iterator[bytes]:
         fd = self.f.fileno()
-        d = zlib.decompressobj(wbits=31)
+        size = os.fstat(fd).st_size
         pos = 0
-        while True:
-            raw = os.pread(fd, CHUNK // 4, pos)
-            if not raw:
-                break   # the stream ended early: still being written; retry next poll
-            pos += len(raw)
-            try:
-                data = d.decompress(raw)
-                while d.eof and d.unused_data:   # concatenated members
-                    rest = d.unused_data
-                    d = zlib.decompressobj(wbits=31)
-                    data += d.decompress(rest)
-            except zlib.error as e:
-                self.error = f"corrupt gzip data ({e})"
+        while pos < size:
+            header = _gzip_header_length(os.pread(fd, 65536, pos))
+            if header is None:
+                if pos == 0:
+                    self.error = "not a gzip file"
+                return   # a member still being written, or trailing padding
+            pos += header
+            d = zlib.decompressobj(wbits=-15)
+            crc = 0
+            while not d.eof:
+                raw = os.pread(fd, 256 * 1024, pos)
+                if not raw:
+                    return   # the stream ended early: still being written; retry next poll
+                pos += len(raw)
+                buf = raw
+                while buf and not d.eof:
+                    try:
+                        data = d.decompress(buf, 1024 * 1024)
+                    except zlib.error as e:
+                        self.error = f"corrupt gzip data ({e})"
+                        return
+                    buf = d.unconsumed_tail
+                    crc = zlib.crc32(data, crc)
+                    if data:
+                        yield from self._emit(data)
+            pos -= len(d.unused_data)
+            trailer = os.pread(fd, 8, pos)
+            if len(trailer) < 8:
                 return
-            yield from self._emit(data)
-        self.complete = d.eof
+            pos += 8
+            if int.from_bytes(trailer[:4], "little") != crc:
+                self.error = "corrupt gzip data (CRC check failed)"
+                return
+        self.complete = True
 
     def _emit(self, data: bytes) -> Iterator[bytes]:
         start = self.position
@@ -438,6 +473,26 @@ class _GzipChunks:
         if start < self.offset:
             data = data[self.offset - start:]
         yield data
+
+
+def _gzip_header_length(data: bytes) -> int | None:
+    """Length of the gzip member header at the start of ``data`` (RFC 1952), or None."""
+    if len(data) < 10 or not data.startswith(GZIP_MAGIC) or data[2] != 8:
+        return None
+    flags, pos = data[3], 10
+    if flags & 4:                       # FEXTRA
+        if len(data) < pos + 2:
+            return None
+        pos += 2 + int.from_bytes(data[pos:pos + 2], "little")
+    for bit in (8, 16):                 # FNAME, FCOMMENT: zero-terminated
+        if flags & bit:
+            end = data.find(b"\0", pos)
+            if end < 0:
+                return None
+            pos = end + 1
+    if flags & 2:                       # FHCRC
+        pos += 2
+    return pos if pos <= len(data) else None
 
 
 def split_lines(chunks, start: int, max_line: int, final: bool,
@@ -471,7 +526,7 @@ def split_lines(chunks, start: int, max_line: int, final: bool,
             nl = find(b"\n", i)
             if nl < 0:
                 break
-            yield base + i, base + nl + 1, buf[i:nl]
+            yield base + i, base + nl + 1, (buf[i:nl] if nl - i <= max_line else None)
             i = nl + 1
         carry = buf[i:]
         carry_start = base + i

@@ -1,0 +1,89 @@
+"""Shared test helpers: run the monitor into a temporary store and read it back."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+sys.path.insert(0, str(ROOT))
+
+from agent_session_monitor.names import is_session_file  # noqa: E402
+
+
+class TempDirTest(unittest.TestCase):
+    """A test with a fresh directory on the real disk (not tmpfs: inode reuse and
+    fsync behave as on a gateway)."""
+
+    def setUp(self) -> None:
+        base = os.environ.get("ASM_TEST_TMP") or str(ROOT / ".test-tmp")
+        os.makedirs(base, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix="t-", dir=base))
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.out = self.tmp / "sessions"
+
+    def run_monitor(self, *log_paths: Path | str, extra: list[str] | None = None,
+                    out: Path | None = None) -> tuple[int, str, str]:
+        argv = []
+        for p in log_paths:
+            argv += ["--log-path", str(p)]
+        argv += ["--output-dir", str(out or self.out), "--allow-log-dir", str(self.tmp),
+                 "--allow-log-dir", str(DATA)]
+        argv += extra or []
+        from agent_session_monitor.monitor_cli import main as monitor_main
+
+        stdout, stderr = io.StringIO(), io.StringIO()
+        code = monitor_main(argv, out=stdout, err=stderr)
+        return code, stdout.getvalue(), stderr.getvalue()
+
+    def sessions(self, out: Path | None = None) -> dict[str, dict]:
+        return load_store(out or self.out)
+
+
+def load_store(out: Path) -> dict[str, dict]:
+    """session_id -> document, for every session file in ``out``."""
+    docs = {}
+    for name in sorted(os.listdir(out)):
+        if is_session_file(name):
+            doc = json.loads((out / name).read_bytes())
+            key = doc["session_id"] if not doc.get("unsessioned") else None
+            docs[key] = doc
+    return docs
+
+
+def write_lines(path: Path, lines, mode: str = "ab") -> None:
+    with open(path, mode) as f:
+        for line in lines:
+            f.write(line if isinstance(line, bytes) else line.encode())
+
+
+def make_line(n: int, session: str | None = "s1", model: str = "gpt-4o", input_token: int = 100,
+              output_token: int = 10, request_id: bool = True, history: int = 1,
+              pad: int = 0) -> bytes:
+    """One Higress line for request ``n`` whose tokens identify it (input = 1000 + n),
+    re-logging a history of ``history`` messages as agents do."""
+    messages = [{"role": "system", "content": "You are a test agent."}]
+    for i in range(history):
+        messages.append({"role": "user" if i % 2 == 0 else "assistant",
+                         "content": f"message {i} of {session}" + "x" * pad})
+    ai = {"model": model, "input_token": input_token + n, "output_token": output_token,
+          "messages": messages, "question": messages[-1]["content"], "answer": f"answer {n}"}
+    if session is not None:
+        ai["session_id"] = session
+    outer = {"ai_log": json.dumps(ai, ensure_ascii=False),
+             "start_time": f"2026-02-01T{9 + n // 3600 % 12:02d}:{n // 60 % 60:02d}:{n % 60:02d}.000Z"}
+    if request_id:
+        outer["request_id"] = f"req-{n:08d}"
+    return json.dumps(outer, ensure_ascii=False).encode() + b"\n"
+
+
+def stored_inputs(out: Path) -> list[int]:
+    """Every stored round's input_tokens, sorted: with make_line, the request numbers."""
+    return sorted(r["input_tokens"] for doc in load_store(out).values() for r in doc["rounds"])

@@ -1,0 +1,292 @@
+"""Rotation, truncation and partial-write scenarios (failure-scenarios.md B1, B2), driven
+by file operations in Python so that each case is exact; tests/test_logrotate.py drives
+the same cases through the real logrotate binary."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import threading
+
+from tests.helpers import TempDirTest, make_line, stored_inputs, write_lines
+
+
+def reqs(first: int, last: int, **kw) -> list[bytes]:
+    return [make_line(n, **kw) for n in range(first, last + 1)]
+
+
+def inputs(first: int, last: int) -> list[int]:
+    return [100 + n for n in range(first, last + 1)]
+
+
+class RotationScenarios(TempDirTest):
+    def setUp(self) -> None:
+        super().setUp()
+        self.log = self.tmp / "access.log"
+
+    def poll(self, *extra: str) -> tuple[int, str, str]:
+        code, out, err = self.run_monitor(self.log, extra=list(extra))
+        self.assertEqual(code, 0, err)
+        return code, out, err
+
+    def rotate(self, n_existing: int = 0, compress: bool = False) -> None:
+        """``create``-style rename rotation of access.log into .1 (shifting older ones)."""
+        for i in range(n_existing, 0, -1):
+            for suffix in ("", ".gz"):
+                src = self.tmp / f"access.log.{i}{suffix}"
+                if src.exists():
+                    os.replace(src, self.tmp / f"access.log.{i + 1}{suffix}")
+        os.replace(self.log, self.tmp / "access.log.1")
+        if compress:
+            gzip_file(self.tmp / "access.log.1")
+        self.log.touch()
+
+    def state(self) -> dict:
+        return json.loads((self.out / ".state.json").read_text())
+
+    def test_r1_rename_rotation_while_stopped(self):
+        write_lines(self.log, reqs(1, 5))
+        self.poll()
+        write_lines(self.log, reqs(6, 8))
+        self.rotate()
+        write_lines(self.log, reqs(9, 12))
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 12))
+
+    def test_r2_two_rotations_between_polls(self):
+        write_lines(self.log, reqs(1, 3))
+        self.poll()
+        write_lines(self.log, reqs(4, 5))
+        self.rotate()
+        write_lines(self.log, reqs(6, 7))
+        self.rotate(1)
+        write_lines(self.log, reqs(8, 9))
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 9))
+
+    def test_r3_more_rotations_than_kept_reports_data_loss(self):
+        write_lines(self.log, reqs(1, 2))
+        self.poll()
+        write_lines(self.log, reqs(3, 4))   # never read: rotated out of reach
+        for k in range(7):
+            self.rotate(min(k, 6))
+            write_lines(self.log, reqs(10 + 2 * k, 11 + 2 * k))
+        _code, _out, err = self.poll("--max-rotate", "5")
+        self.assertIn("data loss", err)
+        self.assertGreaterEqual(self.state()["counters"]["file_events"]["data_loss"], 1)
+        got = stored_inputs(self.out)
+        self.assertNotIn(103, got)
+        self.assertEqual(len(got), len(set(got)))
+
+    def test_r4_writer_keeps_writing_into_rotated_file(self):
+        writer = open(self.log, "ab")
+        writer.write(make_line(1))
+        writer.flush()
+        self.poll()
+        self.rotate()
+        writer.write(make_line(2))       # lazy reopen: still writes to .1
+        writer.flush()
+        write_lines(self.log, reqs(3, 3))
+        self.poll()
+        writer.write(make_line(4))
+        writer.close()
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 4))
+
+    def test_r5_copytruncate_with_append_writer(self):
+        write_lines(self.log, reqs(1, 3))
+        self.poll()
+        write_lines(self.log, reqs(4, 5))
+        shutil.copyfile(self.log, self.tmp / "access.log.1")
+        os.truncate(self.log, 0)
+        write_lines(self.log, reqs(6, 7))
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 7))
+
+    def test_r6_copytruncate_with_writer_lacking_o_append(self):
+        fd = os.open(self.log, os.O_WRONLY | os.O_CREAT, 0o644)
+        for n in range(1, 4):
+            os.write(fd, make_line(n))
+        self.poll()
+        shutil.copyfile(self.log, self.tmp / "access.log.1")
+        os.truncate(self.log, 0)
+        os.write(fd, make_line(4))       # lands at the old offset: a NUL hole before it
+        os.close(fd)
+        _code, _out, err = self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 4))
+        self.assertNotIn("bad_lines", self.state()["counters"])
+
+    def test_t6_copytruncate_then_regrow_past_old_offset(self):
+        write_lines(self.log, reqs(1, 2))
+        self.poll()
+        shutil.copyfile(self.log, self.tmp / "access.log.1")
+        os.truncate(self.log, 0)
+        write_lines(self.log, reqs(3, 12))   # larger than before
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 12))
+
+    def test_r7_compress_without_delaycompress_while_stopped(self):
+        write_lines(self.log, reqs(1, 3))
+        self.poll()
+        write_lines(self.log, reqs(4, 6))
+        self.rotate(compress=True)
+        write_lines(self.log, reqs(7, 8))
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 8))
+
+    def test_r8_compress_with_delaycompress_over_two_cycles(self):
+        write_lines(self.log, reqs(1, 2))
+        self.poll()
+        write_lines(self.log, reqs(3, 4))
+        self.rotate()                         # .1 plain (delaycompress)
+        write_lines(self.log, reqs(5, 6))
+        self.poll()
+        write_lines(self.log, reqs(7, 8))
+        self.rotate(1)                        # .1 -> .2, then compress .2
+        gzip_file(self.tmp / "access.log.2")
+        write_lines(self.log, reqs(9, 10))
+        self.poll()
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 10))
+
+    def test_r9_partial_gzip_is_not_final_and_completes_later(self):
+        write_lines(self.log, reqs(1, 200, pad=50))
+        data = gzip.compress(self.log.read_bytes(), mtime=0)
+        os.remove(self.log)
+        partial = self.tmp / "access.log.1.gz"
+        partial.write_bytes(data[: len(data) // 2])
+        self.log.touch()
+        self.poll()
+        first = stored_inputs(self.out)
+        self.assertLess(len(first), 200)
+        partial.write_bytes(data)
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 200))
+
+    def test_r9_corrupt_gzip_keeps_lines_before_damage(self):
+        write_lines(self.log, reqs(1, 50))
+        data = bytearray(gzip.compress(self.log.read_bytes(), mtime=0))
+        data[-6] ^= 0xFF   # break the CRC
+        os.remove(self.log)
+        (self.tmp / "access.log.1.gz").write_bytes(bytes(data))
+        self.log.touch()
+        _code, _out, err = self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 50))
+        self.assertIn("corrupt gzip", err)
+
+    def test_r9_plain_text_named_gz_is_read_as_text(self):
+        write_lines(self.tmp / "access.log.1.gz", reqs(1, 3))
+        write_lines(self.log, reqs(4, 5))
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 5))
+
+    def test_r10_numeric_order_of_ten_and_more_rotations(self):
+        for i in range(12, 0, -1):
+            write_lines(self.tmp / f"access.log.{i}", reqs(100 - 5 * i, 100 - 5 * i))
+        write_lines(self.log, reqs(100, 100))
+        self.poll("--max-rotate", "12")
+        docs = self.sessions()
+        stamps = [r["input_tokens"] for r in docs["s1"]["rounds"]]
+        self.assertEqual(stamps, sorted(stamps))
+        self.assertEqual(len(stamps), 13)
+        order = [s["path"] for s in self.state()["sources"]]
+        self.assertEqual(os.path.basename(order[0]), "access.log.12")
+
+    def test_r11_inode_reuse_after_delete_is_a_new_file(self):
+        write_lines(self.log, reqs(1, 5))
+        self.poll()
+        os.remove(self.log)
+        write_lines(self.log, reqs(20, 22))  # ext4 hands the same inode back
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 5) + inputs(20, 22))
+
+    def test_r13_deleted_file_with_unread_bytes_is_reported(self):
+        write_lines(self.log, reqs(1, 2))
+        self.poll()
+        write_lines(self.log, reqs(3, 4))
+        os.remove(self.log)
+        write_lines(self.log, [b""])
+        self.log.touch()
+        _code, _out, err = self.poll()
+        self.assertIn("data loss", err)
+
+    def test_t1_truncate_to_zero_then_append(self):
+        write_lines(self.log, reqs(1, 3))
+        self.poll()
+        os.truncate(self.log, 0)
+        write_lines(self.log, reqs(4, 5))
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 5))
+
+    def test_t3_partial_last_line_waits_for_its_end(self):
+        whole = make_line(2)
+        write_lines(self.log, reqs(1, 1) + [whole[:40]])
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 1))
+        write_lines(self.log, [whole[40:]])
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 2))
+        self.assertNotIn("bad_lines", self.state()["counters"])
+
+    def test_t4_fragment_of_dead_writer_is_not_glued_to_next_file(self):
+        write_lines(self.log, reqs(1, 1) + [make_line(2)[:60]])
+        self.poll()
+        self.rotate()
+        write_lines(self.log, reqs(3, 4))
+        os.utime(self.tmp / "access.log.1", (1, 1))   # quiet for long: final
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 1) + inputs(3, 4))
+        self.assertEqual(self.state()["counters"]["bad_lines"], {"bad_json": 1})
+
+    def test_p2_oversized_line_is_skipped_and_tailing_goes_on(self):
+        write_lines(self.log, reqs(1, 1) + [b'{"x":"' + b"a" * 300_000 + b'"}\n'] + reqs(2, 2))
+        self.poll("--max-line-bytes", "100000")
+        self.assertEqual(stored_inputs(self.out), inputs(1, 2))
+        self.assertEqual(self.state()["counters"]["bad_lines"], {"oversized_line": 1})
+
+    def test_p14_same_request_logged_twice_counts_once(self):
+        write_lines(self.log, reqs(1, 3) + reqs(2, 2))
+        _code, out, _err = self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 3))
+        self.assertIn("1 already-stored rounds skipped", out)
+
+    def test_lines_without_request_id_are_keyed_by_file_and_offset(self):
+        write_lines(self.log, reqs(1, 3, request_id=False))
+        self.poll()
+        write_lines(self.log, reqs(4, 4, request_id=False))
+        shutil.copyfile(self.log, self.tmp / "access.log.1")
+        os.truncate(self.log, 0)
+        os.remove(self.out / ".state.json")           # even with the state lost
+        os.remove(self.out / ".state.json.bak")
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 4))
+
+    def test_t8_writer_appending_during_polls(self):
+        stop = threading.Event()
+
+        def writer():
+            n = 1
+            with open(self.log, "ab", buffering=0) as f:
+                while not stop.is_set() and n <= 3000:
+                    f.write(make_line(n, session=f"s{n % 7}"))
+                    n += 1
+            writer.last = n - 1
+
+        self.log.touch()
+        t = threading.Thread(target=writer)
+        t.start()
+        for _ in range(5):
+            self.poll()
+        stop.set()
+        t.join()
+        self.poll()
+        self.assertEqual(stored_inputs(self.out), inputs(1, writer.last))
+
+
+def gzip_file(path) -> None:
+    data = path.read_bytes()
+    with gzip.open(str(path) + ".gz", "wb") as f:
+        f.write(data)
+    os.remove(path)
