@@ -87,3 +87,15 @@ def make_line(n: int, session: str | None = "s1", model: str = "gpt-4o", input_t
 def stored_inputs(out: Path) -> list[int]:
     """Every stored round's input_tokens, sorted: with make_line, the request numbers."""
     return sorted(r["input_tokens"] for doc in load_store(out).values() for r in doc["rounds"])
+
+
+def require_tool(test: unittest.TestCase, name: str, found: bool | None = None) -> None:
+    """Skip (with the reason) when a tool the test needs is missing; in CI, where
+    .ci/run installs every tool, a missing one is a failure instead of a silent skip."""
+    if found is None:
+        found = shutil.which(name) is not None
+    if found:
+        return
+    if os.environ.get("ASM_REQUIRE_ALL_TOOLS"):
+        test.fail(f"{name} is required in CI (.ci/run installs it) but is missing")
+    test.skipTest(f"{name} is not installed")
