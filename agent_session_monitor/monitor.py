@@ -163,9 +163,20 @@ class Monitor:
                 src.offset = _last_line_end(lf)
         stats.files = len(pairs)
         todo = sum(max((lf.size if not lf.gz else 0) - src.offset, 0) for src, lf in pairs)
+        progress = _Progress(self.err, todo) if self.progress else None
+        try:
+            self._read_all(pairs, stats, read_time, progress)
+        finally:
+            self.tailer.close_unheld(pairs)
+        if progress:
+            progress.done()
+        self.checkpoint()
+        self._count_pass(stats)
+        return stats
+
+    def _read_all(self, pairs, stats: PassStats, read_time: str, progress) -> None:
         since_checkpoint = 0
         reported: Counter = Counter()
-        progress = _Progress(self.err, todo) if self.progress else None
         for src, lf in pairs:
             name = os.path.basename(lf.path)
             for start, end, line in self.tailer.lines(src, lf):
@@ -186,12 +197,6 @@ class Monitor:
                 if progress:
                     progress.update(name, stats)
             self._report_tail_events(stats)
-        if progress:
-            progress.done()
-        self.checkpoint()
-        self._count_pass(stats)
-        self.state.count("passes")
-        return stats
 
     def _handle(self, line: bytes, fp: str, start: int, read_time: str, stats: PassStats,
                 reported: Counter, path: str) -> None:
@@ -270,6 +275,7 @@ class Monitor:
 
     def _count_pass(self, stats: PassStats) -> None:
         s = self.state
+        s.count("passes")
         s.count("lines_read", stats.lines)
         s.count("rounds_stored", stats.rounds)
         s.count("duplicates_skipped", stats.duplicates)

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "line is taken as final (default 30)")
     p.add_argument("--max-line-bytes", type=_positive, default=64 * 2**20, metavar="N",
                    help="longer lines are skipped and counted (default 64 MiB)")
+    p.add_argument("--checkpoint-bytes", type=_positive, default=64 * 2**20, metavar="N",
+                   help="during a long catch-up, commit sessions and offsets every N bytes "
+                        "read (default 64 MiB): bounds memory and what a crash re-reads")
     p.add_argument("--reset-from", choices=("beginning", "end"),
                    help="when the state file is unreadable: re-read everything (safe, nothing "
                         "is counted twice) or start at the end of the logs")
@@ -114,7 +117,8 @@ def config_from_args(args: argparse.Namespace, err: TextIO) -> MonitorConfig:
         session_key=args.session_key, max_rotate=args.max_rotate,
         store_content=not args.no_content, pricing=args.pricing, follow=args.follow,
         refresh_interval=args.refresh_interval, rotate_wait=args.rotate_wait,
-        max_line_bytes=args.max_line_bytes, reset_from=args.reset_from)
+        max_line_bytes=args.max_line_bytes, reset_from=args.reset_from,
+        checkpoint_bytes=args.checkpoint_bytes)
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None,

@@ -349,6 +349,13 @@ class Tailer:
         src.mtime = lf.mtime
         lf.file.close()
 
+    def close_unheld(self, pairs: list[tuple[SourceState, LogFile]]) -> None:
+        """Close this poll's files except those kept open for the next one."""
+        held = {id(h[0]) for h in self._held.values()}
+        for _src, lf in pairs:
+            if id(lf.file) not in held and not lf.file.closed:
+                lf.file.close()
+
     def release_all(self) -> None:
         for fp in list(self._held):
             self._release(fp)

@@ -1,0 +1,131 @@
+"""Crash safety: SIGKILL at any point of a catch-up, restart, and the store converges to
+exactly what an uninterrupted run gives (failure-scenarios.md B4: C1-C4, C10, C12)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from unittest import mock
+
+from tests.helpers import ROOT, TempDirTest, load_store, make_line, write_lines
+
+SEED = int(os.environ.get("ASM_CRASH_SEED", "20261124"))
+
+
+def agent_log(path, n_lines: int, seed: int) -> None:
+    rng = random.Random(seed)
+    histories: dict[str, int] = {}
+    lines = []
+    for n in range(1, n_lines + 1):
+        session = f"agent:{rng.randrange(40)}"
+        histories[session] = histories.get(session, 0) + 2
+        lines.append(make_line(n, session=session, history=histories[session],
+                               request_id=rng.random() < 0.8, pad=rng.randrange(200)))
+    write_lines(path, lines)
+
+
+class CrashRecovery(TempDirTest):
+    def setUp(self) -> None:
+        super().setUp()
+        self.log = self.tmp / "access.log"
+        agent_log(self.log, 1500, SEED)
+        self.reference = self.tmp / "reference"
+        code, _out, err = self.run_monitor(self.log, out=self.reference)
+        self.assertEqual(code, 0, err)
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(ROOT / "main.py"), "--log-path", str(self.log),
+                "--output-dir", str(self.out), "--allow-log-dir", str(self.tmp),
+                "--checkpoint-bytes", "40000", "-q"]
+
+    def test_sigkill_at_random_points_converges_to_uninterrupted_run(self):
+        rng = random.Random(SEED)
+        kills = 0
+        for _attempt in range(40):
+            proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
+            time.sleep(rng.uniform(0.05, 0.6))
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stderr.close()
+            kills += 1
+        final = subprocess.run(self.command(), capture_output=True, text=True)
+        self.assertEqual(final.returncode, 0, final.stderr)
+        self.assertGreater(kills, 0, "the catch-up finished before any kill: make it longer")
+        self.assertEqual(load_store(self.out), load_store(self.reference),
+                         f"store differs after {kills} kills (seed {SEED})")
+
+    def test_crash_between_session_and_state_write_counts_nothing_twice(self):
+        with mock.patch("agent_session_monitor.monitor.save_state", side_effect=KeyboardInterrupt):
+            self.run_monitor(self.log, extra=["--checkpoint-bytes", "100000"])
+        self.assertFalse((self.out / ".state.json").exists())
+        self.assertTrue(load_store(self.out))          # sessions were written, state not
+        code, _out, err = self.run_monitor(self.log)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(load_store(self.out), load_store(self.reference))
+
+    def test_crash_between_index_mark_and_update_is_repaired(self):
+        from agent_session_monitor.report import StoreReader
+
+        with mock.patch("agent_session_monitor.index.Index.update", side_effect=KeyboardInterrupt):
+            self.run_monitor(self.log)
+        reader = StoreReader.open(self.out)          # pending sessions overlaid from files
+        self.assertEqual(reader.totals()["rounds"], 1500)
+        reader.close()
+        code, _out, err = self.run_monitor(self.log)
+        self.assertEqual(code, 0, err)
+        reader = StoreReader.open(self.out)
+        self.assertEqual(reader.totals()["rounds"], 1500)
+        self.assertEqual(reader.count_sessions(), len(load_store(self.reference)))
+        reader.close()
+
+    def test_stray_temp_files_are_cleaned_at_start(self):
+        self.out.mkdir(mode=0o700)
+        (self.out / ".tmp-abc123").write_bytes(b'{"half": ')
+        code, _out, err = self.run_monitor(self.log)
+        self.assertEqual(code, 0, err)
+        self.assertFalse((self.out / ".tmp-abc123").exists())
+
+    def test_second_monitor_exits_cleanly_while_first_holds_lock(self):
+        from agent_session_monitor.fsutil import DirLock
+
+        self.out.mkdir(mode=0o700)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT);"
+             "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)",
+             str(self.out / ".lock")], stdout=subprocess.PIPE, text=True)
+        self.addCleanup(holder.kill)
+        self.assertEqual(holder.stdout.readline().strip(), "locked")
+        code, _out, err = self.run_monitor(self.log)
+        self.assertEqual(code, 0)                       # cron stays quiet
+        code, _out, err = self.run_monitor(self.log, extra=["--follow"])
+        self.assertEqual(code, 3)
+        self.assertIn("another monitor", err)
+        holder.send_signal(signal.SIGKILL)              # C12: the kernel drops the lock
+        holder.wait()
+        lock = DirLock(self.out)
+        self.assertTrue(lock.try_acquire())
+        lock.release()
+
+    def test_corrupt_state_uses_backup_or_refuses(self):
+        code, _out, err = self.run_monitor(self.log)
+        code, _out, err = self.run_monitor(self.log)     # a second pass makes a .bak
+        (self.out / ".state.json").write_text("{broken")
+        code, _out, err = self.run_monitor(self.log)
+        self.assertEqual(code, 0, err)
+        self.assertIn("resumed from", err)
+        (self.out / ".state.json").write_text("{broken")
+        (self.out / ".state.json.bak").write_text("")
+        code, _out, err = self.run_monitor(self.log)
+        self.assertEqual(code, 2)
+        self.assertIn("--reset-from", err)
+        self.assertEqual(len(err.strip().splitlines()), 1)
+        code, _out, err = self.run_monitor(self.log, extra=["--reset-from", "beginning"])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(load_store(self.out), load_store(self.reference))
