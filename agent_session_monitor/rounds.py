@@ -18,6 +18,9 @@ KNOWN_AI_KEYS = frozenset((
     "api", "api_type", "consumer", "llm_first_token_duration", "llm_service_duration",
 ))
 CONTENT_FIELDS = ("question", "answer", "reasoning", "system")
+OPTIONAL_FIELDS = ("total_tokens", "chat_round", "chat_id", "consumer", "api", "api_type",
+                   "llm_first_token_duration", "llm_service_duration", "input_token_details",
+                   "output_token_details", "context_key")
 
 
 def build_round(req: Request, key: str, source: dict, table: PriceTable,
@@ -53,7 +56,8 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
         "cached_tokens": buckets.cache_read if req.cached_tokens is None else req.cached_tokens,
         "cache_write_tokens": buckets.cache_write + buckets.cache_write_1h,
         "total_tokens": req.total_token,
-        "buckets": buckets.as_dict(),
+        # Only the non-zero buckets: absent means 0 (Buckets.from_dict).
+        "buckets": {k: v for k, v in buckets.as_dict().items() if v},
         "cost_usd": cost,
         "priced_as": priced_as,
         "has_tool_calls": bool(tool_calls),
@@ -72,6 +76,11 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
         "output_token_details": req.output_details,
         "source": source,
     }
+    # Optional additions are left out when empty: a long session has hundreds of
+    # rounds, and their metadata must not outweigh the conversation.
+    for name in OPTIONAL_FIELDS:
+        if rnd[name] is None or rnd[name] == {}:
+            del rnd[name]
     if store_content:
         for name in CONTENT_FIELDS:
             rnd[name] = ai.get(name)
@@ -80,8 +89,9 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
         # Privacy mode keeps which tools ran (an agent's cost driver), never what they
         # were given or returned.
         rnd["tool_calls"] = [_tool_name_only(call) for call in tool_calls]
-    if req.gateway:
-        rnd["gateway"] = req.gateway
+    gateway = {k: req.gateway[k] for k in GATEWAY_KEPT if k in req.gateway}
+    if gateway:
+        rnd["gateway"] = gateway
     if req.time_source != "start_time":
         rnd["time_source"] = req.time_source
     if req.warnings:
@@ -92,6 +102,11 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
     if extra and store_content:
         rnd["extra"] = extra
     return rnd
+
+
+# What helps a FinOps user debug a round (which route, did it fail); the rest of the
+# Envoy line (addresses, user agent) is constant per client and left in the log.
+GATEWAY_KEPT = ("path", "response_code", "route_name")
 
 
 def reprice_round(rnd: dict, table: PriceTable) -> None:

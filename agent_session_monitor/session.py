@@ -107,7 +107,14 @@ class Session:
             rnd["messages"] = messages
             context = messages
         self._set_tip(rnd["key"], context)
-        return len(rnd["messages"])
+        new = rnd["messages"]
+        if (new and isinstance(new[-1], dict) and rnd.get("question") is not None
+                and new[-1].get("content") == rnd["question"]):
+            # Higress's question *is* the last message; storing it twice would double
+            # the store. round_question() gives it back.
+            del rnd["question"]
+            rnd["question_is_last_message"] = True
+        return len(new)
 
     def _set_tip(self, key: str, context: list) -> None:
         self.doc["context_tip"] = key
@@ -124,6 +131,13 @@ class Session:
     def summarise(self) -> None:
         """Recompute the session totals from its rounds (cheap next to serialising it)."""
         summarise(self.doc)
+
+
+def round_question(rnd: dict) -> object:
+    """The round's question (the request's last message), wherever it is stored."""
+    if rnd.get("question_is_last_message") and rnd.get("messages"):
+        return rnd["messages"][-1].get("content")
+    return rnd.get("question")
 
 
 def common_prefix(base: list, messages: list) -> int:

@@ -6,7 +6,7 @@ import json
 import os
 
 from tests.helpers import DATA, TempDirTest
-from agent_session_monitor.session import full_context
+from agent_session_monitor.session import full_context, round_question
 
 AGENT = "agent:main:discord:channel:1465367993012981988"
 
@@ -46,7 +46,8 @@ class HigressRealisticLog(TempDirTest):
         self.assertEqual(second["messages_offset"], 2)
         self.assertEqual(second["context_key"], first["key"])
         self.assertEqual([m["role"] for m in second["messages"]], ["assistant", "tool"])
-        self.assertEqual(second["question"], '{"temp_c":15,"sky":"clear"}')
+        self.assertEqual(round_question(second), '{"temp_c":15,"sky":"clear"}')
+        self.assertTrue(second["question_is_last_message"])
         self.assertEqual(second["chat_round"], 1)
         by_key = {r["key"]: r for r in doc["rounds"]}
         self.assertEqual(len(full_context(by_key, second)), 4)
@@ -59,7 +60,7 @@ class HigressRealisticLog(TempDirTest):
         self.assertAlmostEqual(rnd["cost_usd"], 0.010845, places=12)
         self.assertEqual(rnd["cached_tokens"], 20480)
         self.assertEqual(rnd["buckets"]["cache_read"], 20480)
-        self.assertEqual(rnd["question"], [{"text": "summarise the repo", "type": "text"}])
+        self.assertEqual(round_question(rnd), [{"text": "summarise the repo", "type": "text"}])
         self.assertEqual(rnd["system"], "You are Claude Code.")
 
     def test_line6_ai_log_salvaged_from_broken_line(self):
