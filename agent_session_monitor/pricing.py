@@ -1,0 +1,379 @@
+"""Token buckets and their price in USD (spec: pricing.md).
+
+A round's usage becomes exclusive buckets (no token in two of them), each bucket is
+priced with that round's own model, and a model with no price gives ``None``, never $0.
+Prices are USD per 1,000,000 tokens, from the bundled ``prices.json`` (built by
+``tools/build_prices.py`` from a LiteLLM snapshot) plus an optional override file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+
+from .config import ENV_PRICING, resolve
+from .errors import EXIT_RUNTIME, EXIT_USAGE, MonitorError
+
+PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning")
+# Kept from the LiteLLM snapshot for provenance, not used for pricing.
+_INFO_FIELDS = ("provider", "note", "max_input_tokens")
+# When several providers sell a model under one bare name, the model's own vendor sets
+# the reference price and resellers come after (bare-name prefix -> provider).
+_FIRST_PARTY = (("qwen", "dashscope"), ("qwq", "dashscope"), ("deepseek", "deepseek"),
+                ("glm", "zai"), ("kimi", "moonshot"), ("moonshot", "moonshot"),
+                ("gemini", "gemini"), ("gemma", "gemini"), ("claude", "anthropic"),
+                ("gpt", "openai"), ("o1", "openai"), ("o3", "openai"), ("o4", "openai"),
+                ("grok", "xai"), ("doubao", "volcengine"), ("minimax", "minimax"),
+                ("mistral", "mistral"))
+# -2024-08-06, -20250514, -250514 (YYMMDD), -latest, and Vertex's @20240620. Four-digit
+# suffixes are left alone: -0613 or -2512 are distinct models with their own prices.
+_SUFFIX = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-20\d{6}|-latest|@\d{8}"
+                     r"|-\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]))$")
+# Hostile logs can carry endless distinct model names; the memo must not grow with them.
+_MEMO_LIMIT = 4096
+_MISS = object()
+
+
+@dataclass(frozen=True)
+class Tier:
+    """Prices once a request's prompt exceeds ``above_input_tokens``; None = base price."""
+
+    above_input_tokens: int
+    input: float | None = None
+    output: float | None = None
+    cache_read: float | None = None
+    cache_write: float | None = None
+    cache_write_1h: float | None = None
+    reasoning: float | None = None
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per 1M tokens. None = not billed apart: cache_read and cache_write fall back to
+    input, cache_write_1h to cache_write (then input), reasoning to output."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+    cache_write_1h: float | None = None
+    reasoning: float | None = None
+    tiers: tuple[Tier, ...] = ()
+    provider: str | None = None
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """Exclusive token counts of one round (or a sum of rounds)."""
+
+    input: int = 0           # uncached input
+    cache_read: int = 0
+    cache_write: int = 0     # 5-minute cache writes
+    cache_write_1h: int = 0
+    output: int = 0          # text output, reasoning excluded
+    reasoning: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.input + self.cache_read + self.cache_write + self.cache_write_1h
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Buckets:
+        return cls(**{f.name: _count(d, f.name) for f in fields(cls)})
+
+    def __add__(self, other: object) -> Buckets:
+        if not isinstance(other, Buckets):
+            return NotImplemented
+        return Buckets(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+def _count(details: dict, key: str) -> int:
+    """A token count from a provider's detail map; anything not a count is 0."""
+    value = details.get(key)
+    # bool is an int subclass: True must not count as one token.
+    if type(value) is int:
+        return max(value, 0)
+    # The coercion the parser documents for top-level counts (older Higress).
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
+        return int(value)
+    return 0
+
+
+def _nonneg(value: object) -> int:
+    return value if type(value) is int and value > 0 else 0
+
+
+def usage_buckets(input_token: int, output_token: int, cached_tokens: int | None = None,
+                  reasoning_tokens: int | None = None, input_details: dict | None = None,
+                  output_details: dict | None = None) -> Buckets:
+    """Split OpenAI-, Anthropic- or Gemini-shaped usage into exclusive buckets (pricing.md).
+
+    A source reporting 0 falls through to the next one: Higress writes 0 for counts the
+    provider reports elsewhere.
+    """
+    ind = input_details if isinstance(input_details, dict) else {}
+    outd = output_details if isinstance(output_details, dict) else {}
+    input_token, output_token = _nonneg(input_token), _nonneg(output_token)
+    cache_read = (_nonneg(cached_tokens) or _count(ind, "cached_tokens")
+                  or _count(ind, "cache_read_input_tokens"))
+    write_5m, write_1h = _count(ind, "cache_creation_input_tokens"), 0
+    split = ind.get("cache_creation")
+    if isinstance(split, dict) and ("ephemeral_1h_input_tokens" in split
+                                    or "ephemeral_5m_input_tokens" in split):
+        write_1h = _count(split, "ephemeral_1h_input_tokens")
+        five = _count(split, "ephemeral_5m_input_tokens")
+        # Writes the split does not account for are billed as the default 5-minute kind.
+        write_5m = max(five, write_5m - write_1h)
+    # Anthropic's input_token already excludes cache reads and writes.
+    anthropic = any(ind.get(k) is not None
+                    for k in ("cache_read_input_tokens", "cache_creation_input_tokens"))
+    if anthropic or cache_read > input_token:
+        uncached = input_token
+    else:
+        uncached = max(input_token - cache_read - write_5m - write_1h, 0)
+    thoughts = _count(outd, "thoughts_token_count")
+    detail_reasoning = _count(outd, "reasoning_tokens")
+    reasoning = _nonneg(reasoning_tokens) or detail_reasoning or thoughts
+    # Gemini's output excludes thinking; a top-level count copied from
+    # thoughts_token_count still has that meaning.
+    from_thoughts = reasoning > 0 and reasoning == thoughts and not detail_reasoning
+    if from_thoughts or reasoning > output_token:
+        text_output = output_token
+    else:
+        text_output = output_token - reasoning
+    return Buckets(uncached, cache_read, write_5m, write_1h, text_output, reasoning)
+
+
+def _rates(price: Price, prompt_tokens: int) -> dict[str, float]:
+    """Per-bucket USD per 1M: the tier's field, else the base price's, else the fallback."""
+    # Tiers are sorted by threshold at load: the last one passed is the one that applies.
+    tier = next((t for t in reversed(price.tiers) if t.above_input_tokens < prompt_tokens), None)
+    r = {f: getattr(price, f) if getattr(tier, f, None) is None else getattr(tier, f)
+         for f in PRICE_FIELDS}
+    for name, fallback in (("cache_read", "input"), ("cache_write", "input"),
+                           ("cache_write_1h", "cache_write"), ("reasoning", "output")):
+        if r[name] is None:
+            r[name] = r[fallback]
+    return r
+
+
+def bucket_cost(buckets: Buckets, price: Price) -> float:
+    """USD for ``buckets``; the size tier is chosen by this request's prompt tokens."""
+    rates = _rates(price, buckets.prompt_tokens)
+    return math.fsum(getattr(buckets, f) * rates[f] for f in PRICE_FIELDS) / 1e6
+
+
+def cache_savings(buckets: Buckets, price: Price) -> float:
+    """USD that prompt caching saved versus paying the full input price for every prompt
+    token. Negative when cache writes (billed above input) cost more than reads saved."""
+    uncached = Buckets(input=buckets.prompt_tokens, output=buckets.output,
+                       reasoning=buckets.reasoning)
+    return bucket_cost(uncached, price) - bucket_cost(buckets, price)
+
+
+def provider_of(table_key: str, price: Price) -> str:
+    """The provider to show: the table's, else the key's prefix, else the model's vendor."""
+    if "/" in table_key:
+        return price.provider or table_key.split("/", 1)[0]
+    return price.provider or _vendor(table_key.lower()) or "unknown"
+
+
+def _vendor(bare_name: str) -> str | None:
+    return next((p for prefix, p in _FIRST_PARTY if bare_name.startswith(prefix)), None)
+
+
+def _bare(name: str) -> str:
+    """The name without its provider prefix(es): openrouter/openai/gpt-4o -> gpt-4o."""
+    return name.rsplit("/", 1)[-1]
+
+
+class PriceTable:
+    """Prices by table key, with the lookup rules of pricing.md (never a family guess)."""
+
+    def __init__(self, models: dict[str, Price], aliases: dict[str, str] | None = None,
+                 source: str = "", override_path: str | None = None) -> None:
+        self.models = models
+        self.aliases = aliases or {}
+        self.source = source
+        self.override_path = override_path
+        self._memo: dict[str, tuple[str, Price] | None] = {}
+        self._lower: dict[str, str] = {}
+        self._alias: dict[str, str] = {k.lower(): v for k, v in sorted(self.aliases.items())}
+        ranked: dict[str, tuple] = {}
+        for key in sorted(models):
+            self._lower.setdefault(key.lower(), key)
+            bare = _bare(key.lower())
+            provider = provider_of(key, models[key])
+            rank = (provider != _vendor(bare), provider, key)
+            if bare not in ranked or rank < ranked[bare]:
+                ranked[bare] = rank
+        self._bare = {bare: rank[2] for bare, rank in ranked.items()}
+
+    def lookup(self, model: str) -> tuple[str, Price] | None:
+        """``(table key, price)`` for a logged model name, or None when unpriced."""
+        if not isinstance(model, str) or not model:
+            return None
+        found = self._memo.get(model, _MISS)
+        if found is _MISS:
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            key = self._find(model)
+            found = self._memo[model] = None if key is None else (key, self.models[key])
+        return found
+
+    def _find(self, model: str) -> str | None:
+        if model in self.models:
+            return model
+        # Each step loosens the last: case, then provider prefix, then date suffix.
+        names = [model.lower(), _bare(model.lower())]
+        names += [_SUFFIX.sub("", name) for name in names]
+        for name in names:
+            key = self._lower.get(name) or self._bare.get(_bare(name))
+            if key is not None:
+                return key
+        for name in names:
+            target = self._alias.get(name) or self._alias.get(_bare(name))
+            if target is not None:
+                return self._lower.get(target.lower())
+        return None
+
+    def cost(self, model: str | None, buckets: Buckets) -> float | None:
+        """USD of ``buckets`` on ``model``; None when the model is missing or unpriced."""
+        found = self.lookup(model) if model else None
+        return bucket_cost(buckets, found[1]) if found is not None else None
+
+    def priced_models(self) -> list[str]:
+        return sorted(self.models)
+
+
+def what_if(buckets: Buckets, table: PriceTable,
+            models: list[str] | None = None) -> list[tuple[str, float]]:
+    """The same buckets priced on other models (default: every table key), cheapest
+    first; names the table cannot price are left out."""
+    names = table.priced_models() if models is None else models
+    priced = ((name, table.cost(name, buckets)) for name in names)
+    return sorted(((n, c) for n, c in priced if c is not None), key=lambda nc: (nc[1], nc[0]))
+
+
+def load_price_table(override_path: str | None = None) -> PriceTable:
+    """The bundled table, overridden per model by ``override_path`` (else the file named
+    by $AGENT_SESSION_MONITOR_PRICING). Raises MonitorError on a bad file."""
+    bundled = resources.files(__package__).joinpath("prices.json")
+    label = f"bundled price table {bundled}"
+    data = _read_json(bundled, label, EXIT_RUNTIME)
+    models, aliases = _parse_table(data, label, EXIT_RUNTIME)
+    source = f"{data.get('_source', 'bundled prices')}, {data.get('_date', 'undated')}"
+    path = resolve(override_path or None, ENV_PRICING)
+    if path is not None:
+        path = str(path)
+        label = f"price file {path}"
+        data = _read_json(Path(path), label, EXIT_USAGE)
+        extra, extra_aliases = _parse_table(data, label, EXIT_USAGE)
+        # The override replaces the whole entry, whatever case the user wrote it in.
+        names = {name.lower() for name in extra}
+        models = {k: v for k, v in models.items() if k.lower() not in names}
+        models.update(extra)
+        aliases.update(extra_aliases)
+        source += f" + overrides from {path}"
+    return PriceTable(models, aliases, source, path)
+
+
+def _read_json(path: Path, label: str, exit_code: int) -> object:
+    try:
+        raw = path.read_bytes()  # a Path, or the Traversable of the bundled file
+    except FileNotFoundError:
+        fix = (f"check --pricing or ${ENV_PRICING}" if exit_code == EXIT_USAGE
+               else "reinstall the package or run tools/build_prices.py")
+        raise MonitorError(f"{label}: not found; {fix}", exit_code) from None
+    except OSError as e:
+        raise MonitorError(f"{label}: cannot read it ({e.strerror or e})", exit_code) from None
+    try:
+        return json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        problem = f"not UTF-8 text (byte {e.start})"
+    except json.JSONDecodeError as e:
+        problem = f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+    except RecursionError:
+        problem = "not valid JSON (nested too deeply)"
+    raise MonitorError(f"{label}: {problem}", exit_code)
+
+
+def _parse_table(data: object, label: str,
+                 exit_code: int) -> tuple[dict[str, Price], dict[str, str]]:
+    """Accept ``{model: prices}`` or the wrapped ``{"models": {...}, "aliases": {...}}``."""
+    if not isinstance(data, dict):
+        raise MonitorError(f"{label}: must be a JSON object of model name -> prices, "
+                           f"not {_kind(data)}", exit_code)
+    entries, aliases = data, {}
+    if isinstance(data.get("models"), dict):
+        entries, aliases = data["models"], data.get("aliases", {})
+        if not isinstance(aliases, dict) or not all(
+                isinstance(v, str) and v for v in aliases.values()):
+            raise MonitorError(f'{label}: "aliases" must map names to model names', exit_code)
+    models = {}
+    for name, entry in entries.items():
+        if name.startswith("_"):
+            continue
+        try:
+            if not name.strip():
+                raise ValueError("a model name must not be empty")
+            models[name] = _parse_entry(entry)
+        except ValueError as e:
+            raise MonitorError(f"{label}: model {json.dumps(name)}: {e}", exit_code) from None
+    return models, dict(aliases)
+
+
+def _parse_entry(entry: object, tier: bool = False) -> Price | Tier:
+    what = "a tier" if tier else "the entry"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{what} must be an object, not {_kind(entry)}")
+    known = PRICE_FIELDS + (("above_input_tokens",) if tier else _INFO_FIELDS + ("tiers",))
+    # A typo such as "cache_reed" would silently bill at the fallback price: refuse it.
+    unknown = [k for k in entry if k not in known and not k.startswith("_")]
+    if unknown:
+        raise ValueError(f"unknown field {json.dumps(unknown[0])} (known: {', '.join(known)})")
+    prices = {}
+    for name in PRICE_FIELDS:
+        if name not in entry:
+            if name in ("input", "output") and not tier:
+                raise ValueError(f'"{name}" is missing')
+            continue
+        value = entry[name]
+        # bool is excluded: "input": true is a mistake, not a price of 1.
+        if type(value) not in (int, float) or not _finite(value) or value < 0:
+            raise ValueError(f'"{name}" must be a non-negative number, not {_kind(value)}')
+        prices[name] = float(value)
+    if tier:
+        above = entry.get("above_input_tokens")
+        if type(above) is not int or above < 0:
+            raise ValueError('a tier\'s "above_input_tokens" must be a non-negative integer')
+        return Tier(above, **prices)
+    provider, tiers = entry.get("provider"), entry.get("tiers", [])
+    if provider is not None and not isinstance(provider, str):
+        raise ValueError(f'"provider" must be a string, not {_kind(provider)}')
+    if not isinstance(tiers, list):
+        raise ValueError(f'"tiers" must be an array, not {_kind(tiers)}')
+    parsed = sorted((_parse_entry(t, tier=True) for t in tiers),
+                    key=lambda t: t.above_input_tokens)
+    return Price(**prices, tiers=tuple(parsed), provider=provider or None)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, (dict, list)):
+        return "an object" if isinstance(value, dict) else "an array"
+    text = json.dumps(value, ensure_ascii=True, default=str)
+    return text if len(text) <= 30 else text[:27] + "..."
