@@ -93,6 +93,11 @@ class Monitor:
         self.err = err or sys.stderr
         self.table = table or load_price_table(config.pricing)
         self.progress = self.err.isatty() if progress is None else progress
+        # Hooks for other components (exporters, budgets). before_flush gets the rounds
+        # new since the last commit, before any session file is written (a durable
+        # outbox written there survives a crash that the session files do not);
+        # on_commit gets the sessions written, after the index is updated.
+        self.before_flush: list[Callable[[list, "Monitor"], None]] = []
         self.on_commit: list[Callable[[list, "Monitor"], None]] = []
         self.lock: DirLock | None = None
         self.notes: list[str] = []
@@ -256,6 +261,8 @@ class Monitor:
         try:
             if self.store.dirty_count:
                 names = [s.file_name for s in self.store._dirty.values()]
+                for hook in self.before_flush:
+                    hook(self.store.new_rounds, self)
                 self.index.mark_pending(names)
                 written = self.store.flush()
                 self.index.update([(s.file_name, s.doc, s.size) for s in written])

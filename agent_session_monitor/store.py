@@ -50,6 +50,8 @@ class SessionStore:
         self._cached_bytes = 0
         self._dirty: dict[str, Session] = {}
         self.pending_bytes = 0  # rough size of content added since the last flush
+        # (session_id, round) added since the last flush, for hooks (exporters).
+        self.new_rounds: list[tuple[str, dict]] = []
         self._warn = warn or (lambda msg: print(msg, file=sys.stderr))
 
     def file_name(self, session_id: str | None) -> str:
@@ -91,6 +93,7 @@ class SessionStore:
         total = len(messages) if isinstance(messages, list) else 1
         stored = session.add(rnd, messages, self.store_content)
         self._dirty[session.file_name] = session
+        self.new_rounds.append((session.doc["session_id"], rnd))
         self.pending_bytes += 512 + line_bytes * max(stored, 1) // max(total, 1)
         return True
 
@@ -116,6 +119,7 @@ class SessionStore:
             session.dirty = False
         self._dirty.clear()
         self.pending_bytes = 0
+        self.new_rounds = []
         self._evict()
         return written
 
@@ -127,6 +131,7 @@ class SessionStore:
                 self._cached_bytes -= session.size
         self._dirty.clear()
         self.pending_bytes = 0
+        self.new_rounds = []
 
     def _evict(self) -> None:
         while self._cached_bytes > self.cache_bytes and self._sessions:
