@@ -11,7 +11,7 @@ twice.
 from __future__ import annotations
 
 import copy
-import dataclasses
+import hashlib
 import os
 import sys
 import time
@@ -29,7 +29,7 @@ from .pricing import PriceTable, load_price_table
 from .rounds import build_round
 from .state import State, load_state, save_state
 from .store import SessionStore
-from .tail import Tailer
+from .tail import StreamSource, Tailer
 
 REPORT_PER_KIND = 3   # bad lines reported in full per kind and pass; the rest are counted
 
@@ -138,7 +138,10 @@ class Monitor:
             self.index.rebuild(self._index_progress if self.progress else None)
         elif self.index.repair_pending():
             self.notes.append("re-indexed sessions an interrupted run had left pending")
-        self.tailer = Tailer(self.config.log_paths, self.config.max_rotate, self.state.sources,
+        files = [p for p in self.config.log_paths if p != "-"]
+        self.stream = (StreamSource(sys.stdin.fileno(), self.config.max_line_bytes)
+                       if "-" in self.config.log_paths else None)
+        self.tailer = Tailer(files, self.config.max_rotate, self.state.sources,
                              keep_open=self.config.follow, rotate_wait=self.config.rotate_wait,
                              max_line=self.config.max_line_bytes)
         self._saved_sources = copy.deepcopy(self.state.sources)
@@ -171,6 +174,8 @@ class Monitor:
         progress = _Progress(self.err, todo) if self.progress else None
         try:
             self._read_all(pairs, stats, read_time, progress)
+            if self.stream is not None:
+                self._read_stream(stats, read_time)
         finally:
             self.tailer.close_unheld(pairs)
         if progress:
@@ -203,7 +208,23 @@ class Monitor:
                     progress.update(name, stats)
             self._report_tail_events(stats)
 
-    def _handle(self, line: bytes, fp: str, start: int, read_time: str, stats: PassStats,
+    def _read_stream(self, stats: PassStats, read_time: str) -> None:
+        reported: Counter = Counter()
+        since_checkpoint = 0
+        for start, end, line in self.stream.lines(block=not self.config.follow):
+            stats.bytes_read += end - start
+            since_checkpoint += end - start
+            if line is None:
+                self._bad(stats, reported, "oversized_line", "<stdin>", start,
+                          f"line of {end - start:,} bytes exceeds --max-line-bytes")
+            else:
+                stats.lines += 1
+                self._handle(line, None, start, read_time, stats, reported, "<stdin>")
+            if since_checkpoint >= self.config.checkpoint_bytes:
+                self.checkpoint()
+                since_checkpoint = 0
+
+    def _handle(self, line: bytes, fp: str | None, start: int, read_time: str, stats: PassStats,
                 reported: Counter, path: str) -> None:
         try:
             req = parse_line(line, read_time)
@@ -219,11 +240,17 @@ class Monitor:
             return
         for w in req.warnings:
             stats.warnings[w] += 1
-        key = req.request_id or f"{fp}:{start}"
+        if req.request_id:
+            key = req.request_id
+        elif fp is not None:
+            key = f"{fp}:{start}"
+        else:   # a pipe: no file identity, the line itself is the identity
+            key = "sha256:" + hashlib.sha256(line).hexdigest()[:32]
         if self.store.has_key(req.session_id, key):
             stats.duplicates += 1
             return
-        rnd = build_round(req, key, {"fp": fp[:16], "offset": start}, self.table,
+        source = {"fp": fp[:16], "offset": start} if fp is not None else {"stream": "stdin"}
+        rnd = build_round(req, key, source, self.table,
                           self.config.store_content)
         messages = req.ai.get("messages") if self.config.store_content else None
         self.store.add_round(req.session_id, rnd, messages, len(line))
@@ -357,8 +384,9 @@ def summary(stats: PassStats) -> str:
     if not stats.lines and not stats.bad:
         return (f"Nothing new: {stats.files} log file{'s' if stats.files != 1 else ''} "
                 "checked, all lines already read.")
-    parts = [f"Read {fmt_bytes(stats.bytes_read)} ({fmt_int(stats.lines)} lines) from "
-             f"{stats.files} file{'s' if stats.files != 1 else ''}: "
+    where = (f"{stats.files} file{'s' if stats.files != 1 else ''}" if stats.files
+             else "standard input")
+    parts = [f"Read {fmt_bytes(stats.bytes_read)} ({fmt_int(stats.lines)} lines) from {where}: "
              f"{fmt_int(stats.rounds)} rounds stored in {fmt_int(len(stats.sessions))} "
              f"sessions ({fmt_int(len(stats.new_sessions))} new)"]
     if stats.duplicates:

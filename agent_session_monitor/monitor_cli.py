@@ -109,7 +109,8 @@ def config_from_args(args: argparse.Namespace, err: TextIO) -> MonitorConfig:
                   "where Higress writes its access log", file=err)
     allowed = allowed_log_dirs(args.allow_log_dir)
     for path in paths:
-        check_log_path_allowed(path, allowed)
+        if path != "-":   # standard input: whatever the caller pipes in
+            check_log_path_allowed(path, allowed)
     out = data_dir(args.output_dir)
     return MonitorConfig(
         log_paths=paths, output_dir=out,
@@ -216,6 +217,8 @@ def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
                 render_live(out, totals, rows, last_pass=summary(stats))
             elif (stats.lines or stats.bad) and not args.quiet:
                 print(summary(stats), file=out, flush=True)
+            if monitor.stream is not None and monitor.stream.eof and config.log_paths == ["-"]:
+                return EXIT_OK     # the pipe closed and there is nothing else to follow
             time.sleep(config.refresh_interval)
     except KeyboardInterrupt:
         monitor.checkpoint()
@@ -228,7 +231,8 @@ def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
 def _any_log_exists(patterns: list[str]) -> bool:
     import glob
 
-    return any(glob.glob(p) if glob.has_magic(p) else os.path.exists(p) for p in patterns)
+    return any(p == "-" or (glob.glob(p) if glob.has_magic(p) else os.path.exists(p))
+               for p in patterns)
 
 
 def _maintenance(config: MonitorConfig, args: argparse.Namespace, out: TextIO,
