@@ -48,7 +48,7 @@ class MonitorConfig:
     rotate_wait: float = 30.0
     max_line_bytes: int = 64 * 2**20
     reset_from: str | None = None
-    checkpoint_bytes: int = 64 * 2**20     # input read between checkpoints in a catch-up
+    checkpoint_bytes: int = 256 * 2**20    # input read between checkpoints in a catch-up
     pending_bytes: int = 48 * 2**20        # content held in memory before a flush
 
     @property

@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "line is taken as final (default 30)")
     p.add_argument("--max-line-bytes", type=_positive, default=64 * 2**20, metavar="N",
                    help="longer lines are skipped and counted (default 64 MiB)")
-    p.add_argument("--checkpoint-bytes", type=_positive, default=64 * 2**20, metavar="N",
+    p.add_argument("--checkpoint-bytes", type=_positive, default=256 * 2**20, metavar="N",
                    help="during a long catch-up, commit sessions and offsets every N bytes "
-                        "read (default 64 MiB): bounds memory and what a crash re-reads")
+                        "read (default 256 MiB): bounds memory and what a crash re-reads")
     p.add_argument("--reset-from", choices=("beginning", "end"),
                    help="when the state file is unreadable: re-read everything (safe, nothing "
                         "is counted twice) or start at the end of the logs")

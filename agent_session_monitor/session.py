@@ -8,7 +8,6 @@ round's context messages that precede them. The full request of any round is
 
 from __future__ import annotations
 
-import bisect
 import math
 
 from .names import UNSESSIONED_ID
@@ -76,7 +75,9 @@ class Session:
         else:
             # A late line (another pod, a lagging writer): keep event-time order; equal
             # times keep arrival order so that a replay gives the same numbering.
-            at = bisect.bisect_right([r["timestamp"] for r in rounds], rnd["timestamp"])
+            at = len(rounds) - 1
+            while at > 0 and rounds[at - 1]["timestamp"] > rnd["timestamp"]:
+                at -= 1   # late lines are usually only a little late: walk back
             rounds.insert(at, rnd)
             for i in range(at, len(rounds)):
                 rounds[i]["round"] = i + 1
