@@ -290,3 +290,29 @@ def gzip_file(path) -> None:
     with gzip.open(str(path) + ".gz", "wb") as f:
         f.write(data)
     os.remove(path)
+
+
+class FollowModeKeepsFilesOpen(TempDirTest):
+    """With --follow the monitor holds its files open, so bytes written to a file after
+    it was renamed away and deleted (compress without delaycompress) are still read."""
+
+    def test_late_writes_to_deleted_file_are_drained_through_the_open_descriptor(self):
+        from agent_session_monitor.monitor import Monitor, MonitorConfig
+
+        log = self.tmp / "access.log"
+        writer = open(log, "ab", buffering=0)
+        writer.write(make_line(1))
+        config = MonitorConfig(log_paths=[str(log)], output_dir=self.out, follow=True,
+                               rotate_wait=0.2)
+        with Monitor(config, progress=False) as monitor:
+            monitor.poll_once()
+            os.replace(log, self.tmp / "access.log.1")
+            log.touch()
+            gzip_file(self.tmp / "access.log.1")          # .1 is gone, .1.gz is a copy
+            writer.write(make_line(2))                     # into the deleted inode
+            write_lines(log, [make_line(3)])
+            monitor.poll_once()
+            writer.write(make_line(4))
+            monitor.poll_once()
+            writer.close()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 4))
