@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -133,7 +134,11 @@ class Monitor:
             self.notes.append(note)
         self.store = SessionStore(out, store_content=self.config.store_content,
                                   warn=self._warn)
-        self.index = Index(out)
+        try:
+            self.index = Index(out)
+        except sqlite3.Error as e:
+            raise MonitorError(f"cannot open the index {out / '.index.sqlite'}: {e} "
+                               "(it is derived data: delete it and it is rebuilt)") from e
         if self.index.needs_rebuild:
             self.index.rebuild(self._index_progress if self.progress else None)
         elif self.index.repair_pending():
@@ -297,13 +302,14 @@ class Monitor:
                     hook(written, self)
             self.state.sources = self.tailer.sources
             save_state(self.config.state_path, self.state)
-        except OSError as e:
+        except (OSError, sqlite3.Error) as e:
             self.store.discard_dirty()
             # Rewind to what the files on disk describe: the next pass re-reads it.
             self.tailer.sources[:] = copy.deepcopy(self._saved_sources)
             self.state.sources = self.tailer.sources
+            reason = getattr(e, "strerror", None) or str(e)
             raise MonitorError(f"cannot write the store in {self.config.output_dir}: "
-                               f"{e.strerror or e}; nothing was lost, the same lines are "
+                               f"{reason}; nothing was lost, the same lines are "
                                "read again once it is writable (free space?)") from e
         self._saved_sources = copy.deepcopy(self.tailer.sources)
 
@@ -321,7 +327,10 @@ class Monitor:
         for kind, n in stats.tail_events.items():
             s.count_kind("file_events", kind, n)
         if stats.lines or stats.bad or stats.tail_events:
-            save_state(self.config.state_path, self.state)
+            try:
+                save_state(self.config.state_path, self.state)
+            except OSError as e:
+                raise MonitorError(f"cannot write {self.config.state_path}: {e.strerror}") from e
 
     def _index_progress(self, done: int, total: int) -> None:
         if done == total or done % 200 == 0:

@@ -186,7 +186,8 @@ def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: Text
             stats = monitor.poll_once()
             if not args.quiet:
                 print(summary(stats), file=out)
-            return EXIT_OK
+            # An unreadable log was reported on stderr; the exit status makes cron say so.
+            return EXIT_RUNTIME if stats.tail_events.get("unreadable") else EXIT_OK
         return _follow(monitor, config, args, out, err)
 
 
