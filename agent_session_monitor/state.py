@@ -36,11 +36,18 @@ class SourceState:
     size: int = 0
     mtime: float = 0.0
     tail: str = ""            # hash of the 64 bytes before offset: catches in-place rewrites
+    # The matching fingerprint grows with the file up to 1 KiB (``fp`` stays fixed): a
+    # head of a few bytes ("\n", one short line) is shared by unrelated files.
+    head_fp: str = ""
+    head_len: int = 0
     gz: bool = False
     live: bool = False        # last seen under a live path (not a rotation)
     gz_complete: bool = False
     missing_since: float | None = None  # wall-clock epoch: orphans expire after days
     loss_reported: bool = False
+
+    def matching(self) -> tuple[str, int]:
+        return (self.head_fp, self.head_len) if self.head_len else (self.fp, self.fp_len)
 
     @classmethod
     def from_dict(cls, data: dict) -> "SourceState":

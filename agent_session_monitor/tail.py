@@ -21,6 +21,9 @@ from typing import BinaryIO, Iterator
 from .state import SourceState
 
 FP_LEN = 1024
+# A head shorter than this is not a fingerprint: a blank or junk first line is shared
+# by unrelated files. No AI request line is this short, so waiting loses nothing.
+MIN_FP_LEN = 64
 TAIL_LEN = 64
 CHUNK = 4 * 2**20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -43,7 +46,18 @@ class LogFile:
     live: bool
 
     def head_matches(self, src: SourceState) -> bool:
-        return len(self.head) >= src.fp_len and _sha(self.head[:src.fp_len]) == src.fp
+        fp, n = src.matching()
+        return len(self.head) >= n and _sha(self.head[:n]) == fp
+
+    def could_be_copy_of(self, src: SourceState) -> bool:
+        """A file of another inode with the same head is the copy (copytruncate) or the
+        compressed form of ``src`` only if it holds everything read from ``src``."""
+        if self.gz:
+            isize = _gzip_isize(self.file)
+            return src.offset >= 2**32 or isize < 0 or isize >= src.offset
+        if self.size < src.offset:
+            return False
+        return not src.tail or src.offset < TAIL_LEN or _tail_hash(self.file, src.offset) == src.tail
 
 
 @dataclass
@@ -149,7 +163,7 @@ class Tailer:
             if i in matched:
                 continue
             for src in self.sources:
-                if lf.head_matches(src):
+                if lf.head_matches(src) and lf.could_be_copy_of(src):
                     if id(src) not in taken:
                         matched[i] = (src, lf)
                         taken.add(id(src))
@@ -224,9 +238,9 @@ class Tailer:
 
     def _new_source(self, lf: LogFile) -> SourceState | None:
         head = lf.head
-        # Fingerprint only a head that holds a complete line or the full length: a
-        # half-written first line could still change.
-        if len(head) < FP_LEN and b"\n" not in head:
+        # Fingerprint only a head that holds a complete line or the full length (a
+        # half-written first line could still change), and not a tiny one.
+        if len(head) < MIN_FP_LEN or (len(head) < FP_LEN and b"\n" not in head):
             return None
         n = min(len(head), FP_LEN)
         return SourceState(fp=_sha(head[:n]), fp_len=n, dev=lf.dev, ino=lf.ino,
@@ -238,6 +252,9 @@ class Tailer:
             src.missing_since = None
             src.loss_reported = False
         src.path, src.dev, src.ino, src.gz, src.live = lf.path, lf.dev, lf.ino, lf.gz, lf.live
+        if src.matching()[1] < FP_LEN and len(lf.head) > src.matching()[1]:
+            n = min(len(lf.head), FP_LEN)
+            src.head_fp, src.head_len = _sha(lf.head[:n]), n
         if lf.gz:
             return src, lf
         if lf.size < src.offset:
