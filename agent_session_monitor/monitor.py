@@ -251,16 +251,17 @@ class Monitor:
             key = f"{fp}:{start}"
         else:   # a pipe: no file identity, the line itself is the identity
             key = "sha256:" + hashlib.sha256(line).hexdigest()[:32]
-        if self.store.has_key(req.session_id, key):
+        session = self.store.get(req.session_id)
+        if key in session.keys:
             stats.duplicates += 1
             return
         source = {"fp": fp[:16], "offset": start} if fp is not None else {"stream": "stdin"}
         rnd = build_round(req, key, source, self.table,
                           self.config.store_content)
         messages = req.ai.get("messages") if self.config.store_content else None
-        self.store.add_round(req.session_id, rnd, messages, len(line))
+        self.store.add_round(req.session_id, rnd, messages, len(line), session)
         stats.rounds += 1
-        name = self.store.file_name(req.session_id)
+        name = session.file_name
         if name not in stats.sessions and not (self.config.output_dir / name).exists():
             stats.new_sessions.add(name)
         stats.sessions.add(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import lru_cache
 
 UNSESSIONED_ID = "(unsessioned)"
 UNSESSIONED_FILE = "~unsessioned.json"
@@ -20,6 +21,7 @@ _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
              *(f"lpt{i}" for i in range(10))}
 
 
+@lru_cache(maxsize=65536)
 def file_name_for(session_id: str) -> str:
     """The file name (no directory) of a session; distinct ids give distinct names."""
     if (_SAFE.fullmatch(session_id) and ".." not in session_id

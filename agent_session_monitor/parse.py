@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from json.decoder import scanstring
@@ -249,9 +250,15 @@ def _event_time(outer: dict, ai: dict, read_time: str, warnings: list[str]) -> t
     return read_time, "read"
 
 
+_CANONICAL = re.compile(r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+                        r"T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z")
+
+
 def canonical_time(value: str) -> tuple[str, bool] | None:
     """``value`` as UTC ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (sortable as text), and whether it
     was naive (no offset: taken as UTC and flagged). None if it is not a time."""
+    if _CANONICAL.fullmatch(value):
+        return value, False   # Envoy's %START_TIME% form already: the common case, kept as is
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"  # fromisoformat learned "Z" only in 3.11

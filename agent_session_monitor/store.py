@@ -85,9 +85,10 @@ class SessionStore:
         return Session(doc, name, size)
 
     def add_round(self, session_id: str | None, rnd: dict, messages: object,
-                  line_bytes: int = 0) -> bool:
+                  line_bytes: int = 0, session: Session | None = None) -> bool:
         """Add a round unless its key is already in the session. True if added."""
-        session = self.get(session_id)
+        if session is None:
+            session = self.get(session_id)
         if rnd["key"] in session.keys:
             return False
         total = len(messages) if isinstance(messages, list) else 1
