@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -50,3 +51,79 @@ def shorten(text: str, width: int) -> str:
     if width <= 0 or len(text) <= width:
         return text
     return text[: max(width - 1, 0)] + "…"
+
+
+def content_text(value: object) -> str:
+    """A message ``content`` (or question / answer) as plain text, whatever its shape: a
+    string, OpenAI / Anthropic content blocks, a tool result, or any JSON value."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(part for part in (_block_text(v) for v in value) if part)
+    if isinstance(value, dict):
+        return _block_text(value)
+    return str(value)
+
+
+def _block_text(block: object) -> str:
+    if not isinstance(block, dict):
+        return content_text(block)
+    kind = block.get("type")
+    if isinstance(block.get("text"), str):
+        return block["text"]
+    if kind in ("tool_use", "function_call"):
+        name, arguments = tool_call_parts(block)
+        return f"[tool call] {name}({arguments})"
+    if kind == "tool_result":
+        return f"[tool result] {content_text(block.get('content'))}"
+    if isinstance(kind, str) and ("image" in kind or "audio" in kind or kind == "file"):
+        return f"[{kind}]"
+    return _json(block)
+
+
+def tool_call_parts(call: object) -> tuple[str, str]:
+    """``(name, arguments as text)`` of an OpenAI ``tool_calls`` item or an Anthropic
+    ``tool_use`` block; arguments logged as a JSON string are kept verbatim."""
+    if not isinstance(call, dict):
+        return "?", content_text(call)
+    fn = call.get("function") if isinstance(call.get("function"), dict) else call
+    name = fn.get("name")
+    arguments = fn.get("arguments", fn.get("input"))
+    if arguments is None:
+        arguments = ""
+    elif not isinstance(arguments, str):
+        arguments = _json(arguments)
+    return (name if isinstance(name, str) and name else "?"), arguments
+
+
+def _json(value: object) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def fmt_time(timestamp: str | None, tz: "tzinfo | None" = None, seconds: bool = True) -> str:
+    """A stored UTC time shown in ``tz`` (default UTC), as the CLI shows it; a value that
+    is not an aware ISO time is returned as stored."""
+    from datetime import datetime, timezone
+
+    if not timestamp:
+        return "-"
+    try:
+        moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return timestamp
+    if moment.tzinfo is None:
+        return timestamp
+    return moment.astimezone(tz or timezone.utc).strftime(
+        "%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+def fmt_cost(cost: float | None, unpriced_rounds: int = 0) -> str:
+    """``$x`` / ``unpriced``, with a ``*`` when some rounds of the group have no price
+    (the CLI's COST column)."""
+    text = fmt_usd(cost)
+    return text + "*" if unpriced_rounds and cost is not None else text

@@ -1,0 +1,456 @@
+"""``scripts/cli.py``: query the session store (spec: interfaces.md, "scripts/cli.py").
+
+Every command but ``show`` answers from the derived index, never from the conversations,
+so ``list``, ``stats-*`` and ``export`` stay fast with 100,000 sessions; ``show`` reads
+the one session file it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import re
+import sys
+import time
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Callable, TextIO
+
+from . import __version__
+from .config import (DEFAULT_DATA_DIR, ENV_BASE_URL, ENV_DATA_DIR, ENV_LINK_SECRET,
+                     ENV_PRICING, data_dir, resolve)
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, MonitorError
+from .fmt import fmt_int, fmt_usd, safe_text
+from .fsutil import atomic_write
+from .links import DEFAULT_BASE_URL, session_url
+from .pricing import load_price_table
+from .render_text import (render_session, render_sessions, render_usage, terminal_width,
+                          write_csv, write_json)
+from .report import (REPORT_CSV_FIELDS, SORTS, StoreReader, aggregate_rows, day_range,
+                     day_window, finops_report, parse_since, parse_tz, range_totals,
+                     report_csv_rows, session_record, session_what_if, unpriced_between,
+                     usage_record)
+from .session import full_context
+
+PROG = "cli.py"
+
+
+class _UsageError(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are raised, not printed to the real stderr and exited, so that
+    ``main`` writes them to its ``err`` stream like every other error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(self, message)
+
+
+# -- commands -------------------------------------------------------------------------
+
+def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
+    """One session, every round: tokens, cost, tool calls, messages, answers."""
+    tz = parse_tz(args.tz)
+    with _reader(args) as reader:
+        doc = reader.load_session(args.session_id)
+        if doc is None:
+            raise _unknown_session(reader, args)
+        compare = load_price_table(args.pricing) if args.compare else None
+    rounds = doc.get("rounds") or []
+    if args.round is not None and not any(r.get("round") == args.round for r in rounds):
+        raise MonitorError(f"session \"{safe_text(args.session_id)}\" has no round {args.round} "
+                           f"(it has rounds 1..{len(rounds)})")
+    picked = [r for r in rounds if args.round is None or r.get("round") == args.round]
+    contexts = None
+    if args.full_context:
+        by_key = {r["key"]: r for r in rounds}
+        contexts = {r["key"]: full_context(by_key, r) for r in picked}
+    suggestions = session_what_if(rounds, compare, args.compare) if compare else None
+    if args.json:
+        shown = {**doc, "rounds": [{**r, "context": contexts[r["key"]]} if contexts else r
+                                   for r in picked]}
+        if suggestions is not None:
+            shown["what_if"] = suggestions
+        write_json(out, shown)
+    else:
+        render_session(out, doc, tz=tz, max_chars=args.max_chars, contexts=contexts,
+                       only_round=args.round, suggestions=suggestions)
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    """Sessions, most recently updated first (or by cost, tokens, rounds)."""
+    tz = parse_tz(args.tz)
+    since = parse_since(args.since, tz) if args.since else None
+    filters = dict(model=args.model, consumer=args.consumer, since=since, search=args.search)
+    with _reader(args) as reader:
+        rows = reader.sessions(args.sort_by, args.limit or None, args.offset, **filters)
+        count = reader.count_sessions(**filters) if args.limit or args.offset else len(rows)
+        _note_if_empty(args, reader)
+    if args.json:
+        write_json(out, [session_record(r) for r in rows], rows=True)
+    else:
+        width = None if args.wide else terminal_width(out)
+        render_sessions(out, rows, count, sort=args.sort_by, width=width, tz=tz)
+    return EXIT_OK
+
+
+def cmd_stats_model(args: argparse.Namespace, out: TextIO) -> int:
+    """Per model: sessions, rounds, tokens by kind, cost (each round under its own model)."""
+    return _stats(args, out, "model", "MODEL", "Model Statistics",
+                  ["Each round is counted under its own model: a session that used several "
+                   "models appears under each; TOTAL counts it once."])
+
+
+def cmd_stats_consumer(args: argparse.Namespace, out: TextIO) -> int:
+    """Per gateway consumer (API key): who spent the tokens and the money."""
+    return _stats(args, out, "consumer", "CONSUMER", "Consumer Statistics",
+                  ["(none): requests the gateway logged without a consumer."])
+
+
+def _stats(args: argparse.Namespace, out: TextIO, by: str, header: str, title: str,
+           notes: list[str]) -> int:
+    tz = parse_tz(args.tz)
+    since, until = _window(args, tz)
+    with _reader(args) as reader:
+        _note_if_empty(args, reader)
+        rows = aggregate_rows(reader, by, since=since, until=until)
+        if args.json:
+            write_json(out, [usage_record(r, by) for r in rows], rows=True)
+            return EXIT_OK
+        totals = range_totals(reader, since, until)
+        unpriced = ([(r["key"] or "(no model)", r["unpriced_rounds"]) for r in rows
+                     if r["unpriced_rounds"]] if by == "model"
+                    else unpriced_between(reader, since, until))
+    render_usage(out, title + _range_title(args), header, rows, totals, unpriced, notes=notes)
+    return EXIT_OK
+
+
+def cmd_stats_date(args: argparse.Namespace, out: TextIO) -> int:
+    """Per day of event time: each round on the day of its own timestamp in --tz."""
+    tz = parse_tz(args.tz)
+    end = _day(args.end) if args.end else None
+    first, last, since, until = day_window(args.days, tz, end)
+    with _reader(args) as reader:
+        _note_if_empty(args, reader)
+        rows = day_range(aggregate_rows(reader, "day", tz=tz, since=since, until=until),
+                         args.days, tz, today=last)
+        if args.json:
+            write_json(out, [usage_record(r, "day") for r in rows], rows=True)
+            return EXIT_OK
+        totals = range_totals(reader, since, until)
+        unpriced = unpriced_between(reader, since, until)
+    title = (f"Daily Statistics (last {args.days} day{'s' if args.days != 1 else ''}: "
+             f"{first} to {last}, days in {tz})")
+    render_usage(out, title, "DATE", rows, totals, unpriced, models_column=True)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    """The FinOps report (totals, by model, day, consumer, session) as JSON or CSV."""
+    kind = args.format or _format_of(args.file)
+    tz = parse_tz(args.tz)
+    since, until = _window(args, tz)
+    table = load_price_table(args.pricing)
+    with _reader(args) as reader:
+        report = finops_report(reader, table, tz=tz, since=since, until=until,
+                               what_if_models=args.what_if)
+        _note_if_empty(args, reader)
+    buffer = io.StringIO()
+    if kind == "json":
+        write_json(buffer, report, rows=True)
+    else:
+        write_csv(buffer, REPORT_CSV_FIELDS, report_csv_rows(report))
+    if args.file == "-":
+        out.write(buffer.getvalue())
+        return EXIT_OK
+    try:
+        atomic_write(Path(args.file), buffer.getvalue().encode("utf-8"), sync_dir=False)
+    except OSError as e:
+        raise MonitorError(f"cannot write {safe_text(args.file)}: {e.strerror or e}") from e
+    totals = report["totals"]
+    if args.json:
+        write_json(out, {"file": args.file, "format": kind, "sessions": totals["sessions"],
+                         "rounds": totals["rounds"], "cost_usd": totals["cost_usd"],
+                         "unpriced_rounds": totals["unpriced_rounds"]})
+    else:
+        unpriced = (f" ({fmt_int(totals['unpriced_rounds'])} rounds unpriced)"
+                    if totals["unpriced_rounds"] else "")
+        out.write(f"Wrote {kind.upper()} report to {safe_text(args.file)}: "
+                  f"{fmt_int(totals['sessions'])} sessions, {fmt_int(totals['rounds'])} rounds, "
+                  f"{fmt_usd(totals['cost_usd'])}{unpriced}; prices: {safe_text(table.source)}\n")
+    return EXIT_OK
+
+
+def cmd_url(args: argparse.Namespace, out: TextIO) -> int:
+    """The web UI link of a session (what Clawdbot pastes), signed when a secret is set."""
+    secret = resolve(args.secret, ENV_LINK_SECRET)
+    base = str(resolve(args.base_url, ENV_BASE_URL, DEFAULT_BASE_URL))
+    if not re.match(r"https?://[^/?#\s]+", base):
+        raise MonitorError(f"--base-url {safe_text(base)!r} is not an http(s) URL "
+                           "(e.g. http://127.0.0.1:8888)", EXIT_USAGE)
+    ttl = _duration(args.expires_in) if args.expires_in else None
+    if ttl is not None and not secret:
+        raise MonitorError(f"--expires-in needs a link secret (--secret or ${ENV_LINK_SECRET}): "
+                           "an unsigned link cannot expire", EXIT_USAGE)
+    if not args.no_check:
+        with _reader(args) as reader:
+            if reader.find(args.session_id) is None:
+                raise _unknown_session(reader, args)
+    now = time.time()
+    link = session_url(args.session_id, base, str(secret) if secret else None, ttl, now=now)
+    if args.json:
+        expires = (datetime.fromtimestamp(int(now + ttl), timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%SZ") if ttl is not None else None)
+        write_json(out, {"session_id": args.session_id, "url": link, "signed": bool(secret),
+                         "expires_at": expires})
+    else:
+        out.write(link + "\n")
+    return EXIT_OK
+
+
+# -- helpers --------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _reader(args: argparse.Namespace):
+    reader = StoreReader.open(data_dir(args.data_dir))
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _shown_dir(args: argparse.Namespace) -> str:
+    """The data directory as the user wrote it (``./sessions``, not ``sessions``)."""
+    return safe_text(resolve(args.data_dir, ENV_DATA_DIR, DEFAULT_DATA_DIR))
+
+
+def _unknown_session(reader: StoreReader, args: argparse.Namespace) -> MonitorError:
+    matches = reader.close_matches(args.session_id)
+    hint = ("did you mean: " + ", ".join(safe_text(m) for m in matches) if matches
+            else f"{PROG} list shows the sessions there")
+    return MonitorError(f"no session \"{safe_text(args.session_id)}\" in {_shown_dir(args)}; {hint}")
+
+
+def _note_if_empty(args: argparse.Namespace, reader: StoreReader) -> None:
+    if reader.count_sessions() == 0:
+        args.err.write(f"note: no sessions in {_shown_dir(args)} yet (main.py --output-dir "
+                       f"{_shown_dir(args)} writes them)\n")
+
+
+def _window(args: argparse.Namespace, tz) -> tuple[str | None, str | None]:
+    since = parse_since(args.since, tz) if args.since else None
+    until = parse_since(args.until, tz) if args.until else None
+    return since, until
+
+
+def _range_title(args: argparse.Namespace) -> str:
+    parts = ([f"since {args.since}"] if args.since else []) + (
+        [f"until {args.until}"] if args.until else [])
+    return f" ({', '.join(safe_text(p) for p in parts)})" if parts else ""
+
+
+def _format_of(path: str) -> str:
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in (".json", ".csv"):
+        return suffix[1:]
+    raise MonitorError(f"cannot tell the format of {safe_text(path)!r}: name it .json or .csv, "
+                       "or pass --format json|csv", EXIT_USAGE)
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise MonitorError(f"--end {safe_text(text)!r} is not a date (YYYY-MM-DD)", EXIT_USAGE) from None
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", text)
+    if not m or int(m.group(1)) <= 0:
+        raise MonitorError(f"--expires-in {safe_text(text)!r}: use a duration such as 3600, 90m, "
+                           "24h or 7d", EXIT_USAGE)
+    return int(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+# -- arguments ------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Query the session store written by main.py: sessions, "
+                "rounds, tokens and cost.",
+                epilog=f"--data-dir defaults to ${ENV_DATA_DIR} or ./sessions. Every read "
+                       "command takes --json.")
+    p.add_argument("--version", action="version", version=f"agent-session-monitor {__version__}")
+    # Accepted before and after the command: the command's copy only sets the value
+    # when given (SUPPRESS), so it never resets one given before the command.
+    _store_options(p, argparse.SUPPRESS)
+    p.set_defaults(data_dir=None, pricing=None, json=False)
+    store = _Parser(add_help=False)
+    _store_options(store, argparse.SUPPRESS)
+    zone = _Parser(add_help=False)
+    zone.add_argument("--tz", metavar="ZONE",
+                      help="time zone for times and days: UTC (default), an IANA name such as "
+                           "Asia/Shanghai, or an offset such as -05:00")
+    window = _Parser(add_help=False)
+    window.add_argument("--since", metavar="WHEN", help="from this time: a date, an ISO time or "
+                        "a duration back from now (90m, 24h, 7d)")
+    window.add_argument("--until", metavar="WHEN", help="before this time (same forms)")
+
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, handler: Callable, *parents: argparse.ArgumentParser):
+        doc = (handler.__doc__ or "").strip()
+        parser = sub.add_parser(name, help=doc, description=doc, parents=[store, *parents])
+        parser.set_defaults(handler=handler)
+        return parser
+
+    c = command("show", cmd_show, zone)
+    c.add_argument("session_id", metavar="SESSION_ID")
+    c.add_argument("--round", type=_positive, metavar="N", help="only round N")
+    c.add_argument("--full-context", action="store_true",
+                   help="each round's whole request (every message it carried), not only the "
+                        "messages new in that round")
+    c.add_argument("--max-chars", type=_non_negative, default=500, metavar="N",
+                   help="cut each text at N characters (default 500; 0 = never)")
+    c.add_argument("--compare", action="append", metavar="MODEL",
+                   help="also price the session's rounds on MODEL, round by round; repeatable")
+
+    c = command("list", cmd_list, zone)
+    c.add_argument("--sort-by", choices=list(SORTS), default="updated")
+    c.add_argument("--limit", type=_non_negative, default=20, metavar="N",
+                   help="at most N sessions (default 20; 0 = all)")
+    c.add_argument("--offset", type=_non_negative, default=0, metavar="N",
+                   help="skip the first N (paging)")
+    c.add_argument("--model", metavar="M", help="only sessions with a round on model M")
+    c.add_argument("--consumer", metavar="C", help="only sessions with a round from consumer C")
+    c.add_argument("--since", metavar="WHEN", help="only sessions updated since: a date, an ISO "
+                   "time or a duration back from now (90m, 24h, 7d)")
+    c.add_argument("--search", metavar="TEXT", help="only sessions whose id or models contain TEXT")
+    c.add_argument("--wide", action="store_true", help="never cut session ids to fit the terminal")
+
+    command("stats-model", cmd_stats_model, zone, window)
+    command("stats-consumer", cmd_stats_consumer, zone, window)
+
+    c = command("stats-date", cmd_stats_date, zone)
+    c.add_argument("--days", type=_positive, default=7, metavar="N",
+                   help="how many days back, today included (default 7)")
+    c.add_argument("--end", metavar="YYYY-MM-DD", help="last day of the range (default today in --tz)")
+
+    c = command("export", cmd_export, zone, window)
+    c.add_argument("file", metavar="FILE", help="where to write the report; - for stdout")
+    c.add_argument("--format", choices=("json", "csv"),
+                   help="default: from FILE's extension (.json, .csv)")
+    c.add_argument("--what-if", action="append", metavar="MODEL",
+                   help="price the traffic on MODEL too (default: the priced models it used); "
+                        "repeatable")
+
+    c = command("url", cmd_url)
+    c.add_argument("session_id", metavar="SESSION_ID")
+    c.add_argument("--base-url", metavar="URL",
+                   help=f"web UI address (default ${ENV_BASE_URL} or {DEFAULT_BASE_URL})")
+    c.add_argument("--secret", metavar="SECRET",
+                   help=f"link secret to sign with (default ${ENV_LINK_SECRET}; the variable "
+                        "keeps it out of the process list)")
+    c.add_argument("--expires-in", metavar="DURATION",
+                   help="signed link valid this long: 3600, 90m, 24h, 7d")
+    c.add_argument("--no-check", action="store_true",
+                   help="do not check that the session exists in the store")
+    return p
+
+
+def _store_options(p: argparse.ArgumentParser, default: object) -> None:
+    p.add_argument("--data-dir", metavar="DIR", default=default,
+                   help=f"session store (default ${ENV_DATA_DIR} or ./sessions)")
+    p.add_argument("--pricing", metavar="FILE", default=default,
+                   help=f"price overrides for what-if figures (default ${ENV_PRICING})")
+    p.add_argument("--json", action="store_true", default=default, help="machine output (JSON)")
+
+
+# -- entry point ----------------------------------------------------------------------
+
+def main(argv: list[str] | None = None, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    try:
+        with contextlib.redirect_stdout(out):   # --help and --version go to ``out``
+            args = parser.parse_args(_join_offsets(sys.argv[1:] if argv is None else argv))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_OK
+    except _UsageError as e:
+        err.write(e.parser.format_usage())
+        err.write(f"{e.parser.prog}: error: {safe_text(e)}\n")
+        return EXIT_USAGE
+    if not getattr(args, "handler", None):
+        parser.print_usage(err)
+        err.write(f"{PROG}: error: a command is needed (show, list, stats-model, stats-date, "
+                  "stats-consumer, export, url); --help explains them\n")
+        return EXIT_USAGE
+    args.err = err
+    try:
+        code = args.handler(args, out)
+        out.flush()
+        return code
+    except MonitorError as e:
+        err.write(f"{PROG}: error: {safe_text(e)}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `cli.py list | head`: the reader has what it wanted; no traceback, and no
+        # second error when Python flushes stdout at exit.
+        if out is sys.stdout:
+            _silence_stdout()
+        return EXIT_OK
+    except Exception as e:  # a bug: still one line, with a way to get the details
+        if os.environ.get("AGENT_SESSION_MONITOR_DEBUG"):
+            raise
+        err.write(f"{PROG}: internal error: {type(e).__name__}: {safe_text(e)} (set "
+                  "AGENT_SESSION_MONITOR_DEBUG=1 for the traceback, and please report it)\n")
+        return EXIT_RUNTIME
+
+
+def _join_offsets(argv: list[str]) -> list[str]:
+    """``--tz -05:00`` as ``--tz=-05:00``: argparse takes a value starting with "-" for
+    an option, and a negative offset is the natural way to write western zones."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] == "--tz" and re.fullmatch(r"-\d{1,2}(:?\d{2})?", arg):
+            joined[-1] = f"--tz={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
