@@ -28,7 +28,7 @@ from .links import DEFAULT_BASE_URL, session_url
 from .pricing import load_price_table
 from .render_text import (render_session, render_sessions, render_usage, terminal_width,
                           write_csv, write_json)
-from .report import (REPORT_CSV_FIELDS, SORTS, StoreReader, aggregate_rows, day_range,
+from .report import (REPORT_CSV_FIELDS, SORTS, StoreReader, day_range,
                      day_window, finops_report, parse_since, parse_tz, range_totals,
                      report_csv_rows, session_record, session_what_if, unpriced_between,
                      usage_record)
@@ -119,7 +119,7 @@ def _stats(args: argparse.Namespace, out: TextIO, by: str, header: str, title: s
     since, until = _window(args, tz)
     with _reader(args) as reader:
         _note_if_empty(args, reader)
-        rows = aggregate_rows(reader, by, since=since, until=until)
+        rows = reader.aggregate(by, since=since, until=until)
         if args.json:
             write_json(out, [usage_record(r, by) for r in rows], rows=True)
             return EXIT_OK
@@ -138,7 +138,7 @@ def cmd_stats_date(args: argparse.Namespace, out: TextIO) -> int:
     first, last, since, until = day_window(args.days, tz, end)
     with _reader(args) as reader:
         _note_if_empty(args, reader)
-        rows = day_range(aggregate_rows(reader, "day", tz=tz, since=since, until=until),
+        rows = day_range(reader.aggregate("day", tz=tz, since=since, until=until),
                          args.days, tz, today=last)
         if args.json:
             write_json(out, [usage_record(r, "day") for r in rows], rows=True)

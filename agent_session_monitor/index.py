@@ -26,13 +26,14 @@ from .names import is_session_file
 from .store import read_document
 
 INDEX_NAME = ".index.sqlite"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 BUCKET_FIELDS = ("input", "cache_read", "cache_write", "cache_write_1h", "output", "reasoning")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS sessions (
-    file TEXT PRIMARY KEY, session_id TEXT NOT NULL, unsessioned INTEGER NOT NULL,
+    sid INTEGER PRIMARY KEY, file TEXT NOT NULL UNIQUE, session_id TEXT NOT NULL,
+    unsessioned INTEGER NOT NULL,
     created_at TEXT, updated_at TEXT, rounds INTEGER NOT NULL,
     input INTEGER NOT NULL, output INTEGER NOT NULL, reasoning INTEGER NOT NULL,
     cached INTEGER NOT NULL, cache_write INTEGER NOT NULL,
@@ -41,12 +42,13 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE INDEX IF NOT EXISTS sessions_updated ON sessions (updated_at);
 CREATE INDEX IF NOT EXISTS sessions_id ON sessions (session_id);
 CREATE TABLE IF NOT EXISTS usage (
-    file TEXT NOT NULL, bucket TEXT NOT NULL, model TEXT, consumer TEXT,
+    sid INTEGER NOT NULL, bucket TEXT NOT NULL, model TEXT, consumer TEXT,
     rounds INTEGER NOT NULL, input INTEGER NOT NULL, output INTEGER NOT NULL,
     reasoning INTEGER NOT NULL, cached INTEGER NOT NULL, cache_write INTEGER NOT NULL,
     {", ".join(f"b_{f} INTEGER NOT NULL" for f in BUCKET_FIELDS)},
     cost REAL NOT NULL, unpriced_rounds INTEGER NOT NULL, tool_calls INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS usage_file ON usage (file);
+CREATE INDEX IF NOT EXISTS usage_sid ON usage (sid);
+CREATE INDEX IF NOT EXISTS usage_bucket ON usage (bucket);
 """
 
 
@@ -57,6 +59,11 @@ def index_path(directory: Path) -> Path:
 def quarter_hour(timestamp: str) -> str:
     """``2026-02-01T09:37:12.000Z`` -> ``2026-02-01T09:30`` (UTC)."""
     return f"{timestamp[:14]}{int(timestamp[14:16]) // 15 * 15:02d}"
+
+
+SESSION_FIELDS = ("file", "session_id", "unsessioned", "created_at", "updated_at", "rounds",
+                  "input", "output", "reasoning", "cached", "cache_write", "cost",
+                  "unpriced_rounds", "model", "models", "consumers", "tool_calls", "size")
 
 
 def session_row(file_name: str, doc: dict, size: int) -> tuple:
@@ -73,7 +80,7 @@ def session_row(file_name: str, doc: dict, size: int) -> tuple:
     )
 
 
-def usage_rows(file_name: str, doc: dict) -> list[tuple]:
+def usage_rows(sid: int, doc: dict) -> list[tuple]:
     groups: dict[tuple, list] = {}
     for r in doc.get("rounds") or []:
         key = (quarter_hour(r["timestamp"]), r.get("model"), r.get("consumer"))
@@ -99,27 +106,35 @@ def usage_rows(file_name: str, doc: dict) -> list[tuple]:
     rows = []
     n = 6 + len(BUCKET_FIELDS)
     for (bucket, model, consumer), acc in groups.items():
-        rows.append((file_name, bucket, model, consumer, *acc[:n], math.fsum(acc[n]),
+        rows.append((sid, bucket, model, consumer, *acc[:n], math.fsum(acc[n]),
                      acc[n + 1], acc[n + 2]))
     return rows
 
 
-INSERT_SESSION = f"INSERT INTO sessions VALUES ({','.join('?' * 18)})"
+INSERT_SESSION = (f"INSERT INTO sessions (sid, {', '.join(SESSION_FIELDS)}) "
+                  f"VALUES ({','.join('?' * (len(SESSION_FIELDS) + 1))})")
 INSERT_USAGE = f"INSERT INTO usage VALUES ({','.join('?' * 19)})"
 
 
 def replace_rows(db: sqlite3.Connection, docs: list[tuple[str, dict, int]]) -> None:
-    """(file name, session document, file size) -> their rows, replacing old ones.
+    """(file name, session document, file size) -> their rows, replacing old ones. A
+    session keeps its integer id, which the usage rows carry (smaller than the name).
     The caller holds the transaction."""
-    for name, _doc, _size in docs:
-        delete_rows(db, name)
-    db.executemany(INSERT_SESSION, [session_row(n, d, size) for n, d, size in docs])
-    db.executemany(INSERT_USAGE, [row for n, d, _size in docs for row in usage_rows(n, d)])
+    usage = []
+    for name, doc, size in docs:
+        found = db.execute("SELECT sid FROM sessions WHERE file = ?", (name,)).fetchone()
+        sid = found[0] if found else None
+        if sid is not None:
+            db.execute("DELETE FROM usage WHERE sid = ?", (sid,))
+            db.execute("DELETE FROM sessions WHERE sid = ?", (sid,))
+        sid = db.execute(INSERT_SESSION, (sid, *session_row(name, doc, size))).lastrowid
+        usage.extend(usage_rows(sid, doc))
+    db.executemany(INSERT_USAGE, usage)
 
 
 def delete_rows(db: sqlite3.Connection, name: str) -> None:
+    db.execute("DELETE FROM usage WHERE sid IN (SELECT sid FROM sessions WHERE file = ?)", (name,))
     db.execute("DELETE FROM sessions WHERE file = ?", (name,))
-    db.execute("DELETE FROM usage WHERE file = ?", (name,))
 
 
 def create_schema(db: sqlite3.Connection) -> None:

@@ -19,15 +19,13 @@ from datetime import date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
 from .errors import EXIT_USAGE, MonitorError
-from .index import (BUCKET_FIELDS, INDEX_NAME, connect, create_schema, delete_rows, load_entry,
-                    quarter_hour, replace_rows)
+from .index import (BUCKET_FIELDS, INDEX_NAME, SESSION_FIELDS, connect, create_schema,
+                    delete_rows, load_entry, quarter_hour, replace_rows)
 from .names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
 from .pricing import Buckets, PriceTable, bucket_cost, cache_savings
 from .store import read_document
 
-SESSION_COLUMNS = ("file", "session_id", "unsessioned", "created_at", "updated_at", "rounds",
-                   "input", "output", "reasoning", "cached", "cache_write", "cost",
-                   "unpriced_rounds", "model", "models", "consumers", "tool_calls", "size")
+SESSION_COLUMNS = SESSION_FIELDS
 SUMS = ("rounds", "input", "output", "reasoning", "cached", "cache_write",
         *(f"b_{f}" for f in BUCKET_FIELDS), "cost", "unpriced_rounds", "tool_calls")
 SORTS = {"updated": "updated_at DESC", "cost": "COALESCE(cost, 0) DESC",
@@ -150,10 +148,10 @@ class StoreReader:
     def _filters(model, consumer, since, search) -> tuple[str, list]:
         clauses, params = [], []
         if model:
-            clauses.append("file IN (SELECT file FROM usage WHERE model = ?)")
+            clauses.append("sid IN (SELECT sid FROM usage WHERE model = ?)")
             params.append(model)
         if consumer:
-            clauses.append("file IN (SELECT file FROM usage WHERE consumer = ?)")
+            clauses.append("sid IN (SELECT sid FROM usage WHERE consumer = ?)")
             params.append(consumer)
         if since:
             clauses.append("updated_at >= ?")
@@ -218,51 +216,22 @@ class StoreReader:
         """
         if by not in GROUPS:
             raise ValueError(f"unknown grouping {by!r}")
-        where, params = [], []
-        if since:
-            where.append("bucket >= ?")
-            params.append(quarter_hour(since))
-        if until:
-            where.append("bucket < ?")
-            params.append(quarter_hour(until))
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
-        sums = ", ".join(f"SUM({c})" for c in SUMS)
-        if by in ("model", "consumer", "session"):
-            column = {"model": "model", "consumer": "consumer", "session": "file"}[by]
-            sql = (f"SELECT {column}, COUNT(DISTINCT file), {sums} FROM usage{clause} "
-                   f"GROUP BY {column} ORDER BY SUM(cost) DESC, {column}")
-            return [_priced_or_none({"key": r[0], "sessions": r[1], **dict(zip(SUMS, r[2:]))})
-                    for r in self.db.execute(sql, params)]
-        return self._by_day(clause, params, tz)
+        if by == "day":
+            return _by_day_bounds(self, tz, since, until)
+        if by in ("model", "consumer") and not since and not until:
+            return _whole_store_by(self, by)
+        clause, params = _range_clause(since, until, " WHERE u.")
+        key = {"model": "u.model", "consumer": "u.consumer", "session": "s.file"}[by]
+        sums = ", ".join(f"SUM(u.{c})" for c in SUMS)
+        sql = (f"SELECT {key}, COUNT(DISTINCT u.sid), {sums} FROM usage u "
+               f"JOIN sessions s ON s.sid = u.sid{clause} "
+               f"GROUP BY {key} ORDER BY SUM(u.cost) DESC, {key}")
+        return [_priced_or_none({"key": r[0], "sessions": r[1], **dict(zip(SUMS, r[2:]))})
+                for r in self.db.execute(sql, params)]
 
-    def _by_day(self, clause: str, params: list, tz: tzinfo) -> list[dict]:
-        days: dict[date, dict] = {}
-        sql = (f"SELECT bucket, file, model, {', '.join(f'SUM({c})' for c in SUMS)} FROM usage"
-               f"{clause} GROUP BY bucket, file, model")
-        for r in self.db.execute(sql, params):
-            day = local_day(r[0], tz)
-            acc = days.get(day)
-            if acc is None:
-                acc = days[day] = {"key": day.isoformat(), **{c: 0 for c in SUMS},
-                                   "files": set(), "models": {}}
-            for c, v in zip(SUMS, r[3:]):
-                acc[c] += v
-            acc["files"].add(r[1])
-            acc["models"][r[2] or "(no model)"] = acc["models"].get(r[2] or "(no model)", 0) + r[3]
-        rows = []
-        for day in sorted(days):
-            acc = days[day]
-            acc["sessions"] = len(acc.pop("files"))
-            acc["models"] = sorted(acc["models"], key=lambda m: -acc["models"][m])
-            rows.append(_priced_or_none(acc))
-        return rows
-
-    def totals(self) -> dict:
-        sums = ", ".join(f"COALESCE(SUM({c}), 0)" for c in SUMS)
-        r = self.db.execute(f"SELECT COUNT(DISTINCT file), {sums} FROM usage").fetchone()
-        return _priced_or_none({
-            "sessions": self.db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0],
-            **dict(zip(SUMS, r[1:]))})
+    def totals(self, since: str | None = None, until: str | None = None) -> dict:
+        """Totals of the rounds in [since, until), each session counted once."""
+        return range_totals(self, since, until)
 
     def unpriced_models(self) -> list[tuple[str, int]]:
         return [(m or "(no model)", n) for m, n in self.db.execute(
@@ -353,7 +322,7 @@ def range_totals(reader: StoreReader, since: str | None = None, until: str | Non
         return _priced_or_none({"sessions": r[0], **dict(zip(_SESSION_SUMS, r[1:]))})
     where, params = _range_clause(since, until)
     sums = ", ".join(f"COALESCE(SUM({c}), 0)" for c in SUMS)
-    r = reader.db.execute(f"SELECT COUNT(DISTINCT file), {sums} FROM usage{where}", params).fetchone()
+    r = reader.db.execute(f"SELECT COUNT(DISTINCT sid), {sums} FROM usage{where}", params).fetchone()
     return _priced_or_none({"sessions": r[0], **dict(zip(SUMS, r[1:]))})
 
 
@@ -363,29 +332,25 @@ _SESSION_SUMS = ("rounds", "input", "output", "reasoning", "cached", "cache_writ
 
 
 def _range_clause(since: str | None, until: str | None, prefix: str = " WHERE ") -> tuple[str, list]:
+    """SQL limiting usage rows to [since, until). ``prefix`` ends with the table alias
+    when the query has one (" WHERE u."). Quarter-hour resolution: a time inside a
+    quarter-hour includes the whole quarter-hour."""
+    alias = prefix[prefix.rfind(" ") + 1:] if prefix.endswith(".") else ""
+    lead = prefix[: len(prefix) - len(alias)]
     where, params = [], []
     if since:
-        where.append("bucket >= ?")
+        where.append(f"{alias}bucket >= ?")
         params.append(quarter_hour(since))
     if until:
-        where.append("bucket < ?")
+        where.append(f"{alias}bucket < ?")
         params.append(quarter_hour(until))
-    return (prefix + " AND ".join(where)) if where else "", params
+    return (lead + " AND ".join(where)) if where else "", params
 
 
-def aggregate_rows(reader: StoreReader, by: str, *, tz: tzinfo = timezone.utc,
-                   since: str | None = None, until: str | None = None) -> list[dict]:
-    """The rows of :meth:`StoreReader.aggregate`, in its order, in fewer passes over the
-    index: with 100,000 sessions ``aggregate`` takes over a second per model or day
-    report (COUNT DISTINCT over every usage row; the day grouping returns a row per
-    session and quarter-hour to Python). Here the sums are grouped in SQL (days through
-    their UTC bounds, which DST makes uneven) and, without a time range, sessions are
-    counted from the sessions table."""
-    if by == "day":
-        return _by_day_bounds(reader, tz, since, until)
-    if by not in ("model", "consumer") or since or until:
-        # Within a time range one pass of aggregate's is as quick as two here.
-        return reader.aggregate(by, tz=tz, since=since, until=until)
+def _whole_store_by(reader: StoreReader, by: str) -> list[dict]:
+    """Model or consumer rows over the whole store in two cheap passes: the sums grouped
+    in SQL, and the sessions counted from each session's short list of models or
+    consumers (a COUNT(DISTINCT) over every usage row takes seconds at 100,000 sessions)."""
     sums = ", ".join(f"SUM({c})" for c in SUMS)
     rows = {r[0]: {"key": r[0], **dict(zip(SUMS, r[1:]))} for r in reader.db.execute(
         f"SELECT {by}, {sums} FROM usage GROUP BY {by}")}
@@ -402,14 +367,14 @@ def _sessions_per(reader: StoreReader, by: str, null_key: bool) -> list[tuple]:
     column = {"model": "models", "consumer": "consumers"}[by]
     try:
         # Each session lists its models and consumers: short JSON arrays read instead
-        # of a COUNT(DISTINCT file) sort over every usage row.
+        # of a COUNT(DISTINCT sid) sort over every usage row.
         counts = reader.db.execute(f"SELECT value, COUNT(*) FROM sessions, "
                                    f"json_each(sessions.{column}) GROUP BY value").fetchall()
     except sqlite3.OperationalError:   # an SQLite built without JSON functions
-        return reader.db.execute(f"SELECT {by}, COUNT(DISTINCT file) FROM usage "
+        return reader.db.execute(f"SELECT {by}, COUNT(DISTINCT sid) FROM usage "
                                  f"GROUP BY {by}").fetchall()
     if null_key:   # rounds without a model (or consumer) are not in those lists
-        counts.append((None, reader.db.execute(f"SELECT COUNT(DISTINCT file) FROM usage "
+        counts.append((None, reader.db.execute(f"SELECT COUNT(DISTINCT sid) FROM usage "
                                                f"WHERE {by} IS NULL").fetchone()[0]))
     return counts
 
@@ -441,7 +406,7 @@ def _by_day_bounds(reader: StoreReader, tz: tzinfo, since: str | None,
             acc[c] += v
         name = r[1] or "(no model)"
         acc["models"][name] = acc["models"].get(name, 0) + r[2]
-    for d, count in reader.db.execute(f"SELECT {case} AS d, COUNT(DISTINCT file) FROM usage"
+    for d, count in reader.db.execute(f"SELECT {case} AS d, COUNT(DISTINCT sid) FROM usage"
                                       f"{where} GROUP BY d", scan):
         rows[d]["sessions"] = count
     result = []
@@ -483,8 +448,8 @@ def finops_report(reader: StoreReader, table: PriceTable, *, tz: tzinfo = timezo
     session, unpriced models, what-if repricing and the price table's source, all from
     the index. ``table`` is a :class:`pricing.PriceTable`; stored costs are the ones
     computed at ingestion (``main.py --reprice`` recomputes them)."""
-    by_model = aggregate_rows(reader, "model", since=since, until=until)
-    by_day = aggregate_rows(reader, "day", tz=tz, since=since, until=until)
+    by_model = reader.aggregate("model", since=since, until=until)
+    by_day = reader.aggregate("day", tz=tz, since=since, until=until)
     if by_day:
         first, last = date.fromisoformat(by_day[0]["key"]), date.fromisoformat(by_day[-1]["key"])
         by_day = day_range(by_day, (last - first).days + 1, tz, today=last)
@@ -513,7 +478,7 @@ def finops_report(reader: StoreReader, table: PriceTable, *, tz: tzinfo = timezo
         "by_model": models,
         "by_day": [usage_record(r, "day") for r in by_day],
         "by_consumer": [usage_record(r, "consumer") for r in
-                        aggregate_rows(reader, "consumer", since=since, until=until)],
+                        reader.aggregate("consumer", since=since, until=until)],
         "sessions": sessions,
         "what_if": what_if_rows(by_model, table, what_if_models),
         "what_if_basis": "the priced rounds' token buckets on each model's base price "

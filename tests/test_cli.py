@@ -29,7 +29,7 @@ from tests.helpers import DATA, ROOT
 from agent_session_monitor.cli import main
 from agent_session_monitor.links import verify
 from agent_session_monitor.monitor_cli import main as monitor_main
-from agent_session_monitor.report import StoreReader, aggregate_rows, parse_tz, range_totals
+from agent_session_monitor.report import StoreReader, parse_tz, range_totals
 
 GOLDEN = DATA / "golden"
 UPDATE = bool(os.environ.get("ASM_UPDATE_GOLDEN"))
@@ -502,22 +502,40 @@ class GeneratedStoreTest(CliTest):
         text = self.ok("list", "--limit", "3", store=self.store)
         self.assertIn(f"3 of {len(sessions)} sessions, by updated\n", text)
 
-    def test_quick_aggregation_equals_the_core_aggregator(self) -> None:
+    def test_aggregates_equal_a_fold_over_the_session_files(self) -> None:
+        """The index-backed aggregates against an independent fold over every round of
+        every session file, bucketed by each round's own timestamp in the zone."""
+        from zoneinfo import ZoneInfo
+        from tests.helpers import load_store
+
+        docs = load_store(self.store)
         reader = StoreReader.open(self.store)
         self.addCleanup(reader.close)
         for zone in ("UTC", "Asia/Shanghai", "America/New_York", "+05:45"):
+            tz = parse_tz(zone)
             for by in ("model", "consumer", "day"):
-                for since, until in ((None, None), ("2026-03-01T07:30:00.000Z", "2026-03-03T00:00:00.000Z")):
-                    with self.subTest(zone=zone, by=by, since=since):
-                        core = reader.aggregate(by, tz=parse_tz(zone), since=since, until=until)
-                        quick = aggregate_rows(reader, by, tz=parse_tz(zone), since=since, until=until)
-                        self.assertEqual([r["key"] for r in quick], [r["key"] for r in core])
-                        for q, c in zip(quick, core):
-                            self.assertEqual({k: v for k, v in q.items() if k not in ("cost", "models")},
-                                             {k: v for k, v in c.items() if k not in ("cost", "models")})
-                            self.assertAlmostEqual(q["cost"] or 0, c["cost"] or 0, places=9)
-                            self.assertEqual(sorted(q.get("models", [])), sorted(c.get("models", [])))
-        self.assertEqual(range_totals(reader)["rounds"], reader.totals()["rounds"])
+                expected: dict = {}
+                for doc in docs.values():
+                    for r in doc["rounds"]:
+                        moment = datetime.strptime(r["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ")
+                        key = {"model": r.get("model"), "consumer": r.get("consumer"),
+                               "day": moment.replace(tzinfo=timezone.utc).astimezone(tz).date().isoformat()}[by]
+                        acc = expected.setdefault(key, {"rounds": 0, "input": 0, "output": 0,
+                                                        "cost": 0.0, "sessions": set()})
+                        acc["rounds"] += 1
+                        acc["input"] += r["input_tokens"]
+                        acc["output"] += r["output_tokens"]
+                        acc["cost"] += r["cost_usd"] or 0.0
+                        acc["sessions"].add(doc["session_id"])
+                with self.subTest(zone=zone, by=by):
+                    rows = {row["key"]: row for row in reader.aggregate(by, tz=tz)}
+                    self.assertEqual(set(rows), set(expected))
+                    for key, acc in expected.items():
+                        row = rows[key]
+                        self.assertEqual((row["rounds"], row["input"], row["output"], row["sessions"]),
+                                         (acc["rounds"], acc["input"], acc["output"], len(acc["sessions"])))
+                        self.assertAlmostEqual(row["cost"] or 0.0, acc["cost"], places=9)
+        self.assertEqual(range_totals(reader)["rounds"], sum(d["messages_count"] for d in docs.values()))
 
     def test_generated_goldens(self) -> None:
         self.assert_golden("gen-list.txt", self.ok("list", "--limit", "10", store=self.store))
