@@ -149,8 +149,6 @@ class Index:
         self.path = index_path(directory)
         fresh = not self.path.exists()
         self.db = connect(self.path)
-        if fresh:
-            os.chmod(self.path, 0o600)
         version = self._meta("version")
         if version is not None and version != str(INDEX_VERSION):
             # Derived data: an index of another layout is simply rebuilt.
@@ -159,6 +157,8 @@ class Index:
                 Path(str(self.path) + suffix).unlink(missing_ok=True)
             self.db = connect(self.path)
             fresh = True
+        if fresh:
+            os.chmod(self.path, 0o600)
         self.db.executescript(_SCHEMA)
         self.needs_rebuild = fresh or self._meta("complete") != "1"
         self._set_meta("version", str(INDEX_VERSION))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import math
 import os
 import re
 import sqlite3
@@ -243,6 +244,10 @@ def _priced_or_none(row: dict) -> dict:
     """A group whose every round is unpriced costs "unknown" (None), never $0."""
     if row["rounds"] and row["unpriced_rounds"] == row["rounds"]:
         row["cost"] = None
+    elif row.get("cost") is not None:
+        # Sums of float costs differ in the 17th digit with the order of addition (SQL
+        # groups, days): a picodollar is far below any price, and reports stay stable.
+        row["cost"] = round(row["cost"], 12)
     return row
 
 
@@ -381,38 +386,39 @@ def _sessions_per(reader: StoreReader, by: str, null_key: bool) -> list[tuple]:
 
 def _by_day_bounds(reader: StoreReader, tz: tzinfo, since: str | None,
                    until: str | None) -> list[dict]:
+    """Rows per local day of ``tz``: the sums grouped per quarter-hour and model in SQL
+    (a few thousand rows a month), each quarter-hour put on its local day here, and the
+    sessions of each day counted over that day's UTC bounds with the bucket index."""
     where, params = _range_clause(since, until)
-    span = reader.db.execute(f"SELECT MIN(bucket), MAX(bucket) FROM usage{where}", params).fetchone()
-    if span[0] is None:
-        return []
-    days = []
-    day = local_day(span[0], tz)
-    while day <= local_day(span[1], tz):
-        days.append(day)
-        day += timedelta(days=1)
-    bounds = [quarter_hour(_local_midnight_utc(d, tz)) for d in [*days, day]]
-    # Which day a quarter-hour falls on, as a CASE over the days' UTC bounds.
-    case = "CASE " + " ".join(f"WHEN bucket < ? THEN {i}" for i in range(len(days))) + " END"
-    where = " WHERE bucket >= ? AND bucket < ?" + _range_clause(since, until, " AND ")[0]
-    scan = [*bounds[1:], bounds[0], bounds[-1], *params]
     sums = ", ".join(f"SUM({c})" for c in SUMS)
-    rows: dict[int, dict] = {}
-    for r in reader.db.execute(f"SELECT {case} AS d, model, {sums} FROM usage{where} "
-                               "GROUP BY d, model", scan):
-        acc = rows.get(r[0])
+    days: dict[date, dict] = {}
+    day_of: dict[str, date] = {}
+    for r in reader.db.execute(f"SELECT bucket, model, {sums} FROM usage{where} "
+                               "GROUP BY bucket, model", params):
+        day = day_of.get(r[0])
+        if day is None:
+            day = day_of[r[0]] = local_day(r[0], tz)
+        acc = days.get(day)
         if acc is None:
-            acc = rows[r[0]] = {"key": days[r[0]].isoformat(), **{c: 0 for c in SUMS}, "models": {}}
+            acc = days[day] = {"key": day.isoformat(), **{c: 0 for c in SUMS}, "models": {},
+                               "costs": []}
         for c, v in zip(SUMS, r[2:]):
             acc[c] += v
+        acc["costs"].append(r[2 + SUMS.index("cost")])
         name = r[1] or "(no model)"
         acc["models"][name] = acc["models"].get(name, 0) + r[2]
-    for d, count in reader.db.execute(f"SELECT {case} AS d, COUNT(DISTINCT sid) FROM usage"
-                                      f"{where} GROUP BY d", scan):
-        rows[d]["sessions"] = count
     result = []
-    for d in sorted(rows):
-        acc = rows[d]
+    for day in sorted(days):
+        acc = days[day]
+        lo = max(quarter_hour(_local_midnight_utc(day, tz)), quarter_hour(since) if since else "")
+        hi = quarter_hour(_local_midnight_utc(day + timedelta(days=1), tz))
+        if until:
+            hi = min(hi, quarter_hour(until))
+        acc["sessions"] = reader.db.execute(
+            "SELECT COUNT(DISTINCT sid) FROM usage WHERE bucket >= ? AND bucket < ?",
+            (lo, hi)).fetchone()[0]
         acc["models"] = sorted(acc["models"], key=lambda m: (-acc["models"][m], m))
+        acc["cost"] = math.fsum(acc["costs"])   # money: the sum must not depend on order
         result.append(_priced_or_none({"key": acc["key"], "sessions": acc["sessions"],
                                        **{c: acc[c] for c in SUMS}, "models": acc["models"]}))
     return result
