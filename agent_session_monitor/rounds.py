@@ -72,10 +72,12 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
         "messages": [],
         "messages_offset": 0,
         "context_key": None,
-        "input_token_details": req.input_details,
-        "output_token_details": req.output_details,
+        "input_token_details": _nonzero(req.input_details),
+        "output_token_details": _nonzero(req.output_details),
         "source": source,
     }
+    if priced_as == model:
+        del rnd["priced_as"]   # only said when the price came from another table name
     # Optional additions are left out when empty: a long session has hundreds of
     # rounds, and their metadata must not outweigh the conversation.
     for name in OPTIONAL_FIELDS:
@@ -83,15 +85,18 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
             del rnd[name]
     if store_content:
         for name in CONTENT_FIELDS:
-            rnd[name] = ai.get(name)
-        rnd["tool_calls"] = tool_calls
-    else:
+            if ai.get(name) is not None:
+                rnd[name] = ai[name]
+        if tool_calls:
+            rnd["tool_calls"] = tool_calls
+    elif tool_calls:
         # Privacy mode keeps which tools ran (an agent's cost driver), never what they
         # were given or returned.
         rnd["tool_calls"] = [_tool_name_only(call) for call in tool_calls]
-    gateway = {k: req.gateway[k] for k in GATEWAY_KEPT if k in req.gateway}
-    if gateway:
-        rnd["gateway"] = gateway
+    if req.gateway.get("response_code") not in (None, "200"):
+        # A failed request is worth its route and status; a successful one's Envoy
+        # fields repeat on every round.
+        rnd["gateway"] = {k: req.gateway[k] for k in GATEWAY_KEPT if k in req.gateway}
     if req.time_source != "start_time":
         rnd["time_source"] = req.time_source
     if req.warnings:
@@ -120,6 +125,11 @@ def reprice_round(rnd: dict, table: PriceTable) -> None:
     else:
         rnd["priced_as"] = found[0]
         rnd["cost_usd"] = bucket_cost(Buckets.from_dict(rnd.get("buckets") or {}), found[1])
+
+
+def _nonzero(details: dict) -> dict:
+    """Provider detail maps without their zero entries ({"audio_tokens": 0, ...})."""
+    return {k: v for k, v in details.items() if v not in (0, "0", None, "", {}, [])}
 
 
 def _tool_name_only(call: object) -> dict:

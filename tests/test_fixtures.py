@@ -42,7 +42,7 @@ class HigressRealisticLog(TempDirTest):
         first, second = doc["rounds"]
         self.assertEqual(len(first["messages"]), 2)
         self.assertTrue(first["has_tool_calls"])
-        self.assertIsNone(first["answer"])
+        self.assertNotIn("answer", first)   # the model answered with a tool call only
         self.assertEqual(second["messages_offset"], 2)
         self.assertEqual(second["context_key"], first["key"])
         self.assertEqual([m["role"] for m in second["messages"]], ["assistant", "tool"])
