@@ -62,9 +62,19 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"non-standard constant {name}")
 
 
+def _finite_float(text: str) -> float:
+    # 1e999 parses as inf without any NaN/Infinity literal; the store refuses to write
+    # non-finite numbers (they are not JSON), so such a line is bad input here.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 # strict=False accepts raw control characters inside strings (TEXT mode does not escape
 # other fields); they are stored verbatim and escaped by every renderer.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, strict=False)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float,
+                            strict=False)
 _decode = _DECODER.decode
 
 

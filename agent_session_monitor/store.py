@@ -17,13 +17,33 @@ from .session import Session, new_document
 
 def dump_document(doc: dict) -> bytes:
     """Serialise a session: compact, UTF-8 (so CJK text is not inflated sixfold)."""
-    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        # The parser admits only JSON-safe values, so this is a defence: a round whose
+        # content cannot be written must not wedge the store. Its tokens and cost stay.
+        _drop_unserialisable_content(doc)
+        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         # A lone surrogate from the log cannot be UTF-8: escape this document instead.
         return json.dumps(doc, ensure_ascii=True, separators=(",", ":"),
                           allow_nan=False).encode("ascii")
+
+
+CONTENT_KEYS = ("messages", "question", "answer", "reasoning", "system", "tool_calls", "extra",
+                "input_token_details", "output_token_details")
+
+
+def _drop_unserialisable_content(doc: dict) -> None:
+    for rnd in doc["rounds"]:
+        try:
+            json.dumps(rnd, allow_nan=False)
+        except (ValueError, TypeError, RecursionError):
+            for key in CONTENT_KEYS:
+                rnd.pop(key, None)
+            rnd["warnings"] = sorted(set(rnd.get("warnings", [])) | {"unserialisable_content"})
 
 
 def read_document(path: Path) -> dict:

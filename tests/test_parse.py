@@ -162,3 +162,23 @@ class CanonicalTimeTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class OutOfRangeNumbers(unittest.TestCase):
+    def test_a_float_beyond_double_range_is_bad_not_infinity(self):
+        raw = json.dumps({"ai_log": '{"session_id":"s","input_token":1,"x":1e999}'}).encode()
+        with self.assertRaises(BadLine) as cm:
+            parse_line(raw, READ_TIME)
+        self.assertEqual(cm.exception.kind, "bad_ai_log")
+
+    def test_store_never_wedges_on_an_unserialisable_round(self):
+        from agent_session_monitor.store import dump_document
+        from agent_session_monitor.session import new_document
+
+        doc = new_document("s")
+        doc["rounds"] = [{"key": "a", "input_tokens": 5, "answer": float("inf")},
+                         {"key": "b", "input_tokens": 7, "answer": "fine"}]
+        out = json.loads(dump_document(doc))
+        self.assertEqual([r["input_tokens"] for r in out["rounds"]], [5, 7])
+        self.assertEqual(out["rounds"][0]["warnings"], ["unserialisable_content"])
+        self.assertEqual(out["rounds"][1]["answer"], "fine")
