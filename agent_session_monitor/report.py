@@ -20,7 +20,7 @@ from datetime import date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
 from .errors import EXIT_USAGE, MonitorError
-from .index import (BUCKET_FIELDS, INDEX_NAME, SESSION_FIELDS, connect, create_schema,
+from .index import (BUCKET_FIELDS, INDEX_NAME, INDEX_VERSION, SESSION_FIELDS, connect, create_schema,
                     delete_rows, load_entry, quarter_hour, replace_rows)
 from .names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
 from .pricing import Buckets, PriceTable, bucket_cost, cache_savings
@@ -92,8 +92,10 @@ class StoreReader:
         if path.exists():
             try:
                 db = connect(path, readonly=True)
-                complete = db.execute("SELECT value FROM meta WHERE key='complete'").fetchone()
-                if not complete:
+                meta = dict(db.execute("SELECT key, value FROM meta"))
+                # An index the monitor has not finished, or of another layout (an older
+                # version of this tool), is not used: the files are indexed in memory.
+                if meta.get("complete") != "1" or meta.get("version") != str(INDEX_VERSION):
                     db.close()
                     db = None
             except sqlite3.Error:

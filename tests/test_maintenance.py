@@ -45,3 +45,23 @@ class Reprice(TempDirTest):
         reader = StoreReader.open(self.out)
         self.assertEqual(reader.totals()["rounds"], 7)
         reader.close()
+
+
+class OldIndex(TempDirTest):
+    def test_readers_ignore_an_index_of_another_version(self):
+        import sqlite3
+
+        self.run_monitor(DATA / "higress-realistic.log")
+        db = sqlite3.connect(self.out / ".index.sqlite")
+        with db:
+            db.execute("UPDATE meta SET value = '0' WHERE key = 'version'")
+            db.execute("DROP TABLE usage")
+        db.close()
+        reader = StoreReader.open(self.out)
+        self.assertEqual(reader.totals()["rounds"], 7)
+        reader.close()
+        code, _out, err = self.run_monitor(DATA / "higress-realistic.log")   # the monitor rebuilds it
+        self.assertEqual(code, 0, err)
+        db = sqlite3.connect(self.out / ".index.sqlite")
+        self.assertEqual(db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0], 6)
+        db.close()
