@@ -25,9 +25,11 @@ from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, Monitor
 from .fmt import fmt_int, fmt_usd, safe_text
 from .fsutil import atomic_write
 from .links import DEFAULT_BASE_URL, session_url
+from .burn import burn
+from .insights import session_insights
 from .pricing import load_price_table
-from .render_text import (render_session, render_sessions, render_usage, terminal_width,
-                          write_csv, write_json)
+from .render_text import (render_burn, render_session, render_sessions, render_usage,
+                          terminal_width, write_csv, write_json)
 from .report import (REPORT_CSV_FIELDS, SORTS, StoreReader, day_range,
                      day_window, finops_report, parse_since, parse_tz, range_totals,
                      report_csv_rows, session_record, session_what_if, unpriced_between,
@@ -60,7 +62,8 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
         doc = reader.load_session(args.session_id)
         if doc is None:
             raise _unknown_session(reader, args)
-        compare = load_price_table(args.pricing) if args.compare else None
+        table = load_price_table(args.pricing)
+    compare = table if args.compare else None
     rounds = doc.get("rounds") or []
     if args.round is not None and not any(r.get("round") == args.round for r in rounds):
         raise MonitorError(f"session \"{safe_text(args.session_id)}\" has no round {args.round} "
@@ -71,15 +74,17 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
         by_key = {r["key"]: r for r in rounds}
         contexts = {r["key"]: full_context(by_key, r) for r in picked}
     suggestions = session_what_if(rounds, compare, args.compare) if compare else None
+    insights = session_insights(doc, table)
     if args.json:
         shown = {**doc, "rounds": [{**r, "context": contexts[r["key"]]} if contexts else r
                                    for r in picked]}
         if suggestions is not None:
             shown["what_if"] = suggestions
+        shown["insights"] = insights
         write_json(out, shown)
     else:
         render_session(out, doc, tz=tz, max_chars=args.max_chars, contexts=contexts,
-                       only_round=args.round, suggestions=suggestions)
+                       only_round=args.round, suggestions=suggestions, insights=insights)
     return EXIT_OK
 
 
@@ -158,8 +163,9 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     since, until = _window(args, tz)
     table = load_price_table(args.pricing)
     with _reader(args) as reader:
+        # The CSV has no column for the per-session suggestion: skip its index scan.
         report = finops_report(reader, table, tz=tz, since=since, until=until,
-                               what_if_models=args.what_if)
+                               what_if_models=args.what_if, insights=kind == "json")
         _note_if_empty(args, reader)
     buffer = io.StringIO()
     if kind == "json":
@@ -184,6 +190,22 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"Wrote {kind.upper()} report to {safe_text(args.file)}: "
                   f"{fmt_int(totals['sessions'])} sessions, {fmt_int(totals['rounds'])} rounds, "
                   f"{fmt_usd(totals['cost_usd'])}{unpriced}; prices: {safe_text(table.source)}\n")
+    return EXIT_OK
+
+
+def cmd_burn(args: argparse.Namespace, out: TextIO) -> int:
+    """Burn rate: tokens/min and $/hour now, today so far and projected, active sessions."""
+    tz = parse_tz(args.tz)
+    at = (datetime.fromisoformat(parse_since(args.at, tz).replace("Z", "+00:00"))
+          if args.at else None)
+    with _reader(args) as reader:
+        _note_if_empty(args, reader)
+        data = burn(reader.db, now=at, tz=tz, window_minutes=args.window,
+                    active_minutes=args.active, limit=args.limit)
+    if args.json:
+        write_json(out, data)
+    else:
+        render_burn(out, data, tz)
     return EXIT_OK
 
 
@@ -369,6 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="price the traffic on MODEL too (default: the priced models it used); "
                         "repeatable")
 
+    c = command("burn", cmd_burn, zone)
+    c.add_argument("--at", metavar="WHEN", help="as of this time instead of now (a date, an ISO "
+                   "time or a duration back from now): rates of a replayed log")
+    c.add_argument("--window", type=_positive, default=60, metavar="MINUTES",
+                   help="the recent rate is over this many minutes (default 60)")
+    c.add_argument("--active", type=_positive, default=15, metavar="MINUTES",
+                   help="a session is active with a round this recent (default 15)")
+    c.add_argument("--limit", type=_positive, default=10, metavar="N",
+                   help="at most N active sessions listed (default 10)")
+
     c = command("url", cmd_url)
     c.add_argument("session_id", metavar="SESSION_ID")
     c.add_argument("--base-url", metavar="URL",
@@ -410,7 +442,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
     if not getattr(args, "handler", None):
         parser.print_usage(err)
         err.write(f"{PROG}: error: a command is needed (show, list, stats-model, stats-date, "
-                  "stats-consumer, export, url); --help explains them\n")
+                  "stats-consumer, export, burn, url); --help explains them\n")
         return EXIT_USAGE
     args.err = err
     try:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from . import __version__
+from . import __version__, finops
 from .config import (DEFAULT_LOG_PATH, ENV_DATA_DIR, ENV_PRICING, HIGRESS_LOG_PATH,
                      allowed_log_dirs, check_log_path_allowed, data_dir)
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, MonitorError
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild-index", action="store_true",
                    help="rebuild the derived index from the session files, then exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
+    finops.add_arguments(p)
     return p
 
 
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
     _terminate_as_interrupt()
     try:
         config = config_from_args(args, err)
+        args.finops = finops.config_from_args(args)   # usage errors before the store opens
         if args.reprice or args.rebuild_index:
             return _maintenance(config, args, out, err)
         return _run(config, args, out, err)
@@ -182,17 +184,21 @@ def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: Text
     with Monitor(config, err=err) as monitor:
         for note in monitor.notes:
             print(f"note: {note}", file=err)
-        if not config.follow:
-            stats = monitor.poll_once()
-            if not args.quiet:
-                print(summary(stats), file=out)
-            # An unreadable log was reported on stderr; the exit status makes cron say so.
-            return EXIT_RUNTIME if stats.tail_events.get("unreadable") else EXIT_OK
-        return _follow(monitor, config, args, out, err)
+        fin = finops.attach(monitor, args.finops)
+        try:
+            if not config.follow:
+                stats = monitor.poll_once()
+                if not args.quiet:
+                    print(summary(stats), file=out)
+                # An unreadable log was reported on stderr; the exit status makes cron say so.
+                return EXIT_RUNTIME if stats.tail_events.get("unreadable") else EXIT_OK
+            return _follow(monitor, config, args, out, err, fin)
+        finally:
+            fin.close()   # inside the with: pending alerts get a moment, the state is saved
 
 
 def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
-            out: TextIO, err: TextIO) -> int:
+            out: TextIO, err: TextIO, fin: "finops.FinOps") -> int:
     live = out.isatty() and not args.quiet
     waiting_said = False
     backoff = config.refresh_interval
@@ -206,6 +212,7 @@ def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
                 waiting_said = False
             try:
                 stats = monitor.poll_once()
+                fin.tick()
                 backoff = config.refresh_interval
             except MonitorError as e:
                 # Disk full, unreadable directory: say so, back off, try again.
@@ -215,7 +222,8 @@ def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
                 continue
             if live:
                 totals, rows = live_rows(monitor.index.db)
-                render_live(out, totals, rows, last_pass=summary(stats))
+                render_live(out, totals, rows, last_pass=summary(stats),
+                            budget_line=fin.live_text())
             elif (stats.lines or stats.bad) and not args.quiet:
                 print(summary(stats), file=out, flush=True)
             if monitor.stream is not None and monitor.stream.eof and config.log_paths == ["-"]:

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import shutil
+import textwrap
 import unicodedata
 from dataclasses import dataclass
 from datetime import timezone, tzinfo
@@ -177,6 +178,43 @@ def render_sessions(out: TextIO, rows: list[dict], total_count: int, *, sort: st
         out.write("* some rounds of the session have no price for their model (not counted as $0)\n")
 
 
+def render_burn(out: TextIO, data: dict, tz: tzinfo) -> None:
+    """``cli.py burn``: the recent rate, today so far and projected, the active sessions."""
+    recent, today = data["recent"], data["today"]
+    w = out.write
+    w(f"Burn rate at {safe_text(fmt_time(data['at'], tz, seconds=False))} {tz} (event time; "
+      f"recent = the last {recent['minutes']:g} min: {data['window_minutes']} min back, from "
+      "the quarter-hour)\n\n")
+    w(f"  Recent:  {fmt_int(round(recent['tokens_per_min']))} tokens/min, "
+      f"{fmt_usd(recent['usd_per_hour'])}/hour ({fmt_int(recent['rounds'])} rounds, "
+      f"{fmt_usd(recent['cost_usd'])})\n")
+    w(f"  Today:   {today['day']} ({safe_text(today['time_zone'])}): "
+      f"{fmt_int(today['tokens'])} tokens, {fmt_usd(today['cost_usd'])} in "
+      f"{today['elapsed_hours']:g} h; {today['remaining_hours']:g} h left\n")
+    w(f"  Projected by midnight: {fmt_usd(today['projected_cost_usd'])} at the recent rate, "
+      f"{fmt_usd(today['average_projection_usd'])} at today's average pace\n")
+    unpriced = today["unpriced_rounds"]
+    if unpriced:
+        w(f"  * {fmt_int(unpriced)} round{'s' if unpriced != 1 else ''} today "
+          f"{'have' if unpriced != 1 else 'has'} no price (not counted in $)\n")
+    w(f"\nActive sessions (a round in the last {data['active_minutes']} min): "
+      f"{fmt_int(data['active_count'])}\n")
+    if not data["active_sessions"]:
+        return
+    columns = [
+        Column("SESSION", lambda r: cut_middle(safe_text(r["session_id"]), 48), right=False),
+        Column("MODEL", lambda r: shorten(safe_text(r["model"] or "-"), 30), right=False),
+        Column("TOKENS/MIN", lambda r: fmt_int(round(r["tokens_per_min"]))),
+        Column("$/HOUR", lambda r: fmt_usd(r["usd_per_hour"])),
+        Column("ROUNDS", lambda r: fmt_int(r["rounds"])),
+        Column("LAST ROUND", lambda r: safe_text(fmt_time(r["updated_at"], tz)), right=False),
+    ]
+    render_table(out, columns, data["active_sessions"])
+    if data["active_count"] > len(data["active_sessions"]):
+        w(f"({fmt_int(data['active_count'] - len(data['active_sessions']))} more; --limit "
+          "shows more)\n")
+
+
 # -- machine output -------------------------------------------------------------------
 
 def write_json(out: TextIO, data: object, rows: bool = False) -> None:
@@ -238,9 +276,10 @@ def write_csv(out: TextIO, fields: list[str], rows: Iterable[dict]) -> None:
 
 def render_session(out: TextIO, doc: dict, *, tz: tzinfo = timezone.utc, max_chars: int = 500,
                    contexts: dict[str, list] | None = None, only_round: int | None = None,
-                   suggestions: list[dict] | None = None) -> None:
+                   suggestions: list[dict] | None = None, insights: dict | None = None) -> None:
     """The skill's "CLI Session Details": the header, then every round (or one).
-    ``contexts`` maps a round's key to its full rebuilt message list (--full-context)."""
+    ``contexts`` maps a round's key to its full rebuilt message list (--full-context);
+    ``insights`` (insights.session_insights) adds anomalies and cheaper models."""
     rounds = doc.get("rounds") or []
     w = out.write
     title = f"Session: {safe_text(doc.get('session_id'))}"
@@ -274,19 +313,28 @@ def render_session(out: TextIO, doc: dict, *, tz: tzinfo = timezone.utc, max_cha
         for s in suggestions:
             change = f"{s['change_pct']:+.0f}%" if s.get("change_pct") is not None else ""
             w(f"  {safe_text(s['model']):<28}{fmt_usd(s['cost_usd']):>12}  {change}\n")
+    badges: dict[int, list[str]] = {}
+    if insights:
+        _render_insights(out, insights)
+        for a in insights.get("anomalies") or []:
+            # Every round the anomaly spans (a loop's repeats, a burst's rounds).
+            for n in range(a.get("first_round") or a["round"], (a.get("last_round") or a["round"]) + 1):
+                badges.setdefault(n, []).append(f"[{a['badge']}]")
     w("\nConversation Rounds:\n")
     previous_system = None
     for rnd in rounds:
         if only_round is None or rnd.get("round") == only_round:
             _render_round(out, rnd, tz, max_chars, previous_system,
-                          contexts.get(rnd.get("key")) if contexts is not None else None)
+                          contexts.get(rnd.get("key")) if contexts is not None else None,
+                          badges.get(rnd.get("round")))
         previous_system = rnd.get("system") or previous_system
     if not rounds:
         w("  (no rounds)\n")
 
 
 def _render_round(out: TextIO, rnd: dict, tz: tzinfo, max_chars: int,
-                  previous_system: object, context: list | None) -> None:
+                  previous_system: object, context: list | None,
+                  badges: list[str] | None = None) -> None:
     w = out.write
     head = [f"Round {rnd.get('round')}", f"{safe_text(fmt_time(rnd.get('timestamp'), tz))} {tz}",
             safe_text(rnd.get("model") or "(no model)")]
@@ -294,6 +342,8 @@ def _render_round(out: TextIO, rnd: dict, tz: tzinfo, max_chars: int,
         head.append(f"consumer {safe_text(rnd['consumer'])}")
     if rnd.get("response_type"):
         head.append(safe_text(rnd["response_type"]))
+    if badges:
+        head.append(" ".join(badges))
     w("\n  " + "  |  ".join(head) + "\n")
     extra = [f"cached {fmt_int(rnd.get('cached_tokens') or 0)}",
              f"reasoning {fmt_int(rnd.get('reasoning_tokens') or 0)}"]
@@ -334,6 +384,29 @@ def _render_round(out: TextIO, rnd: dict, tz: tzinfo, max_chars: int,
     for label in ("question", "answer", "reasoning"):
         if rnd.get(label) not in (None, ""):
             _text_field(out, label.capitalize(), rnd[label], max_chars)
+
+
+def _render_insights(out: TextIO, insights: dict) -> None:
+    """Anomaly badges with their explanations, then cheaper models and the caveat."""
+    w = out.write
+    found = insights.get("anomalies") or []
+    if found:
+        w(f"\nAnomalies ({len(found)}):\n")
+        for a in found:
+            head = f"  [{a['badge']}] round {a['round']} ({a['severity']}): "
+            w(textwrap.fill(safe_text(a["explanation"]), width=100, initial_indent=head,
+                            subsequent_indent=" " * 6, break_on_hyphens=False) + "\n")
+    cheaper = insights.get("suggestions") or []
+    if cheaper:
+        w("\nCheaper models for the same tokens:\n")
+        width = max(len(safe_text(s["model"])) for s in cheaper)
+        for s in cheaper:
+            where = "same provider" if s["same_provider"] else safe_text(s["provider"])
+            w(f"  {safe_text(s['model']):<{width}}  {fmt_usd(s['cost_usd']):>12}  "
+              f"-{s['saving_pct']:.0f}%  saves {fmt_usd(s['saving_usd'])}  ({where})\n")
+        note = f"{insights.get('suggestions_basis', '')}. {insights.get('caveat', '')}"
+        w(textwrap.fill(safe_text(note), width=100, initial_indent="  ",
+                        subsequent_indent="  ") + "\n")
 
 
 def _messages(out: TextIO, messages: list, max_chars: int) -> None:

@@ -451,11 +451,12 @@ def _local_midnight_utc(day: date, tz: tzinfo) -> str:
 
 def finops_report(reader: StoreReader, table: PriceTable, *, tz: tzinfo = timezone.utc,
                   since: str | None = None, until: str | None = None,
-                  what_if_models: list[str] | None = None) -> dict:
+                  what_if_models: list[str] | None = None, insights: bool = True) -> dict:
     """The FinOps report (``cli.py export``): totals, by model / day / consumer /
     session, unpriced models, what-if repricing and the price table's source, all from
     the index. ``table`` is a :class:`pricing.PriceTable`; stored costs are the ones
-    computed at ingestion (``main.py --reprice`` recomputes them)."""
+    computed at ingestion (``main.py --reprice`` recomputes them). With ``insights``,
+    each session gets its ``cheaper_model`` (insights.export_insights)."""
     by_model = reader.aggregate("model", since=since, until=until)
     by_day = reader.aggregate("day", tz=tz, since=since, until=until)
     if by_day:
@@ -473,7 +474,7 @@ def finops_report(reader: StoreReader, table: PriceTable, *, tz: tzinfo = timezo
     models = [usage_record(r, "model") for r in by_model]
     for record, row in zip(models, by_model):
         record["cache_savings_usd"] = _cache_savings(row, table)
-    return {
+    report = {
         "report": "agent-session-monitor FinOps report",
         "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "range": {"since": since, "until": until, "time_zone": str(tz)},
@@ -492,6 +493,11 @@ def finops_report(reader: StoreReader, table: PriceTable, *, tz: tzinfo = timezo
         "what_if_basis": "the priced rounds' token buckets on each model's base price "
                          "(size tiers are per request and not applied to sums)",
     }
+    if insights:
+        from .insights import export_insights   # it imports this module
+
+        export_insights(report, reader, table, by_model, since, until)
+    return report
 
 
 REPORT_CSV_FIELDS = ["section", "key", "sessions", "rounds", "input_tokens", "output_tokens",
