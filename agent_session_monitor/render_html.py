@@ -1,0 +1,367 @@
+"""The web pages, server-rendered from :mod:`views` dicts through :func:`html_parts.h`,
+so every value from a log is escaped where it is placed. The pages are complete without
+JavaScript; app.js only refreshes them in place and adds conveniences.
+
+Class names and ``data-*`` hooks here are shared with static/app.js, which builds the
+same structures (round cards, table rows, chart shapes) from the JSON API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import charts
+from .html_parts import Markup, h, join, url
+from .views import PAGE_SIZES, SessionQuery
+
+SORT_LABELS = (("updated", "Last updated"), ("created", "Created"), ("cost", "Cost"),
+               ("tokens", "Tokens"), ("rounds", "Rounds"), ("id", "Session id"))
+REFRESH_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class PageContext:
+    """What a page needs besides its data: asset URLs, whether the reader may see the
+    overview (a signed link opens one session only), and the signature to carry."""
+
+    css: str = "/static/app.css"
+    js: str = "/static/app.js"
+    full_access: bool = True
+    link_params: dict = field(default_factory=dict)
+
+
+def page(ctx: PageContext, title: str, body: Markup, *, page_name: str,
+         data: dict | None = None, refresh_to: str | None = None) -> str:
+    """A whole document. The only inline content is markup: no inline script or style
+    (the CSP forbids both), data reaches app.js through escaped ``data-*`` attributes."""
+    attrs = {"data-page": page_name, "data-refresh": str(REFRESH_SECONDS)}
+    for k, v in (data or {}).items():
+        attrs[f"data-{k}"] = v
+    nav = h("a", {"class": "brand", "href": "/"}, "Agent Session Monitor") if ctx.full_access \
+        else h("span", {"class": "brand"}, "Agent Session Monitor")
+    head = join([
+        Markup('<meta charset="utf-8">'),
+        h("meta", {"name": "viewport", "content": "width=device-width, initial-scale=1"}),
+        h("meta", {"name": "color-scheme", "content": "light dark"}),
+        h("meta", {"name": "referrer", "content": "no-referrer"}),
+        h("meta", {"http-equiv": "refresh", "content": f"0;url={refresh_to}"})
+        if refresh_to else None,
+        h("title", None, title),
+        h("link", {"rel": "stylesheet", "href": ctx.css}),
+        h("script", {"src": ctx.js, "defer": True}),
+    ])
+    top = h("header", {"class": "top"}, h("div", {"class": "wrap top-in"}, nav,
+            h("span", {"class": "status", "id": "status", "aria-live": "polite"},
+              f"Auto-refresh every {REFRESH_SECONDS} s (with JavaScript)")))
+    doc = join([Markup("<!doctype html>\n"),
+                h("html", {"lang": "en"}, h("head", None, head),
+                  h("body", attrs, top, h("main", {"class": "wrap"}, body)))])
+    return doc + "\n"
+
+
+# -- shared parts ---------------------------------------------------------------------
+
+def cards(items: list[dict], section_id: str = "cards", label: str = "Totals") -> Markup:
+    return h("section", {"class": f"cards n{len(items)}", "id": section_id, "aria-label": label},
+             *(h("div", {"class": "card", "data-card": c["id"]},
+                 h("div", {"class": "label"}, c["label"]),
+                 h("div", {"class": "value"}, c["value"]),
+                 h("div", {"class": "note"}, c["note"])) for c in items))
+
+
+def table(spec: dict, table_id: str, caption: str) -> Markup:
+    """A usage table (``views._usage_table``): first column text, the others numbers."""
+    def row(cells: list[str], tag: str = "td") -> Markup:
+        return h("tr", None, *(h(tag, {"class": "num"} if i else None, c)
+                               for i, c in enumerate(cells)))
+
+    return h("div", {"class": "table-scroll"}, h(
+        "table", {"id": table_id, "class": "data"}, h("caption", None, caption),
+        h("thead", None, row(spec["head"], "th")),
+        h("tbody", None, *(row(r) for r in spec["rows"]) if spec["rows"] else
+          h("tr", None, h("td", {"colspan": len(spec["head"]), "class": "empty"}, "(none)"))),
+        h("tfoot", None, row(spec["foot"]) if spec["foot"] else None)))
+
+
+def panel(title: str, *content: Markup, panel_id: str | None = None) -> Markup:
+    return h("section", {"class": "panel", "id": panel_id}, h("h2", None, title), *content)
+
+
+# -- overview -------------------------------------------------------------------------
+
+def overview_page(ctx: PageContext, view: dict, query: SessionQuery) -> str:
+    days = view["days"]
+    body = join([
+        h("div", {"class": "page-head"}, h("h1", None, "Overview"),
+          h("p", {"class": "sub"}, "Totals as of ", h("span", {"id": "generated"},
+                                                    view["generated_at"]), f" ({view['tz']})")),
+        cards(view["cards"]),
+        burn_panel(view["burn"]) if view.get("burn") else None,
+        h("div", {"class": "grid2"},
+          panel(f"Cost per day (last {days} days, {view['tz']})",
+                charts.render(view["charts"]["cost_per_day"], "chart-cost"), panel_id="p-cost"),
+          panel("Tokens by model", charts.render(view["charts"]["tokens_by_model"], "chart-models"),
+                panel_id="p-models")),
+        panel("By model", table(view["models"], "t-models", "Usage per model"),
+              h("p", {"class": "hint"}, "Each round counts under its own model; TOTAL counts "
+                "each session once. * some rounds unpriced (not counted as $0)."),
+              panel_id="p-by-model"),
+        panel("By consumer", table(view["consumers"], "t-consumers", "Usage per consumer"),
+              panel_id="p-by-consumer"),
+        panel("Sessions", session_filters(view["filters"], query),
+              sessions_table(view["sessions"]), panel_id="p-sessions"),
+    ])
+    return page(ctx, "Agent Session Monitor", body, page_name="overview",
+                data={"stats": url("/api/stats", view=1, days=days)})
+
+
+def burn_panel(burn: dict) -> Markup:
+    items = [h("li", None, h("a", {"href": a["href"]}, a["id"]), " ",
+               h("span", {"class": "sub"}, a["text"])) for a in burn["active"]]
+    return panel("Burn rate", cards(burn["cards"], "burn-cards", "Burn rate"),
+                 h("ul", {"class": "active-list", "id": "burn-active"}, *items),
+                 panel_id="p-burn")
+
+
+def session_filters(filters: dict, query: SessionQuery) -> Markup:
+    def select(name: str, label: str, options: list[tuple[str, str]], current: str) -> Markup:
+        return h("label", None, h("span", None, label), h(
+            "select", {"name": name},
+            *(h("option", {"value": v, "selected": v == current}, text) for v, text in options)))
+
+    models = [("", "All models")] + [(m, m) for m in filters["models"]]
+    if query.model and query.model not in filters["models"]:
+        models.append((query.model, query.model))
+    consumers = [("", "All consumers")] + [(c, c) for c in filters["consumers"]]
+    if query.consumer and query.consumer not in filters["consumers"]:
+        consumers.append((query.consumer, query.consumer))
+    return h("form", {"class": "filters", "id": "filters", "method": "get", "action": "/",
+                      "role": "search"},
+             h("label", {"class": "grow"}, h("span", None, "Search"),
+               h("input", {"type": "search", "name": "q", "value": query.q, "id": "q",
+                           "placeholder": "session id or model", "autocomplete": "off",
+                           "maxlength": "200"})),
+             select("sort", "Sort", list(SORT_LABELS), query.sort),
+             select("model", "Model", models, query.model),
+             select("consumer", "Consumer", consumers, query.consumer),
+             select("per_page", "Per page", [(str(n), str(n)) for n in PAGE_SIZES],
+                    str(query.per_page)),
+             h("button", {"type": "submit", "class": "apply"}, "Apply"))
+
+
+def sessions_table(view: dict) -> Markup:
+    head = h("tr", None, *(h("th", {"class": "num"} if 1 < i < 7 else None, c)
+                           for i, c in enumerate(view["head"])))
+    if view["rows"]:
+        rows = [h("tr", None, h("td", {"class": "sid"}, h("a", {"href": r["href"]}, r["cells"][0])),
+                  *(h("td", {"class": "num"} if 1 < i < 7 else None, c)
+                    for i, c in enumerate(r["cells"]) if i))
+                for r in view["rows"]]
+    else:
+        rows = [h("tr", None, h("td", {"colspan": len(view["head"]), "class": "empty"},
+                                view["summary"]))]
+    pager = h("nav", {"class": "pager", "id": "pager", "aria-label": "Pages"},
+              h("a", {"href": view["prev"], "rel": "prev", "data-page": view["page"] - 1,
+                      "hidden": not view["prev"]}, "← Newer"),
+              h("span", {"id": "page-summary"},
+                f"{view['summary']} · page {view['page']} of {view['pages']}"),
+              h("a", {"href": view["next"], "rel": "next", "data-page": view["page"] + 1,
+                      "hidden": not view["next"]}, "Older →"))
+    return join([h("div", {"class": "table-scroll"}, h(
+        "table", {"id": "t-sessions", "class": "data sessions"},
+        h("caption", None, "Sessions"), h("thead", None, head), h("tbody", None, *rows))), pager])
+
+
+# -- one session ----------------------------------------------------------------------
+
+def session_page(ctx: PageContext, view: dict, *, context: dict | None = None) -> str:
+    sid = view["session_id"]
+    api = url("/api/session", id=sid, **ctx.link_params)
+    download = url("/api/session", id=sid, download=1, **ctx.link_params)
+    back = None
+    if ctx.full_access:   # a signed-link reader cannot open the overview
+        back = h("p", {"class": "crumbs"}, h("a", {"href": "/"}, "← Overview"))
+    head = h("div", {"class": "page-head"}, back,
+             h("h1", {"class": "sid-title"}, h("span", {"class": "kicker"}, "Session"),
+               h("code", {"id": "session-id"}, sid)),
+             h("div", {"class": "actions"},
+               h("button", {"type": "button", "class": "btn", "id": "copy-link", "hidden": True},
+                 "Copy link"),
+               h("a", {"class": "btn", "href": download, "download": True}, "Download JSON")),
+             h("dl", {"class": "facts", "id": "facts"},
+               *(join([h("dt", None, k), h("dd", None, v)]) for k, v in view["facts"])))
+    rounds = [round_card(r, sid, ctx, context if context and context["n"] == r["n"] else None)
+              for r in view["rounds"]]
+    body = join([
+        head,
+        cards(view["cards"]),
+        panel("Tokens and cost per round", charts.render(view["chart"], "chart-rounds"),
+              panel_id="p-rounds"),
+        insights_panel(view["insights"]),
+        h("section", {"id": "rounds", "class": "rounds", "aria-label": "Rounds"},
+          *rounds if rounds else h("p", {"class": "empty"}, "No rounds.")),
+    ])
+    return page(ctx, f"Session {sid} · Agent Session Monitor", body, page_name="session",
+                data={"api": api, "rounds": len(view["rounds"])})
+
+
+def insights_panel(ins: dict | None) -> Markup:
+    """Anomalies and cheaper models; present but hidden when there is nothing to say,
+    so that an in-place refresh can fill it."""
+    body = []
+    if ins and ins["anomalies"]:
+        body.append(h("ul", {"class": "anomalies"}, *(
+            h("li", None, h("span", {"class": f"tag warn sev-{a['severity']}"}, a["badge"]), " ",
+              h("a", {"href": f"#{a['anchor']}"}, f"round {a['round']}"), " ", a["text"])
+            for a in ins["anomalies"])))
+    if ins and ins["suggestions"]["rows"]:
+        body.append(h("h3", None, f"Same tokens on cheaper models (actual: {ins['actual']})"))
+        body.append(table(ins["suggestions"], "t-suggest", "Cheaper models"))
+        body.append(h("p", {"class": "hint"}, ins["note"]))
+    return h("section", {"class": "panel", "id": "p-insights",
+                         "hidden": not ins or ins["empty"]},
+             h("h2", None, "Insights"), h("div", {"id": "insights-body"}, *body))
+
+
+def _pre(text: str, cls: str = "text") -> Markup:
+    return h("pre", {"class": cls}, text)
+
+
+def _field(label: str, text: str | None, cls: str) -> Markup | None:
+    if text is None:
+        return None
+    return h("section", {"class": f"field {cls}"}, h("h3", None, label), _pre(text))
+
+
+def round_card(r: dict, sid: str, ctx: PageContext, context: dict | None) -> Markup:
+    tags = [h("span", {"class": "tag"}, t) for t in r["tags"]]
+    if r["unpriced"]:
+        tags.append(h("span", {"class": "tag warn"}, "unpriced"))
+    tags += [h("span", {"class": "tag warn"}, b) for b in r.get("badges", [])]
+    header = h("header", {"class": "round-head"},
+               h("h2", None, h("a", {"href": f"#{r['anchor']}"}, f"Round {r['n']}")),
+               h("span", {"class": "time"}, r["time"]),
+               h("span", {"class": "model"}, r["model"]), *tags)
+    stats = h("dl", {"class": "stats"},
+              *(h("div", None, h("dt", None, k), h("dd", None, v)) for k, v in r["stats"]))
+    warnings = h("ul", {"class": "warnings"}, *(h("li", None, w) for w in r["warnings"])) \
+        if r["warnings"] else None
+    tools = None
+    if r["tool_calls"]:
+        tools = h("section", {"class": "field tools"},
+                  h("h3", None, f"Tool calls ({len(r['tool_calls'])})"),
+                  *(tool_call(c) for c in r["tool_calls"]))
+    elif r["has_tool_calls"]:
+        tools = h("section", {"class": "field tools"}, h("h3", None, "Tool calls"),
+                  h("p", None, "(not stored)"))
+    reasoning = None
+    if r["reasoning"] is not None:
+        reasoning = h("details", {"class": "field reasoning"},
+                      h("summary", None, "Reasoning"), _pre(r["reasoning"]))
+    system = None
+    if r["system"] is not None:
+        system = h("details", {"class": "field system"}, h("summary", None, "System prompt"),
+                   _pre(r["system"]))
+    return h("article", {"class": "round", "id": r["anchor"], "data-key": r["key"],
+                         "data-round": r["n"]},
+             header, stats, warnings, system,
+             _field(r["question_label"], r["question"], "question"),
+             tools, reasoning, _field("Answer", r["answer"], "answer"),
+             messages_block(r), context_block(r, sid, ctx, context))
+
+
+def tool_call(c: dict) -> Markup:
+    result = (h("div", {"class": "result"},
+                h("div", {"class": "sub"}, f"Result (sent in round {c['result_round']})"),
+                _pre(c["result"], "code")) if c["result"] is not None
+              else h("div", {"class": "result none"}, "No result in this session yet"))
+    return h("div", {"class": "tool"},
+             h("div", {"class": "tool-name"}, h("code", None, c["name"]),
+               h("span", {"class": "sub"}, c["id"]) if c["id"] else None),
+             h("div", {"class": "sub"}, "Arguments"), _pre(c["arguments"], "code"), result)
+
+
+def message(m: dict) -> Markup:
+    calls = [h("div", {"class": "call"}, h("code", None, f"→ {c['name']}"),
+               _pre(c["arguments"], "code")) for c in m["calls"]]
+    role = m["role"] if m["role"] in ("user", "assistant", "system", "tool") else "other"
+    cls = f"msg role-{role}"
+    if m.get("new"):
+        cls += " new"
+    return h("div", {"class": cls}, h("div", {"class": "who"}, m["label"]),
+             _pre(m["text"]) if m["text"] else None, *calls)
+
+
+def messages_block(r: dict) -> Markup | None:
+    if r["truncated_messages"] is not None:
+        return h("details", {"class": "field msgs"},
+                 h("summary", None, "Messages (logged truncated by the gateway)"),
+                 _pre(r["truncated_messages"]))
+    if not r["messages"]:
+        return None
+    return h("details", {"class": "field msgs"},
+             h("summary", None, f"Messages new in this round ({len(r['messages'])}, "
+                                f"from #{r['new_from']})"),
+             h("div", {"class": "msg-list"}, *(message(m) for m in r["messages"])))
+
+
+def context_block(r: dict, sid: str, ctx: PageContext, context: dict | None) -> Markup | None:
+    if r["context_count"] <= len(r["messages"]) or r["context_count"] == 0:
+        return None
+    link = url("/session", id=sid, context=r["n"], **ctx.link_params) + f"#{r['anchor']}"
+    if context is not None:
+        inner = h("div", {"class": "msg-list"}, *(message(m) for m in context["messages"]))
+    else:
+        inner = h("a", {"href": link, "class": "load-context"}, "Load the full context")
+    return h("details", {"class": "field ctx", "data-round": r["n"], "open": context is not None,
+                         "id": f"{r['anchor']}-context"},
+             h("summary", None, f"Full context ({r['context_count']} messages)"),
+             h("div", {"class": "ctx-body"}, inner))
+
+
+# -- errors ---------------------------------------------------------------------------
+
+def error_page(ctx: PageContext, status: int, title: str, message: str,
+               extra: Markup | None = None) -> str:
+    body = h("section", {"class": "error"}, h("h1", None, f"{status} · {title}"),
+             h("p", None, message), extra,
+             h("p", None, h("a", {"href": "/"}, "Overview")) if ctx.full_access else None)
+    return page(ctx, f"{title} · Agent Session Monitor", body, page_name="error")
+
+
+def unknown_session_page(ctx: PageContext, session_id: str, matches: list[str]) -> str:
+    extra = None
+    if matches:
+        extra = join([h("p", None, "Close matches:"), h("ul", None, *(
+            h("li", None, h("a", {"href": url("/session", id=m)}, m)) for m in matches))])
+    return error_page(ctx, 404, "Unknown session",
+                      f"No session with id “{session_id}” in this store.", extra)
+
+
+def signed_in_page(ctx: PageContext, location: str) -> str:
+    """After ``?token=``: the cookie is set with this page, which then moves on to the
+    URL without the token. Not an HTTP redirect: following a link from a chat app is a
+    cross-site navigation, whose redirects do not carry a SameSite=Strict cookie, while
+    this page's own navigation does."""
+    if not location.startswith("/") or location.startswith("//"):
+        raise ValueError(f"not a site path: {location!r}")
+    body = h("section", {"class": "error"}, h("h1", None, "Signed in"),
+             h("p", None, h("a", {"href": location}, "Continue")))
+    return page(ctx, "Signed in · Agent Session Monitor", body, page_name="signed-in",
+                refresh_to=location)
+
+
+def login_page(ctx: PageContext, path: str = "/", params: dict | None = None) -> str:
+    """401: the access token, asked for with a plain form that returns to the page
+    asked for (as ``?token=``, which the server swaps for a cookie and removes)."""
+    hidden = [h("input", {"type": "hidden", "name": k, "value": v})
+              for k, v in (params or {}).items() if k != "token"]
+    form = h("form", {"method": "get", "action": path, "class": "login"}, *hidden,
+             h("label", None, h("span", None, "Access token"),
+               h("input", {"type": "password", "name": "token", "autocomplete": "current-password",
+                           "required": True})),
+             h("button", {"type": "submit", "class": "btn"}, "Open"))
+    return error_page(ctx, 401, "Access token needed",
+                      "This monitor is reachable beyond this machine, so it needs its access "
+                      "token (webserver.py --token, or the environment). A shared session "
+                      "link opens only its own session.", form)

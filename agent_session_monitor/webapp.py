@@ -1,0 +1,408 @@
+"""The web UI's routes and pages, without sockets: ``WebApp.handle(method, target,
+headers)`` returns a :class:`Response` (web.py feeds it requests).
+
+Routes: ``/`` overview, ``/session?id=ID`` one session, ``/api/sessions``,
+``/api/session?id=ID``, ``/api/stats`` (JSON), ``/healthz``, ``/static/app.{js,css}``.
+The overview answers from the derived index (its aggregates cached until the index
+changes); a session page reads its one file. Access decisions are webauth.py's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator, TextIO
+from urllib.parse import parse_qsl, urlsplit
+
+from . import insights, render_html, views
+from .errors import MonitorError
+from .index import INDEX_NAME
+from .names import file_name_for
+from .pricing import load_price_table
+from .report import StoreReader, parse_tz
+from .webauth import Access, Gate, Refused
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+HTML = "text/html; charset=utf-8"
+JSON = "application/json; charset=utf-8"
+TEXT = "text/plain; charset=utf-8"
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = TEXT
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    cache: str = "no-store"
+
+
+class IndexWatch:
+    """Tells whether the index changed: SQLite's own cross-process change detection
+    (``PRAGMA data_version`` on one long-lived connection) plus the file's identity,
+    since a rebuild replaces the file. None when there is no index to watch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._ident: tuple[int, int] | None = None
+        self._epoch = 0
+
+    def stamp(self) -> tuple | None:
+        with self._lock:
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                self._close()
+                return None
+            ident = (st.st_dev, st.st_ino)
+            try:
+                if self._db is None or ident != self._ident:
+                    self._close()
+                    self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                               check_same_thread=False)
+                    self._ident = ident
+                    self._epoch += 1
+                version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error:
+                self._close()
+                return None
+            return ident, self._epoch, version
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+        self._db, self._ident = None, None
+
+
+class WebApp:
+    """Routing, access and rendering, without sockets (the handler feeds it requests)."""
+
+    def __init__(self, data_dir: Path, *, token: str | None = None,
+                 link_secret: str | None = None, allowed_hosts: tuple[str, ...] = (),
+                 tz_name: str | None = None, bind_host: str = "127.0.0.1",
+                 log: TextIO | None = None, max_lag: float = 5.0,
+                 pricing: str | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        # For the session page's cheaper-model suggestions (costs themselves are stored).
+        self.table = load_price_table(pricing)
+        self.tz = parse_tz(tz_name)
+        self.log = log
+        self.gate = Gate(token, link_secret, allowed_hosts, bind_host)
+        self.static: dict[str, tuple[bytes, str]] = {}
+        versions = []
+        for name, ctype in STATIC_TYPES.items():
+            data = (STATIC_DIR / name).read_bytes()
+            self.static[name] = (data, ctype)
+            versions.append(hashlib.sha256(data).hexdigest()[:10])
+        self.asset = {name: f"/static/{name}?v={v}" for name, v in zip(STATIC_TYPES, versions)}
+        self._memory_lock = threading.Lock()
+        self._memory: tuple[StoreReader, int, float] | None = None
+        self.watch = IndexWatch(self.data_dir / INDEX_NAME)
+        self.max_lag = max_lag
+        self._overview: dict[tuple, tuple[tuple, dict, float]] = {}
+        self._overview_lock = threading.Lock()
+        self._refreshing_lock = threading.Lock()
+        self._refreshing = False
+
+    # -- reading the store ---------------------------------------------------------
+
+    @contextmanager
+    def reader(self) -> Iterator[StoreReader]:
+        """A fresh reader per request (the monitor writes the index concurrently; WAL
+        gives each request a consistent, current snapshot). A store without an index
+        file is indexed in memory once and shared, rebuilt when the directory changes."""
+        if (self.data_dir / INDEX_NAME).exists() or not self.data_dir.is_dir():
+            try:
+                reader = StoreReader.open(self.data_dir, progress=False)
+            except MonitorError as e:
+                raise Refused(503, "No session store", str(e)) from None
+            try:
+                yield reader
+            finally:
+                reader.close()
+            return
+        with self._memory_lock:
+            stamp = os.stat(self.data_dir).st_mtime_ns
+            cached = self._memory
+            if cached is None or (cached[1] != stamp and time.monotonic() - cached[2] > 10):
+                if cached is not None:
+                    cached[0].close()
+                self._memory = cached = (StoreReader.open(self.data_dir, progress=False), stamp,
+                                         time.monotonic())
+            yield cached[0]
+
+    def overview_data(self, days: int) -> dict:
+        """The overview's aggregates (``views.overview_data``, from the index), computed
+        again only after the index changed: with 100,000 sessions SQLite needs a second
+        or more for them, while checking for a change takes microseconds.
+
+        After a change, a result younger than ``max_lag`` seconds is still served while
+        one background thread computes the new one, so a monitor committing every second
+        does not make every page wait; the page shows the time its data is from. With
+        ``max_lag`` 0 every answer is exact."""
+        key = (days, datetime.now(self.tz).date())
+        stamp = self.watch.stamp()
+        cached = self._overview.get(key)
+        if cached is not None and stamp is not None:
+            if cached[0] == stamp:
+                return cached[1]
+            if time.monotonic() - cached[2] < self.max_lag:
+                self._refresh_later(key, days)
+                return cached[1]
+        return self._compute_overview(key, days)
+
+    def _compute_overview(self, key: tuple, days: int) -> dict:
+        with self._overview_lock:   # one computation at a time; latecomers reuse it
+            stamp = self.watch.stamp()
+            cached = self._overview.get(key)
+            if cached is not None and stamp is not None and cached[0] == stamp:
+                return cached[1]
+            started = time.monotonic()
+            with self.reader() as reader:
+                data = views.overview_data(reader, self.tz, days)
+            if stamp is not None:
+                kept = [(k, v) for k, v in self._overview.items() if k != key][-7:]
+                self._overview = {**dict(kept), key: (stamp, data, started)}
+            return data
+
+    def _refresh_later(self, key: tuple, days: int) -> None:
+        with self._refreshing_lock:
+            if self._refreshing:
+                return
+            self._refreshing = True
+
+        def run() -> None:
+            try:
+                self._compute_overview(key, days)
+            except Exception:
+                self.log_line("error: background overview refresh: "
+                              + traceback.format_exc().rstrip())
+            finally:
+                self._refreshing = False
+
+        threading.Thread(target=run, name="overview-refresh", daemon=True).start()
+
+    # -- requests ------------------------------------------------------------------
+
+    def handle(self, method: str, target: str, headers) -> Response:
+        """Answer one request; ``headers`` is an ``email.message.Message``-like mapping."""
+        api = target.startswith("/api/")
+        try:
+            return self._route(method, target, headers)
+        except Refused as e:
+            return self._refusal(e, api, headers, target)
+        except Exception:
+            self.log_line("error: " + traceback.format_exc().rstrip())
+            return self._refusal(Refused(500, "Server error", "Something went wrong while "
+                                         "answering; the server log has the details."),
+                                 api, headers, target)
+
+    def _route(self, method: str, target: str, headers) -> Response:
+        if not self.gate.host_allowed(headers.get("Host")):
+            raise Refused(400, "Host not allowed",
+                          "This server does not answer for that host name (DNS rebinding "
+                          "protection). Start it with --allowed-host NAME to add one.")
+        if not target.startswith("/"):
+            raise Refused(400, "Bad request", "Only origin-form request targets are served.")
+        parts = urlsplit(target)
+        path = parts.path
+        try:
+            pairs = parse_qsl(parts.query, keep_blank_values=True, max_num_fields=40,
+                              encoding="utf-8", errors="surrogatepass")
+        except ValueError:
+            raise Refused(400, "Bad request", "Too many query parameters.") from None
+        params = dict(pairs)
+        if len(params) != len(pairs):
+            # Which of two ids would a check and a load each take? Never ambiguous.
+            raise Refused(400, "Bad request", "A query parameter is given twice.")
+        handler = ROUTES.get(path)
+        if handler is None:
+            raise Refused(404, "Not found", "There is no page at this address.")
+        if path in PUBLIC:
+            return handler(self, params, Access(True))
+        if "token" in params and self.gate.token:
+            location, cookie = self.gate.login(path, pairs, params["token"])
+            html = render_html.signed_in_page(self._ctx(Access(True)), location)
+            return Response(200, html_bytes(html), HTML, [("Set-Cookie", cookie)])
+        return handler(self, params, self.gate.access(path, params, headers))
+
+    def _refusal(self, e: Refused, api: bool, headers, target: str) -> Response:
+        if api:
+            body = json_bytes({"error": e.title, "message": e.message, "status": e.status})
+            return Response(e.status, body, JSON, e.headers)
+        ctx = self._ctx(Access(False))
+        if e.status == 401 and self.gate.host_allowed(headers.get("Host")):
+            parts = urlsplit(target)
+            path = parts.path if parts.path in ROUTES else "/"
+            params = dict(parse_qsl(parts.query, keep_blank_values=True, max_num_fields=40,
+                                    errors="surrogatepass")) if path != "/" else {}
+            html = render_html.login_page(ctx, path, params)
+        else:
+            html = render_html.error_page(ctx, e.status, e.title, e.message)
+        return Response(e.status, html_bytes(html), HTML, e.headers)
+
+    def _ctx(self, access: Access) -> render_html.PageContext:
+        return render_html.PageContext(css=self.asset["app.css"], js=self.asset["app.js"],
+                                       full_access=access.full,
+                                       link_params=access.link_params)
+
+    def log_line(self, message: str) -> None:
+        if self.log is not None:
+            try:
+                self.log.write(message + "\n")
+                self.log.flush()
+            except (OSError, ValueError):
+                pass
+
+    # -- pages and API -------------------------------------------------------------
+
+    def page_overview(self, params: dict, access: Access) -> Response:
+        query = views.SessionQuery.from_params(params)
+        days = _int_param(params, "days", 30, 1, 366)
+        data = self.overview_data(days)
+        with self.reader() as reader:
+            listing = views.session_list(reader, query)
+            burn = insights.overview_burn(reader, tz=self.tz)
+        view = views.overview(data, views.sessions_table(listing, self.tz), self.tz, burn)
+        html = render_html.overview_page(self._ctx(access), view, query)
+        return Response(200, html_bytes(html), HTML)
+
+    def _load(self, params: dict, access: Access) -> dict:
+        session_id = params.get("id")
+        if not session_id:
+            raise Refused(400, "No session id", "Give the session as /session?id=SESSION_ID.")
+        with self.reader() as reader:
+            doc = reader.load_session(session_id)
+            matches = reader.close_matches(session_id) if doc is None and access.full else []
+        if doc is None:
+            raise _Unknown(session_id, matches)
+        return doc
+
+    def page_session(self, params: dict, access: Access) -> Response:
+        try:
+            doc = self._load(params, access)
+        except _Unknown as e:
+            html = render_html.unknown_session_page(self._ctx(access), e.session_id, e.matches)
+            return Response(404, html_bytes(html), HTML)
+        found = insights.session_insights(doc, self.table)
+        view = views.session_page(doc, self.tz, insights=found)
+        context = None
+        if "context" in params:
+            n = _int_param(params, "context", 0, 0, 10**7)
+            context = views.context_view(doc, n)
+        html = render_html.session_page(self._ctx(access), view, context=context)
+        return Response(200, html_bytes(html), HTML)
+
+    def api_session(self, params: dict, access: Access) -> Response:
+        try:
+            doc = self._load(params, access)
+        except _Unknown as e:
+            raise Refused(404, "Unknown session",
+                          f"No session with id {e.session_id!r} in this store.") from None
+        if "context" in params:
+            context = views.context_view(doc, _int_param(params, "context", 0, 0, 10**7))
+            if context is None:
+                raise Refused(404, "Unknown round", "This session has no such round.")
+            return Response(200, json_bytes({"context": context}), JSON)
+        if params.get("view"):
+            after = _int_param(params, "after", 0, 0, 10**7)
+            found = insights.session_insights(doc, self.table)
+            view = views.session_page(doc, self.tz, after, found)
+            return Response(200, json_bytes({"view": view}), JSON)
+        headers = []
+        if params.get("download"):
+            safe = re.sub(r"[^A-Za-z0-9._-]+", "_", file_name_for(doc.get("session_id") or "")
+                          [:-len(".json")])[:80].strip("._") or "session"
+            headers.append(("Content-Disposition", f'attachment; filename="session-{safe}.json"'))
+        return Response(200, json_bytes(doc, indent=2 if params.get("download") else None),
+                        JSON, headers)
+
+    def api_sessions(self, params: dict, access: Access) -> Response:
+        query = views.SessionQuery.from_params(params)
+        with self.reader() as reader:
+            listing = views.session_list(reader, query)
+        record = views.sessions_record(listing)
+        if params.get("view"):
+            record["view"] = views.sessions_table(listing, self.tz)
+        return Response(200, json_bytes(record), JSON)
+
+    def api_stats(self, params: dict, access: Access) -> Response:
+        days = _int_param(params, "days", 30, 1, 366)
+        data = self.overview_data(days)
+        listing = None
+        with self.reader() as reader:
+            burn = insights.overview_burn(reader, tz=self.tz)
+            if params.get("view"):
+                listing = views.session_list(reader, views.SessionQuery.from_params(params))
+        record = {**views.stats_record(data, self.tz), "burn": burn}
+        if listing is not None:
+            record["view"] = views.overview(data, views.sessions_table(listing, self.tz), self.tz,
+                                            burn)
+        return Response(200, json_bytes(record), JSON)
+
+    def healthz(self, params: dict, access: Access) -> Response:
+        if not self.data_dir.is_dir():
+            return Response(503, b"no session store\n", TEXT)
+        return Response(200, b"ok\n", TEXT)
+
+    def static_file(self, name: str) -> Response:
+        data, ctype = self.static[name]
+        return Response(200, data, ctype, cache="public, max-age=86400")
+
+    def favicon(self, params: dict, access: Access) -> Response:
+        return Response(204, b"", TEXT, cache="public, max-age=86400")
+
+
+class _Unknown(Exception):
+    def __init__(self, session_id: str, matches: list[str]) -> None:
+        super().__init__(session_id)
+        self.session_id, self.matches = session_id, matches
+
+
+ROUTES = {
+    "/": WebApp.page_overview,
+    "/session": WebApp.page_session,
+    "/api/sessions": WebApp.api_sessions,
+    "/api/session": WebApp.api_session,
+    "/api/stats": WebApp.api_stats,
+    "/healthz": WebApp.healthz,
+    "/favicon.ico": WebApp.favicon,
+    **{f"/static/{name}": (lambda n: lambda app, params, access: app.static_file(n))(name)
+       for name in STATIC_TYPES},
+}
+PUBLIC = frozenset(("/healthz", "/favicon.ico", *(f"/static/{n}" for n in STATIC_TYPES)))
+
+
+def _int_param(params: dict, name: str, default: int, low: int, high: int) -> int:
+    try:
+        return max(low, min(int(params.get(name, default)), high))
+    except ValueError:
+        return default
+
+
+def json_bytes(data: object, indent: int | None = None) -> bytes:
+    try:
+        body = json.dumps(data, ensure_ascii=False, allow_nan=False, indent=indent,
+                          separators=None if indent else (",", ":")).encode("utf-8")
+    except UnicodeEncodeError:   # a lone surrogate from a log: \u-escape it instead
+        body = json.dumps(data, ensure_ascii=True, allow_nan=False, indent=indent,
+                          separators=None if indent else (",", ":")).encode("ascii")
+    # Same JSON for every parser; no browser can take it for markup, even if sniffing.
+    return body.replace(b"<", b"\\u003c").replace(b">", b"\\u003e").replace(b"&", b"\\u0026")
+
+
+def html_bytes(text: str) -> bytes:
+    return text.encode("utf-8", "replace")
