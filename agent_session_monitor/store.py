@@ -10,25 +10,29 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from .compact import compact, expand
 from .fsutil import atomic_write_many
 from .names import UNSESSIONED_FILE, file_name_for
 from .session import Session, new_document
 
 
 def dump_document(doc: dict) -> bytes:
-    """Serialise a session: compact, UTF-8 (so CJK text is not inflated sixfold)."""
+    """Serialise a session in its on-disk form (compact.py): compact JSON, UTF-8 (so CJK
+    text is not inflated sixfold)."""
     try:
-        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(compact(doc), ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False)
     except (ValueError, TypeError, RecursionError):
         # The parser admits only JSON-safe values, so this is a defence: a round whose
         # content cannot be written must not wedge the store. Its tokens and cost stay.
         _drop_unserialisable_content(doc)
-        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(compact(doc), ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         # A lone surrogate from the log cannot be UTF-8: escape this document instead.
-        return json.dumps(doc, ensure_ascii=True, separators=(",", ":"),
+        return json.dumps(compact(doc), ensure_ascii=True, separators=(",", ":"),
                           allow_nan=False).encode("ascii")
 
 
@@ -51,7 +55,7 @@ def read_document(path: Path) -> dict:
         doc = json.loads(f.read())
     if not isinstance(doc, dict) or not isinstance(doc.get("rounds"), list):
         raise ValueError("not a session document")
-    return doc
+    return expand(doc)
 
 
 class SessionStore:

@@ -48,11 +48,14 @@ class TempDirTest(unittest.TestCase):
 
 
 def load_store(out: Path) -> dict[str, dict]:
-    """session_id -> document, for every session file in ``out``."""
+    """session_id -> document (as readers see it: store.read_document), for every
+    session file in ``out``."""
+    from agent_session_monitor.store import read_document
+
     docs = {}
     for name in sorted(os.listdir(out)):
         if is_session_file(name):
-            doc = json.loads((out / name).read_bytes())
+            doc = read_document(out / name)
             key = doc["session_id"] if not doc.get("unsessioned") else None
             docs[key] = doc
     return docs
