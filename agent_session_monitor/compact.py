@@ -6,10 +6,13 @@ stores linearly):
 - Claude's top-level ``system`` prompt, often kilobytes, sent again with every request.
   On disk it lives once in ``doc["systems"]`` (keyed by a short hash) and each round
   carries ``system_ref``.
-- A round's ``answer`` comes back in the next request as its first new message (the
-  assistant turn). On disk the answer is left out and the round carries
-  ``answer_in_next_message: true``; it is the content of the first new message of the
-  first later round that extends it.
+- A round's ``answer`` and ``tool_calls`` come back in the next request as its first
+  new message (the assistant turn; its tool calls without their ``index``). On disk they
+  are left out and the round carries ``answer_in_next_message`` /
+  ``tool_calls_in_next_message: true``: they are the content / tool calls of the first
+  new message of the first later round that extends it.
+- What follows from position: ``round`` (1..N), ``key`` when it is the ``request_id``,
+  ``context_key`` when it is the previous round's key.
 
 :func:`compact` is applied when a session is written and :func:`expand` when it is read,
 so everything in memory (and every reader) sees plain ``system`` and ``answer`` fields.
@@ -45,6 +48,20 @@ def compact(doc: dict) -> dict:
         if "answer" in base and _first_new_content(rnd) == base["answer"]:
             del base["answer"]
             base["answer_in_next_message"] = True
+        if base.get("tool_calls") and _first_new_tool_calls(rnd) == base["tool_calls"]:
+            del base["tool_calls"]
+            base["tool_calls_in_next_message"] = True
+    previous = None
+    for i, rnd in enumerate(rounds):
+        key = rnd["key"]
+        if rnd.get("context_key") is not None and rnd["context_key"] == previous:
+            del rnd["context_key"]
+            rnd["context_is_previous"] = True
+        previous = key
+        if rnd.get("round") == i + 1:
+            del rnd["round"]
+        if key == rnd.get("request_id"):
+            del rnd["key"]
     out = {k: v for k, v in doc.items() if k not in ("rounds", "systems")}
     if systems:
         out["systems"] = systems
@@ -56,7 +73,14 @@ def expand(doc: dict) -> dict:
     """Turn an on-disk document back into the plain form, in place; returns it."""
     systems = doc.pop("systems", None) or {}
     rounds = doc.get("rounds") or []
-    for rnd in rounds:
+    previous = None
+    for i, rnd in enumerate(rounds):
+        rnd.setdefault("round", i + 1)
+        if "key" not in rnd:
+            rnd["key"] = rnd.get("request_id")
+        if rnd.pop("context_is_previous", False):
+            rnd["context_key"] = previous
+        previous = rnd["key"]
         ref = rnd.pop("system_ref", None)
         if ref is not None:
             rnd["system"] = systems.get(ref)
@@ -72,6 +96,11 @@ def expand(doc: dict) -> dict:
             if content is not _MISSING:
                 base["answer"] = content
                 del base["answer_in_next_message"]
+        if base.get("tool_calls_in_next_message") and "tool_calls" not in base:
+            calls = rnd["messages"][0].get("tool_calls") if rnd["messages"] else None
+            if isinstance(calls, list):
+                base["tool_calls"] = [{**call, "index": i} for i, call in enumerate(calls)]
+                del base["tool_calls_in_next_message"]
     return doc
 
 
@@ -97,6 +126,18 @@ def _first_new_content(rnd: dict) -> object:
             and "content" in messages[0]:
         return messages[0]["content"]
     return _MISSING
+
+
+def _first_new_tool_calls(rnd: dict) -> object:
+    """The first new message's tool calls with the ``index`` Higress adds when it
+    assembles a streamed answer's calls (its i-th call has index i)."""
+    messages = rnd["messages"]
+    if not messages or not isinstance(messages[0], dict) or messages[0].get("role") != "assistant":
+        return _MISSING
+    calls = messages[0].get("tool_calls")
+    if not isinstance(calls, list) or not all(isinstance(c, dict) and "index" not in c for c in calls):
+        return _MISSING
+    return [{**call, "index": i} for i, call in enumerate(calls)]
 
 
 def _ref(system: object) -> str:

@@ -34,6 +34,8 @@ class CompactRoundTrip(TempDirTest):
 
 class CompactEdgeCases(unittest.TestCase):
     def doc(self, rounds):
+        for i, rnd in enumerate(rounds):
+            rnd["round"] = i + 1       # as every stored session numbers its rounds
         return {"session_id": "s", "rounds": rounds}
 
     def test_branches_answer_mismatch_and_odd_systems(self):
@@ -59,6 +61,21 @@ class CompactEdgeCases(unittest.TestCase):
         self.assertEqual(len(disk["systems"]), 2)
         self.assertEqual(roundtrip(doc), doc)
 
+    def test_tool_calls_repeated_in_the_next_request_are_stored_once(self):
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        a = {"key": "a", "request_id": "a", "messages": [{"role": "user", "content": "q"}],
+             "messages_offset": 0, "tool_calls": [{**call, "index": 0}]}
+        b = {"key": "b", "request_id": "b", "context_key": "a", "messages_offset": 1,
+             "messages": [{"role": "assistant", "content": None, "tool_calls": [call]},
+                          {"role": "tool", "tool_call_id": "c1", "content": "out"}]}
+        doc = self.doc([a, b])
+        disk = compact(doc)
+        self.assertEqual(disk["rounds"][0], {"request_id": "a", "messages": a["messages"],
+                                             "messages_offset": 0, "tool_calls_in_next_message": True})
+        self.assertTrue(disk["rounds"][1]["context_is_previous"])
+        self.assertEqual(roundtrip(doc), doc)
+
     def test_no_rounds_and_no_content(self):
-        for doc in (self.doc([]), self.doc([{"key": "k", "input_tokens": 1}])):
+        for doc in (self.doc([]), self.doc([{"key": "k", "input_tokens": 1}]),
+                    self.doc([{"key": "r1", "request_id": "r1", "context_key": None}])):
             self.assertEqual(roundtrip(doc), doc)
