@@ -36,6 +36,9 @@ sys.path.insert(0, str(ROOT))
 from tests.loggen import iter_lines  # noqa: E402
 
 BENCH = ROOT / ".bench"
+# Message sizes: agents' tool results (files, web pages, shell output) are KBs; 6 gives
+# tool outputs of a few KB. --content-scale 2 is a harsher case for the metadata share.
+CONTENT_SCALE = 6
 BARE = r"""
 import json, sys, time
 t = time.perf_counter(); n = b = 0
@@ -62,13 +65,13 @@ def make_log(size_mb: int) -> tuple[Path, dict]:
     """A realistic log (agent sessions of 1-300 requests re-logging their history, tool
     loops, Unicode, a few bad lines), cached with its distinct-message byte count."""
     BENCH.mkdir(exist_ok=True)
-    log = BENCH / f"access-{size_mb}mb.log"
+    log = BENCH / f"access-{size_mb}mb-x{CONTENT_SCALE}.log"
     meta_path = log.with_suffix(".json")
     if log.exists() and meta_path.exists():
         return log, json.loads(meta_path.read_text())
     print(f"generating a {size_mb} MB log in {log} ...", file=sys.stderr, flush=True)
     with open(log, "wb") as f:
-        for line in iter_lines(17, size_mb * 2**20, max_requests=300, content_scale=2,
+        for line in iter_lines(17, size_mb * 2**20, max_requests=300, content_scale=CONTENT_SCALE,
                                bad_every=997, non_ai_every=101, duplicate_every=499,
                                unsessioned_every=211):
             f.write(line)
@@ -198,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=512, help="size of the log (default 512)")
     parser.add_argument("--skip-queries", action="store_true", help="only the ingest figures")
+    parser.add_argument("--content-scale", type=int, default=CONTENT_SCALE,
+                        help=f"message size multiplier of the generator (default {CONTENT_SCALE})")
     args = parser.parse_args(argv)
-    print(f"agent-session-monitor benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    globals()["CONTENT_SCALE"] = args.content_scale
+    print(f"agent-session-monitor benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+          f"{args.size_mb} MB log, content scale {CONTENT_SCALE}")
     log, meta = make_log(args.size_mb)
     store = bench_ingest(log, meta)
     bench_append(log, store)
