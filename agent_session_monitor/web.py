@@ -198,8 +198,7 @@ def is_loopback(host: str) -> bool:
 
 # -- command line ----------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    """Serve the web UI until interrupted."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="webserver.py", description="Web UI for the agent-session-monitor session store.")
     parser.add_argument("--data-dir", help="session store written by main.py "
@@ -221,7 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pricing", metavar="FILE", help="price overrides, as for main.py "
                         "(used for the cheaper-model suggestions; costs are stored)")
     parser.add_argument("--quiet", action="store_true", help="no request log on stderr")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the web UI until interrupted."""
+    args = build_parser().parse_args(argv)
     token = resolve(args.token, ENV_TOKEN)
     secret = resolve(args.link_secret, ENV_LINK_SECRET)
     directory = resolve_data_dir(args.data_dir)

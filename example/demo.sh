@@ -26,25 +26,28 @@ run python3 scripts/cli.py --data-dir "$store" export "$work/report.json"
 run python3 scripts/cli.py --data-dir "$store" export "$work/report.csv"
 head -3 "$work/report.csv"
 port=${DEMO_PORT:-8888}
-run python3 scripts/cli.py --data-dir "$store" url "$session" --base-url "http://127.0.0.1:$port"
-
 say python3 scripts/webserver.py --data-dir "$store" --port "$port"
-python3 scripts/webserver.py --data-dir "$store" --port "$port" &
+python3 scripts/webserver.py --data-dir "$store" --port "$port" --quiet > "$work/server.out" &
 server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
-python3 - "$port" <<'PY'
-import sys, time, urllib.request
-url = f"http://127.0.0.1:{sys.argv[1]}/healthz"
-for _ in range(50):
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            print(f"UI is up: http://127.0.0.1:{sys.argv[1]}/  ({r.read().decode().strip()})")
+base=$(python3 - "$work/server.out" <<'PY'
+import re, sys, time, urllib.request
+for _ in range(100):
+    m = re.search(r"http://[^/\s]+", open(sys.argv[1]).read())
+    if m:
+        try:
+            urllib.request.urlopen(m.group() + "/healthz", timeout=2).read()
+            print(m.group())
             break
-    except OSError:
-        time.sleep(0.1)
+        except OSError:
+            pass
+    time.sleep(0.1)
 else:
     sys.exit("the web UI did not answer")
 PY
+)
+echo "UI is up: $base/"
+run python3 scripts/cli.py --data-dir "$store" url "$session" --base-url "$base"
 if [ -n "${DEMO_SERVE_SECONDS:-}" ]; then
   sleep "$DEMO_SERVE_SECONDS"
 else
