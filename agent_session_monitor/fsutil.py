@@ -7,6 +7,7 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterable
 
 from .errors import MonitorError
 
@@ -72,25 +73,30 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
         fsync_dir(path.parent)
 
 
-def atomic_write_many(directory: Path, items: list[tuple[Path, bytes]], workers: int = 8) -> None:
+def atomic_write_many(directory: Path, items: Iterable[tuple[Path, bytes]], workers: int = 8) -> None:
     """Atomically replace many files of one directory, then fsync the directory once.
+
+    ``items`` may be a generator: each file's bytes are written to its temp file as they
+    come, so a batch never holds more than one serialised file in memory.
 
     The fsyncs run on a few threads: they release the GIL and ext4 commits concurrent
     fsyncs in one journal transaction, which makes a batch of hundreds of session files
     cost a few journal commits instead of hundreds.
     """
-    if not items:
-        return
     temps: list[str] = []
+    paths: list[Path] = []
     try:
-        for _path, data in items:
+        for path, data in items:
             temps.append(_write_temp(directory, data, sync=False))
+            paths.append(path)
+        if not temps:
+            return
         if len(temps) == 1:
             _fsync_path(temps[0])
         else:
             with ThreadPoolExecutor(max_workers=min(workers, len(temps))) as pool:
                 list(pool.map(_fsync_path, temps))
-        for tmp, (path, _data) in zip(temps, items):
+        for tmp, path in zip(temps, paths):
             os.replace(tmp, path)
     except BaseException:
         for tmp in temps:

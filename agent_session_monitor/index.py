@@ -66,15 +66,26 @@ SESSION_FIELDS = ("file", "session_id", "unsessioned", "created_at", "updated_at
                   "unpriced_rounds", "model", "models", "consumers", "tool_calls", "size")
 
 
+def sql_text(value: object) -> object:
+    """A string SQLite can bind: a lone surrogate (valid in JSON, so in a client-set
+    session id or model name) becomes U+FFFD; other values pass through."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return value
+
+
 def session_row(file_name: str, doc: dict, size: int) -> tuple:
     rounds = doc.get("rounds") or []
     return (
-        file_name, doc.get("session_id") or "", 1 if doc.get("unsessioned") else 0,
+        file_name, sql_text(doc.get("session_id") or ""), 1 if doc.get("unsessioned") else 0,
         doc.get("created_at"), doc.get("updated_at"), len(rounds),
         doc.get("total_input_tokens") or 0, doc.get("total_output_tokens") or 0,
         doc.get("total_reasoning_tokens") or 0, doc.get("total_cached_tokens") or 0,
         doc.get("total_cache_write_tokens") or 0, doc.get("total_cost_usd"),
-        doc.get("unpriced_rounds") or 0, doc.get("model"),
+        doc.get("unpriced_rounds") or 0, sql_text(doc.get("model")),
         json.dumps(doc.get("models") or []), json.dumps(doc.get("consumers") or []),
         sum(1 for r in rounds if r.get("has_tool_calls")), size,
     )
@@ -83,7 +94,7 @@ def session_row(file_name: str, doc: dict, size: int) -> tuple:
 def usage_rows(sid: int, doc: dict) -> list[tuple]:
     groups: dict[tuple, list] = {}
     for r in doc.get("rounds") or []:
-        key = (quarter_hour(r["timestamp"]), r.get("model"), r.get("consumer"))
+        key = (quarter_hour(r["timestamp"]), sql_text(r.get("model")), sql_text(r.get("consumer")))
         acc = groups.get(key)
         if acc is None:
             acc = groups[key] = [0] * (6 + len(BUCKET_FIELDS)) + [[], 0, 0]

@@ -50,7 +50,7 @@ class MonitorConfig:
     max_line_bytes: int = 64 * 2**20
     reset_from: str | None = None
     checkpoint_bytes: int = 256 * 2**20    # input read between checkpoints in a catch-up
-    pending_bytes: int = 48 * 2**20        # content held in memory before a flush
+    pending_bytes: int = 24 * 2**20        # content held in memory before a flush
 
     @property
     def state_path(self) -> Path:

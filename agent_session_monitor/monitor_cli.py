@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from . import __version__, finops
+from . import __version__, export, finops
 from .config import (DEFAULT_LOG_PATH, ENV_DATA_DIR, ENV_PRICING, HIGRESS_LOG_PATH,
                      allowed_log_dirs, check_log_path_allowed, data_dir)
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, MonitorError
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rebuild the derived index from the session files, then exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
     finops.add_arguments(p)
+    export.add_arguments(p)
     return p
 
 
@@ -185,16 +186,24 @@ def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: Text
         for note in monitor.notes:
             print(f"note: {note}", file=err)
         fin = finops.attach(monitor, args.finops)
+        exporter = export.attach(monitor, args)
         try:
             if not config.follow:
                 stats = monitor.poll_once()
+                if exporter is not None:
+                    exporter.close()        # sends for up to --otlp-flush-seconds
                 if not args.quiet:
                     print(summary(stats), file=out)
+                    if exporter is not None:
+                        print(exporter.summary(), file=out)
                 # An unreadable log was reported on stderr; the exit status makes cron say so.
                 return EXIT_RUNTIME if stats.tail_events.get("unreadable") else EXIT_OK
             return _follow(monitor, config, args, out, err, fin)
         finally:
-            fin.close()   # inside the with: pending alerts get a moment, the state is saved
+            # Inside the with: pending alerts and spans get a moment, the state is saved.
+            if exporter is not None and not exporter.closed:
+                exporter.close()
+            fin.close()
 
 
 def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,

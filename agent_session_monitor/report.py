@@ -20,7 +20,7 @@ from datetime import date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
 from .errors import EXIT_USAGE, MonitorError
-from .index import (BUCKET_FIELDS, INDEX_NAME, INDEX_VERSION, SESSION_FIELDS, connect, create_schema,
+from .index import (BUCKET_FIELDS, INDEX_NAME, INDEX_VERSION, SESSION_FIELDS, sql_text, connect, create_schema,
                     delete_rows, load_entry, quarter_hour, replace_rows)
 from .names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
 from .pricing import Buckets, PriceTable, bucket_cost, cache_savings
@@ -149,6 +149,7 @@ class StoreReader:
 
     @staticmethod
     def _filters(model, consumer, since, search) -> tuple[str, list]:
+        model, consumer, search = sql_text(model), sql_text(consumer), sql_text(search)
         clauses, params = [], []
         if model:
             clauses.append("sid IN (SELECT sid FROM usage WHERE model = ?)")
@@ -194,7 +195,7 @@ class StoreReader:
         return None
 
     def close_matches(self, session_id: str, n: int = 5) -> list[str]:
-        needle = session_id.lower()
+        needle = sql_text(session_id).lower()
         ids = [r[0] for r in self.db.execute(
             "SELECT session_id FROM sessions WHERE instr(lower(session_id), ?) > 0 "
             "ORDER BY updated_at DESC LIMIT ?", (needle[:40], n))]

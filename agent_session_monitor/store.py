@@ -61,12 +61,13 @@ def read_document(path: Path) -> dict:
 class SessionStore:
     """Sessions of one output directory, as the monitor (the only writer) sees them.
 
-    Clean sessions stay cached (LRU, bounded in bytes) so that a live session is not
-    re-read on every poll; dirty ones stay until :meth:`flush`.
+    Clean sessions stay cached (LRU, bounded by their file sizes: parsed, a document
+    takes several times its file's bytes) so that a live session is not re-read on every
+    poll; dirty ones stay until :meth:`flush`.
     """
 
     def __init__(self, directory: Path, *, store_content: bool = True,
-                 cache_bytes: int = 64 * 2**20, warn=None) -> None:
+                 cache_bytes: int = 16 * 2**20, warn=None) -> None:
         self.directory = directory
         self.store_content = store_content
         self.cache_bytes = cache_bytes
@@ -132,14 +133,16 @@ class SessionStore:
     def flush(self) -> list[Session]:
         """Write every changed session atomically (one directory fsync for the batch)."""
         written = list(self._dirty.values())
-        items = []
-        for session in written:
-            session.summarise()
-            data = dump_document(session.doc)
-            self._cached_bytes += len(data) - session.size
-            session.size = len(data)
-            items.append((self.directory / session.file_name, data))
-        atomic_write_many(self.directory, items)
+
+        def serialised():
+            for session in written:
+                session.summarise()
+                data = dump_document(session.doc)
+                self._cached_bytes += len(data) - session.size
+                session.size = len(data)
+                yield self.directory / session.file_name, data
+
+        atomic_write_many(self.directory, serialised())
         for session in written:
             session.dirty = False
         self._dirty.clear()

@@ -101,14 +101,14 @@ def time_command(argv: list[str], runs: int) -> tuple[float, str]:
     return statistics.median(times), out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sessions", type=int, default=100_000)
     p.add_argument("--dir", default=None, help="store to build or reuse "
                    "(default /tmp/asm-bench-<N>)")
     p.add_argument("--rebuild", action="store_true", help="build the store again")
     p.add_argument("--runs", type=int, default=3)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     directory = Path(args.dir or f"/tmp/asm-bench-{args.sessions // 1000}k")
     marker = directory / MARKER
     reuse = (not args.rebuild and marker.exists()

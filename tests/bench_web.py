@@ -147,14 +147,14 @@ def report(label: str, times: list[float], target: float | None = None) -> None:
           f"   n={len(times)}{verdict}")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sessions", type=int, default=100_000)
     p.add_argument("--dir", default=None, help="store to build or reuse "
                    "(default /tmp/asm-bench-<N>k-web)")
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--rebuild", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     directory = Path(args.dir or f"/tmp/asm-bench-{args.sessions // 1000}k-web")
     marker = directory / MARKER
     # A store indexed by an older index layout is built again.

@@ -153,3 +153,30 @@ class PrivacyMode(TempDirTest):
         rnd = load_store(self.out)["s"]["rounds"][0]
         self.assertEqual(rnd["tool_calls"], [{"function": {"name": "search"}}])
         self.assertEqual(rnd["input_tokens"], 11)
+
+
+class LoneSurrogates(TempDirTest):
+    """A session id or model name may hold a lone surrogate (valid JSON, set by a client):
+    the monitor must store it, index it and keep going, run after run."""
+
+    def test_lone_surrogate_in_session_id_and_model_does_not_wedge_the_monitor(self):
+        log = self.tmp / "access.log"
+        ai = {"session_id": "a\ud800b", "model": "m\udfffx", "input_token": 3,
+              "output_token": 1, "consumer": "c\ud800"}
+        write_lines(log, [json.dumps({"ai_log": json.dumps(ai), "request_id": "r1"}).encode() + b"\n"])
+        for _ in range(2):
+            code, _out, err = self.run_monitor(log)
+            self.assertEqual(code, 0, err)
+        write_lines(log, [ai_line("after", 2)])
+        code, _out, err = self.run_monitor(log)
+        self.assertEqual(code, 0, err)
+        docs = load_store(self.out)
+        self.assertIn("a\ud800b", docs)
+        self.assertIn("after", docs)
+        from agent_session_monitor.report import StoreReader
+
+        reader = StoreReader.open(self.out)
+        self.assertEqual(reader.totals()["rounds"], 2)
+        self.assertEqual(reader.sessions(search="a\ud800")[0]["rounds"], 1)
+        self.assertIsNotNone(reader.load_session("a\ud800b"))
+        reader.close()
