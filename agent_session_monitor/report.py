@@ -396,8 +396,8 @@ def _by_day_bounds(reader: StoreReader, tz: tzinfo, since: str | None,
     sums = ", ".join(f"SUM({c})" for c in SUMS)
     days: dict[date, dict] = {}
     day_of: dict[str, date] = {}
-    for r in reader.db.execute(f"SELECT bucket, model, {sums} FROM usage{where} "
-                               "GROUP BY bucket, model", params):
+    cost_at = 1 + SUMS.index("cost")
+    for r in reader.db.execute(f"SELECT bucket, {sums} FROM usage{where} GROUP BY bucket", params):
         day = day_of.get(r[0])
         if day is None:
             day = day_of[r[0]] = local_day(r[0], tz)
@@ -405,11 +405,15 @@ def _by_day_bounds(reader: StoreReader, tz: tzinfo, since: str | None,
         if acc is None:
             acc = days[day] = {"key": day.isoformat(), **{c: 0 for c in SUMS}, "models": {},
                                "costs": []}
-        for c, v in zip(SUMS, r[2:]):
+        for c, v in zip(SUMS, r[1:]):
             acc[c] += v
-        acc["costs"].append(r[2 + SUMS.index("cost")])
-        name = r[1] or "(no model)"
-        acc["models"][name] = acc["models"].get(name, 0) + r[2]
+        acc["costs"].append(r[cost_at])
+    # Models per day, by rounds: only the model and a count cross into Python.
+    for bucket, model, rounds in reader.db.execute(
+            f"SELECT bucket, model, SUM(rounds) FROM usage{where} GROUP BY bucket, model", params):
+        models = days[day_of[bucket]]["models"]
+        name = model or "(no model)"
+        models[name] = models.get(name, 0) + rounds
     result = []
     for day in sorted(days):
         acc = days[day]
