@@ -10,11 +10,13 @@ headers on every response. What is answered is webapp.py's; who may see it, weba
 from __future__ import annotations
 
 import argparse
+import io
 import ipaddress
 import re
 import socket
 import sys
 import threading
+import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -59,13 +61,22 @@ class Handler(BaseHTTPRequestHandler):
     server: "WebServer"
 
     def setup(self) -> None:
-        # Per-connection timeout: a client that stalls (slowloris) loses its thread.
+        # Per-connection timeout: a client that stalls loses its thread.
         self.timeout = self.server.app_timeout
         super().setup()
+        # The socket timeout bounds each recv, not the request: a client sending a byte
+        # a second (slowloris) would never time out. Read through a deadline instead.
+        self.rfile.close()   # makefile()'s reader: unclosed, it would keep the socket open
+        self._reader = _DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reader)
 
     def handle_one_request(self) -> None:
-        """CPython's, with a smaller request-line limit and only GET / HEAD."""
+        """CPython's, with a smaller request-line limit, a deadline for the request line
+        and headers, no HTTP/0.9, no request body, and only GET / HEAD."""
         try:
+            # The wait for the request (keep-alive idle time included), its line and
+            # its headers all end by one deadline; the response is written without it.
+            self._reader.deadline = time.monotonic() + self.timeout
             self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
             if len(self.raw_requestline) > MAX_REQUEST_LINE:
                 self.requestline, self.request_version, self.command = "", "", ""
@@ -76,6 +87,13 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if not self.parse_request():
                 return
+            self._reader.deadline = None
+            self.connection.settimeout(self.timeout)
+            if self.request_version == "HTTP/0.9":
+                # A request line without a version: CPython would answer it with a bare
+                # body, no status line and none of the security headers.
+                self.send_error(400, "HTTP/0.9 is not served")
+                return
             if sum(len(k) + len(v) + 4 for k, v in self.headers.items()) > MAX_HEADER_BYTES:
                 self.send_error(431)
                 return
@@ -83,6 +101,12 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self._send(Response(405, b"Only GET and HEAD are served.\n", TEXT,
                                     [("Allow", "GET, HEAD")]))
+                return
+            if self.headers.get("Transfer-Encoding") is not None or any(
+                    value.strip() != "0" for value in self.headers.get_all("Content-Length", [])):
+                # GET and HEAD bodies are never read: on a kept-alive connection they
+                # would be parsed as the next request (smuggling behind a proxy).
+                self.send_error(400, "A request body is not accepted")
                 return
             self._send(self.server.app.handle(self.command, self.path, self.headers))
             self.wfile.flush()
@@ -92,6 +116,10 @@ class Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Errors found by the request parser, with the same headers as every response."""
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":
+            # Still the parser's default (no valid version read yet): send_response would
+            # then write neither status line nor headers.
+            self.request_version = "HTTP/1.1"
         text = f"{code} {message or self.responses.get(code, ('Error',))[0]}\n"
         self._send(Response(code, text.encode("utf-8", "replace"), TEXT))
 
@@ -121,6 +149,28 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         self.server.app.log_line(f"{self.address_string()} - [{self.log_date_time_string()}] "
                              f"{format % args}")
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads, each with the socket timeout lowered to what is left
+    until ``deadline`` (when set): past it, TimeoutError, however steadily bytes come."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._timeout = timeout
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request not received in time")
+            self._sock.settimeout(min(self._timeout, left))
+        return self._sock.recv_into(buffer)
 
 
 class WebServer(ThreadingHTTPServer):

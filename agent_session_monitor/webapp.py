@@ -220,10 +220,18 @@ class WebApp:
         parts = urlsplit(target)
         path = parts.path
         try:
+            # surrogatepass: a session id may hold a lone surrogate (a valid JSON string,
+            # set by a client), and links to it encode it so.
             pairs = parse_qsl(parts.query, keep_blank_values=True, max_num_fields=40,
                               encoding="utf-8", errors="surrogatepass")
+        except UnicodeDecodeError:
+            raise Refused(400, "Bad request", "A query parameter is not UTF-8.") from None
         except ValueError:
             raise Refused(400, "Bad request", "Too many query parameters.") from None
+        if not all(_is_utf8(key if key == "id" else key + value) for key, value in pairs):
+            # Only the id may: anything else (a search, a filter) is not worth a lone
+            # surrogate reaching the store's queries.
+            raise Refused(400, "Bad request", "A query parameter is not UTF-8.")
         params = dict(pairs)
         if len(params) != len(pairs):
             # Which of two ids would a check and a load each take? Never ambiguous.
@@ -247,8 +255,12 @@ class WebApp:
         if e.status == 401 and self.gate.host_allowed(headers.get("Host")):
             parts = urlsplit(target)
             path = parts.path if parts.path in ROUTES else "/"
-            params = dict(parse_qsl(parts.query, keep_blank_values=True, max_num_fields=40,
-                                    errors="surrogatepass")) if path != "/" else {}
+            try:
+                params = dict(parse_qsl(parts.query, keep_blank_values=True,
+                                        max_num_fields=40, errors="surrogatepass")
+                              ) if path != "/" else {}
+            except ValueError:   # not UTF-8, or too many: the login page keeps none
+                params = {}
             html = render_html.login_page(ctx, path, params)
         else:
             html = render_html.error_page(ctx, e.status, e.title, e.message)
@@ -286,7 +298,9 @@ class WebApp:
             raise Refused(400, "No session id", "Give the session as /session?id=SESSION_ID.")
         with self.reader() as reader:
             doc = reader.load_session(session_id)
-            matches = reader.close_matches(session_id) if doc is None and access.full else []
+            # No suggestions for an id with a lone surrogate: SQLite cannot bind it.
+            matches = (reader.close_matches(session_id)
+                       if doc is None and access.full and _is_utf8(session_id) else [])
         if doc is None:
             raise _Unknown(session_id, matches)
         return doc
@@ -384,6 +398,15 @@ ROUTES = {
        for name in STATIC_TYPES},
 }
 PUBLIC = frozenset(("/healthz", "/favicon.ico", *(f"/static/{n}" for n in STATIC_TYPES)))
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a string with a lone surrogate (from a %ED%A0%80-style escape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _int_param(params: dict, name: str, default: int, low: int, high: int) -> int:
