@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+from .argtypes import non_negative_float as _non_negative_float, positive_float as _positive_float, \
+    positive_int as _positive_int
 from .errors import EXIT_USAGE, MonitorError
 from .otlp import resource_attributes
 
@@ -164,22 +166,4 @@ def _header(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be a positive number")
-    return value
 
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value

@@ -33,6 +33,7 @@ import argparse
 import time
 from typing import TextIO
 
+from .argtypes import positive_float as _positive_float, positive_int as _positive_int
 from . import anomalies
 from .alerts import parse_sink
 from .budget_watch import FinOps, FinOpsConfig
@@ -95,18 +96,6 @@ def _maybe_add(group, flag: str, **kwargs) -> None:
         pass
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be a positive number")
-    return value
 
 
 def config_from_args(args: argparse.Namespace) -> FinOpsConfig:

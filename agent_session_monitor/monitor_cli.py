@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from .argtypes import non_negative_float as _non_negative_float, non_negative_int as _non_negative, \
+    positive_float as _positive_float, positive_int as _positive
 from . import __version__, export, finops
 from .config import (DEFAULT_LOG_PATH, ENV_DATA_DIR, ENV_PRICING, HIGRESS_LOG_PATH,
                      allowed_log_dirs, check_log_path_allowed, data_dir)
@@ -73,32 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be a positive number")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
 
 
 def config_from_args(args: argparse.Namespace, err: TextIO) -> MonitorConfig:
