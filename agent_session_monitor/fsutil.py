@@ -26,8 +26,9 @@ def ensure_dir(path: Path) -> None:
         raise MonitorError(f"{path} exists and is not a directory")
 
 
-def fsync_dir(path: Path) -> None:
-    """Make renames inside ``path`` durable: without it a rename can vanish on power loss."""
+def fsync_path(path: Path | str) -> None:
+    """fsync a file or a directory by name. On a directory it makes the renames inside
+    durable: without it a rename can vanish on power loss."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -70,7 +71,7 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
         _unlink_quietly(tmp)
         raise
     if sync_dir:
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
 
 
 def atomic_write_many(directory: Path, items: Iterable[tuple[Path, bytes]], workers: int = 8) -> None:
@@ -92,25 +93,17 @@ def atomic_write_many(directory: Path, items: Iterable[tuple[Path, bytes]], work
         if not temps:
             return
         if len(temps) == 1:
-            _fsync_path(temps[0])
+            fsync_path(temps[0])
         else:
             with ThreadPoolExecutor(max_workers=min(workers, len(temps))) as pool:
-                list(pool.map(_fsync_path, temps))
+                list(pool.map(fsync_path, temps))
         for tmp, path in zip(temps, paths):
             os.replace(tmp, path)
     except BaseException:
         for tmp in temps:
             _unlink_quietly(tmp)
         raise
-    fsync_dir(directory)
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(directory)
 
 
 def remove_stale_temps(directory: Path) -> int:
