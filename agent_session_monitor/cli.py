@@ -21,7 +21,7 @@ from typing import Callable, TextIO
 from . import __version__
 from .config import (DEFAULT_DATA_DIR, ENV_BASE_URL, ENV_DATA_DIR, ENV_LINK_SECRET,
                      ENV_PRICING, data_dir, resolve)
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, MonitorError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, MonitorError, silence_stdout
 from .fmt import fmt_int, fmt_usd, safe_text
 from .fsutil import atomic_write
 from .links import DEFAULT_BASE_URL, session_url
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
         # `cli.py list | head`: the reader has what it wanted; no traceback, and no
         # second error when Python flushes stdout at exit.
         if out is sys.stdout:
-            _silence_stdout()
+            silence_stdout()
         return EXIT_OK
     except Exception as e:  # a bug: still one line, with a way to get the details
         if os.environ.get("AGENT_SESSION_MONITOR_DEBUG"):
@@ -479,10 +479,3 @@ def _join_offsets(argv: list[str]) -> list[str]:
             joined.append(arg)
     return joined
 
-
-def _silence_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass

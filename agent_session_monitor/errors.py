@@ -1,5 +1,8 @@
 """The one exception type of the core, and the exit codes it maps to."""
 
+import os
+import sys
+
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -16,3 +19,13 @@ class MonitorError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_RUNTIME) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def silence_stdout() -> None:
+    """After a closed pipe (``cli.py list | head``): point stdout at /dev/null so the
+    interpreter's final flush does not print a BrokenPipeError at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

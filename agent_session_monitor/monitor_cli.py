@@ -15,7 +15,7 @@ from .argtypes import non_negative_float as _non_negative_float, non_negative_in
 from . import __version__, export, finops
 from .config import (DEFAULT_LOG_PATH, ENV_DATA_DIR, ENV_PRICING, HIGRESS_LOG_PATH,
                      allowed_log_dirs, check_log_path_allowed, data_dir)
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, MonitorError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, MonitorError, silence_stdout
 from .fmt import safe_text
 from .live import live_rows, render_live
 from .monitor import AlreadyRunning, Monitor, MonitorConfig, summary
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        _quiet_broken_pipe()
+        silence_stdout()
         return EXIT_OK
     except Exception as e:  # a bug: still one line, with a way to get the details
         if os.environ.get("AGENT_SESSION_MONITOR_DEBUG"):
@@ -146,13 +146,6 @@ def _terminate_as_interrupt() -> None:
     except ValueError:   # not the main thread (tests calling main() from a thread)
         pass
 
-
-def _quiet_broken_pipe() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
 
 
 def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
