@@ -167,7 +167,6 @@ class Monitor:
     def poll_once(self) -> PassStats:
         """Read every new complete line of every log file, store it, save the state."""
         stats = PassStats()
-        self._stats = stats
         read_time = utc_now()
         pairs = self.tailer.poll_files()
         self._report_tail_events(stats)

@@ -7,7 +7,7 @@ README.md ("Session file format") and stay stable once released.
 from __future__ import annotations
 
 from .parse import Request
-from .pricing import PriceTable, usage_buckets, bucket_cost
+from .pricing import Buckets, PriceTable, bucket_cost, usage_buckets
 
 # ai_log keys that become round fields of their own; any other key (cache_status,
 # safecheck_* from other plugins) is kept verbatim under "extra".
@@ -116,8 +116,6 @@ GATEWAY_KEPT = ("path", "response_code", "route_name")
 
 def reprice_round(rnd: dict, table: PriceTable) -> None:
     """Recompute a stored round's cost from its stored buckets (after a table change)."""
-    from .pricing import Buckets
-
     model = rnd.get("model")
     found = table.lookup(model) if model else None
     if found is None:
