@@ -39,15 +39,41 @@ TARGET_SECONDS = 1.0
 MARKER = ".bench-store.json"
 
 
-def build_store(directory: Path, sessions: int, seed: int = 1) -> None:
+def write_store(directory: Path, docs, sessions: int, marker: dict) -> None:
+    """Write ``sessions`` session documents as the monitor does (one file each, 0600) and
+    index them in batches through ``Index``, with progress on stderr."""
     ensure_dir(directory)
     index = Index(directory)
     index.rebuild()     # an empty directory: marks the index complete, as a fresh monitor does
+    batch = []
+    started = time.monotonic()
+    for s, doc in enumerate(docs):
+        summarise(doc)
+        name = file_name_for(doc["session_id"])
+        data = dump_document(doc)
+        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        batch.append((name, doc, len(data)))
+        if len(batch) == 2000 or s == sessions - 1:
+            index.update(batch)
+            batch = []
+            print(f"\rbuilding: {s + 1:,}/{sessions:,} sessions "
+                  f"({time.monotonic() - started:.0f} s)", end="", file=sys.stderr, flush=True)
+    index.close()
+    print(file=sys.stderr)
+    (directory / MARKER).write_text(json.dumps(marker))
+
+
+def build_store(directory: Path, sessions: int, seed: int = 1) -> None:
+    write_store(directory, _documents(sessions, seed), sessions,
+                {"sessions": sessions, "seed": seed})
+
+
+def _documents(sessions: int, seed: int):
     table = load_price_table()
     rng = random.Random(seed)
     now = datetime.now(timezone.utc).replace(microsecond=0)
-    batch = []
-    started = time.monotonic()
     for s in range(sessions):
         sid = f"agent:main:discord:channel:{rng.randrange(10**17, 10**18)}:{s}"
         doc = new_document(sid)
@@ -69,21 +95,7 @@ def build_store(directory: Path, sessions: int, seed: int = 1) -> None:
                 "messages": [{"role": "user", "content": f"question {r} of session {s}"}],
                 "messages_offset": 0, "context_key": None, "question": f"question {r}",
                 "answer": f"answer {r}", "reasoning": None, "tool_calls": []})
-        summarise(doc)
-        name = file_name_for(sid)
-        data = dump_document(doc)
-        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        batch.append((name, doc, len(data)))
-        if len(batch) == 2000 or s == sessions - 1:
-            index.update(batch)
-            batch = []
-            print(f"\rbuilding: {s + 1:,}/{sessions:,} sessions "
-                  f"({time.monotonic() - started:.0f} s)", end="", file=sys.stderr, flush=True)
-    index.close()
-    print(file=sys.stderr)
-    (directory / MARKER).write_text(json.dumps({"sessions": sessions, "seed": seed}))
+        yield doc
 
 
 def time_command(argv: list[str], runs: int) -> tuple[float, str]:

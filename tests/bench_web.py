@@ -34,8 +34,7 @@ sys.path.insert(0, str(ROOT))
 from agent_session_monitor.index import INDEX_VERSION, Index  # noqa: E402
 from agent_session_monitor.names import file_name_for  # noqa: E402
 from agent_session_monitor.pricing import Buckets, load_price_table  # noqa: E402
-from agent_session_monitor.session import new_document, summarise  # noqa: E402
-from agent_session_monitor.store import dump_document  # noqa: E402
+from agent_session_monitor.session import new_document  # noqa: E402
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4-20250514", "qwen-max", "deepseek-chat",
           "o3-mini", "gemini-2.0-flash", "in-house-llm"]   # the last one has no price
@@ -71,15 +70,16 @@ def _round(rng: random.Random, table, r: int, moment: datetime, history: list) -
 
 
 def build_store(directory: Path, sessions: int, seed: int = 1) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
-    index = Index(directory)
-    index.rebuild()
+    from tests.bench_cli import write_store
+
+    write_store(directory, _documents(sessions, seed), sessions,
+                {"sessions": sessions, "seed": seed, "index_version": INDEX_VERSION})
+
+
+def _documents(sessions: int, seed: int):
     table = load_price_table()
     rng = random.Random(seed)
     now = datetime.now(timezone.utc).replace(microsecond=0)
-    started = time.monotonic()
-    batch = []
     for s in range(sessions):
         sid = BIG if s == 0 else f"agent:main:discord:channel:{rng.randrange(10**17, 10**18)}:{s}"
         doc = new_document(sid)
@@ -92,22 +92,7 @@ def build_store(directory: Path, sessions: int, seed: int = 1) -> None:
             rnd["context_key"] = previous
             previous = rnd["key"]
             doc["rounds"].append(rnd)
-        summarise(doc)
-        name = file_name_for(sid)
-        data = dump_document(doc)
-        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        batch.append((name, doc, len(data)))
-        if len(batch) == 2000 or s == sessions - 1:
-            index.update(batch)
-            batch = []
-            print(f"\rbuilding: {s + 1:,}/{sessions:,} sessions ({time.monotonic() - started:.0f} s)",
-                  end="", file=sys.stderr, flush=True)
-    index.close()
-    print(file=sys.stderr)
-    (directory / MARKER).write_text(json.dumps({"sessions": sessions, "seed": seed,
-                                                "index_version": INDEX_VERSION}))
+        yield doc
 
 
 def _toucher(directory: Path, index: Index):
