@@ -32,6 +32,11 @@ DEFAULT_PORT = 8888
 MAX_REQUEST_LINE = 8192
 MAX_HEADER_BYTES = 32 * 1024
 MAX_CONNECTIONS = 64
+# How long a new connection may wait for a slot before its 503. A burst that ends (a
+# load test, a dashboard's tabs reconnecting) leaves handler threads finishing their
+# last responses for a fraction of a second; a client arriving then is served, not
+# refused. Clients that hold every slot (slowloris) still get their 503, just later.
+ADMIT_WAIT = 2.0
 
 # No inline script or style at all: the pages are markup plus /static files, and data
 # reaches the script through fetch or escaped data-* attributes.
@@ -180,6 +185,7 @@ class WebServer(ThreadingHTTPServer):
 
     app: WebApp
     app_timeout: float
+    admit_wait: float = ADMIT_WAIT
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
@@ -188,8 +194,9 @@ class WebServer(ThreadingHTTPServer):
         super().server_bind()
 
     def process_request(self, request, client_address) -> None:
-        # Bounded threads: many idle or slow clients get a quick 503, not a new thread each.
-        if not self._slots.acquire(blocking=False):
+        # Bounded threads: beyond max_connections a client waits briefly for a slot (the
+        # kernel's backlog queues the ones behind it), then gets a 503, never a thread.
+        if not self._slots.acquire(timeout=self.admit_wait):
             try:
                 request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
                                 b"Connection: close\r\nRetry-After: 5\r\n\r\n")
@@ -218,7 +225,7 @@ def make_server(data_dir: Path | str, host: str = DEFAULT_HOST, port: int = DEFA
                 allowed_hosts: tuple[str, ...] | list[str] = (), *, tz: str | None = None,
                 timeout: float = 15.0, log: TextIO | None = None,
                 max_connections: int = MAX_CONNECTIONS, max_lag: float = 5.0,
-                pricing: str | None = None) -> WebServer:
+                pricing: str | None = None, admit_wait: float = ADMIT_WAIT) -> WebServer:
     """A bound, not yet serving, server (``port=0`` picks a free port: see
     ``server.server_address``). Call ``serve_forever()``; ``shutdown()`` to stop."""
     bind = host.strip("[]")
@@ -233,6 +240,7 @@ def make_server(data_dir: Path | str, host: str = DEFAULT_HOST, port: int = DEFA
     server.app = app
     server.app_timeout = timeout
     server._slots = threading.BoundedSemaphore(max_connections)
+    server.admit_wait = admit_wait
     app.gate.port = server.server_address[1]
     return server
 

@@ -838,12 +838,26 @@ class Connections(StoreCase):
             self.assertLess(time.monotonic() - started, 2)
 
     def test_connection_limit_answers_503_beyond_it(self):
-        server = Running(self.store, max_connections=1, timeout=2)
+        server = Running(self.store, max_connections=1, timeout=2, admit_wait=0.3)
         self.addCleanup(server.close)
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
             sock.sendall(b"GET / HT")
             time.sleep(0.2)
+            started = time.monotonic()
             self.assertEqual(server.get("/healthz")[0], 503)
+            # It waited for a slot first, and no longer than it was told to.
+            self.assertGreaterEqual(time.monotonic() - started, 0.3)
+
+    def test_a_client_arriving_as_a_slot_frees_is_served_not_refused(self):
+        server = Running(self.store, max_connections=1, timeout=5, admit_wait=3)
+        self.addCleanup(server.close)
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET / HT")
+        time.sleep(0.2)
+        # The only slot is taken; it frees half a second after the next client arrives.
+        threading.Timer(0.5, sock.close).start()
+        self.assertEqual(server.get("/healthz")[:1], (200,))
 
     def test_oversized_request_line_and_headers_are_refused(self):
         self.assertEqual(self.open.get("/?q=" + "a" * 9000)[0], 414)

@@ -9,9 +9,8 @@ slots never affects another.
 
     ASM_LOAD_REPORT=1 python3 -m unittest tests.test_web_load -v   # also prints wrk figures
 
-``KnownServerBugs`` holds expected failures: behaviour the server should have and does
-not yet (each docstring says what and where). Once a fix lands, its test succeeds
-unexpectedly, which tests/run.py counts as a failure: then drop the decorator.
+``Regressions`` pins server bugs found by these tests and fixed (each docstring says what
+the server used to do and where the fix lives).
 """
 
 from __future__ import annotations
@@ -417,13 +416,13 @@ class PathTricks(ServerCase):
         self.assert_no_tracebacks(log)
 
 
-class KnownServerBugs(ServerCase):
-    """Expected failures: what the server should do and does not yet."""
+class Regressions(ServerCase):
+    """Bugs the server had; each test fails if its fix is undone."""
 
     def test_slowloris_clients_are_closed_within_the_connection_timeout(self):
-        """web.py Handler.setup sets ``self.timeout`` (the socket timeout), which bounds
-        each recv, not the request: a client sending one byte a second never times out,
-        and ``max_connections`` such clients lock everyone else out with 503s."""
+        """A socket timeout bounds each recv, not the request: a client sending one
+        byte a second never timed out, and ``max_connections`` such clients locked
+        everyone else out with 503s. web.py now bounds the whole request head."""
         slots = 8
         _server, port, _log = self.serve(timeout=SLOW_TIMEOUT, max_connections=slots)
         socks = self.open_slow_clients(port, slots)
@@ -438,9 +437,9 @@ class KnownServerBugs(ServerCase):
     def test_parser_errors_and_http09_get_a_status_line_and_the_security_headers(self):
         """CPython's parse_request leaves request_version at "HTTP/0.9" until it has read
         a valid version, and send_response then writes neither status line nor headers:
-        garbage, a bad version or a two-word request line get a bare body, without the
-        security headers web.py promises on every response; "GET /path" (HTTP/0.9) with
-        a Host header is even served, headerless."""
+        garbage, a bad version or a two-word request line got a bare body without the
+        security headers, and "GET /path" (HTTP/0.9) with a Host header was served,
+        headerless. web.py now answers all of them with a status line and headers."""
         _server, port, _log = self.serve(timeout=3)
         host = f"Host: 127.0.0.1:{port}\r\n".encode()
         for request in (b"HELLO WORLD THIS IS NOT HTTP\r\n\r\n", bytes(range(1, 256)) + b"\r\n\r\n",
@@ -452,10 +451,9 @@ class KnownServerBugs(ServerCase):
                 self.assertIn(b"\r\nX-Content-Type-Options: nosniff\r\n", raw)
 
     def test_a_lone_surrogate_in_a_query_parameter_is_a_4xx_not_a_500(self):
-        """webapp.py _route decodes the query with errors="surrogatepass", so %ED%A0%80
-        becomes a lone surrogate, which sqlite3 cannot bind (UnicodeEncodeError): the id
-        lookup's close_matches and the q / model / consumer filters (report.py) answer
-        500, with a traceback in the log."""
+        """The query is decoded with errors="surrogatepass", so %ED%A0%80 becomes a lone
+        surrogate, which sqlite3 cannot bind (UnicodeEncodeError): the id lookup and the
+        q / model / consumer filters answered 500 with a traceback in the log."""
         _server, port, log = self.serve()
         for path in ("/api/session?id=%ED%A0%80", "/session?id=a%ED%B0%80b",
                      "/api/sessions?q=%ED%A0%80", "/?q=%ED%A0%80", "/api/sessions?model=%ED%A0%80",
@@ -465,10 +463,10 @@ class KnownServerBugs(ServerCase):
         self.assert_no_tracebacks(log)
 
     def test_a_get_body_is_not_read_as_a_second_request(self):
-        """web.py handle_one_request never reads (or refuses) a GET/HEAD body: on a
-        keep-alive connection its bytes are parsed as the next request. Behind a reverse
-        proxy that reuses upstream connections this is request smuggling (the proxy sees
-        one request, the server answers two)."""
+        """A GET/HEAD body was neither read nor refused: on a keep-alive connection its
+        bytes were parsed as the next request. Behind a reverse proxy that reuses upstream
+        connections that is request smuggling (the proxy sees one request, the server
+        answers two). web.py handle_one_request now refuses a body with a 400."""
         _server, port, log = self.serve(timeout=1)
         host = f"Host: 127.0.0.1:{port}\r\n".encode()
         smuggled = b"GET /api/stats?smuggled=1 HTTP/1.1\r\n" + host + b"\r\n"
