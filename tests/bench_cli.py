@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent_session_monitor.fsutil import ensure_dir  # noqa: E402
-from agent_session_monitor.index import Index  # noqa: E402
+from agent_session_monitor.index import INDEX_VERSION, Index  # noqa: E402
 from agent_session_monitor.names import file_name_for  # noqa: E402
 from agent_session_monitor.pricing import Buckets, load_price_table  # noqa: E402
 from agent_session_monitor.session import new_document, summarise  # noqa: E402
@@ -39,7 +39,8 @@ TARGET_SECONDS = 1.0
 MARKER = ".bench-store.json"
 
 
-def write_store(directory: Path, docs, sessions: int, marker: dict) -> None:
+def write_store(directory: Path, docs, sessions: int, marker: dict,
+                marker_name: str = MARKER) -> None:
     """Write ``sessions`` session documents as the monitor does (one file each, 0600) and
     index them in batches through ``Index``, with progress on stderr."""
     ensure_dir(directory)
@@ -62,12 +63,36 @@ def write_store(directory: Path, docs, sessions: int, marker: dict) -> None:
                   f"({time.monotonic() - started:.0f} s)", end="", file=sys.stderr, flush=True)
     index.close()
     print(file=sys.stderr)
-    (directory / MARKER).write_text(json.dumps(marker))
+    (directory / marker_name).write_text(json.dumps(marker))
 
 
 def build_store(directory: Path, sessions: int, seed: int = 1) -> None:
-    write_store(directory, _documents(sessions, seed), sessions,
-                {"sessions": sessions, "seed": seed})
+    write_store(directory, _documents(sessions, seed), sessions, store_marker(sessions, seed))
+
+
+def store_marker(sessions: int, seed: int = 1) -> dict:
+    """What a benchmark store was built from: one built by another index layout is stale."""
+    return {"sessions": sessions, "seed": seed, "index_version": INDEX_VERSION}
+
+
+def prepare_store(directory: Path, sessions: int, build, rebuild: bool,
+                  marker_name: str = MARKER) -> None:
+    """Reuse the benchmark store in ``directory`` if its marker matches, else ``build`` it
+    there (refusing a directory that holds anything but an earlier benchmark store)."""
+    marker = directory / marker_name
+    reuse = (not rebuild and marker.exists()
+             and json.loads(marker.read_text()) == store_marker(sessions))
+    if reuse:
+        print(f"reusing {sessions:,} sessions in {directory} (--rebuild to build again)")
+        return
+    if directory.exists() and any(directory.iterdir()) and not marker.exists():
+        raise SystemExit(f"{directory} exists and is not a benchmark store: choose --dir")
+    if directory.exists():
+        for name in os.listdir(directory):
+            (directory / name).unlink()
+    started = time.monotonic()
+    build(directory, sessions)
+    print(f"built {sessions:,} sessions in {directory} in {time.monotonic() - started:.0f} s")
 
 
 def _documents(sessions: int, seed: int):
@@ -122,21 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     args = p.parse_args(argv)
     directory = Path(args.dir or f"/tmp/asm-bench-{args.sessions // 1000}k")
-    marker = directory / MARKER
-    reuse = (not args.rebuild and marker.exists()
-             and json.loads(marker.read_text()).get("sessions") == args.sessions)
-    if not reuse:
-        if directory.exists() and any(directory.iterdir()) and not marker.exists():
-            raise SystemExit(f"{directory} exists and is not a benchmark store: choose --dir")
-        if directory.exists():
-            for name in os.listdir(directory):
-                (directory / name).unlink()
-        started = time.monotonic()
-        build_store(directory, args.sessions)
-        print(f"built {args.sessions:,} sessions in {directory} in "
-              f"{time.monotonic() - started:.0f} s")
-    else:
-        print(f"reusing {args.sessions:,} sessions in {directory} (--rebuild to build again)")
+    prepare_store(directory, args.sessions, build_store, args.rebuild)
 
     baseline, _ = time_command(["--version"], args.runs)
     print(f"python start-up + import (cli.py --version): {baseline:.3f} s")

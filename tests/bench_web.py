@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import random
 import re
 import statistics
@@ -31,10 +30,11 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent_session_monitor.index import INDEX_VERSION, Index  # noqa: E402
+from agent_session_monitor.index import Index  # noqa: E402
 from agent_session_monitor.names import file_name_for  # noqa: E402
 from agent_session_monitor.pricing import Buckets, load_price_table  # noqa: E402
 from agent_session_monitor.session import new_document  # noqa: E402
+from tests.bench_cli import prepare_store, store_marker, write_store  # noqa: E402
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4-20250514", "qwen-max", "deepseek-chat",
           "o3-mini", "gemini-2.0-flash", "in-house-llm"]   # the last one has no price
@@ -70,10 +70,8 @@ def _round(rng: random.Random, table, r: int, moment: datetime, history: list) -
 
 
 def build_store(directory: Path, sessions: int, seed: int = 1) -> None:
-    from tests.bench_cli import write_store
-
-    write_store(directory, _documents(sessions, seed), sessions,
-                {"sessions": sessions, "seed": seed, "index_version": INDEX_VERSION})
+    write_store(directory, _documents(sessions, seed), sessions, store_marker(sessions, seed),
+                MARKER)
 
 
 def _documents(sessions: int, seed: int):
@@ -141,21 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rebuild", action="store_true")
     args = p.parse_args(argv)
     directory = Path(args.dir or f"/tmp/asm-bench-{args.sessions // 1000}k-web")
-    marker = directory / MARKER
-    # A store indexed by an older index layout is built again.
-    reuse = (not args.rebuild and marker.exists() and json.loads(marker.read_text()) ==
-             {"sessions": args.sessions, "seed": 1, "index_version": INDEX_VERSION})
-    if not reuse:
-        if directory.exists() and any(directory.iterdir()) and not marker.exists():
-            raise SystemExit(f"{directory} exists and is not a benchmark store: choose --dir")
-        if directory.exists():
-            for name in os.listdir(directory):
-                (directory / name).unlink()
-        started = time.monotonic()
-        build_store(directory, args.sessions)
-        print(f"built {args.sessions:,} sessions in {directory} in {time.monotonic() - started:.0f} s")
-    else:
-        print(f"reusing {args.sessions:,} sessions in {directory} (--rebuild to build again)")
+    prepare_store(directory, args.sessions, build_store, args.rebuild, MARKER)
 
     from agent_session_monitor import views
     from agent_session_monitor.report import StoreReader
