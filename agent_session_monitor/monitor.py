@@ -30,7 +30,8 @@ from .pricing import PriceTable, load_price_table
 from .rounds import build_round
 from .state import State, load_state, save_state
 from .store import SessionStore
-from .tail import StreamSource, Tailer
+from .stdin_source import StreamSource
+from .tail import Tailer
 
 REPORT_PER_KIND = 3   # bad lines reported in full per kind and pass; the rest are counted
 

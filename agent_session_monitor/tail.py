@@ -13,11 +13,11 @@ import hashlib
 import os
 import re
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from .gzip_stream import GZIP_MAGIC, GzipChunks, gzip_head, gzip_isize
 from .state import SourceState
 
 FP_LEN = 1024
@@ -26,7 +26,6 @@ FP_LEN = 1024
 MIN_FP_LEN = 64
 TAIL_LEN = 64
 CHUNK = 4 * 2**20
-GZIP_MAGIC = b"\x1f\x8b"
 ORPHAN_TTL = 7 * 86400.0
 _NUMERIC = re.compile(r"\.(\d+)(\.gz)?$")
 
@@ -53,7 +52,7 @@ class LogFile:
         """A file of another inode with the same head is the copy (copytruncate) or the
         compressed form of ``src`` only if it holds everything read from ``src``."""
         if self.gz:
-            isize = _gzip_isize(self.file)
+            isize = gzip_isize(self.file)
             return src.offset >= 2**32 or isize < 0 or isize >= src.offset
         if self.size < src.offset:
             return False
@@ -349,13 +348,13 @@ class Tailer:
 
     def _gz_lines(self, src: SourceState, lf: LogFile) -> Iterator[tuple[int, int, bytes | None]]:
         if ((src.gz_complete or src.size == src.offset)
-                and _gzip_isize(lf.file) == src.offset & 0xFFFFFFFF):
+                and gzip_isize(lf.file) == src.offset & 0xFFFFFFFF):
             # The trailer's length equals what was read: it holds nothing new, so
             # it is not decompressed again.
             src.gz_complete = True
             lf.file.close()
             return
-        reader = _GzipChunks(lf.file, src.offset)
+        reader = GzipChunks(lf.file, src.offset)
         yield from split_lines(reader, src.offset, self.max_line, final=True,
                                complete=lambda: reader.complete)
         if reader.error:
@@ -401,27 +400,7 @@ def _read_head(f: BinaryIO) -> tuple[bool, bytes]:
     head = os.pread(f.fileno(), FP_LEN, 0)
     if not head.startswith(GZIP_MAGIC):   # by magic bytes, not by the name's .gz
         return False, head
-    d = zlib.decompressobj(wbits=31)
-    out, pos = b"", 0
-    try:
-        while len(out) < FP_LEN and not d.eof:
-            chunk = os.pread(f.fileno(), 65536, pos)
-            if not chunk:
-                break
-            pos += len(chunk)
-            out += d.decompress(chunk, FP_LEN - len(out))
-            while d.unconsumed_tail and len(out) < FP_LEN:
-                out += d.decompress(d.unconsumed_tail, FP_LEN - len(out))
-    except zlib.error:
-        pass
-    return True, out[:FP_LEN]
-
-
-def _gzip_isize(f: BinaryIO) -> int:
-    size = os.fstat(f.fileno()).st_size
-    if size < 18:
-        return -1
-    return int.from_bytes(os.pread(f.fileno(), 4, size - 4), "little")
+    return True, gzip_head(f, FP_LEN)
 
 
 def _plain_chunks(f: BinaryIO, start: int, end: int) -> Iterator[bytes]:
@@ -433,90 +412,6 @@ def _plain_chunks(f: BinaryIO, start: int, end: int) -> Iterator[bytes]:
             return
         pos += len(chunk)
         yield chunk
-
-
-class _GzipChunks:
-    """Decompressed bytes of a gzip file from ``offset`` on (gzip keeps the original
-    byte offsets, so a saved plain offset is valid inside the ``.gz``).
-
-    Members are inflated as raw deflate with the header and CRC handled here: zlib's
-    own gzip mode raises on a bad CRC *before* returning the data it decompressed, and
-    the lines before the damage must be kept (R9).
-    """
-
-    def __init__(self, f: BinaryIO, offset: int) -> None:
-        self.f, self.offset = f, offset
-        self.position = 0        # decompressed bytes produced so far
-        self.complete = False    # reached the end of the last gzip member
-        self.error: str | None = None
-
-    def __iter__(self) -> Iterator[bytes]:
-        fd = self.f.fileno()
-        size = os.fstat(fd).st_size
-        pos = 0
-        while pos < size:
-            header = _gzip_header_length(os.pread(fd, 65536, pos))
-            if header is None:
-                if pos == 0:
-                    self.error = "not a gzip file"
-                return   # a member still being written, or trailing padding
-            pos += header
-            d = zlib.decompressobj(wbits=-15)
-            crc = 0
-            while not d.eof:
-                raw = os.pread(fd, 256 * 1024, pos)
-                if not raw:
-                    return   # the stream ended early: still being written; retry next poll
-                pos += len(raw)
-                buf = raw
-                while buf and not d.eof:
-                    try:
-                        data = d.decompress(buf, 1024 * 1024)
-                    except zlib.error as e:
-                        self.error = f"corrupt gzip data ({e})"
-                        return
-                    buf = d.unconsumed_tail
-                    crc = zlib.crc32(data, crc)
-                    if data:
-                        yield from self._emit(data)
-            pos -= len(d.unused_data)
-            trailer = os.pread(fd, 8, pos)
-            if len(trailer) < 8:
-                return
-            pos += 8
-            if int.from_bytes(trailer[:4], "little") != crc:
-                self.error = "corrupt gzip data (CRC check failed)"
-                return
-        self.complete = True
-
-    def _emit(self, data: bytes) -> Iterator[bytes]:
-        start = self.position
-        self.position += len(data)
-        if self.position <= self.offset:
-            return
-        if start < self.offset:
-            data = data[self.offset - start:]
-        yield data
-
-
-def _gzip_header_length(data: bytes) -> int | None:
-    """Length of the gzip member header at the start of ``data`` (RFC 1952), or None."""
-    if len(data) < 10 or not data.startswith(GZIP_MAGIC) or data[2] != 8:
-        return None
-    flags, pos = data[3], 10
-    if flags & 4:                       # FEXTRA
-        if len(data) < pos + 2:
-            return None
-        pos += 2 + int.from_bytes(data[pos:pos + 2], "little")
-    for bit in (8, 16):                 # FNAME, FCOMMENT: zero-terminated
-        if flags & bit:
-            end = data.find(b"\0", pos)
-            if end < 0:
-                return None
-            pos = end + 1
-    if flags & 2:                       # FHCRC
-        pos += 2
-    return pos if pos <= len(data) else None
 
 
 def split_lines(chunks, start: int, max_line: int, final: bool,
@@ -561,56 +456,3 @@ def split_lines(chunks, start: int, max_line: int, final: bool,
         return   # the oversized line has no end yet: wait for it
     if carry and final and complete():
         yield carry_start, carry_start + len(carry), carry
-
-
-class StreamSource:
-    """Lines from standard input (``--log-path -``: ``kubectl logs -f ... | main.py``).
-
-    A pipe has no identity or offsets to resume from, so rounds are keyed by request_id
-    (or a hash of the line) and piping the same lines again counts nothing twice.
-    """
-
-    path = "<stdin>"
-
-    def __init__(self, fd: int, max_line: int = 64 * 2**20) -> None:
-        self.fd = fd
-        self.max_line = max_line
-        self.eof = False
-        self.position = 0
-        self._carry = b""
-
-    def lines(self, block: bool) -> Iterator[tuple[int, int, bytes | None]]:
-        """Complete lines available now (``block``: read until end of input)."""
-        import select
-
-        while not self.eof:
-            if not block:
-                ready, _, _ = select.select([self.fd], [], [], 0)
-                if not ready:
-                    return
-            chunk = os.read(self.fd, CHUNK)
-            if not chunk:
-                self.eof = True
-                break
-            yield from self._split(chunk)
-        if self.eof and self._carry:
-            # The writer closed the pipe mid-line: the fragment is final.
-            start = self.position
-            fragment, self._carry = self._carry, b""
-            self.position += len(fragment)
-            yield start, self.position, fragment if len(fragment) <= self.max_line else None
-
-    def _split(self, chunk: bytes) -> Iterator[tuple[int, int, bytes | None]]:
-        buf = self._carry + chunk if self._carry else chunk
-        base = self.position
-        i = 0
-        while True:
-            nl = buf.find(b"\n", i)
-            if nl < 0:
-                break
-            yield base + i, base + nl + 1, (buf[i:nl] if nl - i <= self.max_line else None)
-            i = nl + 1
-        self._carry = buf[i:]
-        self.position = base + i
-        if len(self._carry) > self.max_line:
-            self._carry = self._carry[-1:]  # never buffer a runaway line whole
