@@ -27,7 +27,7 @@ from typing import TextIO
 
 from . import anomalies, burn
 from .alerts import Alert, stderr_line
-from .budgets import (DEFAULT_THRESHOLDS, Budget, Usage, budget_alert, crossings, day_usage,
+from .budgets import (DEFAULT_THRESHOLDS, Usage, budget_alert, crossings, day_usage,
                       local_day, now_stamp, session_usage, total_tokens)
 from .delivery import Delivery
 from .fmt import fmt_pct, fmt_usd

@@ -21,7 +21,7 @@ from datetime import date, datetime, timezone, tzinfo
 from .alerts import Alert
 from .fmt import fmt_int, fmt_usd
 from .index import quarter_hour
-from .report import day_window
+from .timerange import day_window
 
 DEFAULT_THRESHOLDS = (50, 80, 100)
 SCOPE_TITLES = {"total": "Token budget", "session": "Session budget", "day": "Daily budget",

@@ -30,10 +30,10 @@ from .insights import session_insights
 from .pricing import load_price_table
 from .render_text import (render_burn, render_session, render_sessions, render_usage,
                           terminal_width, write_csv, write_json)
-from .report import (REPORT_CSV_FIELDS, SORTS, StoreReader, day_range,
-                     day_window, finops_report, parse_since, parse_tz, range_totals,
-                     report_csv_rows, session_record, session_what_if, unpriced_between,
-                     usage_record)
+from .finops_report import REPORT_CSV_FIELDS, finops_report, report_csv_rows, session_what_if
+from .report import (SORTS, StoreReader, day_range, range_totals, session_record,
+                     unpriced_between, usage_record)
+from .timerange import day_window, parse_since, parse_tz
 from .session import full_context
 
 PROG = "cli.py"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime, timezone, tzinfo
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
@@ -105,11 +106,9 @@ def _json(value: object) -> str:
         return str(value)
 
 
-def fmt_time(timestamp: str | None, tz: "tzinfo | None" = None, seconds: bool = True) -> str:
+def fmt_time(timestamp: str | None, tz: tzinfo | None = None, seconds: bool = True) -> str:
     """A stored UTC time shown in ``tz`` (default UTC), as the CLI shows it; a value that
     is not an aware ISO time is returned as stored."""
-    from datetime import datetime, timezone
-
     if not timestamp:
         return "-"
     try:

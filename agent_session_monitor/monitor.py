@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
-from .errors import EXIT_RUNTIME, MonitorError
+from .errors import MonitorError
 from .fmt import fmt_bytes, fmt_int, fmt_usd, safe_text
 from .fsutil import DirLock, ensure_dir, remove_stale_temps
 from .index import Index
 from .parse import BadLine, Request, parse_line, utc_now
 from .pricing import PriceTable, load_price_table
 from .rounds import build_round
-from .state import State, load_state, save_state
+from .state import load_state, save_state
 from .store import SessionStore
 from .stdin_source import StreamSource
 from .tail import Tailer

@@ -15,7 +15,7 @@ from .argtypes import non_negative_float as _non_negative_float, non_negative_in
 from . import __version__, export, finops
 from .config import (DEFAULT_LOG_PATH, ENV_DATA_DIR, ENV_PRICING, HIGRESS_LOG_PATH,
                      allowed_log_dirs, check_log_path_allowed, data_dir)
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, MonitorError, silence_stdout
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, MonitorError, silence_stdout
 from .fmt import safe_text
 from .live import live_rows, render_live
 from .monitor import AlreadyRunning, Monitor, MonitorConfig, summary

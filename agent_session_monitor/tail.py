@@ -14,7 +14,6 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from .gzip_stream import GZIP_MAGIC, GzipChunks, gzip_head, gzip_isize

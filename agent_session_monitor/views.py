@@ -15,7 +15,8 @@ from datetime import datetime, timezone, tzinfo
 from . import charts
 from .fmt import content_text, fmt_cost, fmt_int, fmt_time, fmt_usd, tool_call_parts
 from .html_parts import url
-from .report import SORTS, StoreReader, day_range, day_window, session_record, usage_record
+from .report import SORTS, StoreReader, day_range, session_record, usage_record
+from .timerange import day_window
 from .session import full_context, round_question
 
 # One text block (a tool result, a pasted file) past this is cut on the page; the JSON

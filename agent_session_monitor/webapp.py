@@ -29,7 +29,8 @@ from .errors import MonitorError
 from .index import INDEX_NAME
 from .names import file_name_for
 from .pricing import load_price_table
-from .report import StoreReader, parse_tz
+from .report import StoreReader
+from .timerange import parse_tz
 from .webauth import Access, Gate, Refused
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"

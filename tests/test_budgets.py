@@ -8,11 +8,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import shutil
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 from tests.helpers import TempDirTest, write_lines
 from tests.webhook_server import WebhookServer
@@ -24,7 +22,7 @@ from agent_session_monitor.budgets import Budget
 from agent_session_monitor.burn import burn
 from agent_session_monitor.errors import EXIT_USAGE, MonitorError
 from agent_session_monitor.monitor import Monitor, MonitorConfig
-from agent_session_monitor.report import parse_tz
+from agent_session_monitor.timerange import parse_tz
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
 

@@ -29,7 +29,8 @@ from tests.helpers import DATA, ROOT
 from agent_session_monitor.cli import main
 from agent_session_monitor.links import verify
 from agent_session_monitor.monitor_cli import main as monitor_main
-from agent_session_monitor.report import StoreReader, parse_tz, range_totals
+from agent_session_monitor.report import StoreReader, range_totals
+from agent_session_monitor.timerange import parse_tz
 
 GOLDEN = DATA / "golden"
 UPDATE = bool(os.environ.get("ASM_UPDATE_GOLDEN"))
@@ -505,7 +506,6 @@ class GeneratedStoreTest(CliTest):
     def test_aggregates_equal_a_fold_over_the_session_files(self) -> None:
         """The index-backed aggregates against an independent fold over every round of
         every session file, bucketed by each round's own timestamp in the zone."""
-        from zoneinfo import ZoneInfo
         from tests.helpers import load_store
 
         docs = load_store(self.store)

@@ -7,7 +7,6 @@ everything rendered must stay inert.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random

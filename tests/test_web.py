@@ -307,7 +307,7 @@ class Routes(StoreCase):
     def test_unknown_session_is_a_404_page_with_close_matches(self):
         page = self.html(session_path("sess_claude_4"), status=404)
         self.assertIn("Unknown session", page)
-        self.assertIn(f'href="/session?id=sess_claude_42"', page)
+        self.assertIn('href="/session?id=sess_claude_42"', page)
         self.assertNotIn("Traceback", page)
 
     def test_unknown_path_is_404_and_missing_id_is_400(self):
