@@ -21,6 +21,8 @@ def finops_report(reader: StoreReader, table: PriceTable, *, tz: tzinfo = timezo
     the index. ``table`` is a :class:`pricing.PriceTable`; stored costs are the ones
     computed at ingestion (``main.py --reprice`` recomputes them). With ``insights``,
     each session gets its ``cheaper_model`` (insights.export_insights)."""
+    if not since and not until:
+        reader.scan_models_and_consumers()
     by_model = reader.aggregate("model", since=since, until=until)
     by_day = reader.aggregate("day", tz=tz, since=since, until=until)
     if by_day:

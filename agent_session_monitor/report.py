@@ -13,7 +13,7 @@ import math
 import os
 import sqlite3
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
@@ -40,6 +40,7 @@ class StoreReader:
 
     directory: Path
     db: sqlite3.Connection
+    _model_consumer: dict | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def open(cls, directory: Path, progress: bool | None = None) -> "StoreReader":
@@ -193,6 +194,15 @@ class StoreReader:
         return [_priced_or_none({"key": r[0], "sessions": r[1], **dict(zip(SUMS, r[2:]))})
                 for r in self.db.execute(sql, params)]
 
+    def scan_models_and_consumers(self) -> None:
+        """Sum the whole store per (model, consumer) once, so that ``aggregate("model")``
+        and ``aggregate("consumer")`` (the overview shows both) fold those few rows
+        instead of scanning every usage row twice. Kept for this reader's lifetime (a
+        request or a command)."""
+        sums = ", ".join(f"SUM({c})" for c in SUMS)
+        self._model_consumer = {(r[0], r[1]): r[2:] for r in self.db.execute(
+            f"SELECT model, consumer, {sums} FROM usage GROUP BY model, consumer")}
+
     def totals(self, since: str | None = None, until: str | None = None) -> dict:
         """Totals of the rounds in [since, until), each session counted once."""
         return range_totals(self, since, until)
@@ -314,9 +324,24 @@ def _whole_store_by(reader: StoreReader, by: str) -> list[dict]:
     """Model or consumer rows over the whole store in two cheap passes: the sums grouped
     in SQL, and the sessions counted from each session's short list of models or
     consumers (a COUNT(DISTINCT) over every usage row takes seconds at 100,000 sessions)."""
-    sums = ", ".join(f"SUM({c})" for c in SUMS)
-    rows = {r[0]: {"key": r[0], **dict(zip(SUMS, r[1:]))} for r in reader.db.execute(
-        f"SELECT {by}, {sums} FROM usage GROUP BY {by}")}
+    rows: dict = {}
+    cost_at = SUMS.index("cost")
+    if reader._model_consumer is not None:   # both groupings wanted: one scan serves them
+        groups = ((mc[0] if by == "model" else mc[1], sums)
+                  for mc, sums in reader._model_consumer.items())
+    else:
+        columns = ", ".join(f"SUM({c})" for c in SUMS)
+        groups = ((r[0], r[1:]) for r in reader.db.execute(
+            f"SELECT {by}, {columns} FROM usage GROUP BY {by}"))
+    for key, sums in groups:
+        acc = rows.get(key)
+        if acc is None:
+            acc = rows[key] = {"key": key, **{c: 0 for c in SUMS}, "costs": []}
+        for c, v in zip(SUMS, sums):
+            acc[c] += v
+        acc["costs"].append(sums[cost_at])
+    for acc in rows.values():
+        acc["cost"] = math.fsum(acc.pop("costs"))   # money: independent of group order
     for key, count in _sessions_per(reader, by, None in rows):
         if key in rows:
             rows[key]["sessions"] = count

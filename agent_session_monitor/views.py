@@ -71,6 +71,7 @@ def _card(ident: str, label: str, value: str, note: str = "") -> dict:
 def overview_data(reader: StoreReader, tz: tzinfo = timezone.utc, days: int = 30) -> dict:
     """The overview's aggregates, from the index only (never a session file)."""
     _first, last, since, until = day_window(days, tz)
+    reader.scan_models_and_consumers()
     return {
         "as_of": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "totals": reader.totals(),

@@ -537,6 +537,25 @@ class GeneratedStoreTest(CliTest):
                         self.assertAlmostEqual(row["cost"] or 0.0, acc["cost"], places=9)
         self.assertEqual(range_totals(reader)["rounds"], sum(d["messages_count"] for d in docs.values()))
 
+    def test_one_scan_for_models_and_consumers_gives_the_same_rows(self) -> None:
+        """The overview's and the export's single (model, consumer) scan against the
+        per-grouping queries of stats-model and stats-consumer."""
+        plain = StoreReader.open(self.store)
+        self.addCleanup(plain.close)
+        scanned = StoreReader.open(self.store)
+        self.addCleanup(scanned.close)
+        scanned.scan_models_and_consumers()
+        for by in ("model", "consumer"):
+            with self.subTest(by=by):
+                want, got = plain.aggregate(by), scanned.aggregate(by)
+                self.assertGreater(len(want), 1)
+                self.assertEqual([r["key"] for r in got], [r["key"] for r in want])
+                for w, g in zip(want, got):
+                    self.assertEqual({k: v for k, v in g.items() if k != "cost"},
+                                     {k: v for k, v in w.items() if k != "cost"})
+                    self.assertAlmostEqual(g["cost"] or 0.0, w["cost"] or 0.0, places=9)
+                    self.assertEqual(g["cost"] is None, w["cost"] is None)
+
     def test_generated_goldens(self) -> None:
         self.assert_golden("gen-list.txt", self.ok("list", "--limit", "10", store=self.store))
         self.assert_golden("gen-stats-model.txt", self.ok("stats-model", store=self.store))
