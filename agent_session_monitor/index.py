@@ -26,7 +26,7 @@ from .names import is_session_file
 from .store import read_document
 
 INDEX_NAME = ".index.sqlite"
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 BUCKET_FIELDS = ("input", "cache_read", "cache_write", "cache_write_1h", "output", "reasoning")
 
 _SCHEMA = f"""
@@ -48,7 +48,9 @@ CREATE TABLE IF NOT EXISTS usage (
     {", ".join(f"b_{f} INTEGER NOT NULL" for f in BUCKET_FIELDS)},
     cost REAL NOT NULL, unpriced_rounds INTEGER NOT NULL, tool_calls INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS usage_sid ON usage (sid);
-CREATE INDEX IF NOT EXISTS usage_bucket ON usage (bucket);
+-- Covering for the per-day reads (models per day, sessions per day): they read the
+-- index alone, never the wide rows.
+CREATE INDEX IF NOT EXISTS usage_bucket ON usage (bucket, model, rounds, sid);
 """
 
 
