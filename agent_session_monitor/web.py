@@ -292,10 +292,10 @@ def main(argv: list[str] | None = None) -> int:
                              tz=args.tz, log=None if args.quiet else sys.stderr,
                              max_lag=max(args.max_lag, 0.0), pricing=args.pricing)
     except MonitorError as e:
-        print(f"webserver.py: {e}", file=sys.stderr)
+        print(f"webserver.py: error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:
-        print(f"webserver.py: cannot listen on {args.host}:{args.port}: {e.strerror or e}",
+        print(f"webserver.py: error: cannot listen on {args.host}:{args.port}: {e.strerror or e}",
               file=sys.stderr)
         return EXIT_USAGE if isinstance(e, PermissionError) else 1
     if not directory.is_dir():
