@@ -47,6 +47,15 @@ class TempDirTest(unittest.TestCase):
         return load_store(out or self.out)
 
 
+def ingest(out: Path, *log_paths: Path) -> None:
+    """One pass of the monitor, in process, over ``log_paths`` into the store ``out``."""
+    from agent_session_monitor.monitor import Monitor, MonitorConfig
+
+    with Monitor(MonitorConfig(log_paths=[str(p) for p in log_paths], output_dir=out),
+                 err=io.StringIO()) as monitor:
+        monitor.poll_once()
+
+
 def load_store(out: Path) -> dict[str, dict]:
     """session_id -> document (as readers see it: store.read_document), for every
     session file in ``out``."""

@@ -3,18 +3,16 @@ numbers in its explanation right) and silence on a normal generated corpus."""
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import unittest
 from datetime import datetime, timedelta, timezone
 
 from tests import loggen
-from tests.helpers import TempDirTest, load_store
+from tests.helpers import TempDirTest, ingest, load_store
 
 from agent_session_monitor import anomalies
 from agent_session_monitor.anomalies import Settings, detect
-from agent_session_monitor.monitor import Monitor, MonitorConfig
 from agent_session_monitor.pricing import Buckets, Price, PriceTable, bucket_cost, load_price_table
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
@@ -203,9 +201,7 @@ class GeneratedCorpusTest(TempDirTest):
             log.write_bytes(b"".join(loggen.generate(seed=seed, sessions=sessions,
                                                      max_requests=40, content_scale=scale).lines))
             out = self.tmp / f"s{seed}"
-            with Monitor(MonitorConfig(log_paths=[str(log)], output_dir=out),
-                         err=io.StringIO()) as monitor:
-                monitor.poll_once()
+            ingest(out, log)
             docs = load_store(out)
             started = time.perf_counter()
             found = [(sid, a.kind, a.explanation) for sid, doc in docs.items()

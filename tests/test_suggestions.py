@@ -12,12 +12,11 @@ from dataclasses import replace
 from datetime import timedelta
 
 from tests import loggen
-from tests.helpers import TempDirTest, load_store, write_lines
+from tests.helpers import TempDirTest, ingest, load_store, write_lines
 from tests.test_budgets import NOW, line
 
 from agent_session_monitor import cli
 from agent_session_monitor.insights import overview_burn, session_insights
-from agent_session_monitor.monitor import Monitor, MonitorConfig
 from agent_session_monitor.pricing import (Buckets, Price, PriceTable, Tier, bucket_cost,
                                            load_price_table)
 from agent_session_monitor.report import StoreReader
@@ -120,9 +119,7 @@ class StoreSuggestionTest(TempDirTest):
     def test_index_suggestions_match_the_session_files(self) -> None:
         log = self.tmp / "access.log"
         log.write_bytes(b"".join(self.generated.lines))
-        with Monitor(MonitorConfig(log_paths=[str(log)], output_dir=self.out),
-                     err=io.StringIO()) as monitor:
-            monitor.poll_once()
+        ingest(self.out, log)
         table = load_price_table()
         docs = load_store(self.out)
         reader = StoreReader.open(self.out)
@@ -160,9 +157,7 @@ class StoreSuggestionTest(TempDirTest):
     def test_export_json_has_a_cheaper_model_per_session(self) -> None:
         log = self.tmp / "access.log"
         log.write_bytes(b"".join(self.generated.lines))
-        with Monitor(MonitorConfig(log_paths=[str(log)], output_dir=self.out),
-                     err=io.StringIO()) as monitor:
-            monitor.poll_once()
+        ingest(self.out, log)
         out, err = io.StringIO(), io.StringIO()
         self.assertEqual(cli.main(["--data-dir", str(self.out), "export", "-", "--format", "json"],
                                   out=out, err=err), 0, err.getvalue())
@@ -194,9 +189,7 @@ class CliInsightsTest(TempDirTest):
                   for n in range(5)]
         log = self.tmp / "access.log"
         write_lines(log, lines, "wb")
-        with Monitor(MonitorConfig(log_paths=[str(log)], output_dir=self.out),
-                     err=io.StringIO()) as monitor:
-            monitor.poll_once()
+        ingest(self.out, log)
 
     def cli(self, *argv: str) -> str:
         out, err = io.StringIO(), io.StringIO()
@@ -237,9 +230,7 @@ class CliInsightsTest(TempDirTest):
 
     def test_burn_on_an_empty_store(self) -> None:
         empty = self.tmp / "empty"
-        with Monitor(MonitorConfig(log_paths=[str(self.tmp / "none.log")], output_dir=empty),
-                     err=io.StringIO()) as monitor:
-            monitor.poll_once()
+        ingest(empty, self.tmp / "none.log")
         out, err = io.StringIO(), io.StringIO()
         self.assertEqual(cli.main(["--data-dir", str(empty), "burn"], out=out, err=err), 0)
         self.assertIn("Active sessions (a round in the last 15 min): 0", out.getvalue())

@@ -29,7 +29,7 @@ from pathlib import Path
 from unittest import mock
 from urllib.parse import quote
 
-from tests.helpers import DATA, ROOT
+from tests.helpers import DATA, ROOT, TempDirTest
 
 from agent_session_monitor import index as index_module, links, report, views, web
 from agent_session_monitor.errors import MonitorError
@@ -545,13 +545,10 @@ class Storage(StoreCase):
         self.assertEqual(self.open.get("/static//etc/passwd")[0], 404)
 
 
-class FreshData(unittest.TestCase):
+class FreshData(TempDirTest):
     def setUp(self) -> None:
-        base = os.environ.get("ASM_TEST_TMP") or str(ROOT / ".test-tmp")
-        os.makedirs(base, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix="web-", dir=base))
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-        self.store = self.tmp / "sessions"
+        super().setUp()
+        self.store = self.out
 
     def test_new_sessions_appear_on_the_next_request(self):
         from tests.helpers import make_line
