@@ -65,6 +65,16 @@ class ExportTest(TempDirTest):
         return Monitor(MonitorConfig(log_paths=[str(self.log)], output_dir=out or self.out,
                                      **options), err=self.err, progress=False)
 
+    def export_pass(self, url: str, flush_seconds: float | None = None,
+                    monitor_options: dict | None = None, **options):
+        """One monitor pass with an exporter to ``url``, closed (flushed) after it;
+        returns the pass's stats."""
+        with self.monitor(**(monitor_options or {})) as m:
+            exporter = self.exporter(m, url, **options)
+            stats = m.poll_once()
+            exporter.close(flush_seconds=flush_seconds)
+        return stats
+
     def exporter(self, monitor: Monitor, url: str, **options) -> Exporter:
         options.setdefault("timeout", 2.0)
         exporter = Exporter(monitor, ExportConfig(endpoint=url + "/v1/traces", **options))
@@ -95,10 +105,7 @@ class Delivery(ExportTest):
     def test_outage_of_every_shape_then_recovery_delivers_each_span_once(self):
         gen = self.write_log()
         server = self.server(503, 503, "hang", "close", 429, 500, 502, hang_seconds=1.5)
-        with self.monitor() as m:
-            exporter = self.exporter(m, server.url, timeout=0.5, batch_spans=25)
-            stats = m.poll_once()
-            exporter.close(flush_seconds=30)
+        stats = self.export_pass(server.url, flush_seconds=30, timeout=0.5, batch_spans=25)
         expected = self.expected()
         self.assertEqual(len(expected), stats.rounds)
         self.assertEqual(len(expected), len({e.request_id or e for e in gen.events}))
@@ -120,10 +127,7 @@ class Delivery(ExportTest):
     def test_spans_carry_the_stored_rounds(self):
         self.write_log(sessions=10)
         server = self.server()
-        with self.monitor() as m:
-            exporter = self.exporter(m, server.url)
-            m.poll_once()
-            exporter.close()
+        self.export_pass(server.url)
         for doc in load_store(self.out).values():
             for rnd in doc["rounds"]:
                 attrs = server.attrs[otlp.span_ids(doc["session_id"], rnd["key"])[1].hex()]
@@ -137,10 +141,7 @@ class Delivery(ExportTest):
     def test_no_content_store_sends_no_content(self):
         self.write_log(sessions=10)
         server = self.server()
-        with self.monitor(store_content=False) as m:
-            exporter = self.exporter(m, server.url)
-            m.poll_once()
-            exporter.close()
+        self.export_pass(server.url, monitor_options=dict(store_content=False))
         self.assertEqual(set(server.received), self.expected())
         for attrs in server.attrs.values():
             self.assertFalse([k for k in attrs if k.startswith(("input.", "output.", "llm.input"))
@@ -149,10 +150,7 @@ class Delivery(ExportTest):
     def test_otlp_no_content_keeps_the_store_complete_but_the_spans_bare(self):
         self.write_log(sessions=5)
         server = self.server()
-        with self.monitor() as m:
-            exporter = self.exporter(m, server.url, content=False)
-            m.poll_once()
-            exporter.close()
+        self.export_pass(server.url, content=False)
         self.assertTrue(server.attrs)
         self.assertFalse([k for a in server.attrs.values() for k in a if k.startswith("input.")])
         self.assertTrue(any(r.get("answer") for d in load_store(self.out).values()
@@ -178,10 +176,7 @@ class Delivery(ExportTest):
         server = self.server()
         server.reject = lambda spans: any(
             s["attrs"].get("agent_session_monitor.request_id") == poison for s in spans)
-        with self.monitor() as m:
-            exporter = self.exporter(m, server.url, batch_spans=64)
-            m.poll_once()
-            exporter.close(flush_seconds=30)
+        self.export_pass(server.url, flush_seconds=30, batch_spans=64)
         expected = self.expected()
         self.assertEqual(len(server.received), len(expected) - 1)
         self.assertTrue(set(server.received) < expected)
@@ -191,10 +186,7 @@ class Delivery(ExportTest):
     def test_setup_errors_keep_the_backlog(self):
         self.write_log(sessions=8)
         server = self.server(401, 401, 404)
-        with self.monitor() as m:
-            exporter = self.exporter(m, server.url)
-            m.poll_once()
-            exporter.close(flush_seconds=20)
+        self.export_pass(server.url, flush_seconds=20)
         self.assert_delivered_once(server, self.expected())
         self.assertEqual(self.otlp_state()["dropped"], {})
         self.assertIn("HTTP 401 (check --otlp-header)", self.err.getvalue())
@@ -202,10 +194,7 @@ class Delivery(ExportTest):
     def test_counters_add_up_across_runs_and_summary(self):
         self.write_log(sessions=5)
         server = self.server()
-        with self.monitor() as m:
-            exporter = self.exporter(m, server.url)
-            m.poll_once()
-            exporter.close()
+        self.export_pass(server.url)
         first = self.otlp_state()["sent"]
         write_lines(self.log, generate(seed=99, sessions=3, max_requests=4).lines)
         with self.monitor() as m:
@@ -285,10 +274,7 @@ class Outages(ExportTest):
             exporter._stop.set()            # the process is gone: no close, no flush
             exporter._thread.join()
         self.assertEqual(self.expected(), set())
-        with self.monitor() as m:           # the restart replays the same lines
-            exporter = self.exporter(m, server.url)
-            m.poll_once()
-            exporter.close()
+        self.export_pass(server.url)  # the restart replays the same lines
         self.assertGreater(len(self.expected()), 100)
         self.assert_delivered_once(server, self.expected())
 
@@ -308,10 +294,7 @@ class Outages(ExportTest):
         self.assertEqual(len(server.received), 0)
         stored = self.expected()
         self.assertGreater(len(stored), 100)
-        with self.monitor() as m:           # replay: every round is a duplicate now
-            exporter = self.exporter(m, server.url)
-            stats = m.poll_once()
-            exporter.close()
+        stats = self.export_pass(server.url)  # replay: every round is a duplicate now
         self.assertEqual(stats.rounds, 0)
         self.assert_delivered_once(server, stored)
 
