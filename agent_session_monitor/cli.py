@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from . import __version__
+from .argtypes import Parser, parse
 from .config import (DEFAULT_DATA_DIR, ENV_BASE_URL, ENV_DATA_DIR, ENV_LINK_SECRET,
                      ENV_PRICING, data_dir, resolve)
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, MonitorError, silence_stdout
@@ -37,20 +38,6 @@ from .timerange import day_window, parse_since, parse_tz
 from .session import full_context
 
 PROG = "cli.py"
-
-
-class _UsageError(Exception):
-    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
-        super().__init__(message)
-        self.parser = parser
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors are raised, not printed to the real stderr and exited, so that
-    ``main`` writes them to its ``err`` stream like every other error."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise _UsageError(self, message)
 
 
 # -- commands -------------------------------------------------------------------------
@@ -303,27 +290,44 @@ def _duration(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
-def _non_negative(text: str) -> int:
+# Beyond these a count or a span is a typo, and SQLite (64-bit) or datetime (years
+# 1..9999) could not hold it anyway.
+MAX_COUNT = 10**12
+MAX_DAYS = 36_500
+MAX_MINUTES = 10**7
+
+
+def _non_negative(text: str, high: int = MAX_COUNT) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {text[:40]!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
+    if value > high:
+        raise argparse.ArgumentTypeError(f"must be at most {high:,}")
     return value
 
 
-def _positive(text: str) -> int:
-    value = _non_negative(text)
+def _positive(text: str, high: int = MAX_COUNT) -> int:
+    value = _non_negative(text, high)
     if value == 0:
         raise argparse.ArgumentTypeError("must be 1 or more")
     return value
 
 
+def _days(text: str) -> int:
+    return _positive(text, MAX_DAYS)
+
+
+def _minutes(text: str) -> int:
+    return _positive(text, MAX_MINUTES)
+
+
 # -- arguments ------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Query the session store written by main.py: sessions, "
+    p = Parser(prog=PROG, description="Query the session store written by main.py: sessions, "
                 "rounds, tokens and cost.",
                 epilog=f"--data-dir defaults to ${ENV_DATA_DIR} or ./sessions. Every read "
                        "command takes --json.")
@@ -332,13 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     # when given (SUPPRESS), so it never resets one given before the command.
     _store_options(p, argparse.SUPPRESS)
     p.set_defaults(data_dir=None, pricing=None, json=False)
-    store = _Parser(add_help=False)
+    store = Parser(add_help=False)
     _store_options(store, argparse.SUPPRESS)
-    zone = _Parser(add_help=False)
+    zone = Parser(add_help=False)
     zone.add_argument("--tz", metavar="ZONE",
                       help="time zone for times and days: UTC (default), an IANA name such as "
                            "Asia/Shanghai, or an offset such as -05:00")
-    window = _Parser(add_help=False)
+    window = Parser(add_help=False)
     window.add_argument("--since", metavar="WHEN", help="from this time: a date, an ISO time or "
                         "a duration back from now (90m, 24h, 7d)")
     window.add_argument("--until", metavar="WHEN", help="before this time (same forms)")
@@ -379,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("stats-consumer", cmd_stats_consumer, zone, window)
 
     c = command("stats-date", cmd_stats_date, zone)
-    c.add_argument("--days", type=_positive, default=7, metavar="N",
+    c.add_argument("--days", type=_days, default=7, metavar="N",
                    help="how many days back, today included (default 7)")
     c.add_argument("--end", metavar="YYYY-MM-DD", help="last day of the range (default today in --tz)")
 
@@ -394,9 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = command("burn", cmd_burn, zone)
     c.add_argument("--at", metavar="WHEN", help="as of this time instead of now (a date, an ISO "
                    "time or a duration back from now): rates of a replayed log")
-    c.add_argument("--window", type=_positive, default=60, metavar="MINUTES",
+    c.add_argument("--window", type=_minutes, default=60, metavar="MINUTES",
                    help="the recent rate is over this many minutes (default 60)")
-    c.add_argument("--active", type=_positive, default=15, metavar="MINUTES",
+    c.add_argument("--active", type=_minutes, default=15, metavar="MINUTES",
                    help="a session is active with a round this recent (default 15)")
     c.add_argument("--limit", type=_positive, default=10, metavar="N",
                    help="at most N active sessions listed (default 10)")
@@ -430,17 +434,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
     out = out or sys.stdout
     err = err or sys.stderr
     parser = build_parser()
-    try:
-        with contextlib.redirect_stdout(out):   # --help and --version go to ``out``
-            args = parser.parse_args(_join_offsets(sys.argv[1:] if argv is None else argv))
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else EXIT_OK
-    except _UsageError as e:
-        err.write(e.parser.format_usage())
-        err.write(f"{e.parser.prog}: error: {safe_text(e)}\n")
-        return EXIT_USAGE
+    args = parse(parser, _join_offsets(sys.argv[1:] if argv is None else argv), err, out)
+    if isinstance(args, int):
+        return args
     if not getattr(args, "handler", None):
-        parser.print_usage(err)
         err.write(f"{PROG}: error: a command is needed (show, list, stats-model, stats-date, "
                   "stats-consumer, export, burn, url); --help explains them\n")
         return EXIT_USAGE

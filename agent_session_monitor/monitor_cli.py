@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Iterator, TextIO
 
-from .argtypes import non_negative_float as _non_negative_float, non_negative_int as _non_negative, \
-    positive_float as _positive_float, positive_int as _positive
+from .argtypes import Parser, non_negative_float as _non_negative_float, \
+    non_negative_int as _non_negative, parse, positive_float as _positive_float, \
+    positive_int as _positive
 from . import __version__, export, finops
 from .config import (DEFAULT_LOG_PATH, ENV_DATA_DIR, ENV_PRICING, HIGRESS_LOG_PATH,
                      allowed_log_dirs, check_log_path_allowed, data_dir)
@@ -24,7 +26,7 @@ EXIT_ALREADY_RUNNING = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="main.py",
         description="Read Higress access logs (ai-statistics ai_log) and keep one JSON file "
                     "per agent session with its rounds, tokens and cost.",
@@ -80,15 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, err: TextIO) -> MonitorConfig:
+    reads_logs = not (args.reprice or args.rebuild_index)   # maintenance reads no log
     paths = args.log_path
     if not paths:
         paths = [DEFAULT_LOG_PATH]
-        if not os.path.exists(DEFAULT_LOG_PATH) and os.path.exists(HIGRESS_LOG_PATH):
+        if (reads_logs and not os.path.exists(DEFAULT_LOG_PATH)
+                and os.path.exists(HIGRESS_LOG_PATH)):
             paths = [HIGRESS_LOG_PATH]
             print(f"note: {DEFAULT_LOG_PATH} does not exist; reading {HIGRESS_LOG_PATH}, "
                   "where Higress writes its access log", file=err)
     allowed = allowed_log_dirs(args.allow_log_dir)
-    for path in paths:
+    for path in paths if reads_logs else ():
         if path != "-":   # standard input: whatever the caller pipes in
             check_log_path_allowed(path, allowed)
     out = data_dir(args.output_dir)
@@ -106,9 +110,14 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
          err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _terminate_as_interrupt()
+    args = parse(build_parser(), argv, err, out)
+    if isinstance(args, int):
+        return args
+    with _terminate_as_interrupt():
+        return _main(args, out, err)
+
+
+def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         config = config_from_args(args, err)
         args.finops = finops.config_from_args(args)   # usage errors before the store opens
@@ -137,14 +146,22 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
         return EXIT_RUNTIME
 
 
-def _terminate_as_interrupt() -> None:
-    """SIGTERM (systemd stop, kill) ends the monitor like Ctrl-C: state saved first."""
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (systemd stop, kill) ends the monitor like Ctrl-C: state saved first.
+    The caller's handler is back when main() returns: main() may be called by a
+    program (a test runner, a wrapper) whose own handler must keep working."""
     def handler(signum, frame):
         raise KeyboardInterrupt
     try:
-        signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:   # not the main thread (tests calling main() from a thread)
-        pass
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from . import __version__
+from .argtypes import Parser, non_negative_float, parse, port as port_number
 from .config import ENV_LINK_SECRET, ENV_TOKEN, data_dir as resolve_data_dir, resolve
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, MonitorError
 from .webapp import TEXT, Response, WebApp
@@ -257,13 +258,14 @@ def is_loopback(host: str) -> bool:
 # -- command line ----------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="webserver.py", description="Web UI for the agent-session-monitor session store.")
     parser.add_argument("--data-dir", help="session store written by main.py "
                         "(default ./sessions, or $AGENT_SESSION_MONITOR_DATA_DIR)")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to bind (default 127.0.0.1; any other needs a token)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 8888)")
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT,
+                        help="port (default 8888; 0 picks a free one)")
     parser.add_argument("--token", help=f"access token (or ${ENV_TOKEN}; prefer the "
                         "environment: a flag is visible in ps)")
     parser.add_argument("--link-secret", help=f"secret that signs per-session links made by "
@@ -272,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="extra Host header to answer for (a reverse proxy's name); "
                         "repeatable")
     parser.add_argument("--tz", help="time zone for times and days (default UTC)")
-    parser.add_argument("--max-lag", type=float, default=5.0, metavar="SECONDS",
+    parser.add_argument("--max-lag", type=non_negative_float, default=5.0, metavar="SECONDS",
                         help="how old the overview's totals may be while newer ones are "
                         "computed after the monitor wrote (default 5; 0 = always exact)")
     parser.add_argument("--pricing", metavar="FILE", help="price overrides, as for main.py "
@@ -283,14 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve the web UI until interrupted."""
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv, sys.stderr)
+    if isinstance(args, int):
+        return args
     token = resolve(args.token, ENV_TOKEN)
     secret = resolve(args.link_secret, ENV_LINK_SECRET)
     directory = resolve_data_dir(args.data_dir)
     try:
         server = make_server(directory, args.host, args.port, token, secret, args.allowed_host,
                              tz=args.tz, log=None if args.quiet else sys.stderr,
-                             max_lag=max(args.max_lag, 0.0), pricing=args.pricing)
+                             max_lag=args.max_lag, pricing=args.pricing)
     except MonitorError as e:
         print(f"webserver.py: error: {e}", file=sys.stderr)
         return e.exit_code
