@@ -301,6 +301,10 @@ class FinOps:
         by_id = {e.get("id"): e for e in self.outbox}
         for outcome in self.delivery.results():
             self._inflight.discard((outcome.alert_id, outcome.sink_id))
+            # Delivery counts for /metrics: sent, and failed (for good, or put off).
+            counts = self.book.setdefault("counts", {})
+            kind = "sent" if outcome.ok else "failed"
+            counts[kind] = counts.get(kind, 0) + 1
             entry = by_id.get(outcome.alert_id)
             if entry is None:
                 continue

@@ -2,7 +2,7 @@
 headers)`` returns a :class:`Response` (web.py feeds it requests).
 
 Routes: ``/`` overview, ``/session?id=ID`` one session, ``/api/sessions``,
-``/api/session?id=ID``, ``/api/stats`` (JSON), ``/healthz``, ``/static/app.{js,css}``.
+``/api/session?id=ID``, ``/api/stats`` (JSON), ``/metrics`` (Prometheus), ``/healthz``, ``/static/app.{js,css}``.
 The overview answers from the derived index (its aggregates cached until the index
 changes); a session page reads its one file. Access decisions are webauth.py's.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
-from . import insights, render_html, views
+from . import insights, metrics, render_html, views
 from .errors import MonitorError
 from .index import INDEX_NAME
 from .names import file_name_for
@@ -117,6 +117,8 @@ class WebApp:
         self._overview_lock = threading.Lock()
         self._refreshing_lock = threading.Lock()
         self._refreshing = False
+        self._metrics: tuple[tuple, str] | None = None
+        self._metrics_lock = threading.Lock()
 
     # -- reading the store ---------------------------------------------------------
 
@@ -368,6 +370,22 @@ class WebApp:
                                             burn)
         return Response(200, json_bytes(record), JSON)
 
+    def page_metrics(self, params: dict, access: Access) -> Response:
+        """Prometheus exposition: the usage counters are computed again only after the
+        index changed (one GROUP BY over the usage rows); the health part is read now."""
+        with self._metrics_lock:   # concurrent scrapes share one computation
+            stamp = self.watch.stamp()
+            if self._metrics is not None and stamp is not None and self._metrics[0] == stamp:
+                usage = self._metrics[1]
+            elif not self.data_dir.is_dir():
+                usage = ""
+            else:
+                with self.reader() as reader:
+                    usage = metrics.usage_text(reader.db)
+                self._metrics = (stamp, usage) if stamp is not None else None
+        body = metrics.render(usage, self.data_dir).encode("utf-8")
+        return Response(200, body, metrics.CONTENT_TYPE)
+
     def healthz(self, params: dict, access: Access) -> Response:
         if not self.data_dir.is_dir():
             return Response(503, b"no session store\n", TEXT)
@@ -393,6 +411,7 @@ ROUTES = {
     "/api/sessions": WebApp.api_sessions,
     "/api/session": WebApp.api_session,
     "/api/stats": WebApp.api_stats,
+    "/metrics": WebApp.page_metrics,
     "/healthz": WebApp.healthz,
     "/favicon.ico": WebApp.favicon,
     **{f"/static/{name}": (lambda n: lambda app, params, access: app.static_file(n))(name)

@@ -150,8 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         views.overview_data(reader)
         uncached.append((time.perf_counter() - started) * 1000)
+    from agent_session_monitor import metrics
+    uncached_metrics = []
+    for _ in range(3):
+        started = time.perf_counter()
+        metrics.usage_text(reader.db)
+        uncached_metrics.append((time.perf_counter() - started) * 1000)
     reader.close()
     report("overview aggregates from the index, uncached", uncached)
+    report("/metrics usage counters from the index, uncached", uncached_metrics)
 
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "webserver.py"),
                              "--data-dir", str(directory), "--port", "0", "--quiet"],
@@ -199,6 +206,15 @@ def main(argv: list[str] | None = None) -> int:
         report("GET /api/session?id=<400 rounds>&view=1&after=400",
                timed(conn, f"/api/session?id={big}&view=1&after=400", n // 4))
         report("GET /healthz", timed(conn, "/healthz", n // 4))
+        report("GET /metrics  (index unchanged)", timed(conn, "/metrics", n))
+        index = Index(directory)
+        touch = _toucher(directory, index)
+        after_write = []
+        for _ in range(10):
+            touch()
+            after_write += timed(conn, "/metrics", 1)
+        index.close()
+        report("GET /metrics  right after an index commit (recomputed)", after_write)
         conn.close()
     finally:
         proc.terminate()
