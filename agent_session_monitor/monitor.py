@@ -286,7 +286,8 @@ class Monitor:
             stats.tail_events[event.kind] += 1
             if event.amount:
                 self.state.count_kind("lost_bytes", event.kind, event.amount)
-            self._warn(("warning: " if event.kind != "data_loss" else "") + event.message)
+            if not event.quiet:
+                self._warn(("warning: " if event.kind != "data_loss" else "") + event.message)
         self.tailer.events = []
 
     def checkpoint(self) -> None:

@@ -65,6 +65,7 @@ class TailEvent:
     kind: str       # data_loss, truncated, rewritten, unreadable, bad_gzip, oversized_line
     message: str
     amount: int = 0
+    quiet: bool = False   # counted, not printed: nothing was lost and nothing is wrong
 
 
 def _sha(data: bytes) -> str:
@@ -130,17 +131,33 @@ class Tailer:
         self.rotate_wait = rotate_wait
         self.max_line = max_line
         self.events: list[TailEvent] = []
-        self._held: dict[str, tuple[BinaryIO, int, int]] = {}   # fp -> (file, dev, ino)
+        # Descriptors kept open between polls, by source (fp, dev, ino): each is owned
+        # by its source alone, never shared with a file opened by path.
+        self._held: dict[tuple[str, int, int], tuple[BinaryIO, int, int]] = {}
         self._quiet_since: dict[str, tuple[int, float]] = {}     # fp -> (size, monotonic)
 
     # -- matching ------------------------------------------------------------------
 
     def poll_files(self) -> list[tuple[SourceState, LogFile]]:
-        """Open every candidate and pair it with its source; oldest first."""
+        """Open every candidate and pair it with its source; oldest first.
+
+        Every file object has one owner: a path opened this poll belongs to the pair it
+        is matched with (or is closed), a descriptor held from an earlier poll belongs
+        to its source and is read only while no path leads to its inode any more.
+        """
         self.events = []
         files, unreadable = self._open_candidates()
         matched: dict[int, tuple[SourceState, LogFile]] = {}   # index in files
         taken: set[int] = set()                                 # id() of matched sources
+        new: set[int] = set()                                   # index in files of new sources
+
+        # 0. A held descriptor of an inode that a path still leads to adds nothing: the
+        #    path's fresh descriptor reads the same inode (it cannot have been reused
+        #    while we hold it), and if it was truncated, what it held is gone from both.
+        reachable = {(lf.dev, lf.ino) for lf in files}
+        for key, (_f, dev, ino) in list(self._held.items()):
+            if (dev, ino) in reachable:
+                self._drop_held(key)
 
         by_inode: dict[tuple[int, int], list[SourceState]] = {}
         for src in self.sources:
@@ -153,25 +170,30 @@ class Tailer:
                     matched[i] = (src, lf)
                     taken.add(id(src))
                     break
-        # 2. Files held open that no path leads to any more (renamed away, deleted):
-        #    drain them through the old descriptor.
-        draining = self._held_orphans(files, taken)
+        # 2. Files held open that no path leads to any more (renamed away, deleted, a
+        #    symlink swapped): drain them through the old descriptor.
+        draining = self._held_orphans(taken)
         # 3. Same head, other inode: a copytruncate copy or a compressed rotation.
         for i, lf in enumerate(files):
             if i in matched:
                 continue
             for src in self.sources:
-                if lf.head_matches(src) and lf.could_be_copy_of(src):
-                    if id(src) not in taken:
-                        matched[i] = (src, lf)
-                        taken.add(id(src))
-                    break  # a second copy of a known file (.2 beside .2.gz): skip it
+                if not lf.head_matches(src):
+                    continue
+                if id(src) not in taken and lf.could_be_copy_of(src):
+                    matched[i] = (src, lf)
+                    taken.add(id(src))
+                # Otherwise a second copy of a known file (.2 beside .2.gz), or one made
+                # before lines we have read since (copytruncate's copy of a file we read
+                # on to its truncation, a gzip of a file we drained): nothing new in it.
+                break
             else:
-                new = self._new_source(lf)
-                if new is not None:
-                    self.sources.append(new)
-                    matched[i] = (new, lf)
-                    taken.add(id(new))
+                src = self._new_source(lf)
+                if src is not None:
+                    self.sources.append(src)
+                    matched[i] = (src, lf)
+                    taken.add(id(src))
+                    new.add(i)
         result = []
         for i, lf in enumerate(files):
             if i in matched:
@@ -180,7 +202,8 @@ class Tailer:
                 lf.file.close()
         result = draining + result
         if not unreadable:
-            self._mark_missing(taken)
+            rotated_in = any(not files[i].live for i in new)
+            self._mark_missing(taken, reachable, rotated_in)
         return result
 
     def _open_candidates(self) -> tuple[list[LogFile], bool]:
@@ -209,27 +232,26 @@ class Tailer:
                 unreadable = True
                 self.events.append(TailEvent("unreadable", f"cannot read {path}: {e.strerror}"))
                 continue
-            held = self._held.get(_fp_of_inode(self.sources, key))
-            if held is not None and (held[1], held[2]) == key:
-                f.close()
-                f = held[0]
             files.append(LogFile(path, f, st.st_dev, st.st_ino, st.st_size, st.st_mtime,
                                  gz, head, live))
         return files, unreadable
 
-    def _held_orphans(self, files: list[LogFile], taken: set[int]) -> list:
+    def _held_orphans(self, taken: set[int]) -> list:
+        """Pairs for the held descriptors no path leads to; each owns its descriptor."""
+        by_key = {_held_key(src): src for src in self.sources}
         result = []
-        for src in self.sources:
-            held = self._held.get(src.fp)
-            if held is None or id(src) in taken:
+        for key, (f, dev, ino) in list(self._held.items()):
+            src = by_key.get(key)
+            if src is None or id(src) in taken:
+                self._release(key)    # its source is gone, or matched through a path
                 continue
-            f, dev, ino = held
             try:
                 st = os.fstat(f.fileno())
             except OSError:
-                self._release(src.fp)
+                self._release(key)
                 continue
             taken.add(id(src))
+            src.live = False          # renamed away or deleted: no longer the live log
             lf = LogFile(src.path, f, dev, ino, st.st_size, st.st_mtime, src.gz, b"", False)
             result.append((src, lf))
         return result
@@ -255,14 +277,23 @@ class Tailer:
             src.head_fp, src.head_len = _sha(lf.head[:n]), n
         if lf.gz:
             return src, lf
+        seen, src.size = src.size, lf.size   # seen: a pass cut short knows what it missed
         if lf.size < src.offset:
-            lost = max(src.size - src.offset, 0)
+            # Smaller than where reading stopped, same identity: truncated (and perhaps
+            # grown again), or a state saved ahead of the file. Read it again from its
+            # start: lines already stored are recognised by their key and skipped, so
+            # each line is counted exactly once. Only bytes seen but never read are lost.
+            lost = max(seen - src.offset, 0)
+            if lost:
+                self.events.append(TailEvent(
+                    "data_loss", f"data loss: {lf.path} was truncated with {lost:,} unread "
+                    f"bytes after offset {src.offset:,}", lost))
             self.events.append(TailEvent(
-                "truncated", f"{lf.path} shrank from {src.offset} to {lf.size} bytes; "
-                f"reading on from {lf.size}" + (f" ({lost} unread bytes lost)" if lost else ""),
-                lost))
-            src.offset = lf.size
-            src.tail = _tail_hash(lf.file, src.offset)
+                "truncated", f"{lf.path} is smaller ({lf.size:,} bytes) than where reading "
+                f"stopped ({src.offset:,}): truncated; reading it again from the start "
+                "(lines already stored are skipped)", quiet=True))
+            src.offset = 0
+            src.tail = ""
         elif src.tail and src.offset >= TAIL_LEN and _tail_hash(lf.file, src.offset) != src.tail:
             self.events.append(TailEvent(
                 "rewritten", f"{lf.path} was rewritten in place before offset {src.offset}; "
@@ -270,7 +301,8 @@ class Tailer:
             src.offset = 0
         return src, lf
 
-    def _mark_missing(self, taken: set[int]) -> None:
+    def _mark_missing(self, taken: set[int], reachable: set[tuple[int, int]],
+                      rotated_in: bool) -> None:
         now = time.time()
         keep = []
         for src in self.sources:
@@ -280,23 +312,36 @@ class Tailer:
             if src.missing_since is None:
                 src.missing_since = now
             if not src.loss_reported and not src.gz_complete:
-                self._report_loss(src)
+                gone = (src.dev, src.ino) not in reachable   # not truncated in place
+                self._report_loss(src, out_of_reach=src.live and gone and rotated_in)
             if now - src.missing_since < ORPHAN_TTL:
                 keep.append(src)
         self.sources[:] = keep
 
-    def _report_loss(self, src: SourceState) -> None:
-        """A file vanished. Bytes seen but not read are lost for sure; a file last seen
-        as the live log vanished without ever being seen rotated, so whatever was
-        written to it after the last read is lost too (amount unknown)."""
+    def _report_loss(self, src: SourceState, out_of_reach: bool) -> None:
+        """A file we know is no longer found. Call it data loss only when lines really
+        were lost: bytes seen but not read (their number is known), or a live log that
+        rotated out of reach while we were stopped (it is gone, no path leads to its
+        inode, and a rotation we never saw took its place; how much was written to it
+        after the last read cannot be known). A live log truncated, deleted, re-created
+        or swapped behind a symlink after it was read to its end lost nothing we can
+        know of: that is counted (``file_events.replaced``), not cried as a loss. In
+        follow mode the descriptor held open drains a deleted or renamed file to its end.
+        """
         lost = max(src.size - src.offset, 0)
         if lost:
             detail = f"with {lost:,} unread bytes after offset {src.offset:,}"
-        elif src.live:
-            detail = (f"while it was the live log, read up to offset {src.offset:,}: lines "
-                      "written after that were rotated or deleted before they could be read")
+        elif out_of_reach:
+            detail = (f"while it was the live log, read up to offset {src.offset:,}: it "
+                      f"rotated more than --max-rotate {self.max_rotate} times before it "
+                      "could be read to its end (how many bytes is unknown)")
         else:
-            return   # an old rotation, fully read, aged out: normal
+            if src.live:
+                self.events.append(TailEvent(
+                    "replaced", f"{src.path} (fp {src.fp[:12]}) was replaced after it was "
+                    f"read to its end (offset {src.offset:,})", quiet=True))
+                src.loss_reported = True
+            return
         self.events.append(TailEvent(
             "data_loss", f"data loss: {src.path} (fp {src.fp[:12]}) is gone {detail} "
             "(poll more often than logs rotate, or raise --max-rotate)", lost))
@@ -325,12 +370,13 @@ class Tailer:
         if not lf.gz:
             src.tail = _tail_hash(lf.file, src.offset)
         if self.keep_open and not lf.gz:
-            old = self._held.get(src.fp)
+            key = _held_key(src)
+            old = self._held.get(key)
             if old is not None and old[0] is not lf.file:
                 old[0].close()
-            self._held[src.fp] = (lf.file, lf.dev, lf.ino)
+            self._held[key] = (lf.file, lf.dev, lf.ino)
             if not lf.live and lf.head == b"" and self._is_quiet(src, lf):
-                self._release(src.fp)   # an orphan drained and quiet: let it go
+                self._release(key)   # an orphan drained and quiet: let it go
         else:
             lf.file.close()
 
@@ -372,21 +418,21 @@ class Tailer:
                 lf.file.close()
 
     def release_all(self) -> None:
-        for fp in list(self._held):
-            self._release(fp)
+        for key in list(self._held):
+            self._release(key)
 
-    def _release(self, fp: str) -> None:
-        held = self._held.pop(fp, None)
-        self._quiet_since.pop(fp, None)
+    def _drop_held(self, key: tuple[str, int, int]) -> None:
+        held = self._held.pop(key, None)
         if held is not None:
             held[0].close()
 
+    def _release(self, key: tuple[str, int, int]) -> None:
+        self._drop_held(key)
+        self._quiet_since.pop(key[0], None)
 
-def _fp_of_inode(sources: list[SourceState], key: tuple[int, int]) -> str:
-    for src in sources:
-        if (src.dev, src.ino) == key:
-            return src.fp
-    return ""
+
+def _held_key(src: SourceState) -> tuple[str, int, int]:
+    return (src.fp, src.dev, src.ino)
 
 
 def _tail_hash(f: BinaryIO, offset: int) -> str:
