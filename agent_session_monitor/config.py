@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .confine import is_within
 from .errors import EXIT_USAGE, MonitorError
 
 ENV_PREFIX = "AGENT_SESSION_MONITOR_"
@@ -53,18 +54,27 @@ def allowed_log_dirs(flags: list[str] | None) -> list[Path]:
 
 
 def check_log_path_allowed(pattern: str, allowed: list[Path]) -> None:
-    """Raise unless the directory of ``pattern`` (a path or glob) lies in ``allowed``."""
+    """Raise unless the directory of ``pattern`` (a path or glob) lies in ``allowed``.
+
+    The check before reading: the fixed directory before the first wildcard, resolved.
+    A ``..`` after a wildcard could climb anywhere from wherever the wildcard lands
+    (``/var/log/*/../../../etc/shadow``), so it is refused outright. Every file opened
+    is checked again by its real path when it is read (confine.py).
+    """
     parts = Path(pattern).parts
     fixed = []
-    for part in parts:
+    for i, part in enumerate(parts):
         if any(ch in part for ch in "*?["):
+            if ".." in parts[i:]:
+                raise MonitorError(f"refusing to read {pattern}: a '..' after a wildcard can "
+                                   "lead out of the allowed log directories; write the path "
+                                   "without it", EXIT_USAGE)
             break
         fixed.append(part)
     directory = Path(*fixed) if len(fixed) < len(parts) else Path(pattern).parent
     real = Path(os.path.realpath(directory or "."))
-    for root in allowed:
-        if real == root or root in real.parents:
-            return
+    if is_within(str(real), allowed):
+        return
     shown = ", ".join(str(a) for a in allowed)
     raise MonitorError(f"refusing to read {pattern}: {real} is not an allowed log directory "
                        f"(allowed: {shown}); add --allow-log-dir {real} or set "

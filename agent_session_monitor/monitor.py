@@ -52,6 +52,8 @@ class MonitorConfig:
     reset_from: str | None = None
     checkpoint_bytes: int = 256 * 2**20    # input read between checkpoints in a catch-up
     pending_bytes: int = 24 * 2**20        # content held in memory before a flush
+    # Real directories log files may be read from (confine.py); None: any.
+    allowed_log_dirs: list[Path] | None = None
 
     @property
     def state_path(self) -> Path:
@@ -149,7 +151,8 @@ class Monitor:
                        if "-" in self.config.log_paths else None)
         self.tailer = Tailer(files, self.config.max_rotate, self.state.sources,
                              keep_open=self.config.follow, rotate_wait=self.config.rotate_wait,
-                             max_line=self.config.max_line_bytes)
+                             max_line=self.config.max_line_bytes,
+                             allowed=self.config.allowed_log_dirs)
         self._saved_sources = copy.deepcopy(self.state.sources)
 
     def __exit__(self, *exc: object) -> None:

@@ -103,7 +103,7 @@ def config_from_args(args: argparse.Namespace, err: TextIO) -> MonitorConfig:
         store_content=not args.no_content, pricing=args.pricing, follow=args.follow,
         refresh_interval=args.refresh_interval, rotate_wait=args.rotate_wait,
         max_line_bytes=args.max_line_bytes, reset_from=args.reset_from,
-        checkpoint_bytes=args.checkpoint_bytes)
+        checkpoint_bytes=args.checkpoint_bytes, allowed_log_dirs=allowed)
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None,
@@ -184,8 +184,10 @@ def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: Text
                     print(summary(stats), file=out)
                     if exporter is not None:
                         print(exporter.summary(), file=out)
-                # An unreadable log was reported on stderr; the exit status makes cron say so.
-                return EXIT_RUNTIME if stats.tail_events.get("unreadable") else EXIT_OK
+                # An unreadable or refused log was reported on stderr; the exit status
+                # makes cron say so.
+                failed = stats.tail_events.get("unreadable") or stats.tail_events.get("refused")
+                return EXIT_RUNTIME if failed else EXIT_OK
             return _follow(monitor, config, args, out, err, fin)
         finally:
             # Inside the with: pending alerts and spans get a moment, the state is saved.

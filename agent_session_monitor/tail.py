@@ -14,8 +14,10 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from .confine import NotRegularFile, OutsideAllowed, open_log
 from .gzip_stream import GZIP_MAGIC, GzipChunks, gzip_head, gzip_isize
 from .state import SourceState
 
@@ -62,7 +64,7 @@ class LogFile:
 class TailEvent:
     """Something about the files the user should hear of (and that is counted)."""
 
-    kind: str       # data_loss, truncated, rewritten, unreadable, bad_gzip, oversized_line
+    kind: str       # data_loss, truncated, rewritten, unreadable, refused, bad_gzip, oversized_line
     message: str
     amount: int = 0
     quiet: bool = False   # counted, not printed: nothing was lost and nothing is wrong
@@ -123,8 +125,10 @@ class Tailer:
 
     def __init__(self, patterns: list[str], max_rotate: int, sources: list[SourceState],
                  *, keep_open: bool = False, rotate_wait: float = 30.0,
-                 max_line: int = 64 * 2**20) -> None:
+                 max_line: int = 64 * 2**20, allowed: list[Path] | None = None) -> None:
         self.patterns = patterns
+        self.allowed = allowed        # None: no allow-list (a library caller's choice)
+        self._refused: set[tuple[str, str]] = set()
         self.max_rotate = max_rotate
         self.sources = sources
         self.keep_open = keep_open
@@ -212,8 +216,11 @@ class Tailer:
         unreadable = False
         for path, live in discover(self.patterns, self.max_rotate):
             try:
-                f = open(path, "rb")
-            except FileNotFoundError:
+                f = open_log(path, self.allowed)
+            except (FileNotFoundError, NotRegularFile):
+                continue
+            except OutsideAllowed as e:
+                self._refuse(e)
                 continue
             except OSError as e:
                 unreadable = True
@@ -222,7 +229,7 @@ class Tailer:
             try:
                 st = os.fstat(f.fileno())
                 key = (st.st_dev, st.st_ino)
-                if key in seen_inodes or not os.path.isfile(path):
+                if key in seen_inodes:
                     f.close()
                     continue
                 seen_inodes.add(key)
@@ -235,6 +242,16 @@ class Tailer:
             files.append(LogFile(path, f, st.st_dev, st.st_ino, st.st_size, st.st_mtime,
                                  gz, head, live))
         return files, unreadable
+
+    def _refuse(self, e: OutsideAllowed) -> None:
+        """A file that leads outside the allow-list: never read; said once per name and
+        destination (a follow-mode poll every second must not repeat it)."""
+        if (e.path, e.real) in self._refused:
+            return
+        self._refused.add((e.path, e.real))
+        self.events.append(TailEvent(
+            "refused", f"refusing to read {e.path}: it resolves to {e.real}, outside the "
+            "allowed log directories (a symlink out of them?); it is skipped"))
 
     def _held_orphans(self, taken: set[int]) -> list:
         """Pairs for the held descriptors no path leads to; each owns its descriptor."""

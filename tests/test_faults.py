@@ -81,20 +81,20 @@ class Unreadable(TempDirTest):
     """EACCES is injected (as root every file is readable): R15 of the scenarios."""
 
     def test_unreadable_log_is_one_clear_error_and_state_kept(self):
-        import builtins
+        from agent_session_monitor import tail
 
         log = self.tmp / "access.log"
         write_lines(log, [make_line(1)])
         self.run_monitor(log)
         write_lines(log, [make_line(2)])
-        real_open = builtins.open
+        real_open = tail.open_log
 
         def denied(path, *a, **kw):
             if str(path) == str(log):
                 raise PermissionError(13, "Permission denied", str(path))
             return real_open(path, *a, **kw)
 
-        with mock.patch("agent_session_monitor.tail.open", denied, create=True):
+        with mock.patch.object(tail, "open_log", denied):
             code, _out, err = self.run_monitor(log)
         self.assertEqual(code, 1)
         self.assertEqual(err.strip(), f"warning: cannot read {log}: Permission denied")
