@@ -31,6 +31,7 @@ from .insights import session_insights
 from .pricing import load_price_table
 from .render_text import (render_burn, render_session, render_sessions, render_usage,
                           terminal_width, write_csv, write_json)
+from .focus import DEFAULT_ACCOUNT, FOCUS_VERSION, write_focus
 from .finops_report import REPORT_CSV_FIELDS, finops_report, report_csv_rows, session_what_if
 from .report import (SORTS, StoreReader, day_range, range_totals, session_record,
                      unpriced_between, usage_record)
@@ -148,6 +149,8 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     kind = args.format or _format_of(args.file)
     tz = parse_tz(args.tz)
     since, until = _window(args, tz)
+    if kind == "focus":
+        return _export_focus(args, out, since, until)
     table = load_price_table(args.pricing)
     with _reader(args) as reader:
         # The CSV has no column for the per-session suggestion: skip its index scan.
@@ -177,6 +180,41 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"Wrote {kind.upper()} report to {safe_text(args.file)}: "
                   f"{fmt_int(totals['sessions'])} sessions, {fmt_int(totals['rounds'])} rounds, "
                   f"{fmt_usd(totals['cost_usd'])}{unpriced}; prices: {safe_text(table.source)}\n")
+    return EXIT_OK
+
+
+def _export_focus(args: argparse.Namespace, out: TextIO, since: str | None,
+                  until: str | None) -> int:
+    """``export --format focus``: the FOCUS 1.2 CSV (focus.py)."""
+    table = load_price_table(args.pricing)
+    buffer = io.StringIO()
+    with _reader(args) as reader:
+        _note_if_empty(args, reader)
+        result = write_focus(buffer, reader, table, since=since, until=until,
+                             granularity=args.granularity, account=args.billing_account)
+    if args.file == "-":
+        out.write(buffer.getvalue())
+    else:
+        try:
+            atomic_write(Path(args.file), buffer.getvalue().encode("utf-8"), sync_dir=False)
+        except OSError as e:
+            raise MonitorError(f"cannot write {safe_text(args.file)}: {e.strerror or e}") from e
+    if result.skipped_rounds:
+        # FOCUS has no null or placeholder cost: unpriced usage cannot be a row.
+        print(f"cli.py: warning: {fmt_int(result.skipped_rounds)} unpriced rounds left out of "
+              f"the FOCUS file (no price for: "
+              f"{', '.join(safe_text(m) for m in sorted(result.skipped_models))}); add prices "
+              "with --pricing", file=sys.stderr)
+    if args.file == "-":
+        return EXIT_OK
+    if args.json:
+        write_json(out, {"file": args.file, "format": "focus", "rows": result.rows,
+                         "billed_cost_usd": result.billed_cost,
+                         "unpriced_rounds_left_out": result.skipped_rounds})
+    else:
+        out.write(f"Wrote FOCUS {FOCUS_VERSION} CSV to {safe_text(args.file)}: "
+                  f"{fmt_int(result.rows)} rows ({args.granularity}), BilledCost "
+                  f"{fmt_usd(result.billed_cost)}; prices: {safe_text(table.source)}\n")
     return EXIT_OK
 
 
@@ -389,8 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = command("export", cmd_export, zone, window)
     c.add_argument("file", metavar="FILE", help="where to write the report; - for stdout")
-    c.add_argument("--format", choices=("json", "csv"),
-                   help="default: from FILE's extension (.json, .csv)")
+    c.add_argument("--format", choices=("json", "csv", "focus"),
+                   help="default: from FILE's extension (.json, .csv); focus: a FOCUS 1.2 "
+                        "CSV for FinOps tools")
+    c.add_argument("--granularity", choices=("day", "round"), default="day",
+                   help="FOCUS rows: per UTC day, model, consumer (and agent), or per round "
+                        "with its session (default day)")
+    c.add_argument("--billing-account", default=DEFAULT_ACCOUNT, metavar="ID",
+                   help=f"FOCUS BillingAccountId (default {DEFAULT_ACCOUNT})")
     c.add_argument("--what-if", action="append", metavar="MODEL",
                    help="price the traffic on MODEL too (default: the priced models it used); "
                         "repeatable")
