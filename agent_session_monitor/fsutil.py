@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
@@ -36,7 +37,11 @@ def fsync_path(path: Path | str) -> None:
         os.close(fd)
 
 
-def _write_temp(directory: Path, data: bytes, sync: bool) -> str:
+def _open_temp(directory: Path, data: bytes) -> tuple[int, str]:
+    """A new temp file in ``directory`` holding ``data``, still open (fd, path).
+
+    mkstemp creates it 0600 with O_EXCL|O_NOFOLLOW, so no fchmod is needed (a chmod
+    would dirty the inode a second time for nothing)."""
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
     try:
         view = memoryview(data)
@@ -44,9 +49,18 @@ def _write_temp(directory: Path, data: bytes, sync: bool) -> str:
             # os.write, not a buffered file: a buffered write can swallow ENOSPC at close.
             n = os.write(fd, view)
             view = view[n:]
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    return fd, tmp
+
+
+def _write_temp(directory: Path, data: bytes, sync: bool) -> str:
+    fd, tmp = _open_temp(directory, data)
+    try:
         if sync:
             os.fsync(fd)
-        os.fchmod(fd, FILE_MODE)
     except BaseException:
         os.close(fd)
         _unlink_quietly(tmp)
@@ -74,36 +88,130 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
         fsync_path(path.parent)
 
 
+# Files of a batch held open at once: each chunk is written, synced and renamed before
+# the next one is opened, so a batch of 100,000 sessions never needs 100,000 descriptors.
+CHUNK_FILES = 256
+# Test hook (tests/test_crash.py): "PHASE:K" SIGKILLs this process at the K-th file of a
+# batch in that phase (write, sync, rename) or, for "dir", before the directory fsync.
+FAULT_ENV = "ASM_FAULT_BATCH"
+
+
 def atomic_write_many(directory: Path, items: Iterable[tuple[Path, bytes]], workers: int = 8) -> None:
-    """Atomically replace many files of one directory, then fsync the directory once.
+    """Atomically replace many files of one directory, durably, at the cost of a batch.
+
+    What durability needs is an order, not an fsync+rename+directory fsync per file:
+    each file's data is on disk before its rename can be, and every rename is on disk
+    before the caller goes on (to the index, then ``.state.json``). So the files of a
+    chunk are all written first, their data is fsynced together, then they are renamed,
+    and the directory is fsynced once for the whole batch. ``os.sync()``/``syncfs`` would
+    flush every other writer's data on a shared disk too: only our own files are synced.
+
+    The fsyncs of a chunk run on a few threads: they release the GIL and ext4 commits
+    concurrent fsyncs in one journal transaction, so a chunk of hundreds of files costs a
+    few journal commits instead of hundreds.
 
     ``items`` may be a generator: each file's bytes are written to its temp file as they
     come, so a batch never holds more than one serialised file in memory.
-
-    The fsyncs run on a few threads: they release the GIL and ext4 commits concurrent
-    fsyncs in one journal transaction, which makes a batch of hundreds of session files
-    cost a few journal commits instead of hundreds.
     """
-    temps: list[str] = []
-    paths: list[Path] = []
+    fault = _fault_point()
+    done = {"write": 0, "sync": 0, "rename": 0}
+    chunk: list[tuple[int, str, Path]] = []
+    pool: ThreadPoolExecutor | None = None
+    renamed = 0
     try:
         for path, data in items:
-            temps.append(_write_temp(directory, data, sync=False))
-            paths.append(path)
-        if not temps:
-            return
-        if len(temps) == 1:
-            fsync_path(temps[0])
-        else:
-            with ThreadPoolExecutor(max_workers=min(workers, len(temps))) as pool:
-                list(pool.map(fsync_path, temps))
-        for tmp, path in zip(temps, paths):
-            os.replace(tmp, path)
+            fd, tmp = _open_temp(directory, data)
+            chunk.append((fd, tmp, path))
+            _maybe_fault(fault, done, "write")
+            if len(chunk) >= CHUNK_FILES:
+                pool = _commit_chunk(chunk, pool, workers, fault, done)
+                renamed += len(chunk)
+                chunk = []
+        if chunk:
+            pool = _commit_chunk(chunk, pool, workers, fault, done)
+            renamed += len(chunk)
+            chunk = []
     except BaseException:
-        for tmp in temps:
+        for fd, tmp, _path in chunk:
+            _close_quietly(fd)
             _unlink_quietly(tmp)
         raise
-    fsync_path(directory)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    if renamed:
+        if fault == ("dir", 0):
+            _kill_self()
+        fsync_path(directory)
+
+
+def _commit_chunk(chunk: list[tuple[int, str, Path]], pool: ThreadPoolExecutor | None,
+                  workers: int, fault, done: dict) -> ThreadPoolExecutor | None:
+    """fsync the open temp files of ``chunk`` (concurrently), close and rename them."""
+    fds = [fd for fd, _tmp, _path in chunk]
+    synced = (lambda: _maybe_fault(fault, done, "sync")) if fault else None
+    if len(fds) == 1:
+        _fsync_all(fds, synced)
+    else:
+        if pool is None:
+            pool = ThreadPoolExecutor(max_workers=workers)
+        # One task per worker over a slice, not one per file: a Future per file costs
+        # more than its fsync's Python side.
+        n = min(workers, len(fds))
+        list(pool.map(_fsync_all, [fds[i::n] for i in range(n)], [synced] * n))
+    for fd, _tmp, _path in chunk:
+        os.close(fd)
+    for i, (fd, tmp, path) in enumerate(chunk):
+        _maybe_fault(fault, done, "rename")
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            for _fd, later, _p in chunk[i:]:
+                _unlink_quietly(later)
+            chunk.clear()   # every descriptor is closed already
+            raise
+    return pool
+
+
+def _fsync_all(fds: list[int], synced=None) -> None:
+    for fd in fds:
+        os.fsync(fd)
+        if synced is not None:
+            synced()
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _fault_point() -> tuple[str, int] | None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    phase, _, k = spec.partition(":")
+    return phase, int(k or 0)
+
+
+_fault_lock = threading.Lock()
+
+
+def _maybe_fault(fault: tuple[str, int] | None, done: dict, phase: str) -> None:
+    if fault is None:
+        return
+    with _fault_lock:   # "sync" is counted on the fsync threads
+        done[phase] += 1
+        hit = fault[0] == phase and done[phase] == fault[1]
+    if hit:
+        _kill_self()
+
+
+def _kill_self() -> None:
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def remove_stale_temps(directory: Path) -> int:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from unittest import mock
 
+from agent_session_monitor.fsutil import CHUNK_FILES
 from tests.helpers import ROOT, TempDirTest, load_store, make_line, write_lines
 
 SEED = int(os.environ.get("ASM_CRASH_SEED", "20261124"))
@@ -129,3 +131,78 @@ class CrashRecovery(TempDirTest):
         code, _out, err = self.run_monitor(self.log, extra=["--reset-from", "beginning"])
         self.assertEqual(code, 0, err)
         self.assertEqual(load_store(self.out), load_store(self.reference))
+
+
+class BatchedSyncCrash(TempDirTest):
+    """A checkpoint makes a whole batch of session files durable at once (write all,
+    fsync them together, rename all, fsync the directory once). SIGKILL at any file of
+    any phase of that batch (fsutil's ASM_FAULT_BATCH hook), resume, and the store still
+    converges exactly; ``.state.json`` never describes data the batch had not made durable."""
+
+    SESSIONS = 320    # more than CHUNK_FILES: a batch spans two chunks
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.log = self.tmp / "access.log"
+        rng = random.Random(SEED + 1)
+        histories: dict[str, int] = {}
+        lines = []
+        for n in range(1, 1201):
+            session = f"agent:{rng.randrange(self.SESSIONS)}"
+            histories[session] = histories.get(session, 0) + 2
+            lines.append(make_line(n, session=session, history=histories[session],
+                                   request_id=rng.random() < 0.8, pad=rng.randrange(200)))
+        write_lines(self.log, lines)
+        self.reference = self.tmp / "reference"
+        code, _out, err = self.run_monitor(self.log, out=self.reference)
+        self.assertEqual(code, 0, err)
+        self.files = len(load_store(self.reference))
+        self.assertGreater(self.files, CHUNK_FILES)
+
+    def run_child(self, fault: str | None, *extra: str) -> int:
+        env = {k: v for k, v in os.environ.items() if k != "ASM_FAULT_BATCH"}
+        if fault:
+            env["ASM_FAULT_BATCH"] = fault
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "main.py"), "--log-path", str(self.log),
+             "--output-dir", str(self.out), "--allow-log-dir", str(self.tmp), "-q", *extra],
+            env=env, capture_output=True, text=True)
+        self.assertIn(proc.returncode, (0, -signal.SIGKILL), proc.stderr)
+        return proc.returncode
+
+    def test_sigkill_in_every_phase_of_a_batch_converges(self):
+        rng = random.Random(SEED)
+        points = [("write", rng.randint(1, self.files)), ("sync", rng.randint(1, self.files)),
+                  ("sync", rng.randint(CHUNK_FILES + 1, self.files)), ("rename", 1),
+                  ("rename", rng.randint(2, self.files)), ("rename", self.files), ("dir", 0)]
+        for phase, k in points:
+            with self.subTest(phase=phase, k=k):
+                shutil.rmtree(self.out, ignore_errors=True)
+                # One batch for the whole log: the kill always falls inside it.
+                self.assertEqual(self.run_child(f"{phase}:{k}"), -signal.SIGKILL)
+                self.assertFalse((self.out / ".state.json").exists(),
+                                 "state saved before its batch was durable")
+                written = len(load_store(self.out))
+                # Chunks before the one killed are renamed already; sessions ahead of
+                # the state is the safe direction (their rounds are skipped on replay).
+                whole_chunks = (k - 1) // CHUNK_FILES * CHUNK_FILES
+                expected = {"write": whole_chunks, "sync": whole_chunks, "rename": k - 1,
+                            "dir": self.files}[phase]
+                self.assertEqual(written, expected)
+                # A second kill early in the resumed run's batch, then a clean run.
+                self.run_child(f"{rng.choice(['write', 'sync', 'rename'])}:{rng.randint(1, 5)}")
+                self.assertEqual(self.run_child(None), 0)
+                self.assertEqual(load_store(self.out), load_store(self.reference),
+                                 f"store differs after kills at {phase}:{k} (seed {SEED})")
+                self.assertEqual([n for n in os.listdir(self.out) if n.startswith(".tmp-")], [])
+
+    def test_sigkill_in_a_later_batch_of_a_catch_up_converges(self):
+        rng = random.Random(SEED)
+        for _ in range(3):
+            shutil.rmtree(self.out, ignore_errors=True)
+            phase = rng.choice(["write", "sync", "rename"])
+            # Many small checkpoints: the k-th file of whichever batch reaches k first.
+            self.assertEqual(self.run_child(f"{phase}:{rng.randint(2, 20)}",
+                                            "--checkpoint-bytes", "30000"), -signal.SIGKILL)
+            self.assertEqual(self.run_child(None, "--checkpoint-bytes", "30000"), 0)
+            self.assertEqual(load_store(self.out), load_store(self.reference))
