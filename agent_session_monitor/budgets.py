@@ -20,7 +20,7 @@ from datetime import date, datetime, timezone, tzinfo
 
 from .alerts import Alert
 from .fmt import fmt_int, fmt_usd
-from .index import quarter_hour
+from . import window
 from .timerange import day_window
 
 DEFAULT_THRESHOLDS = (50, 80, 100)
@@ -125,11 +125,10 @@ def day_usage(db: sqlite3.Connection, day: date, tz: tzinfo,
     """The day's usage in ``tz`` (one row, or one per consumer), from the time index."""
     _, _, since, until = day_window(1, tz, day)
     group = ", u.consumer" if by_consumer else ""
+    src, params = window.source(since, until)
     rows = db.execute(f"SELECT COALESCE(SUM({TOKENS}), 0), COALESCE(SUM(u.cost), 0), "
-                      f"COALESCE(SUM(u.unpriced_rounds), 0), MAX(u.bucket){group} FROM usage u "
-                      f"WHERE u.bucket >= ? AND u.bucket < ?"
-                      + (" GROUP BY u.consumer" if by_consumer else ""),
-                      (quarter_hour(since), quarter_hour(until))).fetchall()
+                      f"COALESCE(SUM(u.unpriced_rounds), 0), MAX(u.at){group} FROM {src} u"
+                      + (" GROUP BY u.consumer" if by_consumer else ""), params).fetchall()
     label = f"{day.isoformat()} ({tz})"
     found = []
     for tokens, cost, unpriced, last, *consumer in rows:

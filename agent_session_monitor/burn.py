@@ -1,12 +1,12 @@
 """Burn rates: how fast tokens and dollars are going now, per active session and for the
 day, with a projection to the end of the day. Answered from the index (the usage rows'
 quarter-hour buckets, with their time index), so it is cheap enough for every redraw of
-the live view and every overview request.
+the live view and every overview request. Windows are exact (``window.py``): the recent
+window is the last ``window_minutes`` up to ``now``, today is local midnight to ``now``.
 
 Times are event times (the log's start_time), compared with the wall clock: the rates
 of a log replayed from last month are zero unless ``now`` says otherwise (``cli.py burn
---at``). Resolution is the index's quarter-hour: the recent window starts at the
-quarter-hour containing ``now - window`` and its length is measured from there.
+--at``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import sqlite3
 from datetime import datetime, timedelta, timezone, tzinfo
 
 from .fmt import fmt_int, fmt_usd, safe_text, shorten
-from .index import BUCKET_FIELDS, quarter_hour
+from . import window
+from .index import BUCKET_FIELDS
 from .timerange import day_window
 
 TOKENS = " + ".join(f"b_{f}" for f in BUCKET_FIELDS)   # every token, whatever its kind
@@ -25,17 +26,14 @@ ACTIVE_MINUTES = 15
 
 def stamp(moment: datetime) -> str:
     """A moment as the store writes times (UTC, milliseconds, Z)."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return window.stamp(moment)
 
 
-def _bucket_start(bucket: str) -> datetime:
-    return datetime.strptime(bucket, "%Y-%m-%dT%H:%M").replace(tzinfo=timezone.utc)
-
-
-def _sums(db: sqlite3.Connection, where: str, params: list) -> dict:
+def _sums(db: sqlite3.Connection, since: str, until: str) -> dict:
+    src, params = window.source(since, until)
     row = db.execute(f"SELECT COALESCE(SUM({TOKENS}), 0), COALESCE(SUM(cost), 0), "
                      f"COALESCE(SUM(rounds), 0), COALESCE(SUM(unpriced_rounds), 0) "
-                     f"FROM usage WHERE {where}", params).fetchone()
+                     f"FROM {src}", params).fetchone()
     return {"tokens": row[0], "cost_usd": row[1], "rounds": row[2], "unpriced_rounds": row[3]}
 
 
@@ -47,16 +45,15 @@ def burn(db: sqlite3.Connection, *, now: datetime | None = None, tz: tzinfo = ti
     ``now`` defaults to the wall clock. Costs count priced rounds only; tokens count
     every round (``unpriced_rounds`` says how many could not be priced)."""
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    start_bucket = quarter_hour(stamp(now - timedelta(minutes=window_minutes)))
-    last_bucket = quarter_hour(stamp(now))
-    minutes = max((now - _bucket_start(start_bucket)).total_seconds() / 60, 1.0)
-    recent = _sums(db, "bucket >= ? AND bucket <= ?", [start_bucket, last_bucket])
+    # [start, end): every round up to and including ``now`` (times have milliseconds).
+    start, end = stamp(now - timedelta(minutes=window_minutes)), stamp(now + timedelta(milliseconds=1))
+    minutes = float(window_minutes)
+    recent = _sums(db, start, end)
     recent.update(_rates(recent, minutes), minutes=round(minutes, 1))
 
     day = now.astimezone(tz).date()
     _, _, since, until = day_window(1, tz, day)
-    today = _sums(db, "bucket >= ? AND bucket < ? AND bucket <= ?",
-                  [quarter_hour(since), quarter_hour(until), last_bucket])
+    today = _sums(db, since, min(until, end))
     day_start = datetime.fromisoformat(since.replace("Z", "+00:00"))
     day_end = datetime.fromisoformat(until.replace("Z", "+00:00"))
     elapsed = max((now - day_start).total_seconds() / 3600, 1 / 60)
@@ -70,7 +67,7 @@ def burn(db: sqlite3.Connection, *, now: datetime | None = None, tz: tzinfo = ti
         # At the day's average pace so far: steadier, slower to react.
         average_projection_usd=today["cost_usd"] / elapsed * (elapsed + remaining))
 
-    sessions = _active(db, now, active_minutes, start_bucket, last_bucket, minutes)
+    sessions = _active(db, now, active_minutes, start, end, minutes)
     return {"at": stamp(now), "window_minutes": window_minutes, "active_minutes": active_minutes,
             "recent": recent, "today": today, "active_count": len(sessions),
             "active_sessions": sessions[:limit]}
@@ -81,8 +78,8 @@ def _rates(sums: dict, minutes: float) -> dict:
             "usd_per_hour": sums["cost_usd"] / minutes * 60}
 
 
-def _active(db: sqlite3.Connection, now: datetime, active_minutes: int, start_bucket: str,
-            last_bucket: str, minutes: float) -> list[dict]:
+def _active(db: sqlite3.Connection, now: datetime, active_minutes: int, start: str,
+            end: str, minutes: float) -> list[dict]:
     """Sessions with a round in the last ``active_minutes``, fastest spender first; each
     rate is over the window, or since the session began if that is later."""
     rows = db.execute("SELECT sid, session_id, model, created_at, updated_at FROM sessions "
@@ -94,10 +91,10 @@ def _active(db: sqlite3.Connection, now: datetime, active_minutes: int, start_bu
     for i in range(0, len(rows), 500):   # SQLite's parameter limit
         chunk = [r[0] for r in rows[i:i + 500]]
         marks = ",".join("?" * len(chunk))
+        src, params = window.source(start, end)
         for sid, tokens, cost, rounds, unpriced in db.execute(
                 f"SELECT sid, SUM({TOKENS}), SUM(cost), SUM(rounds), SUM(unpriced_rounds) "
-                f"FROM usage WHERE sid IN ({marks}) AND bucket >= ? AND bucket <= ? "
-                "GROUP BY sid", [*chunk, start_bucket, last_bucket]):
+                f"FROM {src} WHERE sid IN ({marks}) GROUP BY sid", [*params, *chunk]):
             sums[sid] = {"tokens": tokens, "cost_usd": cost, "rounds": rounds,
                          "unpriced_rounds": unpriced}
     found = []

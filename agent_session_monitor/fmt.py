@@ -9,6 +9,11 @@ from datetime import datetime, timezone, tzinfo
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 day``, ``3 days``, ``1,000 rounds``, ``2 sessions``."""
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
 def fmt_int(n: int | None) -> str:
     return "-" if n is None else f"{n:,}"
 

@@ -2,9 +2,10 @@
 and the web overview never parse every conversation.
 
 An SQLite file (``.index.sqlite``, standard library) beside the session files, holding
-one row per session and its usage aggregated per (UTC quarter-hour, model, consumer):
-quarter-hours because every time zone's offset is a multiple of 15 minutes, so per-day
-reports in any zone are exact. It is derived data: rebuildable from the session files
+one row per session, its usage aggregated per (UTC quarter-hour, model, consumer), and
+the same sums per round at its exact time. Reports sum the quarter-hours that lie wholly
+inside a window (today's zones have offsets in multiples of 15 minutes, so a day is whole
+quarter-hours) and read the rounds only at the edges (``window.py``). It is derived data: rebuildable from the session files
 at any time (``main.py --rebuild-index``), and rebuilt when missing.
 
 Crash safety: before the monitor rewrites session files it records their names as
@@ -26,7 +27,7 @@ from .names import is_session_file
 from .store import read_document
 
 INDEX_NAME = ".index.sqlite"
-INDEX_VERSION = 3
+INDEX_VERSION = 4
 BUCKET_FIELDS = ("input", "cache_read", "cache_write", "cache_write_1h", "output", "reasoning")
 
 _SCHEMA = f"""
@@ -48,6 +49,16 @@ CREATE TABLE IF NOT EXISTS usage (
     {", ".join(f"b_{f} INTEGER NOT NULL" for f in BUCKET_FIELDS)},
     cost REAL NOT NULL, unpriced_rounds INTEGER NOT NULL, tool_calls INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS usage_sid ON usage (sid);
+-- The same sums per round, at its exact time: the edges of a window that does not fall
+-- on quarter-hours (``--since 09:05``, a zone offset such as -09:04) are read from here.
+CREATE TABLE IF NOT EXISTS round_usage (
+    sid INTEGER NOT NULL, ts TEXT NOT NULL, bucket TEXT NOT NULL, model TEXT, consumer TEXT,
+    rounds INTEGER NOT NULL, input INTEGER NOT NULL, output INTEGER NOT NULL,
+    reasoning INTEGER NOT NULL, cached INTEGER NOT NULL, cache_write INTEGER NOT NULL,
+    {", ".join(f"b_{f} INTEGER NOT NULL" for f in BUCKET_FIELDS)},
+    cost REAL NOT NULL, unpriced_rounds INTEGER NOT NULL, tool_calls INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS round_usage_ts ON round_usage (ts);
+CREATE INDEX IF NOT EXISTS round_usage_sid ON round_usage (sid);
 -- Covering for the per-day reads (models per day, sessions per day): they read the
 -- index alone, never the wide rows.
 CREATE INDEX IF NOT EXISTS usage_bucket ON usage (bucket, model, rounds, sid);
@@ -93,60 +104,72 @@ def session_row(file_name: str, doc: dict, size: int) -> tuple:
     )
 
 
-def usage_rows(sid: int, doc: dict) -> list[tuple]:
+def round_sums(r: dict) -> list:
+    """One round's contribution to every summed column of ``usage`` (after ``rounds``):
+    tokens by kind, buckets, cost (0 when unpriced), unpriced and tool-call flags."""
+    buckets = r.get("buckets") or {}
+    cost = r.get("cost_usd")
+    return [1, r.get("input_tokens") or 0, r.get("output_tokens") or 0,
+            r.get("reasoning_tokens") or 0, r.get("cached_tokens") or 0,
+            r.get("cache_write_tokens") or 0, *(buckets.get(name) or 0 for name in BUCKET_FIELDS),
+            0.0 if cost is None else cost, 1 if cost is None else 0,
+            1 if r.get("has_tool_calls") else 0]
+
+
+def usage_rows(sid: int, doc: dict) -> tuple[list[tuple], list[tuple]]:
+    """The session's rows for ``usage`` (per quarter-hour, model, consumer) and for
+    ``round_usage`` (per round)."""
     groups: dict[tuple, list] = {}
+    per_round = []
+    cost_at = 6 + len(BUCKET_FIELDS)
     for r in doc.get("rounds") or []:
-        key = (quarter_hour(r["timestamp"]), sql_text(r.get("model")), sql_text(r.get("consumer")))
-        acc = groups.get(key)
+        bucket = quarter_hour(r["timestamp"])
+        model, consumer = sql_text(r.get("model")), sql_text(r.get("consumer"))
+        sums = round_sums(r)
+        per_round.append((sid, r["timestamp"], bucket, model, consumer, *sums))
+        acc = groups.get((bucket, model, consumer))
         if acc is None:
-            acc = groups[key] = [0] * (6 + len(BUCKET_FIELDS)) + [[], 0, 0]
-        acc[0] += 1
-        acc[1] += r.get("input_tokens") or 0
-        acc[2] += r.get("output_tokens") or 0
-        acc[3] += r.get("reasoning_tokens") or 0
-        acc[4] += r.get("cached_tokens") or 0
-        acc[5] += r.get("cache_write_tokens") or 0
-        buckets = r.get("buckets") or {}
-        for i, name in enumerate(BUCKET_FIELDS):
-            acc[6 + i] += buckets.get(name) or 0
-        n = 6 + len(BUCKET_FIELDS)
-        if r.get("cost_usd") is None:
-            acc[n + 1] += 1
-        else:
-            acc[n].append(r["cost_usd"])
-        if r.get("has_tool_calls"):
-            acc[n + 2] += 1
+            acc = groups[(bucket, model, consumer)] = [[0] * len(sums), []]
+        for i, v in enumerate(sums):
+            acc[0][i] += v
+        acc[1].append(sums[cost_at])
     rows = []
-    n = 6 + len(BUCKET_FIELDS)
-    for (bucket, model, consumer), acc in groups.items():
-        rows.append((sid, bucket, model, consumer, *acc[:n], math.fsum(acc[n]),
-                     acc[n + 1], acc[n + 2]))
-    return rows
+    for (bucket, model, consumer), (acc, costs) in groups.items():
+        acc[cost_at] = math.fsum(costs)   # money: independent of the order of addition
+        rows.append((sid, bucket, model, consumer, *acc))
+    return rows, per_round
 
 
 INSERT_SESSION = (f"INSERT INTO sessions (sid, {', '.join(SESSION_FIELDS)}) "
                   f"VALUES ({','.join('?' * (len(SESSION_FIELDS) + 1))})")
 INSERT_USAGE = f"INSERT INTO usage VALUES ({','.join('?' * 19)})"
+INSERT_ROUND = f"INSERT INTO round_usage VALUES ({','.join('?' * 20)})"
 
 
 def replace_rows(db: sqlite3.Connection, docs: list[tuple[str, dict, int]]) -> None:
     """(file name, session document, file size) -> their rows, replacing old ones. A
     session keeps its integer id, which the usage rows carry (smaller than the name).
     The caller holds the transaction."""
-    usage = []
+    usage, per_round = [], []
     for name, doc, size in docs:
         found = db.execute("SELECT sid FROM sessions WHERE file = ?", (name,)).fetchone()
         sid = found[0] if found else None
         if sid is not None:
             db.execute("DELETE FROM usage WHERE sid = ?", (sid,))
+            db.execute("DELETE FROM round_usage WHERE sid = ?", (sid,))
             db.execute("DELETE FROM sessions WHERE sid = ?", (sid,))
         sid = db.execute(INSERT_SESSION, (sid, *session_row(name, doc, size))).lastrowid
-        usage.extend(usage_rows(sid, doc))
+        rows, rounds = usage_rows(sid, doc)
+        usage.extend(rows)
+        per_round.extend(rounds)
     db.executemany(INSERT_USAGE, usage)
+    db.executemany(INSERT_ROUND, per_round)
 
 
 def delete_rows(db: sqlite3.Connection, name: str) -> None:
     db.execute("DELETE FROM usage WHERE sid IN (SELECT sid FROM sessions WHERE file = ?)", (name,))
+    db.execute("DELETE FROM round_usage WHERE sid IN (SELECT sid FROM sessions WHERE file = ?)",
+               (name,))
     db.execute("DELETE FROM sessions WHERE file = ?", (name,))
 
 
@@ -224,6 +247,7 @@ class Index:
         with self.db:
             self.db.execute("DELETE FROM sessions")
             self.db.execute("DELETE FROM usage")
+            self.db.execute("DELETE FROM round_usage")
             batch: list[tuple[str, dict, int]] = []
             for i, name in enumerate(names, 1):
                 loaded = load_entry(self.directory, name)

@@ -18,15 +18,16 @@ from datetime import date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
 from .errors import MonitorError
-from .index import (BUCKET_FIELDS, INDEX_NAME, INDEX_VERSION, SESSION_FIELDS, sql_text, connect, create_schema,
-                    delete_rows, load_entry, quarter_hour, replace_rows)
+from .fmt import plural
+from .index import (INDEX_NAME, INDEX_VERSION, SESSION_FIELDS, sql_text, connect, create_schema,
+                    delete_rows, load_entry, replace_rows)
 from .names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
 from .store import read_document
-from .timerange import local_day, local_midnight_utc
+from . import window
+from .timerange import day_window, local_midnight_utc
 
 SESSION_COLUMNS = SESSION_FIELDS
-SUMS = ("rounds", "input", "output", "reasoning", "cached", "cache_write",
-        *(f"b_{f}" for f in BUCKET_FIELDS), "cost", "unpriced_rounds", "tool_calls")
+SUMS = window.SUMS
 SORTS = {"updated": "updated_at DESC", "cost": "COALESCE(cost, 0) DESC",
          "tokens": "(input + output) DESC", "rounds": "rounds DESC",
          "created": "created_at DESC", "id": "session_id ASC"}
@@ -79,6 +80,7 @@ class StoreReader:
         memory.execute(f"ATTACH DATABASE 'file:{self.directory / INDEX_NAME}?mode=ro' AS disk")
         memory.executescript("CREATE TABLE sessions AS SELECT * FROM disk.sessions; "
                              "CREATE TABLE usage AS SELECT * FROM disk.usage; "
+                             "CREATE TABLE round_usage AS SELECT * FROM disk.round_usage; "
                              "CREATE TABLE meta AS SELECT * FROM disk.meta;")
         memory.execute("DETACH DATABASE disk")
         for name in names:
@@ -185,11 +187,11 @@ class StoreReader:
             return _by_day_bounds(self, tz, since, until)
         if by in ("model", "consumer") and not since and not until:
             return _whole_store_by(self, by)
-        clause, params = _range_clause(since, until, " WHERE u.")
+        src, params = window.source(since, until)
         key = {"model": "u.model", "consumer": "u.consumer", "session": "s.file"}[by]
         sums = ", ".join(f"SUM(u.{c})" for c in SUMS)
-        sql = (f"SELECT {key}, COUNT(DISTINCT u.sid), {sums} FROM usage u "
-               f"JOIN sessions s ON s.sid = u.sid{clause} "
+        sql = (f"SELECT {key}, COUNT(DISTINCT u.sid), {sums} FROM {src} u "
+               f"JOIN sessions s ON s.sid = u.sid "
                f"GROUP BY {key} ORDER BY SUM(u.cost) DESC, {key}")
         return [_priced_or_none({"key": r[0], "sessions": r[1], **dict(zip(SUMS, r[2:]))})
                 for r in self.db.execute(sql, params)]
@@ -293,31 +295,15 @@ def range_totals(reader: StoreReader, since: str | None = None, until: str | Non
         sums = ", ".join(f"COALESCE(SUM({c}), 0)" for c in _SESSION_SUMS)
         r = reader.db.execute(f"SELECT COUNT(*), {sums} FROM sessions").fetchone()
         return _priced_or_none({"sessions": r[0], **dict(zip(_SESSION_SUMS, r[1:]))})
-    where, params = _range_clause(since, until)
+    src, params = window.source(since, until)
     sums = ", ".join(f"COALESCE(SUM({c}), 0)" for c in SUMS)
-    r = reader.db.execute(f"SELECT COUNT(DISTINCT sid), {sums} FROM usage{where}", params).fetchone()
+    r = reader.db.execute(f"SELECT COUNT(DISTINCT sid), {sums} FROM {src}", params).fetchone()
     return _priced_or_none({"sessions": r[0], **dict(zip(SUMS, r[1:]))})
 
 
 # Sums the sessions table also holds (it has no per-bucket token split).
 _SESSION_SUMS = ("rounds", "input", "output", "reasoning", "cached", "cache_write", "cost",
                  "unpriced_rounds", "tool_calls")
-
-
-def _range_clause(since: str | None, until: str | None, prefix: str = " WHERE ") -> tuple[str, list]:
-    """SQL limiting usage rows to [since, until). ``prefix`` ends with the table alias
-    when the query has one (" WHERE u."). Quarter-hour resolution: a time inside a
-    quarter-hour includes the whole quarter-hour."""
-    alias = prefix[prefix.rfind(" ") + 1:] if prefix.endswith(".") else ""
-    lead = prefix[: len(prefix) - len(alias)]
-    where, params = [], []
-    if since:
-        where.append(f"{alias}bucket >= ?")
-        params.append(quarter_hour(since))
-    if until:
-        where.append(f"{alias}bucket < ?")
-        params.append(quarter_hour(until))
-    return (lead + " AND ".join(where)) if where else "", params
 
 
 def _whole_store_by(reader: StoreReader, by: str) -> list[dict]:
@@ -369,41 +355,45 @@ def _sessions_per(reader: StoreReader, by: str, null_key: bool) -> list[tuple]:
 
 def _by_day_bounds(reader: StoreReader, tz: tzinfo, since: str | None,
                    until: str | None) -> list[dict]:
-    """Rows per local day of ``tz``: the sums grouped per quarter-hour and model in SQL
-    (a few thousand rows a month), each quarter-hour put on its local day here, and the
-    sessions of each day counted over that day's UTC bounds with the bucket index."""
-    where, params = _range_clause(since, until)
+    """Rows per local day of ``tz``: the window's sums grouped per quarter-hour (or edge
+    round) and model in SQL (a few thousand rows a month), each put on its local day
+    here; a quarter-hour holding a local midnight (an offset such as -09:04) is read
+    round by round; and the sessions of each day counted over that day's exact bounds."""
+    src, params = window.source(since, until)
     sums = ", ".join(f"SUM({c})" for c in SUMS)
+    rows = reader.db.execute(f"SELECT at, model, {sums} FROM {src} GROUP BY at, model",
+                             params).fetchall()
+    split = sorted({r[0] for r in rows if len(r[0]) == 16 and window.straddles(r[0], tz)})
+    if split:
+        rows = [r for r in rows if r[0] not in split]
+        for bucket in split:   # wholly inside the window: usage rows exist only for those
+            rows += reader.db.execute(f"SELECT ts, model, {', '.join(SUMS)} FROM round_usage "
+                                      "WHERE bucket = ?", (bucket,)).fetchall()
     days: dict[date, dict] = {}
     day_of: dict[str, date] = {}
-    cost_at = 1 + SUMS.index("cost")
-    for r in reader.db.execute(f"SELECT bucket, {sums} FROM usage{where} GROUP BY bucket", params):
+    cost_at = 2 + SUMS.index("cost")
+    for r in rows:
         day = day_of.get(r[0])
         if day is None:
-            day = day_of[r[0]] = local_day(r[0], tz)
+            day = day_of[r[0]] = window.local_date(r[0], tz)
         acc = days.get(day)
         if acc is None:
             acc = days[day] = {"key": day.isoformat(), **{c: 0 for c in SUMS}, "models": {},
                                "costs": []}
-        for c, v in zip(SUMS, r[1:]):
+        for c, v in zip(SUMS, r[2:]):
             acc[c] += v
         acc["costs"].append(r[cost_at])
-    # Models per day, by rounds: only the model and a count cross into Python.
-    for bucket, model, rounds in reader.db.execute(
-            f"SELECT bucket, model, SUM(rounds) FROM usage{where} GROUP BY bucket, model", params):
-        models = days[day_of[bucket]]["models"]
-        name = model or "(no model)"
-        models[name] = models.get(name, 0) + rounds
+        name = r[1] or "(no model)"
+        acc["models"][name] = acc["models"].get(name, 0) + r[2]
     result = []
     for day in sorted(days):
         acc = days[day]
-        lo = max(quarter_hour(local_midnight_utc(day, tz)), quarter_hour(since) if since else "")
-        hi = quarter_hour(local_midnight_utc(day + timedelta(days=1), tz))
-        if until:
-            hi = min(hi, quarter_hour(until))
-        acc["sessions"] = reader.db.execute(
-            "SELECT COUNT(DISTINCT sid) FROM usage WHERE bucket >= ? AND bucket < ?",
-            (lo, hi)).fetchone()[0]
+        lo, hi = _day_bounds(day, tz)
+        lo = max(lo, since) if since and lo else (lo or since)
+        hi = min(hi, until) if until and hi else (hi or until)
+        day_src, day_params = window.source(lo, hi)
+        acc["sessions"] = reader.db.execute(f"SELECT COUNT(DISTINCT sid) FROM {day_src}",
+                                            day_params).fetchone()[0]
         acc["models"] = sorted(acc["models"], key=lambda m: (-acc["models"][m], m))
         acc["cost"] = math.fsum(acc["costs"])   # money: the sum must not depend on order
         result.append(_priced_or_none({"key": acc["key"], "sessions": acc["sessions"],
@@ -411,12 +401,53 @@ def _by_day_bounds(reader: StoreReader, tz: tzinfo, since: str | None,
     return result
 
 
+def _day_bounds(day: date, tz: tzinfo) -> tuple[str | None, str | None]:
+    """A local day's UTC bounds as stored-time strings (None where the calendar ends)."""
+    try:
+        lo = local_midnight_utc(day, tz)
+    except (OverflowError, ValueError):
+        lo = None
+    try:
+        hi = local_midnight_utc(day + timedelta(days=1), tz)
+    except (OverflowError, ValueError):
+        hi = None
+    return lo, hi
+
+
+def latest_round(reader: StoreReader) -> str | None:
+    """The time of the newest round in the store (None when it is empty)."""
+    return reader.db.execute("SELECT MAX(ts) FROM round_usage").fetchone()[0]
+
+
+def has_rounds(reader: StoreReader, since: str | None, until: str | None) -> bool:
+    src, params = window.source(since, until)
+    return reader.db.execute(f"SELECT 1 FROM {src} LIMIT 1", params).fetchone() is not None
+
+
+def recent_days(reader: StoreReader, days: int, tz: tzinfo,
+                end: date | None = None) -> tuple[date, date, str, str, str]:
+    """The ``days`` days ending ``end`` (default today in ``tz``): first and last day,
+    their UTC bounds, and a note. Without ``end``, a window holding no round while the
+    store has older ones (a log replayed from last month, the bundled example) ends on
+    the day of the latest round instead, and the note says so; else the note is ''."""
+    first, last, since, until = day_window(days, tz, end)
+    if end is None:
+        latest = latest_round(reader)
+        if latest is not None and latest < since and not has_rounds(reader, since, until):
+            shown = last
+            first, last, since, until = day_window(days, tz, window.local_date(latest, tz))
+            return first, last, since, until, (
+                f"no rounds in the {plural(days, 'day')} to {shown}: showing the "
+                f"{plural(days, 'day')} to the latest round ({latest[:16].replace('T', ' ')} UTC)")
+    return first, last, since, until, ""
+
+
 def unpriced_between(reader: StoreReader, since: str | None = None,
                      until: str | None = None) -> list[tuple[str, int]]:
     """Like :meth:`StoreReader.unpriced_models`, for the rounds in [since, until)."""
-    where, params = _range_clause(since, until, " AND ")
+    src, params = window.source(since, until)
     return [(m or "(no model)", n) for m, n in reader.db.execute(
-        f"SELECT model, SUM(unpriced_rounds) FROM usage WHERE unpriced_rounds > 0{where} "
+        f"SELECT model, SUM(unpriced_rounds) FROM {src} WHERE unpriced_rounds > 0 "
         "GROUP BY model ORDER BY 2 DESC, 1", params)]
 
 

@@ -16,6 +16,7 @@ import re
 import weakref
 from dataclasses import dataclass, fields, replace
 
+from . import window
 from .pricing import Buckets, Price, PriceTable, bucket_cost, provider_of
 
 CAVEAT = ("Same tokens at another model's prices: a cheaper model may need more rounds or "
@@ -191,20 +192,16 @@ def index_suggestions(db, table: PriceTable, by_model: list[dict] | None = None,
                       since: str | None = None, until: str | None = None,
                       min_saving_pct: float = MIN_SAVING_PCT) -> dict[str, dict]:
     """``session id -> {"model", "cost_usd", "saving_pct"}``: each session's priced
-    tokens (in [since, until) if given, as quarter-hour buckets) on the cheaper model
+    tokens (in [since, until) if given, exactly) on the cheaper model
     chosen for its latest model, same provider first. From index sums, in one grouped
     scan of the usage rows, at base prices. ``by_model``: per-model aggregate rows
     (``key``, ``b_<bucket>``) if the caller has them, for choosing the candidates."""
-    where, params = "", []
-    for op, value in ((">=", since), ("<", until)):
-        if value:
-            where += f" AND u.bucket {op} ?"
-            params.append(f"{value[:14]}{int(value[14:16]) // 15 * 15:02d}")
+    src, params = window.source(since, until)
     cols = ", ".join(f"SUM(u.b_{f})" for f in _FIELDS)
     if by_model is None:
         by_model = [{"key": row[0], **{f"b_{f}": v for f, v in zip(_FIELDS, row[1:])}}
-                    for row in db.execute(f"SELECT u.model, {cols} FROM usage u WHERE "
-                                          f"u.unpriced_rounds = 0{where} GROUP BY u.model", params)]
+                    for row in db.execute(f"SELECT u.model, {cols} FROM {src} u WHERE "
+                                          f"u.unpriced_rounds = 0 GROUP BY u.model", params)]
     mix = {r["key"]: Buckets(*(r.get(f"b_{f}") or 0 for f in _FIELDS)) for r in by_model
            if r["key"] is not None}
     plan = best_per_model(table, mix)
@@ -215,8 +212,8 @@ def index_suggestions(db, table: PriceTable, by_model: list[dict] | None = None,
         rates[model] = [(key, tuple(_rate(price, f) for f in _FIELDS))
                         for key, price in (o for o in options if o is not None)]
     found = {}
-    sql = (f"SELECT s.session_id, s.model, {cols}, SUM(u.cost) FROM usage u JOIN sessions s "
-           f"ON s.sid = u.sid WHERE u.unpriced_rounds = 0{where} GROUP BY u.sid")
+    sql = (f"SELECT s.session_id, s.model, {cols}, SUM(u.cost) FROM {src} u JOIN sessions s "
+           f"ON s.sid = u.sid WHERE u.unpriced_rounds = 0 GROUP BY u.sid")
     for session_id, model, *sums, actual in db.execute(sql, params):
         options = rates.get(model)
         if not options or not actual or actual <= 0:

@@ -7,6 +7,7 @@ import re
 from datetime import date, datetime, timedelta, timezone, tzinfo
 
 from .errors import EXIT_USAGE, MonitorError
+from .window import stamp
 
 
 def parse_tz(text: str | None) -> tzinfo:
@@ -16,6 +17,8 @@ def parse_tz(text: str | None) -> tzinfo:
     m = re.fullmatch(r"(?:UTC)?([+-])(\d{1,2}):?(\d{2})?", text.strip())
     if m:
         sign = 1 if m.group(1) == "+" else -1
+        if int(m.group(3) or 0) > 59:
+            raise MonitorError(f"time zone offset {text} has more than 59 minutes", EXIT_USAGE)
         delta = timedelta(hours=int(m.group(2)), minutes=int(m.group(3) or 0))
         if delta > timedelta(hours=14):
             raise MonitorError(f"time zone offset {text} is out of range (-14:00..+14:00)", EXIT_USAGE)
@@ -28,14 +31,28 @@ def parse_tz(text: str | None) -> tzinfo:
                            "Asia/Shanghai, or an offset such as +08:00", EXIT_USAGE) from None
 
 
+def duration(text: str) -> timedelta | None:
+    """``90m``, ``24h``, ``7d``, ``2w`` as a duration; None for anything else (a date)."""
+    m = re.fullmatch(r"(\d+)\s*([mhdw])", text.strip())
+    if not m:
+        return None
+    unit = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
+    try:
+        return timedelta(**{unit: int(m.group(1))})
+    except OverflowError:
+        raise MonitorError(f"--since/--until {text!r} reaches before year 1", EXIT_USAGE) from None
+
+
 def parse_since(text: str, tz: tzinfo = timezone.utc, now: datetime | None = None) -> str:
     """``--since``: an ISO date or time, or a duration back from now (``90m``, ``24h``,
     ``7d``). Returns a stored-time string (UTC) to compare with."""
     now = now or datetime.now(timezone.utc)
-    m = re.fullmatch(r"(\d+)\s*([mhdw])", text.strip())
-    if m:
-        unit = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
-        moment = now - timedelta(**{unit: int(m.group(1))})
+    back = duration(text)
+    if back is not None:
+        try:
+            moment = now - back
+        except OverflowError:
+            raise MonitorError(f"--since/--until {text!r} reaches before year 1", EXIT_USAGE) from None
     else:
         try:
             moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
@@ -44,12 +61,11 @@ def parse_since(text: str, tz: tzinfo = timezone.utc, now: datetime | None = Non
                                "(2026-02-01T09:30) or a duration (90m, 24h, 7d)", EXIT_USAGE) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=tz)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-def local_day(bucket: str, tz: tzinfo) -> date:
-    moment = datetime.strptime(bucket, "%Y-%m-%dT%H:%M").replace(tzinfo=timezone.utc)
-    return moment.astimezone(tz).date()
+    try:
+        return stamp(moment)
+    except (OverflowError, ValueError):
+        raise MonitorError(f"--since/--until {text!r} is outside the calendar (years 1..9999 "
+                           "in UTC)", EXIT_USAGE) from None
 
 
 def day_window(days: int, tz: tzinfo, last_day: date | None = None) -> tuple[date, date, str, str]:
@@ -62,5 +78,4 @@ def day_window(days: int, tz: tzinfo, last_day: date | None = None) -> tuple[dat
 
 
 def local_midnight_utc(day: date, tz: tzinfo) -> str:
-    moment = datetime(day.year, day.month, day.day, tzinfo=tz)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return stamp(datetime(day.year, day.month, day.day, tzinfo=tz))
