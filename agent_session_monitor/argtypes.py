@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
+import re
 import sys
 from typing import TextIO
 
@@ -74,9 +76,28 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None, err: TextIO,
     line on ``err``), 0 after --help or --version (written to ``out``)."""
     try:
         with contextlib.redirect_stdout(out or sys.stdout):
-            return parser.parse_args(argv)
+            return parser.parse_args(join_offsets(sys.argv[1:] if argv is None else list(argv)))
     except UsageError as e:
         err.write(f"{e}\n")
         return EXIT_USAGE
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 0
+
+
+def prog_name(default: str) -> str:
+    """The name the user typed: ``agent-session-web`` when installed, else the script's
+    (``webserver.py``), which is what the docs show."""
+    name = os.path.basename(sys.argv[0] or "")
+    return name if name.startswith("agent-session") else default
+
+
+def join_offsets(argv: list[str], options: tuple[str, ...] = ("--tz",)) -> list[str]:
+    """``--tz -05:00`` as ``--tz=-05:00``: argparse takes a value starting with "-" for
+    an option, and a negative offset is the natural way to write western zones."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] in options and re.fullmatch(r"-\d{1,2}(:?\d{2})?", arg):
+            joined[-1] = f"{joined[-1]}={arg}"
+        else:
+            joined.append(arg)
+    return joined

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from . import __version__
-from .argtypes import Parser, parse
+from .argtypes import Parser, parse, prog_name
 from .config import (DEFAULT_DATA_DIR, ENV_BASE_URL, ENV_DATA_DIR, ENV_LINK_SECRET,
                      ENV_PRICING, data_dir, resolve)
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, MonitorError, silence_stdout
-from .fmt import fmt_int, fmt_usd, safe_text
+from .fmt import fmt_int, fmt_usd, plural, safe_text
 from .fsutil import atomic_write
 from .links import DEFAULT_BASE_URL, session_url
 from .burn import burn
@@ -33,12 +33,13 @@ from .render_text import (render_burn, render_session, render_sessions, render_u
                           terminal_width, write_csv, write_json)
 from .focus import DEFAULT_ACCOUNT, FOCUS_VERSION, write_focus
 from .finops_report import REPORT_CSV_FIELDS, finops_report, report_csv_rows, session_what_if
-from .report import (SORTS, StoreReader, day_range, range_totals, session_record,
-                     unpriced_between, usage_record)
-from .timerange import day_window, parse_since, parse_tz
+from .report import (SORTS, StoreReader, day_range, has_rounds, latest_round, range_totals,
+                     recent_days, session_record, unpriced_between, usage_record)
+from . import window
+from .timerange import duration, parse_since, parse_tz
 from .session import full_context
 
-PROG = "cli.py"
+PROG = prog_name("cli.py")
 
 
 # -- commands -------------------------------------------------------------------------
@@ -82,6 +83,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     since = parse_since(args.since, tz) if args.since else None
     filters = dict(model=args.model, consumer=args.consumer, since=since, search=args.search)
     with _reader(args) as reader:
+        filters["since"] = _slide(args, reader, since)
         rows = reader.sessions(args.sort_by, args.limit or None, args.offset, **filters)
         count = reader.count_sessions(**filters) if args.limit or args.offset else len(rows)
         _note_if_empty(args, reader)
@@ -112,6 +114,8 @@ def _stats(args: argparse.Namespace, out: TextIO, by: str, header: str, title: s
     since, until = _window(args, tz)
     with _reader(args) as reader:
         _note_if_empty(args, reader)
+        if until is None:
+            since = _slide(args, reader, since)
         rows = reader.aggregate(by, since=since, until=until)
         if args.json:
             write_json(out, [usage_record(r, by) for r in rows], rows=True)
@@ -128,9 +132,11 @@ def cmd_stats_date(args: argparse.Namespace, out: TextIO) -> int:
     """Per day of event time: each round on the day of its own timestamp in --tz."""
     tz = parse_tz(args.tz)
     end = _day(args.end) if args.end else None
-    first, last, since, until = day_window(args.days, tz, end)
     with _reader(args) as reader:
         _note_if_empty(args, reader)
+        first, last, since, until, note = recent_days(reader, args.days, tz, end)
+        if note:
+            args.err.write(f"note: {note}\n")
         rows = day_range(reader.aggregate("day", tz=tz, since=since, until=until),
                          args.days, tz, today=last)
         if args.json:
@@ -138,15 +144,16 @@ def cmd_stats_date(args: argparse.Namespace, out: TextIO) -> int:
             return EXIT_OK
         totals = range_totals(reader, since, until)
         unpriced = unpriced_between(reader, since, until)
-    title = (f"Daily Statistics (last {args.days} day{'s' if args.days != 1 else ''}: "
-             f"{first} to {last}, days in {tz})")
+    title = (f"Daily Statistics (last {plural(args.days, 'day')}: {first} to {last}, days in {tz}"
+             + (", ending at the latest round" if note else "") + ")")
     render_usage(out, title, "DATE", rows, totals, unpriced, models_column=True)
     return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     """The FinOps report (totals, by model, day, consumer, session) as JSON or CSV."""
-    kind = args.format or _format_of(args.file)
+    # "-" is stdout: JSON unless --format says CSV (a pipe has no extension to go by).
+    kind = args.format or ("json" if args.file == "-" else _format_of(args.file))
     tz = parse_tz(args.tz)
     since, until = _window(args, tz)
     if kind == "focus":
@@ -296,9 +303,29 @@ def _window(args: argparse.Namespace, tz) -> tuple[str | None, str | None]:
     return since, until
 
 
+def _slide(args: argparse.Namespace, reader: StoreReader, since: str | None) -> str | None:
+    """``--since 24h`` (back from now) with no round since, in a store that has older
+    ones (a replayed log, the bundled example): the same span back from the latest round
+    instead, said on stderr. A date or time given as such never moves."""
+    back = duration(args.since) if args.since else None
+    if back is None or since is None:
+        return since
+    latest = latest_round(reader)
+    if latest is None or latest >= since:
+        return since
+    moved = window.stamp(window.parse_stamp(latest) - back)
+    args.since_note = f"the {args.since} to the latest round"
+    args.err.write(f"note: no rounds in the last {safe_text(args.since)}: showing the "
+                   f"{safe_text(args.since)} to the latest round ({latest[:16].replace('T', ' ')} "
+                   "UTC)\n")
+    return moved
+
+
 def _range_title(args: argparse.Namespace) -> str:
-    parts = ([f"since {args.since}"] if args.since else []) + (
-        [f"until {args.until}"] if args.until else [])
+    since = getattr(args, "since_note", None) or (f"since {args.since}" if args.since else None)
+    parts = ([since] if since else []) + ([f"until {args.until}"] if args.until else [])
+    if parts and args.tz and str(parse_tz(args.tz)) != "UTC":
+        parts.append(f"times in {args.tz}")
     return f" ({', '.join(safe_text(p) for p in parts)})" if parts else ""
 
 
@@ -478,7 +505,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
     out = out or sys.stdout
     err = err or sys.stderr
     parser = build_parser()
-    args = parse(parser, _join_offsets(sys.argv[1:] if argv is None else argv), err, out)
+    args = parse(parser, argv, err, out)
     if isinstance(args, int):
         return args
     if not getattr(args, "handler", None):
@@ -507,16 +534,3 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
         err.write(f"{PROG}: internal error: {type(e).__name__}: {safe_text(e)} (set "
                   "AGENT_SESSION_MONITOR_DEBUG=1 for the traceback, and please report it)\n")
         return EXIT_RUNTIME
-
-
-def _join_offsets(argv: list[str]) -> list[str]:
-    """``--tz -05:00`` as ``--tz=-05:00``: argparse takes a value starting with "-" for
-    an option, and a negative offset is the natural way to write western zones."""
-    joined: list[str] = []
-    for arg in argv:
-        if joined and joined[-1] == "--tz" and re.fullmatch(r"-\d{1,2}(:?\d{2})?", arg):
-            joined[-1] = f"--tz={arg}"
-        else:
-            joined.append(arg)
-    return joined
-

@@ -13,7 +13,7 @@ from typing import Iterator, TextIO
 
 from .argtypes import Parser, non_negative_float as _non_negative_float, \
     non_negative_int as _non_negative, parse, positive_float as _positive_float, \
-    positive_int as _positive
+    positive_int as _positive, prog_name
 from . import __version__, export, finops
 from .config import (DEFAULT_LOG_PATH, ENV_DATA_DIR, ENV_PRICING, HIGRESS_LOG_PATH,
                      allowed_log_dirs, check_log_path_allowed, data_dir)
@@ -27,7 +27,7 @@ EXIT_ALREADY_RUNNING = 3
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
-        prog="main.py",
+        prog=prog_name("main.py"),
         description="Read Higress access logs (ai-statistics ai_log) and keep one JSON file "
                     "per agent session with its rounds, tokens and cost.",
         epilog="One pass and exit by default (for cron); --follow keeps polling.")

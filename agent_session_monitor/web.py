@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from . import __version__
-from .argtypes import Parser, non_negative_float, parse, port as port_number
+from .argtypes import Parser, non_negative_float, parse, port as port_number, prog_name
 from .config import ENV_LINK_SECRET, ENV_TOKEN, data_dir as resolve_data_dir, resolve
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, MonitorError
 from .webapp import TEXT, Response, WebApp
@@ -259,7 +259,7 @@ def is_loopback(host: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
-        prog="webserver.py", description="Web UI for the agent-session-monitor session store.")
+        prog=prog_name("webserver.py"), description="Web UI for the agent-session-monitor session store.")
     parser.add_argument("--data-dir", help="session store written by main.py "
                         "(default ./sessions, or $AGENT_SESSION_MONITOR_DATA_DIR)")
     parser.add_argument("--host", default=DEFAULT_HOST,
