@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, TextIO
 
-from .index import quarter_hour, sql_text
+from .index import sql_text
 from .names import is_session_file
 from .pricing import PriceTable, provider_of
-from .report import StoreReader, _range_clause
+from . import window
+from .report import StoreReader
 from .store import read_document
 
 FOCUS_VERSION = "1.2"
@@ -91,12 +92,12 @@ _TOKENS = ("SUM(u.b_input + u.b_cache_read + u.b_cache_write + u.b_cache_write_1
 
 
 def _day_groups(reader: StoreReader, since, until, agents: bool) -> Iterable[dict]:
-    where, params = _range_clause(since, until, " WHERE u.")
+    src, params = window.source(since, until)
     agent = "s.agent" if agents else "NULL"
     join = " JOIN sessions s ON s.sid = u.sid" if agents else ""
-    sql = (f"SELECT substr(u.bucket, 1, 10) AS day, u.model, u.consumer, {agent}, "
+    sql = (f"SELECT substr(u.at, 1, 10) AS day, u.model, u.consumer, {agent}, "
            f"SUM(u.rounds), SUM(u.unpriced_rounds), {', '.join(_TOKENS)}, "
-           f"group_concat(u.cost, ' ') FROM usage u{join}{where} "
+           f"group_concat(u.cost, ' ') FROM {src} u{join} "
            f"GROUP BY day, u.model, u.consumer, {agent} "
            f"ORDER BY day, u.model, u.consumer, {agent}")
     for r in reader.db.execute(sql, params):
@@ -111,13 +112,11 @@ def _day_groups(reader: StoreReader, since, until, agents: bool) -> Iterable[dic
 def _rounds(reader: StoreReader, since, until, agents: bool) -> Iterable[dict]:
     """Each round of the window, from the files of the sessions the index says have
     rounds in it."""
-    where, params = _range_clause(since, until, " WHERE u.")
+    src, params = window.source(since, until)
     agent = "s.agent" if agents else "NULL"
     sessions = reader.db.execute(
-        f"SELECT DISTINCT s.file, s.unsessioned, {agent} FROM usage u JOIN sessions s "
-        f"ON s.sid = u.sid{where} ORDER BY s.session_id", params).fetchall()
-    lo = quarter_hour(since) if since else None
-    hi = quarter_hour(until) if until else None
+        f"SELECT DISTINCT s.file, s.unsessioned, {agent} FROM {src} u JOIN sessions s "
+        f"ON s.sid = u.sid ORDER BY s.session_id", params).fetchall()
     for name, unsessioned, agent_id in sessions:
         if not is_session_file(name) or name != os.path.basename(name):
             continue   # never a path built from anything but a session file's name
@@ -126,9 +125,8 @@ def _rounds(reader: StoreReader, since, until, agents: bool) -> Iterable[dict]:
         except (OSError, ValueError):
             continue
         for rnd in doc.get("rounds") or []:
-            bucket = quarter_hour(rnd["timestamp"])
-            if (lo and bucket < lo) or (hi and bucket >= hi):
-                continue   # the same quarter-hour resolution as every other report
+            if (since and rnd["timestamp"] < since) or (until and rnd["timestamp"] >= until):
+                continue   # exact, as every other report (window.py)
             start = datetime.strptime(rnd["timestamp"][:19], "%Y-%m-%dT%H:%M:%S").replace(
                 tzinfo=timezone.utc)
             b = rnd.get("buckets") or {}
