@@ -193,11 +193,20 @@ class Tailer:
                 break
             else:
                 src = self._new_source(lf)
-                if src is not None:
-                    self.sources.append(src)
-                    matched[i] = (src, lf)
-                    taken.add(id(src))
-                    new.add(i)
+                if src is None:
+                    continue
+                known = next((s for s in self.sources if _held_key(s) == _held_key(src)), None)
+                if known is not None and id(known) not in taken:
+                    # Our own file under a matching head we can no longer confirm (a hand-
+                    # edited head_fp): one source per file, never a second with its keys.
+                    known.head_fp, known.head_len = src.fp, src.fp_len
+                    matched[i] = (known, lf)
+                    taken.add(id(known))
+                    continue
+                self.sources.append(src)
+                matched[i] = (src, lf)
+                taken.add(id(src))
+                new.add(i)
         result = []
         for i, lf in enumerate(files):
             if i in matched:
@@ -423,6 +432,14 @@ class Tailer:
             self.events.append(TailEvent("bad_gzip", f"{lf.path}: {reader.error}; "
                                          "kept the lines before the damage"))
         src.gz_complete = reader.complete or bool(reader.error)
+        if reader.complete and reader.position < src.offset:
+            # Shorter than where reading stopped: a state ahead of the file. Read it
+            # again from the start on the next pass; stored lines are skipped by key.
+            self.events.append(TailEvent(
+                "truncated", f"{lf.path} holds {reader.position:,} bytes, less than where "
+                f"reading stopped ({src.offset:,}); reading it again from the start",
+                quiet=True))
+            src.offset, src.gz_complete = 0, False
         src.size = max(src.size, reader.position)
         src.mtime = lf.mtime
         lf.file.close()

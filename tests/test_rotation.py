@@ -235,8 +235,37 @@ class RotationScenarios(TempDirTest):
         self.poll()
         os.truncate(self.log, 0)
         write_lines(self.log, reqs(4, 5))
-        self.poll()
+        _code, _out, err = self.poll()
         self.assertEqual(stored_inputs(self.out), inputs(1, 5))
+        self.assertNotIn("loss", err)       # every line was read: nothing to cry about
+
+    def test_cron_benign_file_actions_print_nothing_about_loss(self):
+        def regrow():
+            os.truncate(self.log, 0)
+            write_lines(self.log, reqs(20, 30))
+        def same_head_regrow():             # identical first KiB, then more: T2 / item 7
+            data = self.log.read_bytes()
+            os.truncate(self.log, 0)
+            write_lines(self.log, [data, *reqs(40, 41)])
+        def recreate():
+            os.remove(self.log)
+            write_lines(self.log, reqs(50, 51))
+        def compress():
+            self.rotate(compress=True)
+            write_lines(self.log, reqs(60, 61))
+        def swap():
+            os.replace(self.log, self.tmp / "old-target.log")
+            os.symlink("new-target.log", self.log)
+            write_lines(self.log, reqs(70, 71))
+        write_lines(self.log, reqs(1, 3))
+        self.poll()
+        for action in (regrow, same_head_regrow, recreate, compress, swap):
+            with self.subTest(action.__name__):
+                action()
+                _code, _out, err = self.poll()
+                self.assertNotIn("loss", err)
+        self.assertEqual(stored_inputs(self.out), inputs(1, 3) + inputs(20, 30) + inputs(40, 41)
+                         + inputs(50, 51) + inputs(60, 61) + inputs(70, 71))
 
     def test_t3_partial_last_line_waits_for_its_end(self):
         whole = make_line(2)
