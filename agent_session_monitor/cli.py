@@ -33,8 +33,9 @@ from .render_text import (render_burn, render_session, render_sessions, render_u
                           terminal_width, write_csv, write_json)
 from .focus import DEFAULT_ACCOUNT, FOCUS_VERSION, write_focus
 from .finops_report import REPORT_CSV_FIELDS, finops_report, report_csv_rows, session_what_if
-from .report import (SORTS, StoreReader, day_range, has_rounds, latest_round, range_totals,
-                     recent_days, session_record, unpriced_between, usage_record)
+from .report import (KEY_GROUPS, SORTS, StoreReader, day_range, has_rounds, key_group_record,
+                     key_group_rows, latest_round, range_totals, recent_days, session_record,
+                     unpriced_between, usage_record)
 from . import window
 from .timerange import duration, parse_since, parse_tz
 from .session import full_context
@@ -51,6 +52,7 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
         doc = reader.load_session(args.session_id)
         if doc is None:
             raise _unknown_session(reader, args)
+        family = None if doc.get("unsessioned") else reader.rollup(doc["session_id"])
         table = load_price_table(args.pricing)
     compare = table if args.compare else None
     rounds = doc.get("rounds") or []
@@ -70,10 +72,13 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
         if suggestions is not None:
             shown["what_if"] = suggestions
         shown["insights"] = insights
+        if family:
+            shown["subagents"] = family
         write_json(out, shown)
     else:
         render_session(out, doc, tz=tz, max_chars=args.max_chars, contexts=contexts,
-                       only_round=args.round, suggestions=suggestions, insights=insights)
+                       only_round=args.round, suggestions=suggestions, insights=insights,
+                       family=family)
     return EXIT_OK
 
 
@@ -108,23 +113,46 @@ def cmd_stats_consumer(args: argparse.Namespace, out: TextIO) -> int:
                   ["(none): requests the gateway logged without a consumer."])
 
 
+def cmd_stats_agent(args: argparse.Namespace, out: TextIO) -> int:
+    """Per OpenClaw agent (from the session key): cost, and the share its sub-agents spent."""
+    return _stats(args, out, "agent", "AGENT", "Agent Statistics",
+                  ["Each session counts under the agent its key names (agent:<id>:...); "
+                   "(none): keys that name no agent.",
+                   "SUB-AGENTS: the part of COST spent in sub-agent sessions "
+                   "(agent:<id>:subagent:...); SHARE: that part of COST."])
+
+
+def cmd_stats_channel(args: argparse.Namespace, out: TextIO) -> int:
+    """Per channel (telegram, discord...), with what the sub-agents they spawned spent."""
+    return _stats(args, out, "channel", "CHANNEL", "Channel Statistics",
+                  ["Each session counts under the channel its key names; (none): keys that "
+                   "name none (sub-agents, cron, hooks, main).",
+                   "SPAWNED: what the sub-agents spawned from the channel's sessions spent "
+                   "(also counted in their own row); WITH SUB-AGENTS = COST + SPAWNED; "
+                   "SHARE = SPAWNED / WITH SUB-AGENTS."])
+
+
 def _stats(args: argparse.Namespace, out: TextIO, by: str, header: str, title: str,
            notes: list[str]) -> int:
     tz = parse_tz(args.tz)
     since, until = _window(args, tz)
+    keyed = by in KEY_GROUPS
     with _reader(args) as reader:
         _note_if_empty(args, reader)
         if until is None:
             since = _slide(args, reader, since)
-        rows = reader.aggregate(by, since=since, until=until)
+        rows = (key_group_rows(reader, by, since, until) if keyed
+                else reader.aggregate(by, since=since, until=until))
         if args.json:
-            write_json(out, [usage_record(r, by) for r in rows], rows=True)
+            record = key_group_record if keyed else usage_record
+            write_json(out, [record(r, by) for r in rows], rows=True)
             return EXIT_OK
         totals = range_totals(reader, since, until)
         unpriced = ([(r["key"] or "(no model)", r["unpriced_rounds"]) for r in rows
                      if r["unpriced_rounds"]] if by == "model"
                     else unpriced_between(reader, since, until))
-    render_usage(out, title + _range_title(args), header, rows, totals, unpriced, notes=notes)
+    render_usage(out, title + _range_title(args), header, rows, totals, unpriced, notes=notes,
+                 subagents=by if keyed else None)
     return EXIT_OK
 
 
@@ -446,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("stats-model", cmd_stats_model, zone, window)
     command("stats-consumer", cmd_stats_consumer, zone, window)
+    command("stats-agent", cmd_stats_agent, zone, window)
+    command("stats-channel", cmd_stats_channel, zone, window)
 
     c = command("stats-date", cmd_stats_date, zone)
     c.add_argument("--days", type=_days, default=7, metavar="N",
@@ -510,7 +540,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
         return args
     if not getattr(args, "handler", None):
         err.write(f"{PROG}: error: a command is needed (show, list, stats-model, stats-date, "
-                  "stats-consumer, export, burn, url); --help explains them\n")
+                  "stats-consumer, stats-agent, stats-channel, export, burn, url); --help explains them\n")
         return EXIT_USAGE
     args.err = err
     try:

@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .names import is_session_file
+from .session_keys import parse_session_key
+from .subagents import doc_claims
 from .store import read_document
 
 INDEX_NAME = ".index.sqlite"
-INDEX_VERSION = 4
+INDEX_VERSION = 5   # 4: per-round edge table; 5: agent, channel, kind, spawns
 BUCKET_FIELDS = ("input", "cache_read", "cache_write", "cache_write_1h", "output", "reasoning")
 
 _SCHEMA = f"""
@@ -39,7 +41,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     input INTEGER NOT NULL, output INTEGER NOT NULL, reasoning INTEGER NOT NULL,
     cached INTEGER NOT NULL, cache_write INTEGER NOT NULL,
     cost REAL, unpriced_rounds INTEGER NOT NULL, model TEXT, models TEXT NOT NULL,
-    consumers TEXT NOT NULL, tool_calls INTEGER NOT NULL, size INTEGER NOT NULL);
+    consumers TEXT NOT NULL, tool_calls INTEGER NOT NULL, size INTEGER NOT NULL,
+    agent TEXT, channel TEXT, kind TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS sessions_updated ON sessions (updated_at);
 CREATE INDEX IF NOT EXISTS sessions_id ON sessions (session_id);
 CREATE TABLE IF NOT EXISTS usage (
@@ -59,6 +62,9 @@ CREATE TABLE IF NOT EXISTS round_usage (
     cost REAL NOT NULL, unpriced_rounds INTEGER NOT NULL, tool_calls INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS round_usage_ts ON round_usage (ts);
 CREATE INDEX IF NOT EXISTS round_usage_sid ON round_usage (sid);
+-- Sub-agent claims (subagents.py): a parent session's tool results naming a child key.
+CREATE TABLE IF NOT EXISTS spawns (sid INTEGER NOT NULL, child TEXT NOT NULL, claimed_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS spawns_sid ON spawns (sid);
 -- Covering for the per-day reads (models per day, sessions per day): they read the
 -- index alone, never the wide rows.
 CREATE INDEX IF NOT EXISTS usage_bucket ON usage (bucket, model, rounds, sid);
@@ -76,7 +82,8 @@ def quarter_hour(timestamp: str) -> str:
 
 SESSION_FIELDS = ("file", "session_id", "unsessioned", "created_at", "updated_at", "rounds",
                   "input", "output", "reasoning", "cached", "cache_write", "cost",
-                  "unpriced_rounds", "model", "models", "consumers", "tool_calls", "size")
+                  "unpriced_rounds", "model", "models", "consumers", "tool_calls", "size",
+                  "agent", "channel", "kind")
 
 
 def sql_text(value: object) -> object:
@@ -92,6 +99,7 @@ def sql_text(value: object) -> object:
 
 def session_row(file_name: str, doc: dict, size: int) -> tuple:
     rounds = doc.get("rounds") or []
+    key = parse_session_key(None if doc.get("unsessioned") else doc.get("session_id"))
     return (
         file_name, sql_text(doc.get("session_id") or ""), 1 if doc.get("unsessioned") else 0,
         doc.get("created_at"), doc.get("updated_at"), len(rounds),
@@ -101,6 +109,7 @@ def session_row(file_name: str, doc: dict, size: int) -> tuple:
         doc.get("unpriced_rounds") or 0, sql_text(doc.get("model")),
         json.dumps(doc.get("models") or []), json.dumps(doc.get("consumers") or []),
         sum(1 for r in rounds if r.get("has_tool_calls")), size,
+        sql_text(key.agent), sql_text(key.channel), key.kind,
     )
 
 
@@ -150,23 +159,28 @@ def replace_rows(db: sqlite3.Connection, docs: list[tuple[str, dict, int]]) -> N
     """(file name, session document, file size) -> their rows, replacing old ones. A
     session keeps its integer id, which the usage rows carry (smaller than the name).
     The caller holds the transaction."""
-    usage, per_round = [], []
+    usage, per_round, spawns = [], [], []
     for name, doc, size in docs:
         found = db.execute("SELECT sid FROM sessions WHERE file = ?", (name,)).fetchone()
         sid = found[0] if found else None
         if sid is not None:
             db.execute("DELETE FROM usage WHERE sid = ?", (sid,))
             db.execute("DELETE FROM round_usage WHERE sid = ?", (sid,))
+            db.execute("DELETE FROM spawns WHERE sid = ?", (sid,))
             db.execute("DELETE FROM sessions WHERE sid = ?", (sid,))
         sid = db.execute(INSERT_SESSION, (sid, *session_row(name, doc, size))).lastrowid
         rows, rounds = usage_rows(sid, doc)
         usage.extend(rows)
         per_round.extend(rounds)
+        spawns.extend((sid, sql_text(child), at) for child, at in doc_claims(doc))
     db.executemany(INSERT_USAGE, usage)
     db.executemany(INSERT_ROUND, per_round)
+    if spawns:
+        db.executemany("INSERT INTO spawns VALUES (?, ?, ?)", spawns)
 
 
 def delete_rows(db: sqlite3.Connection, name: str) -> None:
+    db.execute("DELETE FROM spawns WHERE sid IN (SELECT sid FROM sessions WHERE file = ?)", (name,))
     db.execute("DELETE FROM usage WHERE sid IN (SELECT sid FROM sessions WHERE file = ?)", (name,))
     db.execute("DELETE FROM round_usage WHERE sid IN (SELECT sid FROM sessions WHERE file = ?)",
                (name,))
@@ -248,6 +262,7 @@ class Index:
             self.db.execute("DELETE FROM sessions")
             self.db.execute("DELETE FROM usage")
             self.db.execute("DELETE FROM round_usage")
+            self.db.execute("DELETE FROM spawns")
             batch: list[tuple[str, dict, int]] = []
             for i, name in enumerate(names, 1):
                 loaded = load_entry(self.directory, name)

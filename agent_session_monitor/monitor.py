@@ -30,6 +30,7 @@ from .pricing import PriceTable, load_price_table
 from .rounds import build_round
 from .state import load_state, save_state
 from .store import SessionStore
+from .subagents import note_spawns
 from .stdin_source import StreamSource
 from .tail import Tailer
 
@@ -261,6 +262,8 @@ class Monitor:
         source = {"fp": fp[:16], "offset": start} if fp is not None else {"stream": "stdin"}
         rnd = build_round(req, key, source, self.table,
                           self.config.store_content)
+        if b"childSessionKey" in line:   # a sub-agent spawn result (cheap test first)
+            note_spawns(session.doc, rnd, req.ai.get("messages"))
         messages = req.ai.get("messages") if self.config.store_content else None
         self.store.add_round(req.session_id, rnd, messages, len(line), session)
         stats.rounds += 1

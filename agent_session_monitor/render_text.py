@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import timezone, tzinfo
 from typing import Callable, Iterable, TextIO
 
-from .fmt import (content_text, fmt_cost, fmt_int, fmt_time, fmt_usd, safe_text, shorten,
+from .session_keys import parse_session_key
+from .fmt import (content_text, fmt_cost, fmt_int, fmt_pct, fmt_time, fmt_usd, safe_text, shorten,
                   tool_call_parts)
 
 ELLIPSIS = "…"
@@ -113,10 +114,24 @@ def _usage_columns(key_header: str, key: Callable[[dict], str]) -> list[Column]:
 
 def render_usage(out: TextIO, title: str, key_header: str, rows: list[dict], totals: dict,
                  unpriced: list[tuple[str, int]], *, models_column: bool = False,
-                 notes: Iterable[str] = ()) -> None:
-    """stats-model / stats-consumer / stats-date: one row per group and a TOTAL row."""
+                 notes: Iterable[str] = (), subagents: str | None = None) -> None:
+    """stats-model / -consumer / -date / -agent / -channel: one row per group and a TOTAL
+    row. ``subagents``: "agent" adds the part spent by sub-agents, "channel" what the
+    sub-agents spawned from each group spent (report.key_group_rows)."""
     columns = _usage_columns(key_header, lambda r: safe_text(r["key"] if r["key"] is not None
                                                              else "(none)"))
+    if subagents == "agent":
+        columns += [Column("SUB-AGENTS", lambda r: "" if "subagent_cost" not in r
+                           else fmt_usd(r["subagent_cost"])),
+                    Column("SHARE", lambda r: "" if "subagent_cost" not in r
+                           else fmt_pct(r["subagent_cost"] or 0, r["cost"] or 0))]
+    elif subagents:
+        columns += [Column("SPAWNED", lambda r: "" if "spawned_cost" not in r
+                           else fmt_usd(r["spawned_cost"])),
+                    Column("WITH SUB-AGENTS", lambda r: "" if "spawned_cost" not in r
+                           else fmt_usd(r["cost_with_subagents"])),
+                    Column("SHARE", lambda r: "" if "spawned_cost" not in r
+                           else fmt_pct(r["spawned_cost"] or 0, r["cost_with_subagents"] or 0))]
     if models_column:
         # The TOTAL row (models None) leaves the column blank.
         columns.append(Column("MODELS", lambda r: "" if r["models"] is None else shorten(
@@ -157,6 +172,8 @@ def render_sessions(out: TextIO, rows: list[dict], total_count: int, *, sort: st
         Column("OUTPUT", lambda r: fmt_int(r["output"])),
         Column("CACHED", lambda r: fmt_int(r["cached"])),
         Column("COST", lambda r: fmt_cost(r["cost"], r["unpriced_rounds"])),
+        *([Column("WITH SUB-AGENTS", lambda r: fmt_usd(r["cost_with_subagents"]))]
+          if rows and "cost_with_subagents" in rows[0] else []),
         Column(f"UPDATED ({tz})", lambda r: safe_text(fmt_time(r["updated_at"], tz, seconds=False)),
                right=False),
     ]
@@ -276,10 +293,12 @@ def write_csv(out: TextIO, fields: list[str], rows: Iterable[dict]) -> None:
 
 def render_session(out: TextIO, doc: dict, *, tz: tzinfo = timezone.utc, max_chars: int = 500,
                    contexts: dict[str, list] | None = None, only_round: int | None = None,
-                   suggestions: list[dict] | None = None, insights: dict | None = None) -> None:
+                   suggestions: list[dict] | None = None, insights: dict | None = None,
+                   family: dict | None = None) -> None:
     """The skill's "CLI Session Details": the header, then every round (or one).
     ``contexts`` maps a round's key to its full rebuilt message list (--full-context);
-    ``insights`` (insights.session_insights) adds anomalies and cheaper models."""
+    ``insights`` (insights.session_insights) adds anomalies and cheaper models;
+    ``family`` (StoreReader.rollup) the parent, the sub-agents and the cost with them."""
     rounds = doc.get("rounds") or []
     w = out.write
     title = f"Session: {safe_text(doc.get('session_id'))}"
@@ -298,8 +317,31 @@ def render_session(out: TextIO, doc: dict, *, tz: tzinfo = timezone.utc, max_cha
         models = safe_text(", ".join(doc.get("unpriced_models") or [])) or "-"
         fields.append(("Unpriced", f"{fmt_int(unpriced)} round{'s' if unpriced != 1 else ''} "
                                    f"(no price for: {models}); not counted as $0"))
+    key = parse_session_key(None if doc.get("unsessioned") else doc.get("session_id"))
+    if key.kind != "other":
+        fields.append(("Agent", f"{safe_text(key.agent or '-')}  channel: "
+                                f"{safe_text(key.channel or '-')}  kind: {key.kind}"))
+    if family:
+        if family["parent"]:
+            fields.append(("Parent", safe_text(family["parent"])))
+        if family["subagents"]:
+            n = family["subagents"]
+            with_subs = fmt_cost(family["cost_with_subagents_usd"],
+                                 family["unpriced_rounds_with_subagents"])
+            fields[5] = ("Cost", f"{fields[5][1]} own; {with_subs} with {n} sub-agent"
+                                 f"{'s' if n != 1 else ''} ({fmt_int(family['rounds_with_subagents'])} rounds)")
     for label, value in fields:
         w(f"{label + ':':<11}{value}\n")
+    if family and family["children"]:
+        w("\nSub-agents (spawned by this session; their rounds are in their own sessions):\n")
+        render_table(out, [
+            Column("  CHILD SESSION", lambda c: "  " + safe_text(c["session_id"]), right=False),
+            Column("ROUNDS", lambda c: fmt_int(c["rounds"]) if c["in_store"] else "-"),
+            Column("OWN COST", lambda c: fmt_cost(c["cost_usd"], c["unpriced_rounds"])
+                   if c["in_store"] else "(no rounds yet)"),
+            Column("WITH SUB-AGENTS", lambda c: fmt_usd(c["cost_with_subagents_usd"])
+                   if c["subagents"] else ""),
+        ], family["children"])
     tokens = [("Input", "total_input_tokens"), ("Output", "total_output_tokens"),
               ("Reasoning", "total_reasoning_tokens"), ("Cached", "total_cached_tokens"),
               ("Cache write", "total_cache_write_tokens")]

@@ -22,7 +22,9 @@ from .fmt import plural
 from .index import (INDEX_NAME, INDEX_VERSION, SESSION_FIELDS, sql_text, connect, create_schema,
                     delete_rows, load_entry, replace_rows)
 from .names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
+from .session_keys import parse_session_key
 from .store import read_document
+from .subagents import resolve_parents, rollups
 from . import window
 from .timerange import day_window, local_midnight_utc
 
@@ -31,7 +33,10 @@ SUMS = window.SUMS
 SORTS = {"updated": "updated_at DESC", "cost": "COALESCE(cost, 0) DESC",
          "tokens": "(input + output) DESC", "rounds": "rounds DESC",
          "created": "created_at DESC", "id": "session_id ASC"}
-GROUPS = ("model", "day", "consumer", "session")
+GROUPS = ("model", "day", "consumer", "session", "agent", "channel", "kind")
+# Groupings by what the session's own key says (session_keys.py): columns of sessions.
+KEY_GROUPS = ("agent", "channel", "kind")
+SORTS["cost-with-subagents"] = "COALESCE(cost, 0) DESC"   # re-ordered in Python: sessions()
 
 
 @dataclass
@@ -42,6 +47,7 @@ class StoreReader:
     directory: Path
     db: sqlite3.Connection
     _model_consumer: dict | None = field(default=None, init=False, repr=False)
+    _links: dict | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def open(cls, directory: Path, progress: bool | None = None) -> "StoreReader":
@@ -81,6 +87,7 @@ class StoreReader:
         memory.executescript("CREATE TABLE sessions AS SELECT * FROM disk.sessions; "
                              "CREATE TABLE usage AS SELECT * FROM disk.usage; "
                              "CREATE TABLE round_usage AS SELECT * FROM disk.round_usage; "
+                             "CREATE TABLE spawns AS SELECT * FROM disk.spawns; "
                              "CREATE TABLE meta AS SELECT * FROM disk.meta;")
         memory.execute("DETACH DATABASE disk")
         for name in names:
@@ -97,6 +104,8 @@ class StoreReader:
     def sessions(self, sort: str = "updated", limit: int | None = None, offset: int = 0,
                  model: str | None = None, consumer: str | None = None,
                  since: str | None = None, search: str | None = None) -> list[dict]:
+        if sort == "cost-with-subagents":
+            return self._sessions_with_subagents(limit, offset, model, consumer, since, search)
         where, params = self._filters(model, consumer, since, search)
         sql = (f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions{where} "
                f"ORDER BY {SORTS.get(sort, SORTS['updated'])}, file")
@@ -104,6 +113,28 @@ class StoreReader:
             sql += " LIMIT ? OFFSET ?"
             params += [limit, offset]
         return [_session_dict(r) for r in self.db.execute(sql, params)]
+
+    def _sessions_with_subagents(self, limit, offset, model, consumer, since, search) -> list[dict]:
+        """Sessions by their cost with sub-agents. Only sessions with descendants cost
+        more than their own, so the top N by it are among the top N by own cost and
+        those few: no need to read every session."""
+        rolled = self.costs_with_subagents()
+        top = self.sessions("cost", None if limit is None else limit + offset, 0, model,
+                            consumer, since, search)
+        where, params = self._filters(model, consumer, since, search)
+        ids = sorted(rolled)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            clause = (" AND " if where else " WHERE ") + f"session_id IN ({','.join('?' * len(chunk))})"
+            top.extend(_session_dict(r) for r in self.db.execute(
+                f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions{where}{clause}",
+                [*params, *chunk]))
+        unique = {r["file"]: r for r in top}
+        for r in unique.values():
+            r["cost_with_subagents"], r["rounds_with_subagents"] = rolled.get(
+                r["session_id"], (r["cost"], r["rounds"])) if not r["unsessioned"] else (r["cost"], r["rounds"])
+        ordered = sorted(unique.values(), key=lambda r: (-(r["cost_with_subagents"] or 0), r["file"]))
+        return ordered[offset:] if limit is None else ordered[offset:offset + limit]
 
     def count_sessions(self, model: str | None = None, consumer: str | None = None,
                        since: str | None = None, search: str | None = None) -> int:
@@ -188,13 +219,137 @@ class StoreReader:
         if by in ("model", "consumer") and not since and not until:
             return _whole_store_by(self, by)
         src, params = window.source(since, until)
-        key = {"model": "u.model", "consumer": "u.consumer", "session": "s.file"}[by]
+        key = {"model": "u.model", "consumer": "u.consumer", "session": "s.file",
+               "agent": "s.agent", "channel": "s.channel", "kind": "s.kind"}[by]
         sums = ", ".join(f"SUM(u.{c})" for c in SUMS)
-        sql = (f"SELECT {key}, COUNT(DISTINCT u.sid), {sums} FROM {src} u "
+        # The part of each group spent in sub-agent sessions (by their own key).
+        sub = (", SUM(CASE WHEN s.kind = 'subagent' THEN u.cost ELSE 0 END), "
+               "SUM(CASE WHEN s.kind = 'subagent' THEN u.rounds ELSE 0 END), "
+               "COUNT(DISTINCT CASE WHEN s.kind = 'subagent' THEN u.sid END)"
+               if by in KEY_GROUPS else "")
+        sql = (f"SELECT {key}, COUNT(DISTINCT u.sid), {sums}{sub} FROM {src} u "
                f"JOIN sessions s ON s.sid = u.sid "
                f"GROUP BY {key} ORDER BY SUM(u.cost) DESC, {key}")
-        return [_priced_or_none({"key": r[0], "sessions": r[1], **dict(zip(SUMS, r[2:]))})
-                for r in self.db.execute(sql, params)]
+        rows = []
+        for r in self.db.execute(sql, params):
+            row = {"key": r[0], "sessions": r[1], **dict(zip(SUMS, r[2:2 + len(SUMS)]))}
+            if by in KEY_GROUPS:
+                row.update(zip(("subagent_cost", "subagent_rounds", "subagent_sessions"),
+                               r[2 + len(SUMS):]))
+                if not row["subagent_rounds"]:
+                    row["subagent_cost"] = 0.0
+            rows.append(_priced_or_none(row))
+        return rows
+
+    # -- sub-agents ------------------------------------------------------------------
+
+    def parent_links(self) -> dict[str, str]:
+        """{child session id: parent session id}, resolved from every claim in the
+        store (subagents.resolve_parents: first claim by event time, no cycles)."""
+        if self._links is None:
+            self._links = resolve_parents(self.db.execute(
+                "SELECT s.session_id, p.child, p.claimed_at FROM spawns p "
+                "JOIN sessions s ON s.sid = p.sid WHERE s.unsessioned = 0"))
+        return self._links
+
+    def _own(self, session_ids: list[str], since: str | None = None,
+             until: str | None = None) -> dict[str, tuple]:
+        """session id -> (own cost, rounds, unpriced rounds), of rounds in [since, until)."""
+        found: dict[str, tuple] = {}
+        src, params = window.source(since, until)
+        for i in range(0, len(session_ids), 500):
+            chunk = session_ids[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for sid, cost, rounds, unpriced in self.db.execute(
+                    f"SELECT s.session_id, SUM(u.cost), SUM(u.rounds), SUM(u.unpriced_rounds) "
+                    f"FROM sessions s JOIN {src} u ON u.sid = s.sid WHERE s.unsessioned = 0 "
+                    f"AND s.session_id IN ({marks}) GROUP BY s.session_id",
+                    [*params, *chunk]):
+                found[sid] = (None if rounds and unpriced == rounds else cost, rounds, unpriced)
+        return found
+
+    def rollup(self, session_id: str) -> dict | None:
+        """One session's own cost, its children (each with own and rolled-up cost) and
+        its cost with every descendant sub-agent; None for a session without a known
+        parent or children (nothing to roll up)."""
+        links = self.parent_links()
+        tree = {session_id} | _descendants(links, session_id)
+        own = self._own(sorted(tree))
+        if session_id not in own:
+            return None
+        rolled = rollups(own, {c: p for c, p in links.items() if c in tree})
+        mine = rolled[session_id]
+        children = []
+        for child in sorted((c for c, p in links.items() if p == session_id),
+                            key=lambda c: (own.get(c, (None,))[0] is None, -(own.get(c, (0,))[0] or 0), c)):
+            r = rolled.get(child)
+            key = parse_session_key(child)
+            children.append({"session_id": child, "agent": key.agent, "kind": key.kind,
+                             "in_store": r is not None,
+                             "cost_usd": r.cost if r else None, "rounds": r.rounds if r else 0,
+                             "unpriced_rounds": r.unpriced_rounds if r else 0,
+                             "cost_with_subagents_usd": r.cost_with_subagents if r else None,
+                             "subagents": r.descendants if r else 0})
+        return {"session_id": session_id, "parent": links.get(session_id),
+                "cost_usd": mine.cost, "rounds": mine.rounds,
+                "unpriced_rounds": mine.unpriced_rounds,
+                "cost_with_subagents_usd": mine.cost_with_subagents,
+                "rounds_with_subagents": mine.rounds_with_subagents,
+                "unpriced_rounds_with_subagents": mine.unpriced_with_subagents,
+                "subagents": mine.descendants, "children": children}
+
+    def costs_with_subagents(self) -> dict[str, tuple]:
+        """session id -> (cost with sub-agents, rounds with sub-agents) of every session
+        that has descendants in the store (the others': their own)."""
+        links = self.parent_links()
+        if not links:
+            return {}
+        members = sorted(set(links) | set(links.values()))
+        own = self._own(members)
+        rolled = rollups(own, links)
+        return {sid: (r.cost_with_subagents, r.rounds_with_subagents)
+                for sid, r in rolled.items() if r.descendants}
+
+    def spawned_by(self, by: str, since: str | None = None,
+                   until: str | None = None) -> dict:
+        """Per group of ``by`` (agent, channel or kind of the *root* session, the one
+        that spawned the tree): (cost, rounds, sessions) of its linked descendant
+        sub-agents' rounds in [since, until). A view next to the groups' own figures,
+        never added into them."""
+        links = self.parent_links()
+        if not links:
+            return {}
+        roots: dict[str, str] = {}
+        for child in links:
+            node, seen = child, set()
+            while node in links and node not in seen:
+                seen.add(node)
+                node = links[node]
+            roots[child] = node
+        own = self._own(sorted(links), since, until)
+        groups = {}
+        column = {"agent": "agent", "channel": "channel", "kind": "kind"}[by]
+        root_ids = sorted(set(roots.values()))
+        group_of: dict[str, object] = {}
+        for i in range(0, len(root_ids), 500):
+            chunk = root_ids[i:i + 500]
+            for sid, value in self.db.execute(
+                    f"SELECT session_id, {column} FROM sessions WHERE unsessioned = 0 AND "
+                    f"session_id IN ({','.join('?' * len(chunk))})", chunk):
+                group_of[sid] = value
+        for child, (cost, rounds, unpriced) in own.items():
+            root = roots[child]
+            if root not in group_of:
+                continue   # the spawning session is not in the store
+            acc = groups.setdefault(group_of[root], [[], 0, 0, 0])
+            if cost is not None:
+                acc[0].append(cost)
+            acc[1] += rounds
+            acc[2] += unpriced
+            acc[3] += 1
+        return {k: {"cost": math.fsum(v[0]) if v[0] else (None if v[2] else 0.0),
+                    "rounds": v[1], "unpriced_rounds": v[2], "sessions": v[3]}
+                for k, v in groups.items()}
 
     def scan_models_and_consumers(self) -> None:
         """Sum the whole store per (model, consumer) once, so that ``aggregate("model")``
@@ -213,6 +368,20 @@ class StoreReader:
         return [(m or "(no model)", n) for m, n in self.db.execute(
             "SELECT model, SUM(unpriced_rounds) FROM usage WHERE unpriced_rounds > 0 "
             "GROUP BY model ORDER BY 2 DESC, 1")]
+
+
+def _descendants(links: dict[str, str], session_id: str) -> set[str]:
+    children: dict[str, list[str]] = {}
+    for c, p in links.items():
+        children.setdefault(p, []).append(c)
+    found: set[str] = set()
+    stack = list(children.get(session_id, ()))
+    while stack:
+        node = stack.pop()
+        if node not in found and node != session_id:
+            found.add(node)
+            stack.extend(children.get(node, ()))
+    return found
 
 
 def _priced_or_none(row: dict) -> dict:
@@ -460,4 +629,62 @@ def session_record(summary: dict) -> dict:
             "output_tokens": summary["output"], "reasoning_tokens": summary["reasoning"],
             "cached_tokens": summary["cached"], "cache_write_tokens": summary["cache_write"],
             "cost_usd": summary["cost"], "unpriced_rounds": summary["unpriced_rounds"],
-            "tool_call_rounds": summary["tool_calls"]}
+            "tool_call_rounds": summary["tool_calls"], "agent": summary.get("agent"),
+            "channel": summary.get("channel"), "kind": summary.get("kind"),
+            **({"cost_with_subagents_usd": summary["cost_with_subagents"]}
+               if "cost_with_subagents" in summary else {})}
+
+
+def key_group_rows(reader: StoreReader, by: str, since: str | None = None,
+                   until: str | None = None) -> list[dict]:
+    """:meth:`StoreReader.aggregate` rows per agent, channel or kind (of each session's
+    own key: every round counted once, under its own session), each with two views of
+    sub-agents:
+
+    - ``subagent_cost`` / ``subagent_rounds`` / ``subagent_sessions``: the part of the
+      row spent in sessions whose key is a sub-agent's (part of the row's cost);
+    - ``spawned_cost`` / ``spawned_rounds`` / ``spawned_sessions``: what the sub-agent
+      trees spawned by this group's sessions spent (linked children, grandchildren...;
+      not part of the row's cost: ``cost_with_subagents`` adds them).
+    """
+    rows = reader.aggregate(by, since=since, until=until)
+    spawned = reader.spawned_by(by, since, until)
+    seen = set()
+    for row in rows:
+        seen.add(row["key"])
+        extra = spawned.get(row["key"]) or {"cost": 0.0, "rounds": 0, "unpriced_rounds": 0,
+                                            "sessions": 0}
+        _add_spawned(row, extra)
+    for key, extra in spawned.items():
+        if key not in seen:   # the spawning sessions had no round in the range
+            row = {"key": key, "sessions": 0, **{c: 0 for c in SUMS}, "cost": 0.0,
+                   "subagent_cost": 0.0, "subagent_rounds": 0, "subagent_sessions": 0}
+            _add_spawned(row, extra)
+            rows.append(row)
+    return rows
+
+
+def _add_spawned(row: dict, extra: dict) -> None:
+    row["spawned_cost"] = extra["cost"]
+    row["spawned_rounds"] = extra["rounds"]
+    row["spawned_sessions"] = extra["sessions"]
+    row["spawned_unpriced_rounds"] = extra["unpriced_rounds"]
+    costs = [c for c in (row["cost"], extra["cost"]) if c is not None]
+    row["cost_with_subagents"] = math.fsum(costs) if costs else None
+
+
+# Extra fields of key_group_rows() -> their names in machine output.
+KEY_GROUP_FIELDS = (("subagent_cost", "subagent_cost_usd"), ("subagent_rounds", "subagent_rounds"),
+                    ("subagent_sessions", "subagent_sessions"),
+                    ("spawned_cost", "spawned_subagent_cost_usd"),
+                    ("spawned_rounds", "spawned_subagent_rounds"),
+                    ("spawned_sessions", "spawned_subagent_sessions"),
+                    ("cost_with_subagents", "cost_with_subagents_usd"))
+
+
+def key_group_record(row: dict, key_name: str) -> dict:
+    """A :func:`key_group_rows` row with explicit field names (machine output)."""
+    record = usage_record(row, key_name)
+    for field_name, name in KEY_GROUP_FIELDS:
+        record[name] = row.get(field_name)
+    return record
