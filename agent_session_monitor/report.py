@@ -286,14 +286,14 @@ class StoreReader:
             key = parse_session_key(child)
             children.append({"session_id": child, "agent": key.agent, "kind": key.kind,
                              "in_store": r is not None,
-                             "cost_usd": r.cost if r else None, "rounds": r.rounds if r else 0,
+                             "cost_usd": _usd(r.cost) if r else None, "rounds": r.rounds if r else 0,
                              "unpriced_rounds": r.unpriced_rounds if r else 0,
-                             "cost_with_subagents_usd": r.cost_with_subagents if r else None,
+                             "cost_with_subagents_usd": _usd(r.cost_with_subagents) if r else None,
                              "subagents": r.descendants if r else 0})
         return {"session_id": session_id, "parent": links.get(session_id),
-                "cost_usd": mine.cost, "rounds": mine.rounds,
+                "cost_usd": _usd(mine.cost), "rounds": mine.rounds,
                 "unpriced_rounds": mine.unpriced_rounds,
-                "cost_with_subagents_usd": mine.cost_with_subagents,
+                "cost_with_subagents_usd": _usd(mine.cost_with_subagents),
                 "rounds_with_subagents": mine.rounds_with_subagents,
                 "unpriced_rounds_with_subagents": mine.unpriced_with_subagents,
                 "subagents": mine.descendants, "children": children}
@@ -307,7 +307,7 @@ class StoreReader:
         members = sorted(set(links) | set(links.values()))
         own = self._own(members)
         rolled = rollups(own, links)
-        return {sid: (r.cost_with_subagents, r.rounds_with_subagents)
+        return {sid: (_usd(r.cost_with_subagents), r.rounds_with_subagents)
                 for sid, r in rolled.items() if r.descendants}
 
     def spawned_by(self, by: str, since: str | None = None,
@@ -347,7 +347,7 @@ class StoreReader:
             acc[1] += rounds
             acc[2] += unpriced
             acc[3] += 1
-        return {k: {"cost": math.fsum(v[0]) if v[0] else (None if v[2] else 0.0),
+        return {k: {"cost": _usd(math.fsum(v[0])) if v[0] else (None if v[2] else 0.0),
                     "rounds": v[1], "unpriced_rounds": v[2], "sessions": v[3]}
                 for k, v in groups.items()}
 
@@ -368,6 +368,11 @@ class StoreReader:
         return [(m or "(no model)", n) for m, n in self.db.execute(
             "SELECT model, SUM(unpriced_rounds) FROM usage WHERE unpriced_rounds > 0 "
             "GROUP BY model ORDER BY 2 DESC, 1")]
+
+
+def _usd(cost: float | None) -> float | None:
+    """A sum of costs as reports show them (see _priced_or_none: picodollars)."""
+    return None if cost is None else round(cost, 12)
 
 
 def _descendants(links: dict[str, str], session_id: str) -> set[str]:
@@ -670,7 +675,7 @@ def _add_spawned(row: dict, extra: dict) -> None:
     row["spawned_sessions"] = extra["sessions"]
     row["spawned_unpriced_rounds"] = extra["unpriced_rounds"]
     costs = [c for c in (row["cost"], extra["cost"]) if c is not None]
-    row["cost_with_subagents"] = math.fsum(costs) if costs else None
+    row["cost_with_subagents"] = _usd(math.fsum(costs)) if costs else None
 
 
 # Extra fields of key_group_rows() -> their names in machine output.

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Query the session store written by main.py: show, list, stats-model, stats-date,
-stats-consumer, export, url.
+stats-consumer, stats-agent, stats-channel, export, url.
 
     python3 scripts/cli.py --data-dir ./sessions list
 
