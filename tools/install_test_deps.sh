@@ -5,6 +5,8 @@
 #                           on sys.path to decode what agent_session_monitor.otlp encodes
 #   .venv-test/phoenix      a virtual environment with arize-phoenix, whose python
 #                           tests/test_phoenix.py runs `phoenix serve` with
+#   .venv-test/mcp          a virtual environment with the official MCP Python SDK, whose
+#                           python tests/test_mcp.py runs as a client of scripts/mcp_server.py
 # Phoenix pins many packages (sqlalchemy, grpcio, pandas...): a venv of its own keeps them
 # away from the suite. Idempotent: a finished install is kept (a marker names the
 # versions), so a second run takes a second. About 1 minute and 0.9 GB from PyPI.
@@ -17,6 +19,7 @@ DEST=${ASM_TEST_VENV:-.venv-test}
 # Versions the tests passed with; bump them together with a green tests/test_phoenix.py.
 PROTO_REQ=${ASM_PROTO_REQ:-"opentelemetry-proto==1.45.2"}
 PHOENIX_REQ=${ASM_PHOENIX_REQ:-"arize-phoenix==20.26.1"}
+MCP_REQ=${ASM_MCP_REQ:-"mcp==2.3.0"}
 mkdir -p "$DEST"
 LOG="$DEST/install.log"
 : > "$LOG"
@@ -38,6 +41,14 @@ if [ "$(cat "$DEST/proto-site.ok" 2>/dev/null)" != "$stamp" ]; then
   echo "$stamp" > "$DEST/proto-site.ok"
 fi
 
+stamp="$pyver $MCP_REQ"
+if [ "$(cat "$DEST/mcp.ok" 2>/dev/null)" != "$stamp" ]; then
+  rm -rf "$DEST/mcp" "$DEST/mcp.ok"
+  pip_quiet "$PY" -m venv "$DEST/mcp"
+  pip_quiet "$DEST/mcp/bin/python" -m pip install --disable-pip-version-check "$MCP_REQ"
+  echo "$stamp" > "$DEST/mcp.ok"
+fi
+
 if [ "${1:-}" != "--no-phoenix" ]; then
   stamp="$pyver $PHOENIX_REQ"
   if [ "$(cat "$DEST/phoenix.ok" 2>/dev/null)" != "$stamp" ]; then
@@ -47,4 +58,4 @@ if [ "${1:-}" != "--no-phoenix" ]; then
     echo "$stamp" > "$DEST/phoenix.ok"
   fi
 fi
-echo "test dependencies in $DEST: $(du -sh "$DEST" | cut -f1)"
+echo "test dependencies in $DEST: $(du -sh "$DEST/." | cut -f1)"
