@@ -101,6 +101,18 @@ def stored_inputs(out: Path) -> list[int]:
     return sorted(r["input_tokens"] for doc in load_store(out).values() for r in doc["rounds"])
 
 
+def venv_python(env_name: str, venv: str, module: str) -> str | None:
+    """The python of a test-only venv (tools/install_test_deps.sh puts them in
+    .venv-test/), or the one ``$env_name`` names, if it can import ``module``."""
+    import subprocess
+
+    candidate = os.environ.get(env_name) or str(ROOT / ".venv-test" / venv / "bin" / "python")
+    if not os.access(candidate, os.X_OK):
+        return None
+    probe = subprocess.run([candidate, "-c", f"import {module}"], capture_output=True)
+    return candidate if probe.returncode == 0 else None
+
+
 def require_tool(test: unittest.TestCase, name: str, found: bool | None = None) -> None:
     """Skip (with the reason) when a tool the test needs is missing; in CI, where
     .ci/run installs every tool, a missing one is a failure instead of a silent skip."""

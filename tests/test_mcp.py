@@ -19,7 +19,7 @@ import sys
 import textwrap
 import unittest
 
-from tests.helpers import ROOT, TempDirTest, ingest, require_tool
+from tests.helpers import ROOT, TempDirTest, ingest, require_tool, venv_python
 from tests.openclaw_logs import scenario
 
 from agent_session_monitor.mcp_server import MAX_LINE, PROTOCOL_VERSIONS, Server, TOOLS, serve
@@ -28,11 +28,7 @@ SERVER = ROOT / "scripts" / "mcp_server.py"
 
 
 def mcp_python() -> str | None:
-    candidate = os.environ.get("ASM_MCP_PYTHON") or str(ROOT / ".venv-test/mcp/bin/python")
-    if not os.access(candidate, os.X_OK):
-        return None
-    probe = subprocess.run([candidate, "-c", "import mcp.client.stdio"], capture_output=True)
-    return candidate if probe.returncode == 0 else None
+    return venv_python("ASM_MCP_PYTHON", "mcp", "mcp.client.stdio")
 
 
 class StoreTest(TempDirTest):

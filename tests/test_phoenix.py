@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import quote
 
-from tests.helpers import ROOT, require_tool, write_lines
+from tests.helpers import ROOT, require_tool, venv_python, write_lines
 from tests.loggen import generate
 
 from agent_session_monitor.export import ExportConfig, Exporter
@@ -36,11 +36,7 @@ START_TIMEOUT = 180.0      # a cold start migrates a new database: ~15 s here, C
 
 
 def phoenix_python() -> str | None:
-    candidate = os.environ.get("ASM_PHOENIX_PYTHON") or str(ROOT / ".venv-test/phoenix/bin/python")
-    if not os.access(candidate, os.X_OK):
-        return None
-    probe = subprocess.run([candidate, "-c", "import phoenix.server.main"], capture_output=True)
-    return candidate if probe.returncode == 0 else None
+    return venv_python("ASM_PHOENIX_PYTHON", "phoenix", "phoenix.server.main")
 
 
 def free_port() -> int:

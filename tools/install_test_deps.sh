@@ -41,21 +41,18 @@ if [ "$(cat "$DEST/proto-site.ok" 2>/dev/null)" != "$stamp" ]; then
   echo "$stamp" > "$DEST/proto-site.ok"
 fi
 
-stamp="$pyver $MCP_REQ"
-if [ "$(cat "$DEST/mcp.ok" 2>/dev/null)" != "$stamp" ]; then
-  rm -rf "$DEST/mcp" "$DEST/mcp.ok"
-  pip_quiet "$PY" -m venv "$DEST/mcp"
-  pip_quiet "$DEST/mcp/bin/python" -m pip install --disable-pip-version-check "$MCP_REQ"
-  echo "$stamp" > "$DEST/mcp.ok"
-fi
-
-if [ "${1:-}" != "--no-phoenix" ]; then
-  stamp="$pyver $PHOENIX_REQ"
-  if [ "$(cat "$DEST/phoenix.ok" 2>/dev/null)" != "$stamp" ]; then
-    rm -rf "$DEST/phoenix" "$DEST/phoenix.ok"
-    pip_quiet "$PY" -m venv "$DEST/phoenix"
-    pip_quiet "$DEST/phoenix/bin/python" -m pip install --disable-pip-version-check "$PHOENIX_REQ"
-    echo "$stamp" > "$DEST/phoenix.ok"
+venv_with() {   # venv_with NAME REQUIREMENT: .venv-test/NAME, a venv holding REQUIREMENT
+  local stamp="$pyver $2"
+  if [ "$(cat "$DEST/$1.ok" 2>/dev/null)" != "$stamp" ]; then
+    rm -rf "${DEST:?}/$1" "$DEST/$1.ok"
+    pip_quiet "$PY" -m venv "$DEST/$1"
+    pip_quiet "$DEST/$1/bin/python" -m pip install --disable-pip-version-check "$2"
+    echo "$stamp" > "$DEST/$1.ok"
   fi
+}
+
+venv_with mcp "$MCP_REQ"
+if [ "${1:-}" != "--no-phoenix" ]; then
+  venv_with phoenix "$PHOENIX_REQ"
 fi
 echo "test dependencies in $DEST: $(du -sh "$DEST/." | cut -f1)"
