@@ -3,9 +3,9 @@ repeats it in follow mode.
 
 Commit protocol (failure-scenarios.md, B0): changed sessions are written first (each
 atomically, then one directory fsync), then the index, then ``.state.json``. A crash
-anywhere replays from the last saved offsets, and the idempotency key of every round
-(``request_id``, else file fingerprint + byte offset) makes the replay count nothing
-twice.
+anywhere replays from the last saved offsets, and the identity of every round (where
+its line came from: file fingerprint + byte offset, and the hash of the line's bytes;
+never the client's ``request_id``) makes the replay count nothing twice.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class PassStats:
     duplicates: int = 0
     non_ai: int = 0
     filtered: int = 0
+    forged: int = 0
     bad: Counter = field(default_factory=Counter)
     warnings: Counter = field(default_factory=Counter)
     tail_events: Counter = field(default_factory=Counter)
@@ -243,20 +244,27 @@ class Monitor:
         if not isinstance(req, Request):
             if req == "non_ai":
                 stats.non_ai += 1
+            elif req == "forged_non_ai":
+                stats.non_ai += 1
+                self._forged(stats, reported, path, start)
             return
         if self.config.session_key is not None and req.session_id != self.config.session_key:
             stats.filtered += 1
             return
         for w in req.warnings:
             stats.warnings[w] += 1
-        if req.request_id:
-            key = req.request_id
-        elif fp is not None:
-            key = f"{fp}:{start}"
-        else:   # a pipe: no file identity, the line itself is the identity
-            key = "sha256:" + hashlib.sha256(line).hexdigest()[:32]
+        if "forged" in req.warnings:
+            self._forged(stats, reported, path, start)
+        # Idempotency (storage.md): a round is where its line came from, never the
+        # request_id a client may repeat. The place (file fingerprint + offset) survives
+        # rotation and compression; the line's bytes identify it on a pipe, and also
+        # catch the same line delivered twice (a shipper's retry, a log copied to a
+        # second pod): byte-identical lines cannot be two requests, since the provider's
+        # response id, the timings and the ports differ.
+        key = line_key(line)
         session = self.store.get(req.session_id)
-        if key in session.keys:
+        place = position_key(fp, start) if fp is not None else None
+        if key in session.keys or (place is not None and place in session.keys):
             stats.duplicates += 1
             return
         source = {"fp": fp[:16], "offset": start} if fp is not None else {"stream": "stdin"}
@@ -286,6 +294,13 @@ class Monitor:
         reported[kind] += 1
         if reported[kind] <= REPORT_PER_KIND:
             self._warn(f"skipped {kind} line in {path} at offset {offset}: {detail}")
+
+    def _forged(self, stats: PassStats, reported: Counter, path: str, offset: int) -> None:
+        stats.forged += 1
+        reported["forged"] += 1
+        if reported["forged"] <= REPORT_PER_KIND:
+            self._warn(f"warning: forged line in {path} at offset {offset}: a client wrote "
+                       "keys of its own through a header; only the genuine fields were used")
 
     def _report_tail_events(self, stats: PassStats) -> None:
         for event in self.tailer.events:
@@ -328,6 +343,7 @@ class Monitor:
         s.count("rounds_stored", stats.rounds)
         s.count("duplicates_skipped", stats.duplicates)
         s.count("non_ai_lines", stats.non_ai)
+        s.count("forged_lines", stats.forged)
         for kind, n in stats.bad.items():
             s.count_kind("bad_lines", kind, n)
         for kind, n in stats.warnings.items():
@@ -346,6 +362,17 @@ class Monitor:
             if done == total:
                 self.err.write("\n")
             self.err.flush()
+
+
+def line_key(line: bytes) -> str:
+    """The idempotency key of a round: a hash of its whole line."""
+    return "sha256:" + hashlib.sha256(line).hexdigest()[:32]
+
+
+def position_key(fp: str, offset: int) -> str:
+    """Where a line of a file starts; equal to what a stored round's ``source`` gives
+    (session.round_keys), so rounds of older versions are recognised too."""
+    return f"{fp[:16]}:{offset}"
 
 
 class AlreadyRunning(MonitorError):
@@ -420,6 +447,9 @@ def summary(stats: PassStats) -> str:
                      + ", ".join(safe_text(m) for m in models))
     if stats.bad:
         parts.append("skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.bad.items())))
+    if stats.forged:
+        parts.append(f"{fmt_int(stats.forged)} forged lines (keys a client wrote through a "
+                     "header were ignored)")
     if stats.non_ai:
         parts.append(f"{fmt_int(stats.non_ai)} non-AI lines")
     if stats.filtered:

@@ -53,7 +53,7 @@ class Session:
     def __init__(self, doc: dict, file_name: str, size: int = 0) -> None:
         self.doc = doc
         self.file_name = file_name
-        self.keys = {r["key"] for r in doc["rounds"]}
+        self.keys = {key for r in doc["rounds"] for key in round_keys(r)}
         self._tip_context: list | None = None
         self.dirty = False
         self.size = size
@@ -68,7 +68,7 @@ class Session:
         if store_content:
             stored = self._link_messages(rnd, messages)
         rounds = self.doc["rounds"]
-        self.keys.add(rnd["key"])
+        self.keys.update(round_keys(rnd))
         if not rounds or rounds[-1]["timestamp"] <= rnd["timestamp"]:
             rnd["round"] = len(rounds) + 1
             rounds.append(rnd)
@@ -132,6 +132,16 @@ class Session:
     def summarise(self) -> None:
         """Recompute the session totals from its rounds (cheap next to serialising it)."""
         summarise(self.doc)
+
+
+def round_keys(rnd: dict) -> tuple:
+    """The identities a stored round answers to: its key, and where its line was in a
+    file (``fingerprint:offset``, monitor.position_key). Stores of older versions keyed
+    rounds by request_id; their ``source`` still says where each line was."""
+    source = rnd.get("source")
+    if isinstance(source, dict) and "fp" in source and "offset" in source:
+        return rnd["key"], f"{source['fp']}:{source['offset']}"
+    return (rnd["key"],)
 
 
 def round_question(rnd: dict) -> object:

@@ -12,8 +12,8 @@ from .tail import CHUNK
 class StreamSource:
     """Lines from standard input (``--log-path -``: ``kubectl logs -f ... | main.py``).
 
-    A pipe has no identity or offsets to resume from, so rounds are keyed by request_id
-    (or a hash of the line) and piping the same lines again counts nothing twice.
+    A pipe has no identity or offsets to resume from, so rounds are known by a hash of
+    the whole line and piping the same lines again counts nothing twice.
     """
 
     path = "<stdin>"

@@ -105,8 +105,11 @@ class SkillExampleLogs(TempDirTest):
         self.assertEqual(main["created_at"], "2026-02-01T09:30:15.000Z")
         test = docs["agent:test:discord:9999999999999999999"]
         self.assertIsNotNone(test["rounds"][0]["cost_usd"])  # DeepSeek-R1 resolves
-        # No request_id in these lines: the key is fingerprint + offset.
-        self.assertRegex(main["rounds"][0]["key"], r"^[0-9a-f]{64}:0$")
+        # A round is known by where its line was (fingerprint + offset) and by the
+        # line's bytes, never by a request_id.
+        self.assertRegex(main["rounds"][0]["key"], r"^sha256:[0-9a-f]{32}$")
+        self.assertEqual(main["rounds"][0]["source"]["offset"], 0)
+        self.assertRegex(main["rounds"][0]["source"]["fp"], r"^[0-9a-f]{16}$")
 
     def test_v2_costs_match_pricing_spec(self):
         code, _stdout, stderr = self.run_monitor(DATA / "skill-example-access-v2.log")

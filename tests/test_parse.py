@@ -137,13 +137,19 @@ class ParseTests(unittest.TestCase):
         self.assertEqual(req.time_source, "read")
         self.assertIn("time_from_read", req.warnings)
 
-    def test_salvage_refuses_ambiguous_ai_log(self):
+    def test_salvage_takes_the_ai_log_by_its_place_when_a_header_repeats_it(self):
         good = json.dumps(AI).replace('"', '\\"')
         broken = ('{"ai_log":"' + good + '","user_agent":"x "y" z"}').encode()
         req = parse_line(broken, READ_TIME)
         self.assertIn("salvaged", req.warnings)
+        self.assertNotIn("forged", req.warnings)
         hostile = ('{"ai_log":"' + good + '","user_agent":"a" "ai_log":"{}"}').encode()
-        self.assertBad(hostile, "bad_json")
+        req = parse_line(hostile, READ_TIME)
+        self.assertEqual(req.ai, AI)
+        self.assertIn("forged", req.warnings)
+        # Without the genuine key first, two ai_logs after a header cannot be told apart.
+        ambiguous = ('{"user_agent":"a" "ai_log":"{}","ai_log":"' + good + '"}').encode()
+        self.assertBad(ambiguous, "bad_json")
 
     def test_missing_usage_is_marked(self):
         req = parse_line(line({"session_id": "s"}), READ_TIME)
