@@ -36,6 +36,9 @@ from .webauth import Access, Gate, Refused
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 HTML = "text/html; charset=utf-8"
+# How old /metrics' usage counters may be while newer ones are computed in the background
+# (about one scrape interval: Prometheus scrapes every 15 to 60 s).
+METRICS_LAG = 60.0
 JSON = "application/json; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
 
@@ -117,7 +120,7 @@ class WebApp:
         self._overview_lock = threading.Lock()
         self._refreshing_lock = threading.Lock()
         self._refreshing = False
-        self._metrics: tuple[tuple, str] | None = None
+        self._metrics: tuple[tuple, str, float] | None = None
         self._metrics_lock = threading.Lock()
 
     # -- reading the store ---------------------------------------------------------
@@ -371,20 +374,51 @@ class WebApp:
         return Response(200, json_bytes(record), JSON)
 
     def page_metrics(self, params: dict, access: Access) -> Response:
-        """Prometheus exposition: the usage counters are computed again only after the
-        index changed (one GROUP BY over the usage rows); the health part is read now."""
+        """Prometheus exposition. The usage counters take one GROUP BY over every usage
+        row (most of a second at 100,000 sessions), so they are cached until the index
+        changes; after a change a result younger than METRICS_LAG is served while one
+        background thread computes the new one (the next scrape gets it: counters lag a
+        scrape, never go back). ``max_lag`` 0 makes every answer exact. The health part
+        is read on every request."""
+        stamp = self.watch.stamp()
+        cached = self._metrics
+        if not self.data_dir.is_dir():
+            usage = ""
+        elif cached is not None and stamp is not None and cached[0] == stamp:
+            usage = cached[1]
+        elif (cached is not None and stamp is not None and self.max_lag > 0
+              and time.monotonic() - cached[2] < METRICS_LAG):
+            usage = cached[1]
+            self._refresh_metrics_later()
+        else:
+            usage = self._compute_metrics()
+        body = metrics.render(usage, self.data_dir).encode("utf-8")
+        return Response(200, body, metrics.CONTENT_TYPE)
+
+    def _compute_metrics(self) -> str:
         with self._metrics_lock:   # concurrent scrapes share one computation
             stamp = self.watch.stamp()
             if self._metrics is not None and stamp is not None and self._metrics[0] == stamp:
-                usage = self._metrics[1]
-            elif not self.data_dir.is_dir():
-                usage = ""
-            else:
-                with self.reader() as reader:
-                    usage = metrics.usage_text(reader.db)
-                self._metrics = (stamp, usage) if stamp is not None else None
-        body = metrics.render(usage, self.data_dir).encode("utf-8")
-        return Response(200, body, metrics.CONTENT_TYPE)
+                return self._metrics[1]
+            started = time.monotonic()
+            with self.reader() as reader:
+                usage = metrics.usage_text(reader.db)
+            self._metrics = (stamp, usage, started) if stamp is not None else None
+            return usage
+
+    def _refresh_metrics_later(self) -> None:
+        if not self._metrics_lock.acquire(blocking=False):
+            return   # a computation is already running; it is the refresh
+
+        def run() -> None:
+            try:
+                self._compute_metrics()
+            except Exception:
+                self.log_line("error: background metrics refresh: "
+                              + traceback.format_exc().rstrip())
+
+        self._metrics_lock.release()
+        threading.Thread(target=run, name="metrics-refresh", daemon=True).start()
 
     def healthz(self, params: dict, access: Access) -> Response:
         if not self.data_dir.is_dir():

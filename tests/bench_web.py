@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             touch()
             after_write += timed(conn, "/metrics", 1)
         index.close()
-        report("GET /metrics  right after an index commit (recomputed)", after_write)
+        report("GET /metrics  right after an index commit (last value; refreshed behind)",
+               after_write)
         conn.close()
     finally:
         proc.terminate()
