@@ -320,7 +320,8 @@ def _unknown_session(reader: StoreReader, args: argparse.Namespace) -> MonitorEr
 
 
 def _note_if_empty(args: argparse.Namespace, reader: StoreReader) -> None:
-    if reader.count_sessions() == 0:
+    # Pruned sessions (retention.py) are not listed but still have totals.
+    if reader.db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0:
         args.err.write(f"note: no sessions in {_shown_dir(args)} yet (main.py --output-dir "
                        f"{_shown_dir(args)} writes them)\n")
 

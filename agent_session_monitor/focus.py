@@ -24,6 +24,7 @@ from typing import Iterable, TextIO
 
 from .index import sql_text
 from .names import is_session_file
+from .pruned_archive import is_label, load_label
 from .pricing import PriceTable, provider_of
 from . import window
 from .report import StoreReader
@@ -118,11 +119,16 @@ def _rounds(reader: StoreReader, since, until, agents: bool) -> Iterable[dict]:
         f"SELECT DISTINCT s.file, s.unsessioned, {agent} FROM {src} u JOIN sessions s "
         f"ON s.sid = u.sid ORDER BY s.session_id", params).fetchall()
     for name, unsessioned, agent_id in sessions:
-        if not is_session_file(name) or name != os.path.basename(name):
+        if is_label(name):   # pruned: its rounds' accounting is in the archive
+            doc = load_label(reader.directory, name)
+        elif not is_session_file(name) or name != os.path.basename(name):
             continue   # never a path built from anything but a session file's name
-        try:
-            doc = read_document(reader.directory / name)
-        except (OSError, ValueError):
+        else:
+            try:
+                doc = read_document(reader.directory / name)
+            except (OSError, ValueError):
+                doc = None
+        if doc is None:
             continue
         for rnd in doc.get("rounds") or []:
             if (since and rnd["timestamp"] < since) or (until and rnd["timestamp"] >= until):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .names import is_session_file
+from .pruned_archive import index_rows as pruned_rows
 from .session_keys import parse_session_key
 from .subagents import doc_claims
 from .store import read_document
@@ -274,6 +275,8 @@ class Index:
                 if progress:
                     progress(i, len(names))
             self._replace(batch)
+            # Pruned sessions have no file: their totals come from the archive.
+            self._replace(pruned_rows(self.directory))
             self.db.execute("DELETE FROM meta WHERE key = 'pending'")
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('complete', '1')")
         self.needs_rebuild = False

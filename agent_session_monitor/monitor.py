@@ -24,7 +24,9 @@ from typing import Callable, TextIO
 from .errors import MonitorError
 from .fmt import fmt_bytes, fmt_int, fmt_usd, safe_text
 from .fsutil import DirLock, ensure_dir, remove_stale_temps
+from . import retention
 from .index import Index
+from .pruned_archive import ARCHIVE_NAME, Archive
 from .parse import BadLine, Request, parse_line, utc_now
 from .pricing import PriceTable, load_price_table
 from .rounds import build_round
@@ -148,6 +150,10 @@ class Monitor:
             self.index.rebuild(self._index_progress if self.progress else None)
         elif self.index.repair_pending():
             self.notes.append("re-indexed sessions an interrupted run had left pending")
+        if retention.recover(out, self.index.db):
+            self.notes.append("finished pruning sessions an interrupted prune had left")
+        self._archive: Archive | None = None
+        self.store.pruned_keys = self._pruned_keys
         files = [p for p in self.config.log_paths if p != "-"]
         self.stream = (StreamSource(sys.stdin.fileno(), self.config.max_line_bytes)
                        if "-" in self.config.log_paths else None)
@@ -157,9 +163,25 @@ class Monitor:
                              allowed=self.config.allowed_log_dirs)
         self._saved_sources = copy.deepcopy(self.state.sources)
 
+    def _pruned_keys(self, file_name: str) -> set:
+        if self._archive is None:
+            if not (self.config.output_dir / ARCHIVE_NAME).exists():
+                return set()
+            self._archive = Archive(self.config.output_dir)
+        return self._archive.keys_for(file_name)
+
+    def prune(self, keep) -> "retention.PruneResult":
+        """``--keep``: prune sessions idle longer than ``keep`` (after a commit)."""
+        self.checkpoint()
+        result = retention.prune(self.config.output_dir, self.index.db, keep)
+        self.store.forget(result.names)
+        return result
+
     def __exit__(self, *exc: object) -> None:
         try:
             self.tailer.release_all()
+            if getattr(self, "_archive", None) is not None:
+                self._archive.close()
             self.index.close()
         finally:
             if self.lock:

@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--pricing overrides, without re-reading the logs, then exit")
     p.add_argument("--rebuild-index", action="store_true",
                    help="rebuild the derived index from the session files, then exit")
+    p.add_argument("--keep", type=_duration, metavar="DURATION",
+                   help="retention: remove session files whose last round is older than "
+                        "DURATION (90d, 12w, 36h); their totals stay in the index and "
+                        "reports (checked after each pass, hourly with --follow)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
     finops.add_arguments(p)
     export.add_arguments(p)
@@ -79,6 +83,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
+
+
+def _duration(text: str):
+    from .retention import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+PRUNE_EVERY = 3600.0   # seconds between prunes in follow mode
+
+
+def _prune(monitor: Monitor, args: argparse.Namespace, out: TextIO) -> None:
+    from .fmt import fmt_bytes, fmt_int, fmt_usd
+    import math
+
+    result = monitor.prune(args.keep)
+    if result.sessions and not args.quiet:
+        print(f"Pruned {fmt_int(result.sessions)} sessions ({fmt_int(result.rounds)} rounds, "
+              f"{fmt_usd(math.fsum(result.cost))}, {fmt_bytes(result.bytes_freed)} freed) whose "
+              f"last round is older than {_keep_text(args.keep)}; their totals stay in the "
+              "index and reports.", file=out, flush=True)
+
+
+def _keep_text(keep) -> str:
+    seconds = int(keep.total_seconds())
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def config_from_args(args: argparse.Namespace, err: TextIO) -> MonitorConfig:
@@ -184,6 +220,8 @@ def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: Text
                     print(summary(stats), file=out)
                     if exporter is not None:
                         print(exporter.summary(), file=out)
+                if args.keep:
+                    _prune(monitor, args, out)
                 # An unreadable or refused log was reported on stderr; the exit status
                 # makes cron say so.
                 failed = stats.tail_events.get("unreadable") or stats.tail_events.get("refused")
@@ -201,6 +239,7 @@ def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
     live = out.isatty() and not args.quiet
     waiting_said = False
     backoff = config.refresh_interval
+    last_prune = -PRUNE_EVERY
     try:
         while True:
             if not _any_log_exists(config.log_paths):
@@ -212,6 +251,9 @@ def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
             try:
                 stats = monitor.poll_once()
                 fin.tick()
+                if args.keep and time.monotonic() - last_prune >= PRUNE_EVERY:
+                    _prune(monitor, args, out)
+                    last_prune = time.monotonic()
                 backoff = config.refresh_interval
             except MonitorError as e:
                 # Disk full, unreadable directory: say so, back off, try again.

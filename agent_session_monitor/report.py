@@ -21,6 +21,7 @@ from .errors import MonitorError
 from .fmt import plural
 from .index import (INDEX_NAME, INDEX_VERSION, SESSION_FIELDS, sql_text, connect, create_schema,
                     delete_rows, load_entry, replace_rows)
+from .pruned_archive import LABEL_PREFIX, index_rows as pruned_rows
 from .names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
 from .session_keys import parse_session_key
 from .store import read_document
@@ -144,7 +145,9 @@ class StoreReader:
     @staticmethod
     def _filters(model, consumer, since, search) -> tuple[str, list]:
         model, consumer, search = sql_text(model), sql_text(consumer), sql_text(search)
-        clauses, params = [], []
+        # A pruned session's rows stay for the totals; its conversation is gone, so it
+        # is not listed (retention.py).
+        clauses, params = [f"substr(file, 1, {len(LABEL_PREFIX)}) != ?"], [LABEL_PREFIX]
         if model:
             clauses.append("sid IN (SELECT sid FROM usage WHERE model = ?)")
             params.append(model)
@@ -435,6 +438,7 @@ def _memory_index(directory: Path, progress: bool | None) -> sqlite3.Connection:
                              "main.py keeps one)")
             if i == len(names):
                 sys.stderr.write("\n")
+    replace_rows(db, pruned_rows(directory))   # pruned sessions' totals (retention.py)
     db.execute("INSERT INTO meta VALUES ('complete', '1')")
     return db
 

@@ -9,6 +9,7 @@ import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 from .compact import compact, expand
 from .fsutil import atomic_write_many
@@ -78,6 +79,9 @@ class SessionStore:
         # (session_id, round) added since the last flush, for hooks (exporters).
         self.new_rounds: list[tuple[str, dict]] = []
         self._warn = warn or (lambda msg: print(msg, file=sys.stderr))
+        # file name -> idempotency keys of its pruned rounds (retention.py): a pruned
+        # round the log brings back is then a duplicate, not a new charge.
+        self.pruned_keys: Callable[[str], set] | None = None
 
     def file_name(self, session_id: str | None) -> str:
         return UNSESSIONED_FILE if session_id is None else file_name_for(session_id)
@@ -94,6 +98,12 @@ class SessionStore:
         return session
 
     def _load(self, name: str, session_id: str | None) -> Session:
+        session = self._read(name, session_id)
+        if self.pruned_keys is not None:
+            session.keys |= self.pruned_keys(name)
+        return session
+
+    def _read(self, name: str, session_id: str | None) -> Session:
         path = self.directory / name
         try:
             size = path.stat().st_size
@@ -160,6 +170,14 @@ class SessionStore:
         self._dirty.clear()
         self.pending_bytes = 0
         self.new_rounds = []
+
+    def forget(self, names: list[str]) -> None:
+        """Drop clean cached sessions (their files were pruned)."""
+        for name in names:
+            session = self._sessions.get(name)
+            if session is not None and not session.dirty:
+                del self._sessions[name]
+                self._cached_bytes -= session.size
 
     def _evict(self) -> None:
         while self._cached_bytes > self.cache_bytes and self._sessions:
