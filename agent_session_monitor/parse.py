@@ -71,10 +71,11 @@ def _finite_float(text: str) -> float:
     return value
 
 
-# strict=False accepts raw control characters inside strings (TEXT mode does not escape
-# other fields); they are stored verbatim and escaped by every renderer.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float,
-                            strict=False)
+# strict: a raw control character inside a JSON string (a NUL above all) is never
+# written by Go's json.Marshal nor by Envoy for its own fields. In a header value (TEXT
+# mode does not escape them) it breaks the line and the ai_log is salvaged; inside the
+# ai_log it makes the line bad (raw_control_char), never a session id holding a NUL.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _decode = _DECODER.decode
 
 
@@ -112,7 +113,7 @@ def _pairs_hook(pairs: list) -> dict:
 
 
 _OUTER_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float,
-                                  strict=False, object_pairs_hook=_pairs_hook)
+                                  object_pairs_hook=_pairs_hook)
 _decode_outer = _OUTER_DECODER.decode
 _GAP_AFTER = frozenset(i for i, k in enumerate(HIGRESS_FORMAT) if k in CLIENT_FIELDS)
 
@@ -239,11 +240,15 @@ def parse_line(raw: bytes, read_time: str) -> Request | str:
         raw = _clean_edges(raw)
     if not raw:
         return "blank"
+    warnings: list[str] = []
     try:
         text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise BadLine("bad_utf8", f"invalid UTF-8 at byte {e.start}") from None
-    warnings: list[str] = []
+    except UnicodeDecodeError:
+        # Invalid bytes come from a raw header (a User-Agent): the plugin's ai_log is
+        # valid UTF-8 (Go replaces bad bytes with U+FFFD). Keep them apart, so the paid
+        # round survives when they are not in the ai_log (checked in _build).
+        text = raw.decode("utf-8", "surrogateescape")
+        warnings.append("bad_utf8")
     forged = False
     try:
         outer = _decode(text)
@@ -252,9 +257,13 @@ def parse_line(raw: bytes, read_time: str) -> Request | str:
     except ValueError as e:
         salvaged = _salvage(text)
         if salvaged is None:
+            if str(e).startswith("Invalid control character"):
+                raise BadLine("raw_control_char", str(e)[:120]) from None
             raise BadLine("bad_json", str(e)[:120]) from None
         outer, forged = salvaged
         warnings.append("salvaged")
+        if str(e).startswith("Invalid control character"):
+            warnings.append("raw_control_char")
     else:
         if not isinstance(outer, dict):
             raise BadLine("not_object", f"a JSON {type(outer).__name__}, not an object")
@@ -266,16 +275,50 @@ def parse_line(raw: bytes, read_time: str) -> Request | str:
     ai = outer.get("ai_log")
     if ai is None or ai == "-" or ai == "":
         return "forged_non_ai" if forged else "non_ai"
+    if "bad_utf8" in warnings:
+        outer = _without_bad_bytes(outer)
     if isinstance(ai, str):
         try:
             ai = _decode(ai)
         except RecursionError:
             raise BadLine("bad_ai_log", "nested too deeply") from None
         except ValueError as e:
+            if str(e).startswith("Invalid control character"):
+                raise BadLine("raw_control_char", "in the ai_log: " + str(e)[:100]) from None
             raise BadLine("bad_ai_log", str(e)[:120]) from None
     if not isinstance(ai, dict):
         raise BadLine("bad_ai_log", f"ai_log is a JSON {type(ai).__name__}, not an object")
     return _build(outer, ai, read_time, warnings)
+
+
+def _without_bad_bytes(outer: dict) -> dict:
+    """The outer fields of a line holding invalid UTF-8: the ai_log must be free of it
+    (else the line is bad_utf8), other strings get U+FFFD for each bad byte."""
+    ai = outer.get("ai_log")
+    if _has_bad_bytes(ai):
+        raise BadLine("bad_utf8", "invalid UTF-8 inside the ai_log")
+    clean = {}
+    for k, v in outer.items():
+        if isinstance(k, str) and _has_bad_bytes(k):
+            continue
+        if k != "ai_log" and isinstance(v, str) and _has_bad_bytes(v):
+            v = v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        clean[k] = v
+    return clean
+
+
+def _has_bad_bytes(value: object) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_bad_bytes(k) or _has_bad_bytes(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_bad_bytes(v) for v in value)
+    return False
 
 
 def _clean_edges(raw: bytes) -> bytes:
@@ -322,7 +365,7 @@ def _salvage(text: str) -> tuple[dict, bool] | None:
 
 def _string_at(text: str, at: int) -> str | None:
     try:
-        value, _end = scanstring(text, at, False)
+        value, _end = scanstring(text, at, True)
     except ValueError:
         return None
     return value

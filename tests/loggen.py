@@ -788,7 +788,9 @@ def _bad_line(rng: random.Random, kind: str, last: bytes, last_event: Event,
             return fresh[:rng.randint(12, max(13, end - 1))] + b"\n"
         return b"upstream connect error or disconnect/reset before headers. reset reason: overflow\n"
     if kind == "bad_utf8":
-        return fresh.replace(b'"user_agent":"', b'"user_agent":"\xff\xfe\xc3(', 1)
+        # Inside the ai_log: invalid bytes in a header (a User-Agent) leave the paid round
+        # readable, so such a line is a round, not a bad line.
+        return fresh.replace(b'"ai_log":"{', b'"ai_log":"{\xff\xfe\xc3(', 1)
     if kind == "not_object":
         return rng.choice([b"[]", b'["ai_log","-"]', b"42", b'"hello"', b"null", b"true"]) + b"\n"
     if kind == "bad_ai_log":

@@ -117,9 +117,15 @@ class ParseTests(unittest.TestCase):
         req = parse_line(line({**AI, "answer": "\x1b[2J\r\u202e"}), READ_TIME)
         self.assertEqual(req.ai["answer"], "\x1b[2J\r\u202e")
 
-    def test_raw_tab_inside_json_string_is_accepted(self):
-        raw = b'{"ai_log":{"session_id":"s\tt","input_token":1}}'
-        self.assertEqual(parse_line(raw, READ_TIME).session_id, "s\tt")
+    def test_raw_tab_inside_the_ai_log_is_a_bad_line_and_in_a_header_is_salvaged(self):
+        # Go's json.Marshal escapes every control character: a raw one in the ai_log was
+        # not written by the plugin. Envoy pastes a header's HTAB raw: the round stays.
+        self.assertBad(b'{"ai_log":{"session_id":"s\tt","input_token":1}}', "raw_control_char")
+        raw = json.dumps({"ai_log": json.dumps(AI), "user_agent": "a\tb"},
+                         separators=(",", ":")).encode().replace(b"a\\tb", b"a\tb")
+        req = parse_line(raw, READ_TIME)
+        self.assertEqual(req.session_id, "s1")
+        self.assertIn("raw_control_char", req.warnings)
 
     def test_details_as_strings_objects_or_junk(self):
         req = parse_line(line({**AI, "input_token_details": '{"cached_tokens":4}',

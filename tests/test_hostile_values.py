@@ -1,0 +1,105 @@
+"""Hostile and extreme values in a line (issue 13, items 3, 6, 9 and 11): each attack is
+generated over many instances and run through the parser and the monitor."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import unittest
+
+from tests.helpers import TempDirTest, ingest, load_store, write_lines
+from tests.loggen import envoy_line, go_json
+from tests.test_forgery import FIELDS, GENUINE_TIME, READ_TIME, genuine_ai, genuine_outer
+from agent_session_monitor.parse import BadLine, Request, parse_line
+from agent_session_monitor.state import load_state
+
+CONTROL = [bytes([c]) for c in range(32) if c != 10]   # a raw newline ends the line
+BAD_UTF8 = [b"\xff", b"\xfe\xff", b"\xc3(", b"\xe2\x28\xa1", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80",
+            b"\xc0\xaf", b"\x80"]
+
+
+def line_of(ai: dict, n: int = 0, **outer: str) -> bytes:
+    return envoy_line(genuine_outer(n, **outer), go_json(ai)).rstrip(b"\n")
+
+
+class RawControlCharacters(unittest.TestCase):
+    def test_raw_nul_or_control_char_inside_any_ai_log_string_is_a_bad_line(self):
+        # Go's json.Marshal escapes them all: a raw one inside the ai_log is never the
+        # plugin's, and a session id holding a NUL must never be created.
+        cases = 0
+        for char, key in itertools.product(CONTROL, ("session_id", "model", "answer", "x")):
+            ai = {**genuine_ai(), "answer": "fine", "x": "y"}
+            ai[key] = f"{ai[key]}MARK"
+            raw = line_of(ai).replace(b"MARK", char)
+            with self.subTest(char=char, key=key):
+                with self.assertRaises(BadLine) as cm:
+                    parse_line(raw, READ_TIME)
+                self.assertIn(cm.exception.kind, ("raw_control_char", "bad_json"))
+                cases += 1
+        # The legacy form (ai_log as an object) too.
+        for char in CONTROL:
+            raw = b'{"ai_log":{"session_id":"a' + char + b'b","input_token":1}}'
+            with self.assertRaises(BadLine):
+                parse_line(raw, READ_TIME)
+        self.assertEqual(cases, 31 * 4)
+
+    def test_raw_control_char_in_a_header_keeps_the_paid_round(self):
+        for char, field in itertools.product(CONTROL, FIELDS):
+            if char in (b"\r", b"\x00"):
+                continue   # a CR before the newline is CRLF; NUL runs are copytruncate padding
+            raw = line_of(genuine_ai(3), 3, **{field: "a" + "MARK" + "b"}).replace(b"MARK", char)
+            with self.subTest(char=char, field=field):
+                req = parse_line(raw, READ_TIME)
+                self.assertIsInstance(req, Request)
+                self.assertEqual((req.session_id, req.input_token), ("alice", 1003))
+                self.assertIn("raw_control_char", req.warnings)
+
+
+class InvalidUtf8(unittest.TestCase):
+    def test_invalid_utf8_in_every_header_field_keeps_the_paid_round(self):
+        rng = random.Random(11)
+        for n, (bad, field) in enumerate(itertools.product(BAD_UTF8, FIELDS)):
+            value = "caf" + "MARK" + rng.choice(["", "é", "/v1"])
+            raw = line_of(genuine_ai(n), n, **{field: value}).replace(b"MARK", bad)
+            with self.subTest(bad=bad, field=field):
+                req = parse_line(raw, READ_TIME)
+                self.assertIsInstance(req, Request)
+                self.assertEqual((req.session_id, req.input_token), ("alice", 1000 + n))
+                self.assertEqual(req.timestamp, GENUINE_TIME)
+                self.assertIn("bad_utf8", req.warnings)
+                for value in req.gateway.values():
+                    value.encode("utf-8")   # no lone surrogate reaches the store
+
+    def test_invalid_utf8_inside_the_ai_log_is_a_bad_line(self):
+        for bad in BAD_UTF8:
+            ai = {**genuine_ai(), "answer": "xMARKy"}
+            raw = line_of(ai).replace(b"MARK", bad)
+            with self.assertRaises(BadLine) as cm:
+                parse_line(raw, READ_TIME)
+            self.assertEqual(cm.exception.kind, "bad_utf8")
+
+
+class ThroughTheMonitor(TempDirTest):
+    def test_bad_bytes_in_headers_are_rounds_and_in_the_ai_log_bad_lines(self):
+        lines = []
+        for n, bad in enumerate(BAD_UTF8):
+            lines.append(line_of(genuine_ai(n), n, user_agent="uaMARK").replace(b"MARK", bad))
+            lines.append(line_of({**genuine_ai(100 + n), "answer": "MARK"}, 100 + n)
+                         .replace(b"MARK", bad))
+            lines.append(line_of({**genuine_ai(200 + n), "session_id": "evilMARK"}, 200 + n)
+                         .replace(b"MARK", b"\x00"))
+        log = self.tmp / "access.log"
+        write_lines(log, [line + b"\n" for line in lines])
+        ingest(self.out, log)
+        docs = load_store(self.out)
+        self.assertEqual(set(docs), {"alice"})
+        self.assertEqual(sorted(r["input_tokens"] for r in docs["alice"]["rounds"]),
+                         [1000 + n for n in range(len(BAD_UTF8))])
+        state, _ = load_state(self.out / ".state.json", None)
+        self.assertEqual(state.counters["bad_lines"],
+                         {"bad_utf8": len(BAD_UTF8), "raw_control_char": len(BAD_UTF8)})
+
+
+if __name__ == "__main__":
+    unittest.main()
