@@ -281,9 +281,21 @@ def cmd_url(args: argparse.Namespace, out: TextIO) -> int:
         raise MonitorError(f"--expires-in needs a link secret (--secret or ${ENV_LINK_SECRET}): "
                            "an unsigned link cannot expire", EXIT_USAGE)
     if not args.no_check:
-        with _reader(args) as reader:
-            if reader.find(args.session_id) is None:
-                raise _unknown_session(reader, args)
+        # The agent asks for its link before the monitor's next pass has seen the
+        # session: the link is still right, and its page waits for the first round.
+        matches: list[str] = []
+        try:
+            with _reader(args) as reader:
+                known = reader.find(args.session_id) is not None
+                if not known:
+                    matches = reader.close_matches(args.session_id)
+        except MonitorError:
+            known = False   # no store yet at all: the same answer
+        if not known:
+            hint = ("; did you mean: " + ", ".join(safe_text(m) for m in matches)) if matches else ""
+            args.err.write(f"note: session \"{safe_text(args.session_id)}\" is not in "
+                           f"{_shown_dir(args)} yet; its page waits for its first round "
+                           f"(main.py writes it on its next pass){hint}\n")
     now = time.time()
     link = session_url(args.session_id, base, str(secret) if secret else None, ttl, now=now)
     if args.json:

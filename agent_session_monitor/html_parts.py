@@ -129,5 +129,5 @@ def url(path: str, **params: object) -> str:
              if v is not None and v is not False and v != ""}
     if not query:
         return path
-    return path + "?" + urlencode(query, quote_via=quote, encoding="utf-8",
+    return path + "?" + urlencode(query, safe=":", quote_via=quote, encoding="utf-8",
                                   errors="surrogatepass")

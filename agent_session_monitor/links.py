@@ -49,4 +49,6 @@ def session_url(session_id: str, base_url: str | None = None, secret: str | None
             expires = int((time.time() if now is None else now) + ttl_seconds)
             params["exp"] = str(expires)
         params["sig"] = sign(session_id, secret, expires)
-    return f"{base}/session?{urlencode(params, quote_via=quote, encoding='utf-8', errors='surrogatepass')}"
+    # ":" stays readable (agent:main:discord:...): legal in a query, and chat apps keep it.
+    query = urlencode(params, safe=":", quote_via=quote, encoding="utf-8", errors="surrogatepass")
+    return f"{base}/session?{query}"

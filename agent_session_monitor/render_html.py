@@ -17,6 +17,8 @@ from .views import PAGE_SIZES, SessionQuery
 SORT_LABELS = (("updated", "Last updated"), ("created", "Created"), ("cost", "Cost"),
                ("tokens", "Tokens"), ("rounds", "Rounds"), ("id", "Session id"))
 REFRESH_SECONDS = 30
+LIVE_POLL_SECONDS = 1       # app.js asks /api/version this often; a change loads the news
+WAITING_RELOAD_SECONDS = 5  # a waiting page without JavaScript reloads itself
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,12 @@ class PageContext:
 
 
 def page(ctx: PageContext, title: str, body: Markup, *, page_name: str,
-         data: dict | None = None, refresh_to: str | None = None) -> str:
+         data: dict | None = None, refresh_to: str | None = None,
+         reload_seconds: int | None = None) -> str:
     """A whole document. The only inline content is markup: no inline script or style
     (the CSP forbids both), data reaches app.js through escaped ``data-*`` attributes."""
-    attrs = {"data-page": page_name, "data-refresh": str(REFRESH_SECONDS)}
+    attrs = {"data-page": page_name, "data-refresh": str(REFRESH_SECONDS),
+             "data-poll": str(LIVE_POLL_SECONDS)}
     for k, v in (data or {}).items():
         attrs[f"data-{k}"] = v
     nav = h("a", {"class": "brand", "href": "/"}, "Agent Session Monitor") if ctx.full_access \
@@ -46,6 +50,9 @@ def page(ctx: PageContext, title: str, body: Markup, *, page_name: str,
         h("meta", {"name": "referrer", "content": "no-referrer"}),
         h("meta", {"http-equiv": "refresh", "content": f"0;url={refresh_to}"})
         if refresh_to else None,
+        # Without JavaScript only (app.js removes it and polls instead).
+        h("noscript", None, h("meta", {"http-equiv": "refresh", "content": str(reload_seconds)}))
+        if reload_seconds else None,
         h("title", None, title),
         h("link", {"rel": "stylesheet", "href": ctx.css}),
         h("script", {"src": ctx.js, "defer": True}),
@@ -112,7 +119,8 @@ def overview_page(ctx: PageContext, view: dict, query: SessionQuery) -> str:
               sessions_table(view["sessions"]), panel_id="p-sessions"),
     ])
     return page(ctx, "Agent Session Monitor", body, page_name="overview",
-                data={"stats": url("/api/stats", view=1, days=days)})
+                data={"stats": url("/api/stats", view=1, days=days),
+                      "version": url("/api/version")})
 
 
 def burn_panel(burn: dict) -> Markup:
@@ -202,7 +210,8 @@ def session_page(ctx: PageContext, view: dict, *, context: dict | None = None) -
           *rounds if rounds else h("p", {"class": "empty"}, "No rounds.")),
     ])
     return page(ctx, f"Session {sid} · Agent Session Monitor", body, page_name="session",
-                data={"api": api, "rounds": len(view["rounds"])})
+                data={"api": api, "rounds": len(view["rounds"]),
+                      "version": url("/api/version", id=sid, **ctx.link_params)})
 
 
 def insights_panel(ins: dict | None) -> Markup:
@@ -330,12 +339,24 @@ def error_page(ctx: PageContext, status: int, title: str, message: str,
 
 
 def unknown_session_page(ctx: PageContext, session_id: str, matches: list[str]) -> str:
+    """A session the store has not seen (yet): the agent usually asks for its link
+    before the monitor's next pass. The page waits for the first round (app.js polls
+    /api/version and loads the session when it appears; without JavaScript the page
+    reloads itself every few seconds)."""
     extra = None
     if matches:
-        extra = join([h("p", None, "Close matches:"), h("ul", None, *(
+        extra = join([h("p", None, "Or did you mean one of these?"), h("ul", None, *(
             h("li", None, h("a", {"href": url("/session", id=m)}, m)) for m in matches))])
-    return error_page(ctx, 404, "Unknown session",
-                      f"No session with id “{session_id}” in this store.", extra)
+    body = h("section", {"class": "error waiting"},
+             h("h1", None, "Unknown session · waiting for its first round"),
+             h("p", None, f"No round of session “{session_id}” is in this store yet. If the "
+               "agent has just started it, the monitor writes it on its next pass; this "
+               "page shows it as soon as it does."),
+             h("p", {"class": "sub", "id": "waiting-status"}, "Checking every 2 s…"), extra,
+             h("p", None, h("a", {"href": "/"}, "Overview")) if ctx.full_access else None)
+    return page(ctx, "Waiting for session · Agent Session Monitor", body, page_name="waiting",
+                data={"version": url("/api/version", id=session_id, **ctx.link_params)},
+                reload_seconds=WAITING_RELOAD_SECONDS)
 
 
 def signed_in_page(ctx: PageContext, location: str) -> str:

@@ -2,7 +2,7 @@
 headers)`` returns a :class:`Response` (web.py feeds it requests).
 
 Routes: ``/`` overview, ``/session?id=ID`` one session, ``/api/sessions``,
-``/api/session?id=ID``, ``/api/stats`` (JSON), ``/metrics`` (Prometheus), ``/healthz``, ``/static/app.{js,css}``.
+``/api/session?id=ID``, ``/api/stats``, ``/api/version[?id=ID]`` (JSON), ``/metrics`` (Prometheus), ``/healthz``, ``/static/app.{js,css}``.
 The overview answers from the derived index (its aggregates cached until the index
 changes); a session page reads its one file. Access decisions are webauth.py's.
 """
@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 from . import insights, metrics, render_html, views
 from .errors import MonitorError
 from .index import INDEX_NAME
-from .names import file_name_for
+from .names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
 from .pricing import load_price_table
 from .report import StoreReader
 from .timerange import parse_tz
@@ -179,6 +179,9 @@ class WebApp:
             started = time.monotonic()
             with self.reader() as reader:
                 data = views.overview_data(reader, self.tz, days)
+            # Which change of the store these figures include: app.js asks again while
+            # /api/version reports a newer one (a stale answer served within max_lag).
+            data["version"] = self._store_version(stamp)
             if stamp is not None:
                 kept = [(k, v) for k, v in self._overview.items() if k != key][-7:]
                 self._overview = {**dict(kept), key: (stamp, data, started)}
@@ -367,7 +370,8 @@ class WebApp:
             burn = insights.overview_burn(reader, tz=self.tz)
             if params.get("view"):
                 listing = views.session_list(reader, views.SessionQuery.from_params(params))
-        record = {**views.stats_record(data, self.tz), "burn": burn}
+        record = {**views.stats_record(data, self.tz), "burn": burn,
+                  "version": data.get("version")}
         if listing is not None:
             record["view"] = views.overview(data, views.sessions_table(listing, self.tz), self.tz,
                                             burn)
@@ -420,6 +424,38 @@ class WebApp:
         self._metrics_lock.release()
         threading.Thread(target=run, name="metrics-refresh", daemon=True).start()
 
+    def api_version(self, params: dict, access: Access) -> Response:
+        """What changes when the monitor commits: the index's change stamp, or with
+        ``id`` that session file's identity, size and time (the monitor replaces it on
+        every new round). Microseconds to answer, so pages poll it every second and
+        load the news only when it changed ("none": no such session yet)."""
+        session_id = params.get("id")
+        if session_id is None:
+            version = self._store_version(self.watch.stamp())
+        else:
+            version = "none"
+            names = [file_name_for(session_id)] + (
+                [UNSESSIONED_FILE] if session_id == UNSESSIONED_ID else [])
+            for name in names:
+                if not is_session_file(name) or name != os.path.basename(name):
+                    continue
+                try:
+                    st = os.stat(self.data_dir / name)
+                except OSError:
+                    continue
+                version = f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
+                break
+        return Response(200, json_bytes({"version": version}), JSON)
+
+    def _store_version(self, stamp: tuple | None) -> str:
+        if stamp is not None:
+            (dev, ino), epoch, data_version = stamp
+            return f"{dev}-{ino}-{epoch}-{data_version}"
+        try:   # no index file: the directory changes when a session file is replaced
+            return f"dir-{os.stat(self.data_dir).st_mtime_ns}"
+        except OSError:
+            return "none"
+
     def healthz(self, params: dict, access: Access) -> Response:
         if not self.data_dir.is_dir():
             return Response(503, b"no session store\n", TEXT)
@@ -445,6 +481,7 @@ ROUTES = {
     "/api/sessions": WebApp.api_sessions,
     "/api/session": WebApp.api_session,
     "/api/stats": WebApp.api_stats,
+    "/api/version": WebApp.api_version,
     "/metrics": WebApp.page_metrics,
     "/healthz": WebApp.healthz,
     "/favicon.ico": WebApp.favicon,

@@ -23,7 +23,7 @@ from .errors import EXIT_USAGE, MonitorError
 COOKIE = "asm_auth"
 LOCAL_NAMES = frozenset(("localhost", "127.0.0.1", "::1"))
 # Paths a signed link opens (for the session it was signed for).
-SIGNED_OK = frozenset(("/session", "/api/session"))
+SIGNED_OK = frozenset(("/session", "/api/session", "/api/version"))
 
 
 class Refused(Exception):

@@ -301,11 +301,21 @@ class ExampleStoreTest(CliTest):
         self.assertEqual(code, 2)
 
     def test_unknown_session_one_line_with_close_matches(self) -> None:
-        for argv in (["show", "sess_claude_4"], ["url", "sess_claude_4"]):
-            code, out, err = self.cli(*argv, store=self.store)
-            self.assertEqual((code, out), (1, ""))
-            self.assertEqual(self.normalised(err), 'cli.py: error: no session "sess_claude_4" in '
-                             "<TMP>/sessions; did you mean: sess_claude_42\n")
+        code, out, err = self.cli("show", "sess_claude_4", store=self.store)
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(self.normalised(err), 'cli.py: error: no session "sess_claude_4" in '
+                         "<TMP>/sessions; did you mean: sess_claude_42\n")
+
+    def test_url_of_a_session_not_seen_yet_prints_the_link_and_a_note(self) -> None:
+        # The agent asks for its link before the monitor's next pass has seen the session.
+        code, out, err = self.cli("url", "sess_claude_4", store=self.store)
+        self.assertEqual((code, out), (0, "http://127.0.0.1:8888/session?id=sess_claude_4\n"))
+        self.assertEqual(self.normalised(err), 'note: session "sess_claude_4" is not in '
+                         "<TMP>/sessions yet; its page waits for its first round (main.py "
+                         "writes it on its next pass); did you mean: sess_claude_42\n")
+        code, out, err = self.cli("url", "agent:main:new:1", store=self.tmp / "no-store-yet")
+        self.assertEqual((code, out), (0, "http://127.0.0.1:8888/session?id=agent:main:new:1\n"))
+        self.assertIn("is not in", err)
 
     def test_usage_errors_exit_2_on_stderr(self) -> None:
         code, out, err = self.cli("list", "--sort-by", "price", store=self.store)

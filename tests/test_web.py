@@ -235,7 +235,7 @@ class Routes(StoreCase):
         self.assertIn('<table id="t-models"', page)
         self.assertIn('<table id="t-consumers"', page)
         self.assertIn('<table id="t-sessions"', page)
-        self.assertIn(f'href="/session?id={quote(AGENT, safe="")}"', page)
+        self.assertIn(f'href="/session?id={quote(AGENT, safe=":")}"', page)
         self.assertIn('name="q"', page)
         self.assertIn("$0.0194", page.replace("\n", ""))   # fixture cost, formatted as the CLI
 

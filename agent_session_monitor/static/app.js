@@ -291,6 +291,7 @@
       fillSelect("consumer", view.filters.consumers, "All consumers");
       // A search typed while this was in flight wins over the refresh's older list.
       if (seq === listSeq) fillSessions(view.sessions);
+      return data.version;
     };
   }
 
@@ -494,33 +495,69 @@
     };
   }
 
-  // -- auto-refresh --------------------------------------------------------------------
+  // -- waiting for a session's first round ----------------------------------------------
 
-  const refresh = page === "overview" ? overview() : page === "session" ? sessionPage() : null;
+  function waitingPage() {
+    const status = doc.getElementById("waiting-status");
+    return async function refresh(version) {
+      if (version !== "none") {
+        location.reload();   // the session exists now: the server renders it
+        return;
+      }
+      setText(status, "Still waiting · checked at " + clock());
+    };
+  }
+
+  // -- live updates and auto-refresh ---------------------------------------------------
+  // Every second the page asks /api/version (a few bytes: the index's change stamp, or
+  // the session file's identity); when it changed, the page loads what is new in place.
+  // A full refresh still runs every refreshMs (burn rates move with the clock).
+
+  const refresh = page === "overview" ? overview() : page === "session" ? sessionPage()
+    : page === "waiting" ? waitingPage() : null;
   if (!refresh) return;
+  const pollMs = (parseInt(body.getAttribute("data-poll"), 10) || 1) * 1000;
+  const versionUrl = body.getAttribute("data-version");
   let busy = false;
   let last = Date.now();
   let count = 0;
+  let seen = null;     // the store version the page shows
   const every = Math.round(refreshMs / 1000);
-  setStatus("Live · refreshes every " + every + " s");
+  const liveNote = versionUrl ? "live" : "refreshes every " + every + " s";
+  setStatus(page === "waiting" ? "Waiting for the first round" : "Live · " + liveNote);
 
-  async function tick() {
-    if (busy || doc.hidden) return;
+  async function tick(version) {
+    if (busy) return;
     busy = true;
     try {
-      await refresh();
+      const shown = await refresh(version);
       count += 1;
       body.setAttribute("data-refreshed", String(count));
-      setStatus("Updated " + clock() + " · refreshes every " + every + " s");
+      // The overview says which version its figures include: one still older than the
+      // store's (served while newer ones are computed) is asked for again next poll.
+      if (version !== undefined) seen = shown === undefined ? version : shown;
+      if (page !== "waiting") setStatus("Updated " + clock() + " · " + liveNote);
     } catch (e) {
-      setStatus("Refresh failed (" + e.message + ") · retrying in " + every + " s", true);
+      setStatus("Refresh failed (" + e.message + ") · retrying", true);
     } finally {
       busy = false;
       last = Date.now();
     }
   }
 
-  setInterval(tick, refreshMs);
+  async function poll() {
+    if (busy || doc.hidden || !versionUrl) return;
+    let version;
+    try {
+      version = (await getJSON(versionUrl)).version;
+    } catch (e) {
+      return;   // the server restarting, a network blip: the next poll tries again
+    }
+    if (page === "waiting" || version !== seen) await tick(version);
+  }
+
+  if (versionUrl) setInterval(poll, pollMs);
+  setInterval(() => { if (!doc.hidden && Date.now() - last >= refreshMs) tick(); }, refreshMs);
   doc.addEventListener("visibilitychange", () => {
     if (!doc.hidden && Date.now() - last >= refreshMs) tick();
   });
