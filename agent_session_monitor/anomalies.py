@@ -99,6 +99,8 @@ def call_signature(rnd: dict) -> tuple | None:
     calls = rnd.get("tool_calls") or []
     if not calls:
         return None
+    if not isinstance(calls, list):   # cut by the gateway: the text is all there is
+        return (("?", str(calls)),)
     return tuple(sorted((name, _canonical(args)) for name, args in map(tool_call_parts, calls)))
 
 

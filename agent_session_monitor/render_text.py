@@ -404,7 +404,9 @@ def _render_round(out: TextIO, rnd: dict, tz: tzinfo, max_chars: int,
     for warning in rnd.get("warnings") or []:
         w(f"    Note: {safe_text(warning)}\n")
     calls = rnd.get("tool_calls") or []
-    if calls:
+    if isinstance(calls, str):
+        _text_field(out, "Tool calls (logged truncated by the gateway)", calls, max_chars)
+    elif calls:
         w(f"    Tool calls ({len(calls)}):\n")
         for call in calls:
             name, arguments = tool_call_parts(call)

@@ -18,6 +18,8 @@ KNOWN_AI_KEYS = frozenset((
     "api", "api_type", "consumer", "llm_first_token_duration", "llm_service_duration",
 ))
 CONTENT_FIELDS = ("question", "answer", "reasoning", "system")
+TRUNCATABLE_FIELDS = ("question", "answer", "reasoning", "system")
+TRUNCATED_MARK = " [truncated] "   # what the plugin puts where it cut a value
 OPTIONAL_FIELDS = ("total_tokens", "chat_round", "chat_id", "consumer", "api", "api_type",
                    "llm_first_token_duration", "llm_service_duration", "input_token_details",
                    "output_token_details", "context_key")
@@ -40,7 +42,8 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
             priced_as = found[0]
             cost = bucket_cost(buckets, found[1])
     tool_calls = ai.get("tool_calls")
-    if not isinstance(tool_calls, list):
+    cut_calls = isinstance(tool_calls, str) and tool_calls not in ("", "-")
+    if not isinstance(tool_calls, list) and not cut_calls:
         tool_calls = []
     rnd = {
         "round": 0,
@@ -89,10 +92,19 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
                 rnd[name] = ai[name]
         if tool_calls:
             rnd["tool_calls"] = tool_calls
-    elif tool_calls:
+    elif tool_calls and not cut_calls:
         # Privacy mode keeps which tools ran (an agent's cost driver), never what they
         # were given or returned.
         rnd["tool_calls"] = [_tool_name_only(call) for call in tool_calls]
+    # The plugin's value_length_limit cuts any attribute into a Go-formatted string
+    # "head [truncated] tail": kept as logged (never dropped or nulled), and said so.
+    cut = ["tool_calls"] if cut_calls else []
+    cut += [name for name in TRUNCATABLE_FIELDS
+            if isinstance(ai.get(name), str) and TRUNCATED_MARK in ai[name]]
+    for name in cut:
+        rnd[f"{name}_truncated"] = True
+    if cut:
+        req.warnings.append("truncated_by_gateway")
     if req.gateway.get("response_code") not in (None, "200"):
         # A failed request is worth its route and status; a successful one's Envoy
         # fields repeat on every round.

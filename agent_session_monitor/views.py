@@ -319,7 +319,12 @@ def _round_view(rnd: dict, tz: tzinfo, results: dict, previous_system: object) -
                         f"chat round {rnd['chat_round']}" if rnd.get("chat_round") else None)
             if isinstance(t, str) and t]
     calls = []
-    for call in rnd.get("tool_calls") or []:
+    logged_calls = rnd.get("tool_calls")
+    if isinstance(logged_calls, str):
+        # Cut by the gateway's length limit: one entry, the text as it was logged.
+        logged_calls = [{"function": {"name": "(cut by the gateway's length limit)",
+                                      "arguments": logged_calls}}]
+    for call in logged_calls if isinstance(logged_calls, list) else []:
         name, arguments = tool_call_parts(call)
         call_id = call.get("id") if isinstance(call, dict) else None
         found = results.get(call_id) if isinstance(call_id, str) else None

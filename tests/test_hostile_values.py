@@ -80,6 +80,66 @@ class InvalidUtf8(unittest.TestCase):
             self.assertEqual(cm.exception.kind, "bad_utf8")
 
 
+def go_cut(value: object, rng: random.Random) -> str:
+    """A value as the plugin's value_length_limit leaves it: Go's fmt.Sprint form cut
+    by byte, "head [truncated] tail" (a cut inside a character shows U+FFFD)."""
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    data = text.encode()
+    head, tail = rng.randint(1, max(1, len(data) // 2)), rng.randint(1, max(1, len(data) // 3))
+    return (data[:head].decode("utf-8", "replace") + " [truncated] "
+            + data[-tail:].decode("utf-8", "replace"))
+
+
+CALLS = [{"id": "call_1", "type": "function",
+          "function": {"name": "write_file", "arguments": json.dumps({"path": "a.py", "text": "é" * 300})}}]
+
+
+class CutFields(TempDirTest):
+    def test_cut_tool_calls_question_answer_reasoning_are_kept_flagged_never_null(self):
+        rng = random.Random(6)
+        lines, expected = [], {}
+        fields = ("tool_calls", "question", "answer", "reasoning")
+        for n in range(120):
+            ai = {**genuine_ai(n), "tool_calls": CALLS, "question": "what " * 50,
+                  "answer": "done " * 80, "reasoning": "think " * 60}
+            cut = set(rng.sample(fields, rng.randint(1, 4)))
+            for name in cut:
+                ai[name] = go_cut(ai[name], rng)
+            expected[1000 + n] = (cut, {name: ai[name] for name in fields})
+            lines.append(line_of(ai, n) + b"\n")
+        write_lines(self.tmp / "access.log", lines)
+        ingest(self.out, self.tmp / "access.log")
+        rounds = load_store(self.out)["alice"]["rounds"]
+        self.assertEqual(len(rounds), 120)
+        for rnd in rounds:
+            cut, logged = expected[rnd["input_tokens"]]
+            self.assertTrue(rnd["has_tool_calls"])
+            self.assertIn("truncated_by_gateway", rnd["warnings"])
+            for name in fields:
+                self.assertEqual(rnd.get(f"{name}_truncated", False), name in cut, name)
+                if name in cut:
+                    self.assertEqual(rnd[name], logged[name])   # kept as logged
+        # Every reader shows them (the cut text, not a character-by-character list).
+        import io
+        from agent_session_monitor.cli import main as cli_main
+        out = io.StringIO()
+        self.assertEqual(cli_main(["show", "alice", "--data-dir", str(self.out)], out=out,
+                                 err=io.StringIO()), 0)
+        self.assertIn("Tool calls (logged truncated by the gateway)", out.getvalue())
+        self.assertNotIn("Tool calls (4", out.getvalue())
+
+    def test_cut_tool_calls_in_privacy_mode_still_count_as_tool_calls(self):
+        rng = random.Random(7)
+        from agent_session_monitor.parse import parse_line as parse
+        from agent_session_monitor.pricing import load_price_table
+        from agent_session_monitor.rounds import build_round
+        req = parse(line_of({**genuine_ai(), "tool_calls": go_cut(CALLS, rng)}), READ_TIME)
+        rnd = build_round(req, "k", {}, load_price_table(), store_content=False)
+        self.assertTrue(rnd["has_tool_calls"])
+        self.assertTrue(rnd["tool_calls_truncated"])
+        self.assertNotIn("tool_calls", rnd)   # no content in privacy mode
+
+
 class ThroughTheMonitor(TempDirTest):
     def test_bad_bytes_in_headers_are_rounds_and_in_the_ai_log_bad_lines(self):
         lines = []
