@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import ipaddress
 import re
 import socket
 import sys
@@ -230,9 +229,8 @@ def make_server(data_dir: Path | str, host: str = DEFAULT_HOST, port: int = DEFA
     """A bound, not yet serving, server (``port=0`` picks a free port: see
     ``server.server_address``). Call ``serve_forever()``; ``shutdown()`` to stop."""
     bind = host.strip("[]")
-    if not is_loopback(bind) and not token:
-        raise MonitorError(f"refusing to serve on {host} without an access token: pass "
-                           f"--token or set {ENV_TOKEN} (or bind 127.0.0.1)", EXIT_USAGE)
+    # Refuses, before binding, a server reachable from beyond this machine without a
+    # token (webauth.Gate).
     app = WebApp(Path(data_dir), token=token, link_secret=link_secret,
                  allowed_hosts=tuple(allowed_hosts), tz_name=tz, bind_host=bind, log=log,
                  max_lag=max_lag, pricing=pricing)
@@ -244,15 +242,6 @@ def make_server(data_dir: Path | str, host: str = DEFAULT_HOST, port: int = DEFA
     server.admit_wait = admit_wait
     app.gate.port = server.server_address[1]
     return server
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # -- command line ----------------------------------------------------------------------

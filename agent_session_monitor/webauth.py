@@ -1,10 +1,14 @@
 """Who may see what: the Host check (DNS rebinding), the access token (header, or the
 cookie that ``?token=`` sets) and signed per-session links (links.py).
 
-On loopback without a token everything is open. With a token (required for any other
-bind address) a request needs ``Authorization: Bearer TOKEN`` or the cookie. A link
-signed with the link secret (``cli.py url``) opens that one session's page and JSON,
-and nothing else: not the overview, not the lists, not another session.
+A server reachable from beyond this machine (a non-loopback bind, or an allowed Host
+that is not a local name: a reverse proxy's) must have a token, or it refuses to start.
+Only a loopback server without any such name answers without one, to this machine only
+(a request that came through a proxy, by its forwarding headers, is refused). With a
+token a request needs ``Authorization: Bearer TOKEN`` or the cookie. A link signed with
+the link secret (``cli.py url``) opens that one session's page and JSON, and nothing
+else: not the overview, not the lists, not another session. /healthz and the static
+files are public.
 """
 
 from __future__ import annotations
@@ -18,10 +22,14 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
 from . import links
+from .config import ENV_TOKEN
 from .errors import EXIT_USAGE, MonitorError
 
 COOKIE = "asm_auth"
 LOCAL_NAMES = frozenset(("localhost", "127.0.0.1", "::1"))
+# Headers a reverse proxy adds: a request carrying one did not come from this machine
+# (or its sender claims not to), whatever its Host says.
+FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP")
 # Paths a signed link opens (for the session it was signed for).
 SIGNED_OK = frozenset(("/session", "/api/session", "/api/version"))
 
@@ -67,6 +75,12 @@ class Gate:
                 self.any_port_hosts.add(name)
             else:
                 self.exact_hosts.add((name, host_port))
+        self.exposure = exposure(self.bind_host, allowed_hosts)
+        if self.exposure and not self.token:
+            raise MonitorError(f"refusing to serve {self.exposure} without an access token: "
+                               f"pass --token or set {ENV_TOKEN} (a link secret alone "
+                               "leaves the overview, the lists and every unsigned session "
+                               "page open)", EXIT_USAGE)
         # The cookie holds a value derived from the token, not the token itself.
         self.cookie_value = (hmac.new(self.token.encode("utf-8", "surrogatepass"),
                                       b"asm-cookie-v1", hashlib.sha256).hexdigest()
@@ -106,6 +120,12 @@ class Gate:
     def access(self, path: str, params: dict[str, str], headers) -> Access:
         """Everything (the token, or no token configured), one session (a signed link
         to it, on its page and JSON), or a refusal."""
+        if self.token is None and any(headers.get(h) for h in FORWARDING_HEADERS):
+            pause()
+            raise Refused(403, "Access token needed",
+                          "This server has no access token, so it serves this machine only, "
+                          "and this request came through a proxy. Start it with a token "
+                          f"(--token or ${ENV_TOKEN}) to serve through one.")
         full = self.token is None or self.has_token(headers)
         link_params: dict = {}
         if path in SIGNED_OK and "sig" in params:
@@ -131,6 +151,29 @@ class Gate:
                 return True
         return False
 
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1), with or without brackets."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure(bind_host: str, allowed_hosts) -> str:
+    """Why a server is reachable from beyond this machine ("" if it is not): its bind
+    address, or an allowed Host name that is not local (a reverse proxy forwards it)."""
+    if not is_loopback(bind_host):
+        return f"on {bind_host or 'every address'}"
+    for value in allowed_hosts:
+        name, _port = split_host(value.strip().lower())
+        if name is None or not is_loopback(name):
+            return f"--allowed-host {value} (a name other machines reach it by)"
+    return ""
 
 
 def pause() -> None:

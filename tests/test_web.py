@@ -742,13 +742,16 @@ class AccessToken(StoreCase):
             conn.close()
 
     def test_allowed_host_option_adds_names(self):
-        server = Running(self.store, allowed_hosts=["monitor.example.com", "proxy.example:8443"])
+        # A proxy's name makes the server reachable from elsewhere: it needs the token.
+        server = Running(self.store, token=TOKEN,
+                         allowed_hosts=["monitor.example.com", "proxy.example:8443"])
         self.addCleanup(server.close)
-        self.assertEqual(server.get("/", host="monitor.example.com")[0], 200)
-        self.assertEqual(server.get("/", host="monitor.example.com:443")[0], 200)
-        self.assertEqual(server.get("/", host="proxy.example:8443")[0], 200)
-        self.assertEqual(server.get("/", host="proxy.example:8444")[0], 400)
-        self.assertEqual(server.get("/", host="evil.example")[0], 400)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        self.assertEqual(server.get("/", host="monitor.example.com", headers=auth)[0], 200)
+        self.assertEqual(server.get("/", host="monitor.example.com:443", headers=auth)[0], 200)
+        self.assertEqual(server.get("/", host="proxy.example:8443", headers=auth)[0], 200)
+        self.assertEqual(server.get("/", host="proxy.example:8444", headers=auth)[0], 400)
+        self.assertEqual(server.get("/", host="evil.example", headers=auth)[0], 400)
 
 
 class SignedLinks(StoreCase):
