@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from json.decoder import scanstring
 
+from .names import UNSESSIONED_ID
+
 # Outer fields kept with the round: what a FinOps user filters or debugs by.
 GATEWAY_FIELDS = ("authority", "method", "path", "response_code", "route_name", "duration",
                   "upstream_cluster", "user_agent")
@@ -387,6 +389,9 @@ def _build(outer: dict, ai: dict, read_time: str, warnings: list[str]) -> Reques
         # Never str() it: 123 and "123" would become one session.
         warnings.append("bad_session_id")
         session_id = None
+    elif session_id.startswith(UNSESSIONED_ID):
+        session_id = client_session_id(session_id)
+        warnings.append("reserved_session_id")
 
     tokens = {}
     has_usage = False
@@ -420,6 +425,19 @@ def _build(outer: dict, ai: dict, read_time: str, warnings: list[str]) -> Reques
         has_usage=has_usage,
         warnings=warnings,
     )
+
+
+def client_session_id(session_id: str) -> str:
+    """The id a client-sent session id is stored under. Ids beginning with the reserved
+    label of the unsessioned bucket get a suffix, so that no client can write into, or
+    pass for, that bucket: the mapping is one-to-one (a suffixed id sent literally is
+    suffixed again) and never gives the bare label."""
+    if session_id.startswith(UNSESSIONED_ID):
+        return session_id + CLIENT_SUFFIX
+    return session_id
+
+
+CLIENT_SUFFIX = " (sent by a client)"
 
 
 def _token_count(name: str, value: object, warnings: list[str]) -> int:

@@ -140,6 +140,60 @@ class CutFields(TempDirTest):
         self.assertNotIn("tool_calls", rnd)   # no content in privacy mode
 
 
+class ReservedBucket(TempDirTest):
+    def test_client_sending_the_reserved_unsessioned_id_gets_a_session_of_its_own(self):
+        import io
+        from urllib.parse import quote
+        from agent_session_monitor.cli import main as cli_main
+        from agent_session_monitor.names import UNSESSIONED_ID
+        from agent_session_monitor.parse import CLIENT_SUFFIX
+        from agent_session_monitor.webapp import WebApp
+        rng = random.Random(9)
+        sent = [UNSESSIONED_ID, UNSESSIONED_ID + CLIENT_SUFFIX,
+                UNSESSIONED_ID + CLIENT_SUFFIX + CLIENT_SUFFIX, UNSESSIONED_ID + " ",
+                UNSESSIONED_ID + "x", "(unsessioned", "unsessioned", "~unsessioned"]
+        lines, truth = [], {}
+        for n in range(160):
+            ai = genuine_ai(n)
+            if n % 5 == 0:
+                del ai["session_id"]         # a genuine unsessioned request
+                truth.setdefault(None, []).append(1000 + n)
+            else:
+                ai["session_id"] = rng.choice(sent)
+                truth.setdefault(ai["session_id"], []).append(1000 + n)
+            lines.append(line_of(ai, n) + b"\n")
+        write_lines(self.tmp / "access.log", lines)
+        ingest(self.out, self.tmp / "access.log")
+        docs = load_store(self.out)
+        self.assertEqual(sorted(docs[None]["rounds"][i]["input_tokens"]
+                                for i in range(len(docs[None]["rounds"]))), truth[None])
+        stored = {sid: sorted(r["input_tokens"] for r in doc["rounds"])
+                  for sid, doc in docs.items() if sid is not None}
+        expected = {(s + CLIENT_SUFFIX if s.startswith(UNSESSIONED_ID) else s): v
+                    for s, v in truth.items() if s is not None}
+        self.assertEqual(stored, expected)
+        self.assertNotIn(UNSESSIONED_ID, stored)   # only the reserved bucket has that id
+        # Every one opens, in the CLI and on the web, and list shows each id once.
+        out = io.StringIO()
+        self.assertEqual(cli_main(["list", "--json", "--data-dir", str(self.out)], out=out,
+                                 err=io.StringIO()), 0)
+        listed = [row["session_id"] for row in json.loads(out.getvalue())]
+        self.assertEqual(len(listed), len(set(listed)))
+        app = WebApp(self.out)
+        for sid in [UNSESSIONED_ID, *stored]:
+            out = io.StringIO()
+            self.assertEqual(cli_main(["show", sid, "--json", "--data-dir", str(self.out)],
+                                      out=out, err=io.StringIO()), 0, sid)
+            shown = json.loads(out.getvalue())
+            want = truth[None] if sid == UNSESSIONED_ID else stored[sid]
+            self.assertEqual(sorted(r["input_tokens"] for r in shown["rounds"]), want, sid)
+            page = app.handle("GET", "/session?id=" + quote(sid), {"Host": "127.0.0.1:0"})
+            self.assertEqual(page.status, 200, sid)
+            api = app.handle("GET", "/api/session?id=" + quote(sid), {"Host": "127.0.0.1:0"})
+            self.assertEqual(sorted(r["input_tokens"] for r in json.loads(api.body)["rounds"]),
+                             want, sid)
+
+
 class ThroughTheMonitor(TempDirTest):
     def test_bad_bytes_in_headers_are_rounds_and_in_the_ai_log_bad_lines(self):
         lines = []
