@@ -127,9 +127,9 @@ def cmd_stats_channel(args: argparse.Namespace, out: TextIO) -> int:
     return _stats(args, out, "channel", "CHANNEL", "Channel Statistics",
                   ["Each session counts under the channel its key names; (none): keys that "
                    "name none (sub-agents, cron, hooks, main).",
-                   "SPAWNED: what the sub-agents spawned from the channel's sessions spent "
-                   "(also counted in their own row); WITH SUB-AGENTS = COST + SPAWNED; "
-                   "SHARE = SPAWNED / WITH SUB-AGENTS."])
+                   "SPAWNED: what sub-agents spawned from the channel's sessions spent in "
+                   "sessions of another row (counted there too); WITH SUB-AGENTS = COST + "
+                   "SPAWNED; SHARE = SPAWNED / WITH SUB-AGENTS."])
 
 
 def _stats(args: argparse.Namespace, out: TextIO, by: str, header: str, title: str,

@@ -317,8 +317,9 @@ class StoreReader:
                    until: str | None = None) -> dict:
         """Per group of ``by`` (agent, channel or kind of the *root* session, the one
         that spawned the tree): (cost, rounds, sessions) of its linked descendant
-        sub-agents' rounds in [since, until). A view next to the groups' own figures,
-        never added into them."""
+        sub-agents' rounds in [since, until) that are not in that group already (a
+        sub-agent of agent main is agent main's own). A view next to the groups' own
+        figures, never added into them."""
         links = self.parent_links()
         if not links:
             return {}
@@ -332,7 +333,7 @@ class StoreReader:
         own = self._own(sorted(links), since, until)
         groups = {}
         column = {"agent": "agent", "channel": "channel", "kind": "kind"}[by]
-        root_ids = sorted(set(roots.values()))
+        root_ids = sorted(set(roots.values()) | set(links))
         group_of: dict[str, object] = {}
         for i in range(0, len(root_ids), 500):
             chunk = root_ids[i:i + 500]
@@ -342,8 +343,10 @@ class StoreReader:
                 group_of[sid] = value
         for child, (cost, rounds, unpriced) in own.items():
             root = roots[child]
-            if root not in group_of:
-                continue   # the spawning session is not in the store
+            if root not in group_of or group_of.get(child) == group_of[root]:
+                # The spawning session is not in the store, or the sub-agent counts in
+                # the same group already (agent main's own sub-agents are agent main's).
+                continue
             acc = groups.setdefault(group_of[root], [[], 0, 0, 0])
             if cost is not None:
                 acc[0].append(cost)
@@ -653,8 +656,9 @@ def key_group_rows(reader: StoreReader, by: str, since: str | None = None,
     - ``subagent_cost`` / ``subagent_rounds`` / ``subagent_sessions``: the part of the
       row spent in sessions whose key is a sub-agent's (part of the row's cost);
     - ``spawned_cost`` / ``spawned_rounds`` / ``spawned_sessions``: what the sub-agent
-      trees spawned by this group's sessions spent (linked children, grandchildren...;
-      not part of the row's cost: ``cost_with_subagents`` adds them).
+      trees spawned by this group's sessions spent (linked children, grandchildren...)
+      in sessions of another group (a sub-agent names no channel; a spawn can target
+      another agent): not part of the row's cost, ``cost_with_subagents`` adds them.
     """
     rows = reader.aggregate(by, since=since, until=until)
     spawned = reader.spawned_by(by, since, until)

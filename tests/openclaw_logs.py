@@ -10,7 +10,8 @@ carries in ``messages``; the child's completion is announced back to the parent 
 user message. Lines are Envoy TEXT-format JSON with a Go-encoded ai_log (tests/loggen.py).
 
 :func:`scenario` is the issue's example: a main session that spawns two sub-agents, a
-cron session, a Discord channel and a Telegram group of a second agent. :func:`mix` is a
+cron session, a Discord channel (which spawns a sub-agent on a second agent) and a
+Telegram group of that second agent. :func:`mix` is a
 seeded random forest of parents, children and grandchildren plus unrelated sessions,
 for the model-based test; both return the lines and, per session, its rounds' costs
 and its true parent.
@@ -153,7 +154,9 @@ def _child_work(truth: Truth, rng: random.Random, key: str, task: str, start: in
 
 
 def scenario(seed: int = 7, start: str = "2026-03-02T09:00:00Z") -> Truth:
-    """The issue's example traffic (about 25 lines)."""
+    """The issue's example traffic (about 25 lines): agent:main:main spawns two
+    sub-agents, a Discord channel session spawns one on the agent "work", a cron job,
+    a Telegram group of agent "work"."""
     rng = random.Random(seed)
     truth = Truth()
     t0 = _parse_time(start)
@@ -178,9 +181,15 @@ def scenario(seed: int = 7, start: str = "2026-03-02T09:00:00Z") -> Truth:
     cron.request("Digest: 12 messages, 2 need a reply today.")
     discord = Agent(truth, rng, "agent:main:discord:channel:1465367993012981988",
                     "claude-sonnet-4-20250514", t0 + 5 * 60_000)
-    for question in ("@bot what changed in the deploy?", "@bot and the rollback plan?"):
-        discord.user(question)
-        discord.request("Two services changed; rollback is one command.")
+    discord.user("@bot what changed in the deploy?")
+    discord.request("Two services changed; rollback is one command.")
+    # A spawn on another agent (agents.list[].subagents.allowAgents lets main use work).
+    discord.user("@bot and the rollback plan? ask the ops agent to check it")
+    (child, at), = discord.spawn([("work", "check the rollback plan of the last deploy")])
+    truth.parent[child] = discord.key
+    discord.t = _child_work(truth, rng, child, "rollback", at, "gpt-4o-mini-2024-07-18", 1) + 400
+    discord.user(f"[System Message] A subagent task ({child}) just completed. Findings: ok")
+    discord.request("The ops agent checked it: rollback is one command.")
     group = Agent(truth, rng, "agent:work:telegram:group:-1001234567890",
                   "gpt-4o-mini-2024-07-18", t0 + 12 * 60_000)
     group.user("who is on call this week?")

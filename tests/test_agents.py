@@ -200,8 +200,8 @@ class ResolveParents(unittest.TestCase):
                 node = parents[node]
 
 
-class Scenario(TempDirTest):
-    """The issue's example, through main.py, every command and the index rebuild."""
+class ScenarioCase(TempDirTest):
+    """The issue's example traffic in a log (tests/openclaw_logs.scenario)."""
 
     def setUp(self) -> None:
         super().setUp()
@@ -210,12 +210,6 @@ class Scenario(TempDirTest):
         self.log.write_bytes(b"".join(self.truth.sorted_lines()))
         self.main = "agent:main:main"
         self.children = sorted(c for c, p in self.truth.parent.items() if p == self.main)
-
-    def test_the_log_in_tests_data_is_this_scenario(self):
-        # README.md shows output from tests/data/openclaw-subagents.log: it must stay
-        # what tests/openclaw_logs.py writes (regenerate it from there when that changes).
-        from tests.helpers import DATA
-        self.assertEqual((DATA / "openclaw-subagents.log").read_bytes(), self.log.read_bytes())
 
     def cli_json(self, *argv: str):
         code, out, err = run_cli("--data-dir", str(self.out), *argv, "--json")
@@ -232,6 +226,16 @@ class Scenario(TempDirTest):
             shown = self.cli_json("show", child)["subagents"]
             self.assertEqual(shown["parent"], self.main)
             self.assertAlmostEqual(shown["cost_usd"], self.truth.own(child), places=12)
+
+
+class Scenario(ScenarioCase):
+    """The issue's example, through main.py, every command and the index rebuild."""
+
+    def test_the_log_in_tests_data_is_this_scenario(self):
+        # README.md shows output from tests/data/openclaw-subagents.log: it must stay
+        # what tests/openclaw_logs.py writes (regenerate it from there when that changes).
+        from tests.helpers import DATA
+        self.assertEqual((DATA / "openclaw-subagents.log").read_bytes(), self.log.read_bytes())
 
     def test_children_are_listed_with_their_cost_and_the_parent_with_and_without_them(self):
         ingest(self.out, self.log)
@@ -253,8 +257,15 @@ class Scenario(TempDirTest):
         channels = {r["channel"]: r for r in self.cli_json("stats-channel")}
         self.assertEqual(set(channels), {None, "discord", "telegram"})
         self.assertAlmostEqual(sum(r["cost_usd"] for r in channels.values()), total, places=12)
-        # agent:main:main names no channel: its sub-agents' spend shows beside "(none)".
-        self.assertAlmostEqual(channels[None]["spawned_subagent_cost_usd"], subs, places=12)
+        # agent:main:main names no channel, nor do its sub-agents: already in "(none)".
+        self.assertEqual(channels[None]["spawned_subagent_cost_usd"], 0)
+        # The Discord channel's sub-agent (on agent work) is shown beside discord.
+        ops = next(c for c, p in self.truth.parent.items() if p.startswith("agent:main:discord"))
+        self.assertAlmostEqual(channels["discord"]["spawned_subagent_cost_usd"],
+                               self.truth.own(ops), places=12)
+        self.assertAlmostEqual(channels["discord"]["cost_with_subagents_usd"],
+                               self.truth.with_subagents(self.truth.parent[ops]), places=12)
+        self.assertAlmostEqual(agents["work"]["subagent_cost_usd"], self.truth.own(ops), places=12)
         code, text, _ = run_cli("--data-dir", str(self.out), "stats-agent")
         self.assertIn("SUB-AGENTS", text)
         self.assertIn(f"{100 * subs / agents['main']['cost_usd']:.1f}%", text)
@@ -359,3 +370,53 @@ class ModelBasedRollup(TempDirTest):
         for seed in range(SEEDS):
             with self.subTest(seed=seed):
                 self.check_seed(seed, forged=True)
+
+
+class WebPages(ScenarioCase):
+    """The overview's agent and channel tables, the session page's sub-agents."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        ingest(self.out, self.log)
+        from tests.test_web import Running
+        self.web = Running(self.out, token="t0ken-" + "x" * 20, link_secret="s" * 32)
+        self.addCleanup(self.web.close)
+        self.auth = {"Authorization": "Bearer t0ken-" + "x" * 20}
+
+    def get(self, path: str) -> str:
+        status, _, body = self.web.get(path, headers=self.auth)
+        self.assertEqual(status, 200, body[:300])
+        return body.decode()
+
+    def test_overview_and_api_stats_group_by_agent_and_channel(self):
+        page = self.get("/")
+        for table in ("t-agents", "t-channels"):
+            self.assertIn(f'id="{table}"', page)
+        status, _, body = self.web.get("/api/stats", headers=self.auth)
+        stats = json.loads(body)
+        main = next(r for r in stats["by_agent"] if r["agent"] == "main")
+        share = 100 * main["subagent_cost_usd"] / main["cost_usd"]
+        self.assertIn(f"<td class=\"num\">{share:.1f}%</td>", page)   # as stats-agent says
+        self.assertEqual({r["agent"] for r in stats["by_agent"]}, {"main", "work"})
+        self.assertAlmostEqual(sum(r["cost_usd"] for r in stats["by_channel"]),
+                               stats["totals"]["cost_usd"], places=12)
+
+    def test_the_session_page_lists_children_and_a_child_names_its_parent(self):
+        from urllib.parse import quote
+        page = self.get("/session?id=" + quote(self.main, safe=""))
+        self.assertIn('id="t-children"', page)
+        for child in self.children:
+            self.assertIn(f'href="/session?id={quote(child, safe="")}"', page)
+        self.assertIn("Cost with sub-agents", page)
+        child_page = self.get("/session?id=" + quote(self.children[0], safe=""))
+        self.assertIn("Spawned by", child_page)
+        self.assertIn(self.main, child_page)
+
+    def test_a_signed_link_shows_the_children_without_opening_them(self):
+        from agent_session_monitor import links
+        path = links.session_url(self.main, "http://h", "s" * 32)[len("http://h"):]
+        status, _, body = self.web.get(path)
+        page = body.decode()
+        self.assertEqual(status, 200)
+        self.assertIn(self.children[0], page)
+        self.assertNotIn('href="/session?id=agent%3Amain%3Asubagent', page)
