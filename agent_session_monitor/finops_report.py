@@ -10,7 +10,8 @@ from datetime import date, datetime, timezone, tzinfo
 from .index import BUCKET_FIELDS
 from .insights import export_insights
 from .pricing import Buckets, PriceTable, bucket_cost, cache_savings
-from .report import SORTS, StoreReader, day_range, range_totals, usage_record
+from .report import (SORTS, StoreReader, day_range, key_group_record, key_group_rows,
+                     range_totals, usage_record)
 
 
 def finops_report(reader: StoreReader, table: PriceTable, *, tz: tzinfo = timezone.utc,
@@ -54,6 +55,11 @@ def finops_report(reader: StoreReader, table: PriceTable, *, tz: tzinfo = timezo
         "by_day": [usage_record(r, "day") for r in by_day],
         "by_consumer": [usage_record(r, "consumer") for r in
                         reader.aggregate("consumer", since=since, until=until)],
+        # OpenClaw agents and channels (session_keys.py), with what sub-agents spent.
+        "by_agent": [key_group_record(r, "agent") for r in
+                     key_group_rows(reader, "agent", since, until)],
+        "by_channel": [key_group_record(r, "channel") for r in
+                       key_group_rows(reader, "channel", since, until)],
         "sessions": sessions,
         "what_if": what_if_rows(by_model, table, what_if_models),
         "what_if_basis": "the priced rounds' token buckets on each model's base price "
@@ -66,7 +72,9 @@ def finops_report(reader: StoreReader, table: PriceTable, *, tz: tzinfo = timezo
 
 REPORT_CSV_FIELDS = ["section", "key", "sessions", "rounds", "input_tokens", "output_tokens",
                      "reasoning_tokens", "cached_tokens", "cache_write_tokens", "cost_usd",
-                     "unpriced_rounds", "tool_call_rounds", "models", "created_at", "updated_at"]
+                     "unpriced_rounds", "tool_call_rounds", "models", "created_at", "updated_at",
+                     "subagent_cost_usd", "spawned_subagent_cost_usd", "cost_with_subagents_usd",
+                     "agent", "channel", "kind"]
 
 
 def report_csv_rows(report: dict):
@@ -74,7 +82,7 @@ def report_csv_rows(report: dict):
     column telling the groupings apart; nothing at all for an empty store."""
     if report["totals"]["rounds"]:
         yield {"section": "total", "key": "TOTAL", **report["totals"]}
-    for section in ("model", "day", "consumer"):
+    for section in ("model", "day", "consumer", "agent", "channel"):
         for row in report[f"by_{section}"]:
             yield {"section": section, "key": row[section], **row}
     for row in report["sessions"]:
@@ -127,7 +135,8 @@ def all_session_records(reader: StoreReader, keyed_by_file: bool = False):
     decode = functools.lru_cache(maxsize=4096)(json.loads)
     rows = reader.db.execute(
         "SELECT file, session_id, created_at, updated_at, model, models, consumers, rounds, "
-        "input, output, reasoning, cached, cache_write, cost, unpriced_rounds, tool_calls "
+        "input, output, reasoning, cached, cache_write, cost, unpriced_rounds, tool_calls, "
+        "agent, channel, kind "
         f"FROM sessions ORDER BY {SORTS['cost']}, file")
     records = {} if keyed_by_file else []
     for r in rows:
@@ -135,7 +144,8 @@ def all_session_records(reader: StoreReader, keyed_by_file: bool = False):
                   "models": decode(r[5]), "consumers": decode(r[6]), "rounds": r[7],
                   "input_tokens": r[8], "output_tokens": r[9], "reasoning_tokens": r[10],
                   "cached_tokens": r[11], "cache_write_tokens": r[12], "cost_usd": r[13],
-                  "unpriced_rounds": r[14], "tool_call_rounds": r[15]}
+                  "unpriced_rounds": r[14], "tool_call_rounds": r[15], "agent": r[16],
+                  "channel": r[17], "kind": r[18]}
         if keyed_by_file:
             records[r[0]] = record
         else:

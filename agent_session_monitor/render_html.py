@@ -115,6 +115,15 @@ def overview_page(ctx: PageContext, view: dict, query: SessionQuery) -> str:
               panel_id="p-by-model"),
         panel("By consumer", table(view["consumers"], "t-consumers", "Usage per consumer"),
               panel_id="p-by-consumer"),
+        panel("By agent", table(view["agents"], "t-agents", "Usage per OpenClaw agent"),
+              h("p", {"class": "hint"}, "From each session's key (agent:<id>:...). Sub-agents: "
+                "the part of the cost spent in sub-agent sessions."),
+              panel_id="p-by-agent") if view.get("agents") else None,
+        panel("By channel", table(view["channels"], "t-channels", "Usage per channel"),
+              h("p", {"class": "hint"}, "Spawned: what sub-agents started from the "
+                "channel's sessions spent in sessions of another row (counted there too); "
+                "with sub-agents = cost + spawned."),
+              panel_id="p-by-channel") if view.get("channels") else None,
         panel("Sessions", session_filters(view["filters"], query),
               sessions_table(view["sessions"]), panel_id="p-sessions"),
     ])
@@ -203,6 +212,7 @@ def session_page(ctx: PageContext, view: dict, *, context: dict | None = None) -
     body = join([
         head,
         cards(view["cards"]),
+        subagents_panel(view, ctx),
         panel("Tokens and cost per round", charts.render(view["chart"], "chart-rounds"),
               panel_id="p-rounds"),
         insights_panel(view["insights"]),
@@ -212,6 +222,37 @@ def session_page(ctx: PageContext, view: dict, *, context: dict | None = None) -
     return page(ctx, f"Session {sid} · Agent Session Monitor", body, page_name="session",
                 data={"api": api, "rounds": len(view["rounds"]),
                       "version": url("/api/version", id=sid, **ctx.link_params)})
+
+
+def subagents_panel(view: dict, ctx: PageContext) -> Markup | None:
+    """The sessions this one spawned (sessions_spawn) with their cost, and its parent.
+    Links to them only with full access: a signed link opens this one session."""
+    children, parent = view.get("children") or [], view.get("parent")
+    if not children and not parent:
+        return None
+
+    def ref(item: dict) -> Markup:
+        code = h("code", None, item["id"])
+        return h("a", {"href": item["href"]}, code) if ctx.full_access else code
+
+    parts = []
+    if parent:
+        parts.append(h("p", {"class": "hint"}, "Spawned by ", ref(parent), "."))
+    if children:
+        parts.append(h("div", {"class": "table-scroll"}, h(
+            "table", {"id": "t-children", "class": "data"},
+            h("caption", None, "Sub-agents spawned by this session"),
+            h("thead", None, h("tr", None, h("th", None, "Sub-agent session"),
+                               h("th", {"class": "num"}, "Rounds"),
+                               h("th", {"class": "num"}, "Own cost"),
+                               h("th", {"class": "num"}, "With its sub-agents"))),
+            h("tbody", None, *(h("tr", None, h("td", None, ref(c)),
+                                 h("td", {"class": "num"}, c["rounds"]),
+                                 h("td", {"class": "num"}, c["cost"]),
+                                 h("td", {"class": "num"}, c["with"])) for c in children)))))
+        parts.append(h("p", {"class": "hint"}, "Their rounds are in their own sessions: every "
+                       "total counts them once."))
+    return panel("Sub-agents", *parts, panel_id="p-subagents")
 
 
 def insights_panel(ins: dict | None) -> Markup:

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 
 from . import charts
-from .fmt import content_text, fmt_cost, fmt_int, fmt_time, fmt_usd, tool_call_parts
+from .fmt import content_text, fmt_cost, fmt_int, fmt_pct, fmt_time, fmt_usd, tool_call_parts
 from .html_parts import url
-from .report import SORTS, StoreReader, day_range, session_record, usage_record
+from .report import (SORTS, StoreReader, day_range, key_group_record, key_group_rows,
+                     session_record, usage_record)
+from .session_keys import parse_session_key
 from .timerange import day_window
 from .session import full_context, round_question
 
@@ -77,6 +79,8 @@ def overview_data(reader: StoreReader, tz: tzinfo = timezone.utc, days: int = 30
         "totals": reader.totals(),
         "by_model": reader.aggregate("model"),
         "by_consumer": reader.aggregate("consumer"),
+        "by_agent": key_group_rows(reader, "agent"),
+        "by_channel": key_group_rows(reader, "channel"),
         "by_day": day_range(reader.aggregate("day", tz=tz, since=since, until=until), days, tz,
                             today=last),
         "unpriced": reader.unpriced_models(),
@@ -91,6 +95,8 @@ def stats_record(data: dict, tz: tzinfo) -> dict:
         "totals": usage_record(data["totals"], ""),
         "by_model": [usage_record(r, "model") for r in data["by_model"]],
         "by_consumer": [usage_record(r, "consumer") for r in data["by_consumer"]],
+        "by_agent": [key_group_record(r, "agent") for r in data["by_agent"]],
+        "by_channel": [key_group_record(r, "channel") for r in data["by_channel"]],
         "by_day": [usage_record(r, "day") for r in data["by_day"]],
         "unpriced_models": [{"model": m, "rounds": n} for m, n in data["unpriced"]],
     }
@@ -129,6 +135,11 @@ def overview(data: dict, sessions: dict, tz: tzinfo = timezone.utc,
                    "tokens_by_model": charts.tokens_by_model(by_model)},
         "models": _usage_table("Model", by_model, totals, "(no model)"),
         "consumers": _usage_table("Consumer", by_consumer, totals, "(none)"),
+        # Only for stores with OpenClaw keys: elsewhere every session is "(none)".
+        "agents": _usage_table("Agent", data["by_agent"], totals, "(none)", "agent")
+        if any(r["key"] is not None for r in data["by_agent"]) else None,
+        "channels": _usage_table("Channel", data["by_channel"], totals, "(none)", "channel")
+        if any(r["key"] is not None for r in data["by_channel"]) else None,
         "filters": {"models": sorted(r["key"] for r in by_model if r["key"]),
                     "consumers": sorted(r["key"] for r in by_consumer if r["key"])},
         "sessions": sessions,
@@ -136,14 +147,31 @@ def overview(data: dict, sessions: dict, tz: tzinfo = timezone.utc,
     }
 
 
-def _usage_table(key_header: str, rows: list[dict], totals: dict, none_label: str) -> dict:
+def _usage_table(key_header: str, rows: list[dict], totals: dict, none_label: str,
+                 subagents: str | None = None) -> dict:
+    """A usage table; ``subagents`` "agent" adds the part spent in sub-agent sessions,
+    "channel" what the sub-agents spawned from the group spent (key_group_rows)."""
+    extra_head: list[str] = []
+    if subagents == "agent":
+        extra_head = ["Sub-agents", "Share"]
+    elif subagents:
+        extra_head = ["Spawned", "With sub-agents", "Share"]
+
     def cells(r: dict, key: str) -> list[str]:
-        return [key, fmt_int(r["sessions"]), fmt_int(r["rounds"]), fmt_int(r["input"]),
-                fmt_int(r["output"]), fmt_int(r["reasoning"]), fmt_int(r["cached"]),
-                fmt_cost(r["cost"], r["unpriced_rounds"])]
+        row = [key, fmt_int(r["sessions"]), fmt_int(r["rounds"]), fmt_int(r["input"]),
+               fmt_int(r["output"]), fmt_int(r["reasoning"]), fmt_int(r["cached"]),
+               fmt_cost(r["cost"], r["unpriced_rounds"])]
+        if subagents == "agent":
+            row += (["", ""] if "subagent_cost" not in r else
+                    [fmt_usd(r["subagent_cost"]), fmt_pct(r["subagent_cost"] or 0, r["cost"] or 0)])
+        elif subagents:
+            row += (["", "", ""] if "spawned_cost" not in r else
+                    [fmt_usd(r["spawned_cost"]), fmt_usd(r["cost_with_subagents"]),
+                     fmt_pct(r["spawned_cost"] or 0, r["cost_with_subagents"] or 0)])
+        return row
 
     body = [cells(r, r["key"] if r["key"] is not None else none_label) for r in rows]
-    return {"head": [key_header, *USAGE_COLUMNS], "rows": body,
+    return {"head": [key_header, *USAGE_COLUMNS, *extra_head], "rows": body,
             "foot": cells(totals, "TOTAL") if rows else None}
 
 
@@ -200,10 +228,10 @@ def _now(tz: tzinfo) -> str:
 # -- one session ----------------------------------------------------------------------
 
 def session_page(doc: dict, tz: tzinfo = timezone.utc, after: int = 0,
-                 insights: dict | None = None) -> dict:
+                 insights: dict | None = None, family: dict | None = None) -> dict:
     """Everything on ``/session``: summary, per-round chart, insights
-    (``insights.session_insights``) and the rounds (all, or those after the first
-    ``after`` for an in-place refresh)."""
+    (``insights.session_insights``), sub-agents (``family``, StoreReader.rollup) and the
+    rounds (all, or those after the first ``after`` for an in-place refresh)."""
     rounds = doc.get("rounds") or []
     results = _tool_results(rounds)
     unpriced = doc.get("unpriced_rounds") or 0
@@ -229,6 +257,26 @@ def session_page(doc: dict, tz: tzinfo = timezone.utc, after: int = 0,
         ["Models", ", ".join(doc.get("models") or []) or "-"],
         ["Consumers", ", ".join(doc.get("consumers") or []) or "-"],
     ]
+    key = parse_session_key(None if doc.get("unsessioned") else doc.get("session_id"))
+    if key.kind != "other":
+        facts.append(["Agent", f"{key.agent or '-'} · channel {key.channel or '-'} · {key.kind}"])
+    children = []
+    if family:
+        if family["parent"]:
+            facts.append(["Parent", family["parent"]])
+        if family["subagents"]:
+            n = family["subagents"]
+            cards.append(_card("with-subagents", "Cost with sub-agents",
+                               fmt_cost(family["cost_with_subagents_usd"],
+                                        family["unpriced_rounds_with_subagents"]),
+                               f"{n} sub-agent{'s' if n != 1 else ''}, "
+                               f"{fmt_int(family['rounds_with_subagents'])} rounds"))
+        children = [{"id": c["session_id"], "href": url("/session", id=c["session_id"]),
+                     "rounds": fmt_int(c["rounds"]) if c["in_store"] else "-",
+                     "cost": fmt_cost(c["cost_usd"], c["unpriced_rounds"])
+                     if c["in_store"] else "no rounds yet",
+                     "with": fmt_usd(c["cost_with_subagents_usd"]) if c["subagents"] else ""}
+                    for c in family["children"]]
     badges: dict[int, list[str]] = {}
     for a in (insights or {}).get("anomalies") or []:
         badges.setdefault(a.get("round"), []).append(str(a.get("badge")))
@@ -246,6 +294,9 @@ def session_page(doc: dict, tz: tzinfo = timezone.utc, after: int = 0,
         "cards": cards,
         "facts": facts,
         "chart": charts.per_round(rounds),
+        "children": children,
+        "parent": {"id": family["parent"], "href": url("/session", id=family["parent"])}
+        if family and family["parent"] else None,
         "insights": insights_view(insights) if insights is not None else None,
         "keys": [r.get("key") for r in rounds],
         "after": after,

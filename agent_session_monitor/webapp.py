@@ -314,6 +314,13 @@ class WebApp:
             raise _Unknown(session_id, matches)
         return doc
 
+    def _family(self, doc: dict) -> dict | None:
+        """The session's parent and sub-agents with their cost (StoreReader.rollup)."""
+        if doc.get("unsessioned") or not _is_utf8(doc.get("session_id") or ""):
+            return None
+        with self.reader() as reader:
+            return reader.rollup(doc["session_id"])
+
     def page_session(self, params: dict, access: Access) -> Response:
         try:
             doc = self._load(params, access)
@@ -321,7 +328,7 @@ class WebApp:
             html = render_html.unknown_session_page(self._ctx(access), e.session_id, e.matches)
             return Response(404, html_bytes(html), HTML)
         found = insights.session_insights(doc, self.table)
-        view = views.session_page(doc, self.tz, insights=found)
+        view = views.session_page(doc, self.tz, insights=found, family=self._family(doc))
         context = None
         if "context" in params:
             n = _int_param(params, "context", 0, 0, 10**7)
@@ -343,7 +350,7 @@ class WebApp:
         if params.get("view"):
             after = _int_param(params, "after", 0, 0, 10**7)
             found = insights.session_insights(doc, self.table)
-            view = views.session_page(doc, self.tz, after, found)
+            view = views.session_page(doc, self.tz, after, found, self._family(doc))
             return Response(200, json_bytes({"view": view}), JSON)
         headers = []
         if params.get("download"):

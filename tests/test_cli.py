@@ -701,7 +701,9 @@ class ScenarioStoreTest(CliTest):
             self.assertEqual(list(csv.reader(f)), [[
                 "section", "key", "sessions", "rounds", "input_tokens", "output_tokens",
                 "reasoning_tokens", "cached_tokens", "cache_write_tokens", "cost_usd",
-                "unpriced_rounds", "tool_call_rounds", "models", "created_at", "updated_at"]])
+                "unpriced_rounds", "tool_call_rounds", "models", "created_at", "updated_at",
+                "subagent_cost_usd", "spawned_subagent_cost_usd", "cost_with_subagents_usd",
+                "agent", "channel", "kind"]])
 
     def test_missing_store_is_a_clear_one_line_error(self) -> None:
         missing = self.tmp / "nowhere"

@@ -287,6 +287,8 @@
       drawChart("chart-models", view.charts.tokens_by_model);
       fillUsageTable("t-models", view.models);
       fillUsageTable("t-consumers", view.consumers);
+      fillUsageTable("t-agents", view.agents);
+      fillUsageTable("t-channels", view.channels);
       fillSelect("model", view.filters.models, "All models");
       fillSelect("consumer", view.filters.consumers, "All consumers");
       // A search typed while this was in flight wins over the refresh's older list.
