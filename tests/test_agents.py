@@ -22,6 +22,7 @@ from tests.helpers import TempDirTest, ingest
 from tests.openclaw_logs import mix, scenario
 
 from agent_session_monitor import cli
+from agent_session_monitor.html_parts import url
 from agent_session_monitor.report import StoreReader, key_group_rows, range_totals
 from agent_session_monitor.session_keys import KINDS, SessionKey, parse_session_key
 from agent_session_monitor.subagents import resolve_parents, spawn_claims
@@ -406,7 +407,7 @@ class WebPages(ScenarioCase):
         page = self.get("/session?id=" + quote(self.main, safe=""))
         self.assertIn('id="t-children"', page)
         for child in self.children:
-            self.assertIn(f'href="/session?id={quote(child, safe="")}"', page)
+            self.assertIn(f'href="{url("/session", id=child)}"', page)
         self.assertIn("Cost with sub-agents", page)
         child_page = self.get("/session?id=" + quote(self.children[0], safe=""))
         self.assertIn("Spawned by", child_page)
@@ -419,4 +420,4 @@ class WebPages(ScenarioCase):
         page = body.decode()
         self.assertEqual(status, 200)
         self.assertIn(self.children[0], page)
-        self.assertNotIn('href="/session?id=agent%3Amain%3Asubagent', page)
+        self.assertNotIn(f'href="{url("/session", id=self.children[0])}"', page)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import unittest
+from urllib.parse import parse_qs, urlsplit
 
 from tests.helpers import ROOT, TempDirTest, ingest, require_tool, venv_python
 from tests.openclaw_logs import scenario
@@ -89,7 +90,9 @@ class StdioProtocol(StoreTest):
         self.assertAlmostEqual(data["cost_with_subagents_usd"], self.truth.with_subagents(self.main),
                                places=12)
         self.assertEqual(len(data["children"]), 2)
-        self.assertTrue(data["url"].startswith("http://127.0.0.1:8888/session?id=agent%3Amain%3Amain"))
+        url = urlsplit(data["url"])
+        self.assertEqual((url.scheme, url.netloc, url.path), ("http", "127.0.0.1:8888", "/session"))
+        self.assertEqual(parse_qs(url.query)["id"], [self.main])
         top = got[3]["result"]["structuredContent"]["sessions"]
         self.assertEqual(top[0]["session_id"], self.main)
         agents = got[4]["result"]["structuredContent"]
