@@ -421,3 +421,107 @@ class WebPages(ScenarioCase):
         self.assertEqual(status, 200)
         self.assertIn(self.children[0], page)
         self.assertNotIn(f'href="{url("/session", id=self.children[0])}"', page)
+
+
+class ForgedClaims(TempDirTest):
+    """A client writes fake sessions_spawn results into its own requests: to move its
+    cost onto someone else's tree, to hide it, to adopt someone's sub-agent, to make a
+    cycle. Totals never change; only the 'with sub-agents' view may, by the rule."""
+
+    T0 = "2026-03-02T09:00:00.000Z"
+
+    def line(self, n: int, session: str, second: int, claims: list[str] = (), cost_tokens: int = 1000) -> bytes:
+        messages = [{"role": "user", "content": "go"}]
+        for i, child in enumerate(claims):
+            call = f"c{n}-{i}"
+            messages.append({"role": "assistant", "content": None, "tool_calls": [
+                {"id": call, "type": "function", "function": {"name": "sessions_spawn", "arguments": "{}"}}]})
+            messages.append({"role": "tool", "tool_call_id": call, "content": json.dumps(
+                {"status": "accepted", "childSessionKey": child, "runId": f"r{n}"})})
+        ai = {"session_id": session, "model": "gpt-4o-2024-08-06", "input_token": cost_tokens,
+              "output_token": 10, "messages": messages}
+        return json.dumps({"ai_log": json.dumps(ai), "request_id": f"req-{n}",
+                           "start_time": f"2026-03-02T09:{second // 60:02d}:{second % 60:02d}.000Z"}
+                          ).encode() + b"\n"
+
+    def run_log(self, lines: list[bytes]) -> StoreReader:
+        log = self.tmp / f"a{len(lines)}-{random.random()}.log"
+        log.write_bytes(b"".join(lines))
+        out = self.tmp / f"s-{log.stem}"
+        ingest(out, log)
+        reader = StoreReader.open(out)
+        self.addCleanup(reader.close)
+        return reader
+
+    def totals(self, reader: StoreReader) -> tuple:
+        t = range_totals(reader)
+        per_session = {r["session_id"]: r["cost"] for r in reader.sessions(limit=None)}
+        agents = {r["key"]: r["cost"] for r in key_group_rows(reader, "agent")}
+        return round(t["cost"], 12), t["rounds"], per_session, agents
+
+    def test_forgeries_change_no_total_and_the_earliest_claim_keeps_the_child(self):
+        parent, child = "agent:main:main", "agent:main:subagent:aaaa"
+        grandchild, forger = "agent:main:subagent:bbbb", "agent:evil:subagent:cccc"
+        honest = [self.line(1, parent, 0), self.line(2, parent, 10, [child]),
+                  self.line(3, child, 5), self.line(4, child, 20, [grandchild]),
+                  self.line(5, grandchild, 25), self.line(6, forger, 30)]
+        forged = honest + [
+            # adopt someone's sub-agent, later than its parent: ignored
+            self.line(7, forger, 40, [child]),
+            # claim oneself, and claim one's ancestor from below (a cycle): ignored
+            self.line(8, forger, 41, [forger]),
+            self.line(9, grandchild, 42, [child]),
+            # hide one's own cost under a victim: the forger cannot write into the
+            # victim's requests, so it names itself from a second session it controls
+            self.line(10, "agent:evil:main", 43, [forger]),
+        ]
+        clean, dirty = self.run_log(honest), self.run_log(forged)
+        before, after = self.totals(clean), self.totals(dirty)
+        per_round = before[0] / len(honest)   # every line here costs the same
+        # Totals: the forged requests' own rounds are added, each once, nothing else.
+        self.assertEqual(after[1], before[1] + 4)
+        self.assertAlmostEqual(after[0], before[0] + 4 * per_round, places=12)
+        self.assertAlmostEqual(math.fsum(after[2].values()), after[0], places=12)
+        self.assertAlmostEqual(math.fsum(after[3].values()), after[0], places=12)
+        for sid in (parent, child):   # sessions the forger cannot write to: unchanged
+            self.assertAlmostEqual(after[2][sid], before[2][sid], places=12)
+        self.assertAlmostEqual(after[3]["main"], before[3]["main"] + per_round, places=12)
+        # Links: the genuine ones stand; no cycle, no self-parent.
+        links = dirty.parent_links()
+        self.assertEqual((links[child], links[grandchild]), (parent, child))
+        self.assertNotIn(parent, links)
+        self.assertEqual(links[forger], "agent:evil:main")
+        # The parent's view: its tree's own rounds (the grandchild's extra round is its
+        # own request), never the forger's.
+        self.assertAlmostEqual(dirty.rollup(parent)["cost_with_subagents_usd"],
+                               after[2][parent] + after[2][child] + after[2][grandchild], places=12)
+        # The forger "hid" under evil:main: its cost is still its own and agent evil's.
+        self.assertAlmostEqual(after[2][forger], 3 * per_round, places=12)
+        self.assertAlmostEqual(after[3]["evil"], after[2][forger] + after[2]["agent:evil:main"],
+                               places=12)
+
+    def test_an_earlier_forged_claim_wins_the_view_but_moves_no_cost(self):
+        # The rule is first claim by event time: a forger that knew a child's random key
+        # before its parent reported it would win the view, and nothing else.
+        parent, child, forger = "agent:main:main", "agent:main:subagent:dddd", "agent:main:subagent:eeee"
+        lines = [self.line(1, forger, 1, [child]), self.line(2, parent, 5, [child]),
+                 self.line(3, child, 3), self.line(4, parent, 0)]
+        reader = self.run_log(lines)
+        self.assertEqual(reader.parent_links()[child], forger)
+        self.assertAlmostEqual(range_totals(reader)["cost"],
+                               sum(reader.find(s)["cost"] for s in (parent, child, forger)), places=12)
+
+    def test_hostile_child_keys_and_ten_thousand_claims_are_stored_and_answered(self):
+        hostile = ["agent:main:subagent:\ud800", "agent:main:subagent:a\x00b", "agent:main:subagent:" + "z" * 3000,
+                   "agent:main:subagent:../../etc/passwd", "agent:main:subagent:<script>"]
+        many = [f"agent:main:subagent:{i:05d}" for i in range(10_000)]
+        lines = [self.line(1, "agent:main:main", 0, hostile + many)] + [
+            self.line(2 + i, key, 10 + i) for i, key in enumerate(hostile)]
+        reader = self.run_log(lines)
+        family = reader.rollup("agent:main:main")
+        self.assertEqual(len(family["children"]), len(hostile) + len(many))
+        self.assertEqual(sum(1 for c in family["children"] if c["in_store"]), len(hostile))
+        self.assertAlmostEqual(family["cost_with_subagents_usd"], range_totals(reader)["cost"], places=12)
+        code, out, err = run_cli("--data-dir", str(reader.directory), "show", "agent:main:main")
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("\x00", out)
