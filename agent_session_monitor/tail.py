@@ -359,8 +359,8 @@ class Tailer:
             detail = f"with {lost:,} unread bytes after offset {src.offset:,}"
         elif out_of_reach:
             detail = (f"while it was the live log, read up to offset {src.offset:,}: it "
-                      f"rotated more than --max-rotate {self.max_rotate} times before it "
-                      "could be read to its end (how many bytes is unknown)")
+                      f"was rotated past --max-rotate {self.max_rotate} (or renamed away) "
+                      "before it could be read to its end (how many bytes is unknown)")
         else:
             if src.live:
                 self.events.append(TailEvent(
