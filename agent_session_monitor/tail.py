@@ -44,6 +44,7 @@ class LogFile:
     gz: bool
     head: bytes
     live: bool
+    orphan: bool = False   # read through a descriptor held open, no path leads to it
 
     def head_matches(self, src: SourceState) -> bool:
         fp, n = src.matching()
@@ -153,7 +154,7 @@ class Tailer:
         files, unreadable = self._open_candidates()
         matched: dict[int, tuple[SourceState, LogFile]] = {}   # index in files
         taken: set[int] = set()                                 # id() of matched sources
-        new: set[int] = set()                                   # index in files of new sources
+        known = {id(src) for src in self.sources}
 
         # 0. A held descriptor of an inode that a path still leads to adds nothing: the
         #    path's fresh descriptor reads the same inode (it cannot have been reused
@@ -192,21 +193,9 @@ class Tailer:
                 # on to its truncation, a gzip of a file we drained): nothing new in it.
                 break
             else:
-                src = self._new_source(lf)
-                if src is None:
-                    continue
-                known = next((s for s in self.sources if _held_key(s) == _held_key(src)), None)
-                if known is not None and id(known) not in taken:
-                    # Our own file under a matching head we can no longer confirm (a hand-
-                    # edited head_fp): one source per file, never a second with its keys.
-                    known.head_fp, known.head_len = src.fp, src.fp_len
-                    matched[i] = (known, lf)
-                    taken.add(id(known))
-                    continue
-                self.sources.append(src)
-                matched[i] = (src, lf)
-                taken.add(id(src))
-                new.add(i)
+                src = self._adopt(lf, taken)
+                if src is not None:
+                    matched[i] = (src, lf)
         result = []
         for i, lf in enumerate(files):
             if i in matched:
@@ -215,8 +204,12 @@ class Tailer:
                 lf.file.close()
         result = draining + result
         if not unreadable:
-            rotated_in = any(not files[i].live for i in new)
-            self._mark_missing(taken, reachable, rotated_in)
+            # A live log rotated out of reach left every kept rotation to files born
+            # after it: as many new rotated files as --max-rotate keeps.
+            rotated_in = sum(not lf.live and not lf.orphan and id(src) not in known
+                             for src, lf in result)
+            self._mark_missing(taken, reachable,
+                               out_of_reach=0 < self.max_rotate <= rotated_in)
         return result
 
     def _open_candidates(self) -> tuple[list[LogFile], bool]:
@@ -273,14 +266,47 @@ class Tailer:
                 continue
             try:
                 st = os.fstat(f.fileno())
+                gz, head = _read_head(f)
             except OSError:
                 self._release(key)
                 continue
-            taken.add(id(src))
-            src.live = False          # renamed away or deleted: no longer the live log
-            lf = LogFile(src.path, f, dev, ino, st.st_size, st.st_mtime, src.gz, b"", False)
-            result.append((src, lf))
+            lf = LogFile(src.path, f, dev, ino, st.st_size, st.st_mtime, gz, head, False,
+                         orphan=True)
+            if gz == src.gz and lf.head_matches(src):
+                taken.add(id(src))
+                src.live = False      # renamed away or deleted: no longer the live log
+                result.append(self._check_in_place(src, lf))
+                continue
+            # Truncated (and grown again) after the last read, then renamed away or
+            # deleted: the descriptor now shows another file. The old one is over (what
+            # it held past our offset went with the truncation); the new one is read
+            # from its start through the same descriptor, which passes to it.
+            del self._held[key]
+            self._quiet_since.pop(key[0], None)
+            new = self._adopt(lf, taken)
+            if new is None:
+                f.close()
+            else:
+                result.append((new, lf))
         return result
+
+    def _adopt(self, lf: LogFile, taken: set[int]) -> SourceState | None:
+        """A source for a file no known source matched: a new one, unless its identity
+        is our own under a head we could not confirm (a hand-edited head_fp), which
+        stays one source: never a second with the same keys."""
+        src = self._new_source(lf)
+        if src is None:
+            return None
+        known = next((s for s in self.sources if _held_key(s) == _held_key(src)), None)
+        if known is not None:
+            if id(known) in taken:
+                return None
+            known.head_fp, known.head_len = src.fp, src.fp_len
+            src = known
+        else:
+            self.sources.append(src)
+        taken.add(id(src))
+        return src
 
     def _new_source(self, lf: LogFile) -> SourceState | None:
         head = lf.head
@@ -328,7 +354,7 @@ class Tailer:
         return src, lf
 
     def _mark_missing(self, taken: set[int], reachable: set[tuple[int, int]],
-                      rotated_in: bool) -> None:
+                      out_of_reach: bool) -> None:
         now = time.time()
         keep = []
         for src in self.sources:
@@ -339,7 +365,7 @@ class Tailer:
                 src.missing_since = now
             if not src.loss_reported and not src.gz_complete:
                 gone = (src.dev, src.ino) not in reachable   # not truncated in place
-                self._report_loss(src, out_of_reach=src.live and gone and rotated_in)
+                self._report_loss(src, out_of_reach=src.live and gone and out_of_reach)
             if now - src.missing_since < ORPHAN_TTL:
                 keep.append(src)
         self.sources[:] = keep
@@ -348,8 +374,8 @@ class Tailer:
         """A file we know is no longer found. Call it data loss only when lines really
         were lost: bytes seen but not read (their number is known), or a live log that
         rotated out of reach while we were stopped (it is gone, no path leads to its
-        inode, and a rotation we never saw took its place; how much was written to it
-        after the last read cannot be known). A live log truncated, deleted, re-created
+        inode, and every kept rotation is a file we never saw; how much was written to
+        it after the last read cannot be known). A live log truncated, deleted, re-created
         or swapped behind a symlink after it was read to its end lost nothing we can
         know of: that is counted (``file_events.replaced``), not cried as a loss. In
         follow mode the descriptor held open drains a deleted or renamed file to its end.
@@ -359,8 +385,8 @@ class Tailer:
             detail = f"with {lost:,} unread bytes after offset {src.offset:,}"
         elif out_of_reach:
             detail = (f"while it was the live log, read up to offset {src.offset:,}: it "
-                      f"was rotated past --max-rotate {self.max_rotate} (or renamed away) "
-                      "before it could be read to its end (how many bytes is unknown)")
+                      f"was rotated past --max-rotate {self.max_rotate} before it could be "
+                      "read to its end (how many bytes is unknown)")
         else:
             if src.live:
                 self.events.append(TailEvent(
@@ -401,7 +427,7 @@ class Tailer:
             if old is not None and old[0] is not lf.file:
                 old[0].close()
             self._held[key] = (lf.file, lf.dev, lf.ino)
-            if not lf.live and lf.head == b"" and self._is_quiet(src, lf):
+            if lf.orphan and self._is_quiet(src, lf):
                 self._release(key)   # an orphan drained and quiet: let it go
         else:
             lf.file.close()

@@ -215,10 +215,14 @@ class Reference:
             by_name.add((st.st_dev, st.st_ino))
             data = os.pread(fd, max(st.st_size, 1), 0)
             found |= complete_lines(data)
+            # As the monitor does: a file found by name is held anew if it is a source
+            # (its head long enough to fingerprint), else not at all.
             key = (st.st_dev, st.st_ino)
+            if key in self.held:
+                os.close(self.held.pop(key))
             holdable = (self.follow and not data.startswith(b"\x1f\x8b")
                         and len(data) >= MIN_FP_LEN and (len(data) >= FP_LEN or b"\n" in data[:FP_LEN]))
-            if holdable and key not in self.held:
+            if holdable:
                 self.held[key] = fd
             else:
                 os.close(fd)
@@ -271,12 +275,14 @@ class FollowDriver:
         self.close()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        try:
+            self.proc.stdin.close()      # end of commands: the monitor exits
+        except BrokenPipeError:
+            pass
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
         self.proc.wait()
         self.proc.stdout.close()
         self.proc.stderr.close()

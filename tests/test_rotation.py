@@ -465,3 +465,42 @@ class FollowModeOneMonitor(TempDirTest):
             self.write(2)
         self.each_wait(lambda: self.follow(lambda: self.write(3), recreate, recreate,
                                            lambda: self.write(1)))
+
+    def test_follow_truncated_regrown_then_deleted_file_is_read_through_its_descriptor(self):
+        def regrow_and_delete():
+            os.truncate(self.log, 0)
+            self.write(4)                 # the held inode now shows another file...
+            os.remove(self.log)           # ...that no path leads to: read it, from 0
+            self.write(2)
+        self.each_wait(lambda: self.follow(lambda: self.write(3), regrow_and_delete,
+                                           lambda: self.write(1)))
+
+    def test_follow_real_loss_is_reported_in_both_modes(self):
+        # The direction that must warn: a live log rotated out of reach with unread lines
+        # while no monitor ran, then a follow-mode monitor (or a cron pass) starts.
+        import io
+
+        from agent_session_monitor.monitor import Monitor, MonitorConfig
+
+        for follow in (False, True):
+            with self.subTest(follow=follow):
+                d = self.tmp / f"loss-{follow}"
+                d.mkdir()
+                log = d / "access.log"
+                write_lines(log, reqs(1, 2))
+                config = MonitorConfig(log_paths=[str(log)], output_dir=d / "out",
+                                       follow=follow, rotate_wait=0.0)
+                with Monitor(config, err=io.StringIO(), progress=False) as monitor:
+                    monitor.poll_once()
+                write_lines(log, reqs(3, 4))            # never read
+                for k in range(7):
+                    for i in range(6, 0, -1):
+                        if (d / f"access.log.{i}").exists():
+                            os.replace(d / f"access.log.{i}", d / f"access.log.{i + 1}")
+                    os.replace(log, d / "access.log.1")
+                    write_lines(log, reqs(10 + 2 * k, 11 + 2 * k))
+                err = io.StringIO()
+                with Monitor(config, err=err, progress=False) as monitor:
+                    monitor.poll_once()
+                self.assertIn("data loss", err.getvalue())
+                self.assertIn("rotated past --max-rotate 5", err.getvalue())
