@@ -39,11 +39,27 @@ def _sums(db: sqlite3.Connection, since: str, until: str) -> dict:
 
 def burn(db: sqlite3.Connection, *, now: datetime | None = None, tz: tzinfo = timezone.utc,
          window_minutes: int = WINDOW_MINUTES, active_minutes: int = ACTIVE_MINUTES,
-         limit: int = 10) -> dict:
+         limit: int = 10, latest_if_idle: bool = False) -> dict:
     """Recent rate, today so far and projected, and the active sessions' own rates.
 
-    ``now`` defaults to the wall clock. Costs count priced rounds only; tokens count
+    ``now`` defaults to the wall clock; with ``latest_if_idle``, a store with no round
+    today answers as of its latest round (``note`` says so). Costs count priced rounds only; tokens count
     every round (``unpriced_rounds`` says how many could not be priced)."""
+    if now is None and latest_if_idle:
+        data = burn(db, tz=tz, window_minutes=window_minutes, active_minutes=active_minutes,
+                    limit=limit)
+        if data["recent"]["rounds"] or data["today"]["rounds"]:
+            return data
+        latest = db.execute("SELECT MAX(ts) FROM round_usage").fetchone()[0]
+        if latest is None or latest >= data["at"]:
+            return data
+        # Nothing today (a replayed log, the bundled example): the rates as of the latest
+        # round instead of a row of zeros, and say so.
+        data = burn(db, now=window.parse_stamp(latest), tz=tz, window_minutes=window_minutes,
+                    active_minutes=active_minutes, limit=limit)
+        data["note"] = (f"nothing today: rates as of the latest round "
+                        f"({latest[:16].replace('T', ' ')} UTC)")
+        return data
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     # [start, end): every round up to and including ``now`` (times have milliseconds).
     start, end = stamp(now - timedelta(minutes=window_minutes)), stamp(now + timedelta(milliseconds=1))
@@ -70,7 +86,7 @@ def burn(db: sqlite3.Connection, *, now: datetime | None = None, tz: tzinfo = ti
     sessions = _active(db, now, active_minutes, start, end, minutes)
     return {"at": stamp(now), "window_minutes": window_minutes, "active_minutes": active_minutes,
             "recent": recent, "today": today, "active_count": len(sessions),
-            "active_sessions": sessions[:limit]}
+            "active_sessions": sessions[:limit], "note": None}
 
 
 def _rates(sums: dict, minutes: float) -> dict:

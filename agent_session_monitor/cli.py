@@ -261,7 +261,9 @@ def cmd_burn(args: argparse.Namespace, out: TextIO) -> int:
     with _reader(args) as reader:
         _note_if_empty(args, reader)
         data = burn(reader.db, now=at, tz=tz, window_minutes=args.window,
-                    active_minutes=args.active, limit=args.limit)
+                    active_minutes=args.active, limit=args.limit, latest_if_idle=at is None)
+        if data.get("note"):
+            args.err.write(f"note: {data['note']} (--at chooses the moment)\n")
     if args.json:
         write_json(out, data)
     else:

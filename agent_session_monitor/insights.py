@@ -37,7 +37,7 @@ def session_insights(doc: dict, table: PriceTable, settings: Settings = Settings
 def overview_burn(reader, now: datetime | None = None, tz: tzinfo = timezone.utc,
                   limit: int = 10) -> dict:
     """Burn rates for the overview (see burn.burn for the fields); index queries only."""
-    return burn(reader.db, now=now, tz=tz, limit=limit)
+    return burn(reader.db, now=now, tz=tz, limit=limit, latest_if_idle=now is None)
 
 
 def export_insights(report: dict, reader, table: PriceTable, by_model: list[dict] | None = None,

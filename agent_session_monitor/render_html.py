@@ -105,8 +105,10 @@ def overview_page(ctx: PageContext, view: dict, query: SessionQuery) -> str:
         cards(view["cards"]),
         burn_panel(view["burn"]) if view.get("burn") else None,
         h("div", {"class": "grid2"},
-          panel(f"Cost per day (last {days} days, {view['tz']})",
-                charts.render(view["charts"]["cost_per_day"], "chart-cost"), panel_id="p-cost"),
+          panel(view["days_title"],
+                charts.render(view["charts"]["cost_per_day"], "chart-cost"),
+                h("p", {"class": "hint", "id": "days-note"}, view["days_note"])
+                if view["days_note"] else None, panel_id="p-cost"),
           panel("Tokens by model", charts.render(view["charts"]["tokens_by_model"], "chart-models"),
                 panel_id="p-models")),
         panel("By model", table(view["models"], "t-models", "Usage per model"),
@@ -135,7 +137,8 @@ def overview_page(ctx: PageContext, view: dict, query: SessionQuery) -> str:
 def burn_panel(burn: dict) -> Markup:
     items = [h("li", None, h("a", {"href": a["href"]}, a["id"]), " ",
                h("span", {"class": "sub"}, a["text"])) for a in burn["active"]]
-    return panel("Burn rate", cards(burn["cards"], "burn-cards", "Burn rate"),
+    return panel("Burn rate", h("p", {"class": "hint"}, burn["note"]) if burn.get("note") else None,
+                 cards(burn["cards"], "burn-cards", "Burn rate"),
                  h("ul", {"class": "active-list", "id": "burn-active"}, *items),
                  panel_id="p-burn")
 

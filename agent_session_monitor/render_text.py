@@ -200,8 +200,7 @@ def render_burn(out: TextIO, data: dict, tz: tzinfo) -> None:
     recent, today = data["recent"], data["today"]
     w = out.write
     w(f"Burn rate at {safe_text(fmt_time(data['at'], tz, seconds=False))} {tz} (event time; "
-      f"recent = the last {recent['minutes']:g} min: {data['window_minutes']} min back, from "
-      "the quarter-hour)\n\n")
+      f"recent = the last {data['window_minutes']} min)\n\n")
     w(f"  Recent:  {fmt_int(round(recent['tokens_per_min']))} tokens/min, "
       f"{fmt_usd(recent['usd_per_hour'])}/hour ({fmt_int(recent['rounds'])} rounds, "
       f"{fmt_usd(recent['cost_usd'])})\n")

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 
 from . import charts
-from .fmt import content_text, fmt_cost, fmt_int, fmt_pct, fmt_time, fmt_usd, tool_call_parts
+from .fmt import content_text, fmt_cost, fmt_int, fmt_pct, fmt_time, fmt_usd, plural, tool_call_parts
 from .html_parts import url
 from .report import (SORTS, StoreReader, day_range, key_group_record, key_group_rows,
-                     session_record, usage_record)
+                     recent_days, session_record, usage_record)
 from .session_keys import parse_session_key
-from .timerange import day_window
 from .session import full_context, round_question
 
 # One text block (a tool result, a pasted file) past this is cut on the page; the JSON
@@ -72,9 +71,10 @@ def _card(ident: str, label: str, value: str, note: str = "") -> dict:
 
 def overview_data(reader: StoreReader, tz: tzinfo = timezone.utc, days: int = 30) -> dict:
     """The overview's aggregates, from the index only (never a session file)."""
-    _first, last, since, until = day_window(days, tz)
+    _first, last, since, until, note = recent_days(reader, days, tz)
     reader.scan_models_and_consumers()
     return {
+        "days_note": note,
         "as_of": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "totals": reader.totals(),
         "by_model": reader.aggregate("model"),
@@ -130,6 +130,9 @@ def overview(data: dict, sessions: dict, tz: tzinfo = timezone.utc,
         "generated_at": fmt_time(data["as_of"], tz),
         "tz": str(tz),
         "days": len(data["by_day"]),
+        "days_title": (f"Cost per day (last {plural(len(data['by_day']), 'day')}, {tz}"
+                       + (", to the latest round" if data.get("days_note") else "") + ")"),
+        "days_note": data.get("days_note") or "",
         "cards": cards,
         "charts": {"cost_per_day": charts.cost_per_day(data["by_day"]),
                    "tokens_by_model": charts.tokens_by_model(by_model)},
@@ -345,7 +348,7 @@ def burn_view(data: dict) -> dict:
                "text": f"{s['model'] or '-'} · {fmt_usd(s['usd_per_hour'])}/h · "
                        f"{fmt_int(round(s['tokens_per_min']))} tokens/min"}
               for s in data["active_sessions"]]
-    return {"cards": cards, "active": active}
+    return {"cards": cards, "active": active, "note": data.get("note") or ""}
 
 
 def _round_view(rnd: dict, tz: tzinfo, results: dict, previous_system: object) -> dict:

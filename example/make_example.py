@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests import loggen  # noqa: E402
 
-SEED = 12
+SEED = 42
 SESSIONS = 7
 MAX_REQUESTS = 8
 
@@ -38,11 +38,13 @@ def _once_at(total: int, fraction: float) -> int:
 
 def build() -> loggen.Generated:
     # Sessions do not depend on the extras, so count their lines first.
-    ai_lines = len(loggen.generate(SEED, SESSIONS, MAX_REQUESTS).lines)
+    ai_lines = len(loggen.generate(SEED, SESSIONS, MAX_REQUESTS, coherent=True).lines)
+    # coherent: each question gets its answer (the generator's topics), so the example
+    # shows what a conversation page is for.
     return loggen.generate(SEED, SESSIONS, MAX_REQUESTS,
                            non_ai_every=_once_at(ai_lines, 0.55),
                            unsessioned_every=_once_at(ai_lines, 0.7),
-                           quoted_ua_every=_once_at(ai_lines, 0.9))
+                           quoted_ua_every=_once_at(ai_lines, 0.9), coherent=True)
 
 
 def split(lines: list[bytes]) -> tuple[list[bytes], list[bytes], list[bytes]]:

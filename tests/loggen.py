@@ -334,6 +334,183 @@ _FILES = ["agent_session_monitor/parse.py", "main.py", "web/index.html", "README
 _CITIES = ["Beijing", "上海", "Zürich", "São Paulo", "東京"]
 
 
+# Coherent conversations (``coherent=True``, the bundled example): one topic per first
+# prompt above, in the same order, with the tools it calls, its answer, and follow-ups
+# with their own answers, so that each question on the page gets its answer. The random
+# draws are the same as without it (each pick is mapped onto the topic), so sessions,
+# rounds and times do not change; only the text (and so the token counts) do.
+@dataclass(frozen=True)
+class _Topic:
+    tools: tuple[tuple[str, dict, str], ...]      # (tool name, arguments, result text)
+    answer: str
+    follow_ups: tuple[tuple[str, str], ...]       # (user message, the answer to it)
+    summary: str
+
+
+_TOPICS = {
+    "openclaw": [
+        _Topic((("get_weather", {"city": "Beijing"}, '{"sky":"clear","temp_c":15,"wind":"3 m/s"}'),),
+               "Beijing now: 15°C, clear, light wind (3 m/s). No umbrella needed ☀️.",
+               (("And tomorrow?", "Tomorrow in Beijing: 12-18°C, cloudy in the afternoon."),
+                ("继续", "明天北京 12-18°C，下午多云，早晚偏凉，记得带件外套。"),
+                ("Thanks! What about Shanghai?", "Shanghai now: 19°C, light rain 🌧.")),
+               "the user asked about the weather in Beijing"),
+        _Topic((("web_fetch", {"url": "https://shop.example.com/promo"},
+                 '<div class="promo"><h1>Winter Sale</h1><p>30% off all jackets until Feb 10.</p>'
+                 "<script>track('view')</script></div>"),),
+               "The page announces a Winter Sale: 30% off all jackets until Feb 10. It also "
+               "contains a tracking <script>, which I ignored.",
+               (("Is the sale valid online too?", "Yes: the page says the discount applies in "
+                 "stores and online, at checkout."),
+                ("继续", "页面只有这一条促销：2 月 10 日前所有夹克 7 折。"),
+                ("Summarise it in one line.", "Winter Sale: jackets 30% off until Feb 10.")),
+               "the user asked for a summary of a promotion page"),
+        _Topic((("run_shell", {"command": "python3 -m pytest -q test_fib.py"},
+                 "$ python3 -m pytest -q test_fib.py\n..\n2 passed in 0.01s\n"),),
+               "Here's the function and its tests (2 passed):\n```python\ndef fib(n: int) -> int:\n"
+               "    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n\n"
+               "def test_fib():\n    assert [fib(i) for i in range(7)] == [0, 1, 1, 2, 3, 5, 8]\n```",
+               (("Can you make it faster? ⚡", "For large n use fast doubling: O(log n) "
+                 "multiplications instead of n additions; I added fib_fast() with the same tests."),
+                ("继续", "已加入负数检查：n < 0 时抛出 ValueError，并补了对应的测试。"),
+                ("Please add docs.", "Added a docstring with the definition and an example: "
+                 "fib(10) == 55.")),
+               "the user asked for a Fibonacci function with tests"),
+        _Topic((("web_fetch", {"url": "https://en.wikipedia.org/wiki/Quantum_entanglement"},
+                 "Quantum entanglement is the phenomenon that occurs when a group of particles "
+                 "is generated or interacts in such a way that the quantum state of each cannot "
+                 "be described independently."),),
+               "Imagine two magic dice: however far apart they are, when you roll them they "
+               "always show the same number 🎲. Nobody knows the number before the roll, but "
+               "once you see one die, you know the other.",
+               (("Can it send messages faster than light?", "No: each die alone looks random, so "
+                 "you cannot choose what the other person sees; no message travels."),
+                ("继续", "简单说：两个粒子像一对魔法骰子，看到一个就知道另一个，但不能用来传信息。"),
+                ("Thanks! Who discovered it?", "Einstein, Podolsky and Rosen described it in 1935; "
+                 "experiments by Aspect (1982) confirmed it.")),
+               "the user asked for a simple explanation of quantum entanglement"),
+        _Topic((("read_file", {"path": "README.md"}, "# 项目说明\n\n本项目统计 Higress 网关的 "
+                 "token 用量与费用 💰。\n\n## 安装\n\n无需安装，Python 3.10+ 即可。\n"),),
+               "# Project\n\nThis project tracks the token usage and cost of the Higress gateway 💰.\n\n"
+               "## Installation\n\nNothing to install: Python 3.10+ is enough.",
+               (("Keep the emoji?", "Yes, I kept 💰 as in the original."),
+                ("继续", "已翻译完全部两节，Markdown 标题和格式保持不变。"),
+                ("Please also translate the title.", "Done: the title is now \"Project\".")),
+               "the user asked to translate the README into English"),
+    ],
+    "claude": [
+        _Topic((("Bash", {"command": "pytest -q tests/test_time.py"},
+                 "$ pytest -q tests/test_time.py\nF\nFAILED tests/test_time.py::test_utc - "
+                 "AssertionError: '09:30' != '17:30'\n1 failed in 0.12s\n"),
+                ("Read", {"file_path": "tests/test_time.py"},
+                 "def test_utc():\n    assert fmt(ts) == '09:30'   # runs in the CI's local time\n"),
+                ("Edit", {"file_path": "tests/test_time.py", "old_string": "fmt(ts)",
+                          "new_string": "fmt(ts, tz=timezone.utc)"}, "The file has been updated.")),
+               "Fixed: `test_utc` formatted the time in the CI runner's local zone (UTC+8). I "
+               "pinned UTC in the test; `pytest -q` passes ✅.",
+               (("Could this break anywhere else?", "I grepped for fmt( without tz=: two other "
+                 "calls, both in tests, both fixed the same way."),
+                ("继续", "已检查其它测试：没有其它依赖本地时区的断言。"),
+                ("Please add a note to the changelog.", "Added under Unreleased: \"Tests no longer "
+                 "depend on the local time zone.\"")),
+               "the CI job test-py310 failed on a local-time assertion; fixed"),
+        _Topic((("Grep", {"pattern": "def parse_line"}, "agent_session_monitor/parse.py:42:def "
+                 "parse_line(raw: bytes) -> dict:\n"),
+                ("Read", {"file_path": "agent_session_monitor/parse.py"},
+                 "def parse_line(raw: bytes) -> dict:\n    \"\"\"Parse one access-log line.\"\"\"\n"
+                 "    return json.loads(raw)\n"),
+                ("Edit", {"file_path": "agent_session_monitor/parse.py",
+                          "old_string": "return json.loads(raw)",
+                          "new_string": "return salvage_ai_log(raw) if bad else json.loads(raw)"},
+                 "The file has been updated.")),
+               "parse_line() now falls back to salvaging the ai_log field when a \"quoted\" "
+               "User-Agent makes the line invalid JSON; added a test with such a line.",
+               (("What if the ai_log itself has a quote?", "It is JSON-escaped inside the string "
+                 "(\\\"), so the salvage finds the closing quote correctly; covered by a test."),
+                ("继续", "已补充测试：User-Agent 中含引号的行现在可以正确解析。"),
+                ("Please add docs.", "Documented the salvage in LOG_FORMAT.md with an example "
+                 "line.")),
+               "parse_line() now salvages the ai_log of a line with a quoted User-Agent"),
+        _Topic((("Bash", {"command": "python3 bench.py"}, "$ python3 bench.py\nparse: 412.3 MB/s "
+                 "(baseline 398.0)\nstore: 95.1 MB/s (baseline 95.4)\n"),),
+               "Benchmarks: parse 412 MB/s (baseline 398), store 95 MB/s (baseline 95). No "
+               "regression 🎉.",
+               (("Run it three times to be sure.", "Three runs: parse 409-414 MB/s, store 94-96 "
+                 "MB/s. Within noise."),
+                ("继续", "内存占用也没有变化：峰值 38 MB。"),
+                ("What about the gzip case?", "gzip input: 88 MB/s, same as last week.")),
+               "benchmarks ran without regression"),
+        _Topic((("Read", {"file_path": "deploy.sh"}, "#!/bin/sh\nset -e\nrsync -a build/ "
+                 "prod:/srv/app/\nssh prod systemctl restart app\n"),
+                ("Edit", {"file_path": "deploy.sh", "old_string": "set -e",
+                          "new_string": "set -e\n[ \"$1\" = --dry-run ] && DRY=echo"},
+                 "The file has been updated.")),
+               "Added `--dry-run` to deploy.sh (prints the rsync and ssh commands instead of "
+               "running them) and documented it in README.md.",
+               (("Does it skip the restart too?", "Yes: every remote command goes through $DRY, "
+                 "so --dry-run only prints them."),
+                ("继续", "README 中已加入 --dry-run 的用法示例。"),
+                ("Please add tests & docs.", "Added tests/test_deploy.sh that runs --dry-run and "
+                 "checks nothing was copied.")),
+               "deploy.sh has a --dry-run flag"),
+        _Topic((("Grep", {"pattern": "cached_tokens"}, "report.py:88:    total += u.input_token "
+                 "+ u.cached_tokens\n"),
+                ("Read", {"file_path": "report.py"}, "    total += u.input_token + u.cached_tokens"
+                 "   # cached is already inside input_token\n")),
+               "对，cached_tokens 被算了两次：report.py:88 把它加到了已经包含缓存部分的 input_token "
+               "上。已修复并补了测试。",
+               (("继续", "已检查其它报表：只有这一处重复计算。"),
+                ("Please add tests & docs.", "Added a test with an OpenAI round whose input "
+                 "includes 1,024 cached tokens: counted once."),
+                ("Which reports were wrong?", "stats-model and the daily totals: both went "
+                 "through report.py:88.")),
+               "cached tokens were counted twice in report.py; fixed"),
+        _Topic((("Bash", {"command": "ls"}, "$ ls\nREADME.md  main.py  scripts  tests  "
+                 "agent_session_monitor\n"),),
+               "仓库结构：`agent_session_monitor/`（核心逻辑）、`scripts/`（CLI 与 Web 入口）、"
+               "`tests/`（测试）、`main.py`（监控进程）。",
+               (("继续", "主要模块：parse.py（解析日志）、store.py（存储）、report.py（报表）。"),
+                ("Which module should I read first?", "parse.py: everything starts from one "
+                 "log line."),
+                ("Please add docs.", "Added this overview to README.md under \"Layout\".")),
+               "the user asked for the layout of the repository"),
+    ],
+    "support": [
+        _Topic((("lookup_order", {"order_id": "#10234"},
+                 '{"eta":"2026-02-03","note":"paid","status":"shipped"}'),),
+               "Good news: order #10234 shipped this morning and should arrive on Feb 3 📦.",
+               (("Can I get the tracking number?", "Sure: tracking number 1Z 999 AA1 0123 "
+                 "4567 84 (UPS)."),
+                ("继续", "订单 #10234 已发货，预计 2 月 3 日送达。"),
+                ("Thanks!", "You're welcome! 😊")),
+               "order #10234 has shipped"),
+        _Topic((("lookup_order", {"order_id": "#30512"},
+                 '{"refund":"issued 2026-02-01","status":"refunded"}'),),
+               "您的退款已于今天（2 月 1 日）发出，通常 3-5 个工作日到账 💸。",
+               (("继续", "如果 5 个工作日后仍未到账，请回复本消息，我们会联系银行。"),
+                ("Which card will it go to?", "To the card you paid with, ending in 4242."),
+                ("Thanks!", "不客气！😊")),
+               "the refund of order #30512 was issued"),
+        _Topic((("web_fetch", {"url": "https://shop.example.com/coupons/SAVE10"},
+                 '{"code":"SAVE10","expires":"2026-01-31","valid":false}'),),
+               "The coupon SAVE10 expired on Jan 31, sorry! Here's SAVE5 instead 🎁.",
+               (("Can SAVE5 be combined with the sale?", "No, one discount per order; the sale "
+                 "price is already lower than SAVE5."),
+                ("继续", "SAVE5 有效期到 2 月 28 日。"),
+                ("Thanks!", "Happy shopping! 🛒")),
+               "coupon SAVE10 expired; offered SAVE5"),
+        _Topic((("lookup_order", {"order_id": "#20817"},
+                 '{"address":"Bern","eta":"2026-02-04","status":"processing"}'),),
+               "Done: order #20817 (not shipped yet) will now go to Zürich; delivery is still "
+               "expected on Feb 4.",
+               (("Will that cost extra?", "No, the address change is free before shipping."),
+                ("继续", "地址已改为苏黎世，订单尚未发货。"),
+                ("Thanks!", "You're welcome! 😊")),
+               "the delivery address of order #20817 was changed to Zürich"),
+    ],
+}
+
+
 def _snippets(rng: random.Random, pool: list[str], scale: int) -> str:
     """A few pieces of ``pool``; ``scale`` multiplies the size (benchmarks use it)."""
     n = rng.randint(1, 3) * scale
@@ -524,9 +701,13 @@ class _Session:
 
     TOOL_OVERHEAD = (900, 3500)   # tool schemas: sent every time, never logged
 
-    def __init__(self, rng: random.Random, start_ms: int, n_requests: int, scale: int) -> None:
+    def __init__(self, rng: random.Random, start_ms: int, n_requests: int, scale: int,
+                 coherent: bool = False) -> None:
         self.rng = rng
         self.scale = scale
+        self.coherent = coherent
+        self.topic: _Topic | None = None
+        self.reply: str | None = None    # coherent: the answer the current user turn gets
         self.agent = rng.choices(_AGENTS, _AGENT_WEIGHTS)[0]
         self.session_id = _session_id(rng, self.agent.kind)
         self.consumer = rng.choice(_CONSUMERS) if rng.random() < 0.75 else None
@@ -551,6 +732,7 @@ class _Session:
         self.cache_prefix = 0            # prompt tokens a provider cache can still serve
         self.cache_model = ""            # provider caches are per model
         self.last_gap_ms = 0
+        self.tool_step = 0               # coherent: the next of the topic's tools
         if not self.agent.anthropic:
             self._append({"content": self.system, "role": "system"})
         self._new_user_turn(first=True)
@@ -572,8 +754,17 @@ class _Session:
         if not first and self.hist_tokens > 3000 * self.scale and rng.random() < 0.3:
             self._compact()
         text = rng.choice(_FIRST_PROMPTS[self.agent.kind] if first else _FOLLOW_UPS)
+        if self.coherent:   # the same draws, mapped onto the session's topic
+            if first:
+                self.topic = _TOPICS[self.agent.kind][_FIRST_PROMPTS[self.agent.kind].index(text)]
+                self.reply = self.topic.answer
+            else:
+                text, self.reply = self.topic.follow_ups[_FOLLOW_UPS.index(text)
+                                                         % len(self.topic.follow_ups)]
         if first and rng.random() < 0.3:
-            text += "\n\n" + _snippets(rng, _CODE, self.scale)   # pasted context
+            pasted = _snippets(rng, _CODE, self.scale)   # pasted context
+            if not self.coherent:
+                text += "\n\n" + pasted
         self._append(self._user_message(text))
         self.chat_round += 1
         self.steps_left = min(int(rng.expovariate(1 / self.agent.mean_tool_steps)), 8)
@@ -582,7 +773,9 @@ class _Session:
 
     def _compact(self) -> None:
         """Agents summarise a long history into one message (a new storage chain)."""
-        summary = "Summary of the conversation so far: 用户在调试日志统计 🧾; tests pass."
+        summary = ("Summary of the conversation so far: " + self.topic.summary + "."
+                   if self.coherent else
+                   "Summary of the conversation so far: 用户在调试日志统计 🧾; tests pass.")
         self.history, self.encoded, self.hist_tokens = [], [], 0
         if not self.agent.anthropic:
             self._append({"content": self.system, "role": "system"})
@@ -666,6 +859,11 @@ class _Session:
             calls = [{"function": {"arguments": go_json(_tool_args(rng, name)), "name": name},
                       "id": prefix + _alnum(rng, 22), "index": i, "type": "function"}
                      for i, name in enumerate(names)]
+            if self.coherent:   # the topic's tools, in order, for the same draws
+                for c in calls:
+                    tool = self.topic.tools[self.tool_step % len(self.topic.tools)]
+                    self.tool_step += 1
+                    c["function"] = {"arguments": go_json(tool[1]), "name": tool[0]}
             if self.agent.anthropic:
                 blocks = [{"text": rng.choice(_PREFACES), "type": "text"}] + [
                     {"id": c["id"], "input": json.loads(c["function"]["arguments"]),
@@ -674,6 +872,8 @@ class _Session:
             logged = [{k: v for k, v in c.items() if k != "index"} for c in calls]
             return calls, None, {"content": None, "role": "assistant", "tool_calls": logged}
         answer = rng.choice(_ANSWERS[self.agent.kind])
+        if self.coherent:
+            answer = self.reply
         if self.scale > 1:
             answer += "\n" + _snippets(rng, _CODE, self.scale)
         if self.agent.anthropic:
@@ -686,6 +886,10 @@ class _Session:
         if tool_calls:
             results = [(c["id"], _tool_result(self.rng, c["function"]["name"], self.scale))
                        for c in tool_calls]
+            if self.coherent:
+                by_name = {t[0]: t[2] for t in self.topic.tools}
+                results = [(cid, by_name[c["function"]["name"]])
+                           for (cid, _), c in zip(results, tool_calls)]
             if self.agent.anthropic:
                 self._append({"content": [{"content": text, "tool_use_id": cid,
                                            "type": "tool_result"} for cid, text in results],
@@ -816,7 +1020,8 @@ def iter_records(seed: int = 0, sessions: int | None = 50, max_requests: int = 4
                  bad_every: int = 0, non_ai_every: int = 0, unsessioned_every: int = 0,
                  duplicate_every: int = 0, start: str = "2026-02-01T09:00:00Z",
                  content_scale: int = 1, quoted_ua_every: int = 0,
-                 session_gap_s: float = 45.0) -> Iterator[tuple[bytes, Event | None, str]]:
+                 session_gap_s: float = 45.0,
+                 coherent: bool = False) -> Iterator[tuple[bytes, Event | None, str]]:
     """Yield ``(line, event or None, kind)``; kind is ``ai``, ``duplicate``, ``non_ai`` or a
     bad kind. ``sessions`` None runs forever (stop consuming when you have enough).
 
@@ -836,7 +1041,7 @@ def iter_records(seed: int = 0, sessions: int | None = 50, max_requests: int = 4
         # Start every session due before the earliest pending line can be written.
         while (sessions is None or spawned < sessions) and (not heap or next_spawn <= heap[0][0]):
             n = min(max_requests, 1 + int(rng.random() ** 1.3 * max_requests))
-            session = _Session(rng, next_spawn, n, scale)
+            session = _Session(rng, next_spawn, n, scale, coherent)
             pending = session.next_request()
             heapq.heappush(heap, (pending.end_ms, seq, session, pending))
             spawned, seq = spawned + 1, seq + 1
@@ -875,12 +1080,13 @@ def iter_records(seed: int = 0, sessions: int | None = 50, max_requests: int = 4
 def generate(seed: int = 0, sessions: int = 50, max_requests: int = 40, bad_every: int = 0,
              non_ai_every: int = 0, unsessioned_every: int = 0, duplicate_every: int = 0,
              start: str = "2026-02-01T09:00:00Z", content_scale: int = 1,
-             quoted_ua_every: int = 0) -> Generated:
+             quoted_ua_every: int = 0, coherent: bool = False) -> Generated:
     """A whole log in memory with its ground truth (see ``iter_records``)."""
     out = Generated(lines=[], events=[])
     for line, event, kind in iter_records(seed, sessions, max_requests, bad_every,
                                           non_ai_every, unsessioned_every, duplicate_every,
-                                          start, content_scale, quoted_ua_every):
+                                          start, content_scale, quoted_ua_every,
+                                          coherent=coherent):
         out.lines.append(line)
         if event is not None:
             out.events.append(event)

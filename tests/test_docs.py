@@ -52,11 +52,40 @@ class ReadmeCoversEveryOption(unittest.TestCase):
         self.assertEqual(missing, [], "README.md does not mention: " + ", ".join(missing))
 
 
-def readme_commands() -> list[str]:
+SKILL = (ROOT / "SKILL.md").read_text(encoding="utf-8")
+
+
+def shows_something(command: str, stdout: str) -> str | None:
+    """None when a documented command's output shows data on the bundled example; else
+    what is wrong with it. A newcomer copying it must not see an empty table."""
+    if re.search(r"(^| )(-q|--quiet)( |$)", command) or " --follow" in command:
+        return None   # quiet on purpose
+    if not stdout.strip():
+        return "no output"
+    for empty in ("(no sessions)", "(no rounds)", "(none)\n-"):
+        if empty in stdout:
+            return f"prints {empty!r}"
+    totals = [line for line in stdout.splitlines() if line.startswith("TOTAL")]
+    if totals and not re.search(r"[1-9]", totals[-1]):
+        return "a TOTAL of zeros"
+    return None
+
+
+def skill_commands() -> list[str]:
+    """SKILL.md's commands: in code blocks and in the question table's backticks."""
+    found = []
+    for line in readme_commands(SKILL):
+        found.append(line)
+    for match in re.finditer(r"`(python3 (?:main\.py|scripts/)[^`]+)`", SKILL):
+        found.append(match.group(1))
+    return found
+
+
+def readme_commands(text: str = README) -> list[str]:
     """The commands in README.md's code blocks that run this project's entry points."""
     commands, in_block = [], False
-    for line in README.splitlines():
-        if line.startswith("```"):
+    for line in text.splitlines():
+        if line.strip().startswith("```"):   # SKILL.md's blocks are indented in a list
             in_block = not in_block
             continue
         text = line.strip()
@@ -92,12 +121,20 @@ class ReadmeCommandsRun(TempDirTest):
         command = re.sub(r"--alert-webhook https?://\S+", "--alert-webhook http://127.0.0.1:9/hook",
                          command)
         for placeholder in ("SESSION_ID", "会话ID"):
-            command = command.replace(placeholder, "agent:main:telegram:dm:7786882911285551133")
+            command = command.replace(placeholder, "agent:main:telegram:dm:3058755736454904720")
         return command
 
     def test_every_readme_command_runs(self):
         commands = readme_commands()
         self.assertGreater(len(commands), 15)
+        self.run_commands(commands)
+
+    def test_every_skill_command_shows_something_on_the_example(self):
+        commands = skill_commands()
+        self.assertGreater(len(commands), 10)
+        self.run_commands(commands)
+
+    def run_commands(self, commands: list[str]) -> None:
         for command in commands:
             if any(s in command for s in self.SLOW_OR_RECURSIVE):
                 continue
@@ -113,6 +150,8 @@ class ReadmeCommandsRun(TempDirTest):
                                           capture_output=True, text=True, timeout=60,
                                           env={**os.environ, "AGENT_SESSION_MONITOR_LINK_SECRET": ""})
                     self.assertEqual(proc.returncode, 0, f"{part}: {proc.stderr.strip()}")
+                    problem = shows_something(part, proc.stdout)
+                    self.assertIsNone(problem, f"{part}: {problem}:\n{proc.stdout[:2000]}")
 
     def assert_server_starts(self, argv: list[str]) -> None:
         argv = [a for a in argv]

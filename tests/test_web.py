@@ -290,7 +290,7 @@ class Routes(StoreCase):
             self.assertIn(f'data-card="{card}"', page)
         status, data = self.open.json("/api/stats")
         self.assertEqual(set(data["burn"]), {"at", "window_minutes", "active_minutes", "recent",
-                                             "today", "active_count", "active_sessions"})
+                                             "today", "active_count", "active_sessions", "note"})
 
     def test_full_context_without_javascript_via_context_parameter(self):
         page = self.html(session_path(AGENT, context="2"))
