@@ -221,6 +221,8 @@ class StoreReader:
             return _by_day_bounds(self, tz, since, until)
         if by in ("model", "consumer") and not since and not until:
             return _whole_store_by(self, by)
+        if by in KEY_GROUPS and not since and not until:
+            return _whole_store_by_key(self, by)
         src, params = window.source(since, until)
         key = {"model": "u.model", "consumer": "u.consumer", "session": "s.file",
                "agent": "s.agent", "channel": "s.channel", "kind": "s.kind"}[by]
@@ -515,6 +517,28 @@ def _whole_store_by(reader: StoreReader, by: str) -> list[dict]:
     ordered = sorted(rows.values(), key=lambda r: (-r["cost"], r["key"] is not None, r["key"] or ""))
     return [_priced_or_none({"key": r["key"], "sessions": r.get("sessions", 0),
                              **{c: r[c] for c in SUMS}}) for r in ordered]
+
+
+def _whole_store_by_key(reader: StoreReader, by: str) -> list[dict]:
+    """Agent, channel or kind rows over the whole store from the sessions table (one
+    row per session, its key's parts in columns) instead of every usage row: the same
+    sums, read once per session. No per-bucket (b_*) sums: the sessions table has none."""
+    sums = [c for c in _SESSION_SUMS]
+    sub = "CASE WHEN kind = 'subagent' THEN {} ELSE 0 END"
+    sql = (f"SELECT {by}, COUNT(*), {', '.join(f'SUM({c})' for c in sums)}, "
+           f"SUM({sub.format('COALESCE(cost, 0)')}), SUM({sub.format('rounds')}), "
+           f"SUM({sub.format('1')}) FROM sessions GROUP BY {by}")
+    rows = []
+    for r in reader.db.execute(sql):
+        row = {"key": r[0], "sessions": r[1], **dict(zip(sums, r[2:2 + len(sums)]))}
+        row["cost"] = row["cost"] or 0.0
+        row.update(zip(("subagent_cost", "subagent_rounds", "subagent_sessions"),
+                       r[2 + len(sums):]))
+        if not row["subagent_rounds"]:
+            row["subagent_cost"] = 0.0
+        rows.append(row)
+    rows.sort(key=lambda r: (-r["cost"], r["key"] is not None, r["key"] or ""))
+    return [_priced_or_none(r) for r in rows]
 
 
 def _sessions_per(reader: StoreReader, by: str, null_key: bool) -> list[tuple]:

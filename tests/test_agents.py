@@ -345,6 +345,17 @@ class ModelBasedRollup(TempDirTest):
             rows = key_group_rows(reader, by)
             self.assertAlmostEqual(math.fsum(r["cost"] or 0 for r in rows), grand, places=12, msg=by)
             self.assertEqual(sum(r["rounds"] for r in rows), totals["rounds"], by)
+            # The whole store is read from the sessions table, a window from the usage
+            # rows: the same figures either way.
+            ranged = {r["key"]: r for r in key_group_rows(reader, by, since="2000-01-01T00:00:00.000Z")}
+            self.assertEqual(set(ranged), {r["key"] for r in rows}, by)
+            for r in rows:
+                other = ranged[r["key"]]
+                for f in ("sessions", "rounds", "input", "output", "unpriced_rounds",
+                          "subagent_rounds", "subagent_sessions", "spawned_rounds"):
+                    self.assertEqual(r[f], other[f], (by, r["key"], f))
+                for f in ("cost", "subagent_cost", "spawned_cost", "cost_with_subagents"):
+                    self.assertAlmostEqual(r[f] or 0, other[f] or 0, places=12, msg=(by, f))
         for by in ("model", "day", "consumer", "session"):
             rows = reader.aggregate(by)
             self.assertAlmostEqual(math.fsum(r["cost"] or 0 for r in rows), grand, places=12, msg=by)
