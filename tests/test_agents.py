@@ -536,3 +536,35 @@ class ForgedClaims(TempDirTest):
         code, out, err = run_cli("--data-dir", str(reader.directory), "show", "agent:main:main")
         self.assertEqual(code, 0, err)
         self.assertNotIn("\x00", out)
+
+
+class FollowMode(TempDirTest):
+    """One long-lived monitor (as --follow runs it): the children's rounds arrive in one
+    pass, their parent's claim in a later one; the link appears when the claim does."""
+
+    def test_a_claim_arriving_passes_after_its_child_links_it_in_the_running_monitor(self):
+        from agent_session_monitor.monitor import Monitor, MonitorConfig
+
+        truth = scenario()
+        kids = {c for c, p in truth.parent.items() if p == "agent:main:main"}
+        ordered = sorted(truth.lines, key=lambda t: t[0])
+        first = [line for _, sid, line in ordered if sid in kids]
+        rest = [line for _, sid, line in ordered if sid not in kids]
+        log = self.tmp / "access.log"
+        log.write_bytes(b"".join(first))
+        with Monitor(MonitorConfig(log_paths=[str(log)], output_dir=self.out),
+                     err=io.StringIO()) as monitor:
+            monitor.poll_once()
+            reader = StoreReader.open(self.out)
+            self.assertEqual(reader.parent_links(), {})
+            self.assertIsNone(reader.rollup("agent:main:main"))   # not in the store yet
+            reader.close()
+            with open(log, "ab") as f:
+                f.write(b"".join(rest))
+            monitor.poll_once()
+            reader = StoreReader.open(self.out)
+            self.addCleanup(reader.close)
+            family = reader.rollup("agent:main:main")
+        self.assertEqual(sorted(c["session_id"] for c in family["children"]), sorted(kids))
+        self.assertAlmostEqual(family["cost_with_subagents_usd"],
+                               truth.with_subagents("agent:main:main"), places=12)
