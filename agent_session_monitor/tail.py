@@ -427,8 +427,10 @@ class Tailer:
             if old is not None and old[0] is not lf.file:
                 old[0].close()
             self._held[key] = (lf.file, lf.dev, lf.ino)
-            if lf.orphan and self._is_quiet(src, lf):
-                self._release(key)   # an orphan drained and quiet: let it go
+            if not lf.live and self._is_quiet(src, lf):
+                # A rotation (or an orphan) drained and quiet: no late writes to wait
+                # for, so let it go: descriptors grow with live logs, not with history.
+                self._release(key)
         else:
             lf.file.close()
 

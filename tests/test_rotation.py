@@ -504,3 +504,36 @@ class FollowModeOneMonitor(TempDirTest):
                     monitor.poll_once()
                 self.assertIn("data loss", err.getvalue())
                 self.assertIn("rotated past --max-rotate 5", err.getvalue())
+
+    def test_follow_poll_between_copy_and_truncate_counts_every_round_once(self):
+        # logrotate's copytruncate at the worst moment: the monitor polls after the copy
+        # and before the truncate, reading lines the copy does not hold.
+        def copy_poll_truncate():
+            self.write(2)
+            shutil.copyfile(self.log, self.dir / "access.log.1")
+            self.write(3)                 # after the copy: only the live file has them
+        def truncate():
+            os.truncate(self.log, 0)
+            self.write(2)
+        self.each_wait(lambda: self.follow(lambda: self.write(3), copy_poll_truncate,
+                                           truncate, lambda: self.write(1)))
+
+    def test_follow_releases_quiet_rotations_but_keeps_the_live_log(self):
+        import io
+
+        from agent_session_monitor.monitor import Monitor, MonitorConfig
+
+        self.dir, self.log, self.n = self.tmp, self.tmp / "access.log", 0
+        for i in range(5, 0, -1):
+            self.write(2, self.tmp / f"access.log.{i}")
+            os.utime(self.tmp / f"access.log.{i}", (1, 1))    # rotated long ago
+        self.write(2)
+        config = MonitorConfig(log_paths=[str(self.log)], output_dir=self.out, follow=True,
+                               rotate_wait=30)
+        with Monitor(config, err=io.StringIO(), progress=False) as monitor:
+            monitor.poll_once()
+            monitor.poll_once()
+            held = [(dev, ino) for _f, dev, ino in monitor.tailer._held.values()]
+        st = os.stat(self.log)
+        self.assertEqual(held, [(st.st_dev, st.st_ino)])
+        self.assertEqual(stored_inputs(self.out), inputs(1, self.n))
