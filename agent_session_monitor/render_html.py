@@ -15,6 +15,7 @@ from .html_parts import Markup, h, join, url
 from .views import PAGE_SIZES, SessionQuery
 
 SORT_LABELS = (("updated", "Last updated"), ("created", "Created"), ("cost", "Cost"),
+               ("cost-with-subagents", "Cost with sub-agents"),
                ("tokens", "Tokens"), ("rounds", "Rounds"), ("id", "Session id"))
 REFRESH_SECONDS = 30
 LIVE_POLL_SECONDS = 1       # app.js asks /api/version this often; a change loads the news

@@ -219,8 +219,11 @@ def sessions_table(listing: dict, tz: tzinfo = timezone.utc) -> dict:
 def _session_cells(r: dict, tz: tzinfo) -> list[str]:
     models = r["models"] or ([r["model"]] if r["model"] else [])
     model = (models[0] + (f" +{len(models) - 1}" if len(models) > 1 else "")) if models else "-"
+    cost = fmt_cost(r["cost"], r["unpriced_rounds"])
+    if r.get("cost_with_subagents") not in (None, r["cost"]):   # sorted by it: say it
+        cost += f" ({fmt_usd(r['cost_with_subagents'])} with sub-agents)"
     return [r["session_id"], model, fmt_int(r["rounds"]), fmt_int(r["input"]),
-            fmt_int(r["output"]), fmt_int(r["cached"]), fmt_cost(r["cost"], r["unpriced_rounds"]),
+            fmt_int(r["output"]), fmt_int(r["cached"]), cost,
             fmt_time(r["updated_at"], tz, seconds=False)]
 
 

@@ -424,6 +424,14 @@ class WebPages(ScenarioCase):
         self.assertIn("Spawned by", child_page)
         self.assertIn(self.main, child_page)
 
+    def test_the_session_list_sorts_by_the_cost_with_sub_agents(self):
+        status, _, body = self.web.get("/api/sessions?sort=cost-with-subagents&view=1",
+                                       headers=self.auth)
+        data = json.loads(body)
+        self.assertEqual(data["sessions"][0]["session_id"], self.main)
+        self.assertIn("with sub-agents", data["view"]["rows"][0]["cells"][6])
+        self.assertIn('value="cost-with-subagents"', self.get("/"))
+
     def test_a_signed_link_shows_the_children_without_opening_them(self):
         from agent_session_monitor import links
         path = links.session_url(self.main, "http://h", "s" * 32)[len("http://h"):]
