@@ -25,6 +25,7 @@ from .errors import MonitorError
 from .fmt import fmt_bytes, fmt_int, fmt_usd, safe_text
 from .fsutil import DirLock, ensure_dir, remove_stale_temps
 from . import retention
+from .container_logs import Unwrapper
 from .index import Index
 from .pruned_archive import ARCHIVE_NAME, Archive
 from .parse import BadLine, Request, parse_line, utc_now
@@ -162,6 +163,7 @@ class Monitor:
                              max_line=self.config.max_line_bytes,
                              allowed=self.config.allowed_log_dirs)
         self._saved_sources = copy.deepcopy(self.state.sources)
+        self.unwrapper = Unwrapper(self.config.max_line_bytes, self.config.rotate_wait)
 
     def _pruned_keys(self, file_name: str) -> set:
         if self._archive is None:
@@ -221,13 +223,17 @@ class Monitor:
         reported: Counter = Counter()
         for src, lf in pairs:
             name = os.path.basename(lf.path)
-            for start, end, line in self.tailer.lines(src, lf):
+            # Container runtime wrappers (CRI, Docker json-file) come off here; a plain
+            # log passes through untouched (container_logs.py).
+            for start, end, line in self.unwrapper.lines(src, lf, self.tailer.lines(src, lf)):
                 length = end - start
                 stats.bytes_read += length
                 since_checkpoint += length
                 if line is None:
                     self._bad(stats, reported, "oversized_line", lf.path, start,
                               f"line of {length:,} bytes exceeds --max-line-bytes")
+                elif isinstance(line, BadLine):
+                    self._bad(stats, reported, line.kind, lf.path, start, line.detail)
                 else:
                     stats.lines += 1
                     self._handle(line, src.fp, start, read_time, stats, reported, lf.path)
