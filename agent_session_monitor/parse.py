@@ -22,8 +22,13 @@ from .names import UNSESSIONED_ID
 GATEWAY_FIELDS = ("authority", "method", "path", "response_code", "route_name", "duration",
                   "upstream_cluster", "user_agent")
 TOKEN_FIELDS = ("input_token", "output_token", "total_token", "cached_tokens", "reasoning_tokens")
-# JavaScript numbers lose integer precision above this; such counts are kept but flagged.
-MAX_SAFE_INT = 2**53 - 1
+# A token count no provider reports: a trillion tokens in one request, five orders of
+# magnitude above any context window. Above it a count is bad input (out_of_range):
+# sums of such counts would overflow SQLite's integers and JavaScript's exact ones.
+MAX_TOKENS = 2**40
+# Event times a time zone can show and calendar arithmetic can shift: before 1970 no
+# gateway wrote a log, and year 9999 overflows once shifted east of UTC.
+MIN_TIME, MAX_TIME = "1970-01-01T00:00:00.000Z", "9000-01-01T00:00:00.000Z"
 
 BOM = b"\xef\xbb\xbf"
 
@@ -449,15 +454,15 @@ def _token_count(name: str, value: object, warnings: list[str]) -> int:
         try:
             count = int(value)
         except ValueError:  # more digits than int() accepts
-            raise BadLine("bad_tokens", f"{name} has too many digits") from None
+            raise BadLine("out_of_range", f"{name} has too many digits") from None
     elif type(value) is float and math.isfinite(value) and value.is_integer():
         count = int(value)
     else:
         raise BadLine("bad_tokens", f"{name} is {_describe(value)}")
     if count < 0:
         raise BadLine("bad_tokens", f"{name} is negative ({count})")
-    if count > MAX_SAFE_INT:
-        warnings.append("huge_tokens")
+    if count > MAX_TOKENS:
+        raise BadLine("out_of_range", f"{name} is {_describe(count)}, more than any request")
     return count
 
 
@@ -479,7 +484,24 @@ def _details(value: object, warnings: list[str]) -> dict:
     if not isinstance(value, dict):
         warnings.append("bad_details")
         return {}
+    _check_counts(value, 0)
     return value
+
+
+def _check_counts(details: dict, depth: int) -> None:
+    """Detail maps feed the price buckets: a count no store can hold makes the line bad."""
+    for key, value in details.items():
+        if type(value) is int:
+            count = value
+        elif isinstance(value, str) and value.isascii() and value.isdigit():
+            count = int(value) if len(value) < 30 else MAX_TOKENS + 1
+        elif isinstance(value, dict) and depth < 2:
+            _check_counts(value, depth + 1)
+            continue
+        else:
+            continue
+        if count > MAX_TOKENS:
+            raise BadLine("out_of_range", f"{key} is {_describe(count)}, more than any request")
 
 
 def _event_time(outer: dict, ai: dict, read_time: str, warnings: list[str]) -> tuple[str, str]:
@@ -505,25 +527,30 @@ def canonical_time(value: str) -> tuple[str, bool] | None:
     """``value`` as UTC ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (sortable as text), and whether it
     was naive (no offset: taken as UTC and flagged). None if it is not a time."""
     if _CANONICAL.fullmatch(value):
-        return value, False   # Envoy's %START_TIME% form already: the common case, kept as is
+        # Envoy's %START_TIME% form already: the common case, kept as is (text compares
+        # as time in this form).
+        return (value, False) if MIN_TIME <= value < MAX_TIME else None
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"  # fromisoformat learned "Z" only in 3.11
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
+        naive = moment.tzinfo is None
+        if naive:
+            moment = moment.replace(tzinfo=timezone.utc)
+        else:
+            moment = moment.astimezone(timezone.utc)   # year 1 at +14:00 overflows here
+    except (ValueError, OverflowError):
         return None
-    naive = moment.tzinfo is None
-    if naive:
-        moment = moment.replace(tzinfo=timezone.utc)
-    else:
-        moment = moment.astimezone(timezone.utc)
-    return format_time(moment), naive
+    stored = format_time(moment)
+    return (stored, naive) if MIN_TIME <= stored < MAX_TIME else None
 
 
 def format_time(moment: datetime) -> str:
-    """The one text form of a stored time: UTC, milliseconds, ``Z``."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """The one text form of a stored time: UTC, milliseconds, ``Z`` (four-digit year:
+    strftime writes year 1 as "1", which no parser reads back)."""
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+            f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z")
 
 
 def utc_now() -> str:

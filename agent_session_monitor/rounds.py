@@ -6,7 +6,10 @@ README.md ("Session file format") and stay stable once released.
 
 from __future__ import annotations
 
+import math
+
 from .parse import Request
+from .sanitize import MAX_COST
 from .pricing import Buckets, PriceTable, bucket_cost, usage_buckets
 
 # ai_log keys that become round fields of their own; any other key (cache_status,
@@ -40,7 +43,7 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
         found = table.lookup(model)
         if found is not None:
             priced_as = found[0]
-            cost = bucket_cost(buckets, found[1])
+            cost = _finite_cost(bucket_cost(buckets, found[1]), req.warnings)
     tool_calls = ai.get("tool_calls")
     cut_calls = isinstance(tool_calls, str) and tool_calls not in ("", "-")
     if not isinstance(tool_calls, list) and not cut_calls:
@@ -134,7 +137,17 @@ def reprice_round(rnd: dict, table: PriceTable) -> None:
         rnd["cost_usd"], rnd["priced_as"] = None, None
     else:
         rnd["priced_as"] = found[0]
-        rnd["cost_usd"] = bucket_cost(Buckets.from_dict(rnd.get("buckets") or {}), found[1])
+        rnd["cost_usd"] = _finite_cost(
+            bucket_cost(Buckets.from_dict(rnd.get("buckets") or {}), found[1]), [])
+
+
+def _finite_cost(cost: float, warnings: list) -> float | None:
+    """A cost no store can hold (a price table of 1e308 per token overflows to inf) is no
+    price at all: the round is unpriced, never $inf or a crash at write time."""
+    if math.isfinite(cost) and 0 <= cost < MAX_COST:
+        return cost
+    warnings.append("cost_out_of_range")
+    return None
 
 
 def _nonzero(details: dict) -> dict:

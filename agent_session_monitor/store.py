@@ -14,6 +14,8 @@ from typing import Callable
 from .compact import compact, expand
 from .fsutil import atomic_write_many
 from .names import UNSESSIONED_FILE, file_name_for
+from .parse import format_time, utc_now
+from .sanitize import sanitise_document
 from .session import Session, new_document
 
 
@@ -54,9 +56,20 @@ def _drop_unserialisable_content(doc: dict) -> None:
 def read_document(path: Path) -> dict:
     with open(path, "rb") as f:
         doc = json.loads(f.read())
+        mtime = os.fstat(f.fileno()).st_mtime
     if not isinstance(doc, dict) or not isinstance(doc.get("rounds"), list):
         raise ValueError("not a session document")
+    # Older versions and hand edits leave values no reader can use (sanitize.py).
+    sanitise_document(doc, _file_time(mtime))
     return expand(doc)
+
+
+def _file_time(mtime: float) -> str:
+    from datetime import datetime, timezone
+    try:
+        return format_time(datetime.fromtimestamp(mtime, timezone.utc))
+    except (OverflowError, OSError, ValueError):
+        return utc_now()
 
 
 class SessionStore:

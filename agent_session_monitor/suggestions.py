@@ -81,8 +81,10 @@ class _Rounds:
     model with size tiers is priced per request in a few lookups, not a loop."""
 
     def __init__(self, rounds: list[dict]) -> None:
-        items = sorted((b.prompt_tokens, b) for b in
-                       (Buckets.from_dict(r.get("buckets") or {}) for r in rounds))
+        # Sorted by size alone: two rounds of one size must not compare their buckets.
+        items = sorted(((b.prompt_tokens, b) for b in
+                        (Buckets.from_dict(r.get("buckets") or {}) for r in rounds)),
+                       key=lambda item: item[0])
         self.sizes = [size for size, _ in items]
         self.prefix = [Buckets()]
         for _, b in items:

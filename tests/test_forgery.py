@@ -173,6 +173,22 @@ class ForgedKeysAtParse(unittest.TestCase):
             req = self.assertGenuine(raw, n, exact_time=False)
             self.assertIn("salvaged", req.warnings)
 
+    def test_forged_keys_spelt_otherwise_are_caught_too(self):
+        # A key written with a \u escape, or with spaces around its colon, is the same key
+        # to a JSON parser but not to a naive substring count; an object closed early
+        # with a second one after it is not JSON at all (the salvage path).
+        variants = {
+            "unicode_escaped_key": f'","\\u0073tart_time":"{FORGED_TIME}',
+            "escaped_ai_log": f'","\\u0061i_log":"{forged_ai_log_text()}',
+            "spaces_around_colon": f'" , "start_time" : "{FORGED_TIME}',
+            "tab_separators": f'"\t,\t"ai_log"\t:\t"-',
+            "object_closed_early": f'"}}{{"ai_log":"-","start_time":"{FORGED_TIME}',
+        }
+        for n, (field, (name, payload)) in enumerate(itertools.product(FIELDS, variants.items())):
+            with self.subTest(field=field, variant=name):
+                self.assertGenuine(inject(n, {field: payload}), n,
+                                   exact_time=name != "object_closed_early")
+
     def test_plain_lines_are_not_forged(self):
         for n in range(50):
             req = parse_line(inject(n, {}).rstrip(b"\n"), READ_TIME)

@@ -194,6 +194,70 @@ class ReservedBucket(TempDirTest):
                              want, sid)
 
 
+class NumbersNoStoreCanHold(TempDirTest):
+    def test_counts_beyond_any_store_are_out_of_range_lines_and_the_monitor_goes_on(self):
+        rng = random.Random(3)
+        huge = [2**40 + 1, 2**53, 2**63 - 1, 2**63, 2**64, 10**30, 1e300, "99999999999999999999"]
+        lines, good = [], []
+        for n in range(200):
+            ai = genuine_ai(n)
+            if n % 2:
+                where = rng.choice(["input_token", "output_token", "total_token",
+                                    "cached_tokens", "reasoning_tokens", "details"])
+                if where == "details":
+                    ai["input_token_details"] = {"cached_tokens": rng.choice(huge[:6])}
+                else:
+                    ai[where] = rng.choice(huge)
+            else:
+                good.append(1000 + n)
+            lines.append(line_of(ai, n) + b"\n")
+        log = self.tmp / "access.log"
+        write_lines(log, lines)
+        ingest(self.out, log)
+        # A second pass goes on reading: the monitor was not stopped by any of them.
+        write_lines(log, [line_of(genuine_ai(500), 500) + b"\n"])
+        ingest(self.out, log)
+        rounds = load_store(self.out)["alice"]["rounds"]
+        self.assertEqual(sorted(r["input_tokens"] for r in rounds), good + [1500])
+        state, _ = load_state(self.out / ".state.json", None)
+        self.assertEqual(state.counters["bad_lines"], {"out_of_range": 100})
+
+    def test_a_price_that_overflows_once_priced_leaves_the_round_unpriced(self):
+        prices = self.tmp / "prices.json"
+        prices.write_text(json.dumps({"gpt-4o": {"input": 1e308, "output": 1e308}}))
+        log = self.tmp / "access.log"
+        write_lines(log, [line_of({**genuine_ai(n), "input_token": 10**7 + n}, n) + b"\n"
+                          for n in range(20)])
+        from agent_session_monitor.monitor_cli import main as monitor_main
+        import io
+        err = io.StringIO()
+        code = monitor_main(["--log-path", str(log), "--output-dir", str(self.out),
+                             "--allow-log-dir", str(self.tmp), "--pricing", str(prices)],
+                            out=io.StringIO(), err=err)
+        self.assertEqual(code, 0, err.getvalue())
+        rounds = load_store(self.out)["alice"]["rounds"]
+        self.assertEqual(len(rounds), 20)
+        self.assertTrue(all(r["cost_usd"] is None for r in rounds))
+        self.assertTrue(all("cost_out_of_range" in r["warnings"] for r in rounds))
+
+
+class ImpossibleTimes(unittest.TestCase):
+    def test_times_no_zone_can_show_are_flagged_and_replaced_by_the_read_time(self):
+        from agent_session_monitor.parse import canonical_time
+        bad = ["9999-12-31T23:59:59.999Z", "0001-01-01T00:00:00.000Z", "1-01-01T00:00:00Z",
+               "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00", "1969-12-31T23:59:59Z",
+               "9000-01-01T00:00:00.000Z", "8999-12-31T23:59:59+00:00" if False else "0100-01-01T00:00:00Z"]
+        for n, value in enumerate(bad):
+            req = parse_line(line_of(genuine_ai(n), n, start_time=value), READ_TIME)
+            self.assertEqual(req.timestamp, READ_TIME, value)
+            self.assertIn("bad_time", req.warnings)
+            self.assertIn("time_from_read", req.warnings)
+        for value in ("1970-01-01T00:00:00.000Z", "8999-12-31T23:59:59.999Z", "2026-02-01T09:30:15Z"):
+            req = parse_line(line_of(genuine_ai(), 0, start_time=value), READ_TIME)
+            self.assertEqual(canonical_time(req.timestamp)[0], req.timestamp)
+            self.assertNotEqual(req.timestamp, READ_TIME)
+
+
 class ThroughTheMonitor(TempDirTest):
     def test_bad_bytes_in_headers_are_rounds_and_in_the_ai_log_bad_lines(self):
         lines = []

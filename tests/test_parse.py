@@ -54,10 +54,13 @@ class ParseTests(unittest.TestCase):
         raw = json.dumps({"ai_log": '{"session_id":"s","output_token":Infinity}'}).encode()
         self.assertBad(raw, "bad_ai_log")
 
-    def test_huge_count_kept_but_flagged(self):
-        req = parse_line(line({**AI, "input_token": 2**60}), READ_TIME)
-        self.assertEqual(req.input_token, 2**60)
-        self.assertIn("huge_tokens", req.warnings)
+    def test_count_no_request_can_have_is_out_of_range_not_a_crash(self):
+        req = parse_line(line({**AI, "input_token": 2**40}), READ_TIME)
+        self.assertEqual(req.input_token, 2**40)
+        for count in (2**40 + 1, 2**60, 2**63, 2**64, 10**30, "99999999999999999999", 1e300):
+            self.assertBad(line({**AI, "input_token": count}), "out_of_range")
+        self.assertBad(line({**AI, "input_token_details": {"cached_tokens": 2**64}}),
+                       "out_of_range")
 
     def test_5000_digit_integer_is_bad_not_a_crash(self):
         raw = b'{"ai_log":{"session_id":"s","input_token":' + b"9" * 5000 + b"}}"
