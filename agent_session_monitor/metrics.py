@@ -2,7 +2,8 @@
 exposition format (version 0.0.4), for the Prometheus and Grafana operators already run.
 
 Everything comes from the derived index (one GROUP BY over the usage rows) and from
-``.state.json``; never a session file. Labels are model and consumer only: a session id
+``.state.json``; never a session file. Labels are model, consumer and agent (the
+OpenClaw agent id from the session key, empty for other sessions): a session id
 is unbounded (one series per conversation would grow Prometheus's memory without end),
 so it is never a label. Counters only grow: pruning keeps the totals of what it removes
 in the index (retention.py), so a prune never makes a counter go down.
@@ -35,9 +36,18 @@ TOKEN_KINDS = (
     ("cache_write", "SUM(b_cache_write) + SUM(b_cache_write_1h)"),
     ("reasoning", "SUM(b_reasoning)"),
 )
-USAGE_SQL = (f"SELECT model, consumer, {', '.join(sql for _, sql in TOKEN_KINDS)}, "
-             "SUM(cost), SUM(rounds), SUM(unpriced_rounds), SUM(tool_calls) "
-             "FROM usage GROUP BY model, consumer")
+
+
+def usage_sql(agents: bool) -> str:
+    """Sums per (model, consumer[, agent]); the agent is the session's (session-key
+    parser), joined by the session's integer id."""
+    sums = (f"{', '.join(sql for _, sql in TOKEN_KINDS)}, SUM(cost), SUM(rounds), "
+            "SUM(unpriced_rounds), SUM(tool_calls)")
+    if not agents:
+        return f"SELECT model, consumer, NULL, {sums} FROM usage GROUP BY model, consumer"
+    return (f"SELECT u.model, u.consumer, s.agent, {sums.replace('SUM(', 'SUM(u.')} "
+            "FROM usage u JOIN sessions s ON s.sid = u.sid "
+            "GROUP BY u.model, u.consumer, s.agent")
 
 
 def escape_label(value: object) -> str:
@@ -84,31 +94,34 @@ class Exposition:
 
 
 def usage_families(db: sqlite3.Connection, out: Exposition) -> None:
-    """Counters per (model, consumer) from the index's usage rows."""
-    rows = db.execute(USAGE_SQL).fetchall()
-    rows.sort(key=lambda r: (r[0] or "", r[1] or ""))
+    """Counters per (model, consumer, agent) from the index's usage rows."""
+    agents = any(r[1] == "agent" for r in db.execute("PRAGMA table_info(sessions)"))
+    rows = db.execute(usage_sql(agents)).fetchall()
+    rows.sort(key=lambda r: (r[0] or "", r[1] or "", r[2] or ""))
     n = len(TOKEN_KINDS)
 
     def labels(r) -> dict:
-        return {"model": r[0], "consumer": r[1]}
+        return {"model": r[0], "consumer": r[1], "agent": r[2]}
 
     out.family("tokens_total", "counter",
                "Tokens, by kind: input (every prompt token, cache included), output (every "
                "generated token, reasoning included), and the cache_read, cache_write and "
                "reasoning parts of those.",
-               ((({**labels(r), "kind": kind}), r[2 + i] or 0)
+               (({**labels(r), "kind": kind}, r[3 + i] or 0)
                 for r in rows for i, (kind, _) in enumerate(TOKEN_KINDS)))
     out.family("cost_usd_total", "counter",
                "Cost in US dollars of the priced rounds (unpriced rounds add nothing: see "
                "asm_unpriced_rounds_total).",
-               ((labels(r), round(r[2 + n] or 0.0, 12)) for r in rows))
+               # A group whose every round is unpriced has an unknown cost, not $0: no
+               # sample (asm_unpriced_rounds_total counts those rounds).
+               ((labels(r), round(r[3 + n] or 0.0, 12)) for r in rows if r[4 + n] != r[5 + n]))
     out.family("rounds_total", "counter", "Rounds (model requests) stored.",
-               ((labels(r), r[3 + n] or 0) for r in rows))
+               ((labels(r), r[4 + n] or 0) for r in rows))
     out.family("unpriced_rounds_total", "counter",
                "Rounds whose model has no price: their cost is unknown, not zero.",
-               ((labels(r), r[4 + n] or 0) for r in rows))
-    out.family("tool_call_rounds_total", "counter", "Rounds whose answer called a tool.",
                ((labels(r), r[5 + n] or 0) for r in rows))
+    out.family("tool_call_rounds_total", "counter", "Rounds whose answer called a tool.",
+               ((labels(r), r[6 + n] or 0) for r in rows))
     sessions = db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
     out.family("sessions", "gauge", "Sessions in the index (pruned ones included).",
                [({}, sessions)])

@@ -123,6 +123,10 @@ class MetricsContent(TempDirTest):
             for labels, value in fam[name]:
                 got[(labels["model"], labels["consumer"])][field] += value
         self.assertEqual(set(got), set(truth))
+        # An unpriced model has no cost sample at all (unknown, never $0).
+        costed = {(l["model"], l["consumer"]) for l, _ in fam["asm_cost_usd_total"]}
+        for key, t in truth.items():
+            self.assertEqual(key in costed, t["rounds"] > t["unpriced"], key)
         for key, t in truth.items():
             for field in (*KINDS, "rounds", "unpriced", "tools"):
                 self.assertEqual(got[key][field], t[field], (key, field))
@@ -136,6 +140,19 @@ class MetricsContent(TempDirTest):
         self.assertEqual(sum(v for _, v in fam["asm_rounds_total"]),
                          len(self.gen.events) + 6)
 
+    def test_the_agent_label_is_the_session_keys_agent(self):
+        from agent_session_monitor.session_keys import parse_session_key
+        fam = parse_exposition(self.scrape().body.decode("utf-8"))
+        by_agent: dict = defaultdict(float)
+        for labels, value in fam["asm_rounds_total"]:
+            by_agent[labels["agent"]] += value
+        truth: dict = defaultdict(float)
+        for doc in load_store(self.out).values():
+            key = parse_session_key(None if doc.get("unsessioned") else doc["session_id"])
+            truth[key.agent or ""] += len(doc["rounds"])
+        self.assertEqual(dict(by_agent), dict(truth))
+        self.assertGreater(by_agent.get("main", 0), 0)
+
     def test_hostile_model_and_consumer_names_round_trip_through_escaping(self):
         fam = parse_exposition(self.scrape().body.decode("utf-8"))
         models = {labels["model"] for labels, _ in fam["asm_rounds_total"]}
@@ -148,7 +165,7 @@ class MetricsContent(TempDirTest):
         text = self.scrape().body.decode("utf-8")
         fam = parse_exposition(text)
         names = {k for samples in fam.values() for labels, _ in samples for k in labels}
-        self.assertLessEqual(names, {"model", "consumer", "kind", "version"})
+        self.assertLessEqual(names, {"model", "consumer", "agent", "kind", "version"})
         for doc in load_store(self.out).values():
             if not doc.get("unsessioned"):
                 self.assertNotIn(doc["session_id"], text)
