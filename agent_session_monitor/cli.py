@@ -33,10 +33,10 @@ from .render_text import (render_burn, render_session, render_sessions, render_u
                           terminal_width, write_csv, write_json)
 from .focus import DEFAULT_ACCOUNT, FOCUS_VERSION, write_focus
 from .finops_report import REPORT_CSV_FIELDS, finops_report, report_csv_rows, session_what_if
-from .report import (KEY_GROUPS, SORTS, StoreReader, day_range, has_rounds, key_group_record,
+from .report import (KEY_GROUPS, SORTS, StoreReader, day_range, key_group_record,
                      key_group_rows, latest_round, range_totals, recent_days, session_record,
-                     unpriced_between, usage_record)
-from . import window
+                     totals_of, unpriced_between, unpriced_of_days, usage_record)
+from . import fulltext, window
 from .timerange import duration, parse_since, parse_tz
 from .session import full_context
 
@@ -88,6 +88,8 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     since = parse_since(args.since, tz) if args.since else None
     filters = dict(model=args.model, consumer=args.consumer, since=since, search=args.search)
     with _reader(args) as reader:
+        if args.search and not reader.fulltext:
+            args.err.write(f"note: {fulltext.MISSING}\n")
         filters["since"] = _slide(args, reader, since)
         rows = reader.sessions(args.sort_by, args.limit or None, args.offset, **filters)
         count = reader.count_sessions(**filters) if args.limit or args.offset else len(rows)
@@ -147,7 +149,8 @@ def _stats(args: argparse.Namespace, out: TextIO, by: str, header: str, title: s
             record = key_group_record if keyed else usage_record
             write_json(out, [record(r, by) for r in rows], rows=True)
             return EXIT_OK
-        totals = range_totals(reader, since, until)
+        totals = (totals_of(reader, rows, since, until) if (since or until) and not keyed
+                  else range_totals(reader, since, until))
         unpriced = ([(r["key"] or "(no model)", r["unpriced_rounds"]) for r in rows
                      if r["unpriced_rounds"]] if by == "model"
                     else unpriced_between(reader, since, until))
@@ -170,8 +173,8 @@ def cmd_stats_date(args: argparse.Namespace, out: TextIO) -> int:
         if args.json:
             write_json(out, [usage_record(r, "day") for r in rows], rows=True)
             return EXIT_OK
-        totals = range_totals(reader, since, until)
-        unpriced = unpriced_between(reader, since, until)
+        totals = totals_of(reader, rows, since, until)
+        unpriced = unpriced_of_days(rows)
     title = (f"Daily Statistics (last {plural(args.days, 'day')}: {first} to {last}, days in {tz}"
              + (", ending at the latest round" if note else "") + ")")
     render_usage(out, title, "DATE", rows, totals, unpriced, models_column=True)
@@ -480,11 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most N sessions (default 20; 0 = all)")
     c.add_argument("--offset", type=_non_negative, default=0, metavar="N",
                    help="skip the first N (paging)")
-    c.add_argument("--model", metavar="M", help="only sessions with a round on model M")
+    c.add_argument("--model", metavar="M", help="only sessions with a round on model M or a "
+                   "dated snapshot of it (gpt-4o-mini matches gpt-4o-mini-2024-07-18)")
     c.add_argument("--consumer", metavar="C", help="only sessions with a round from consumer C")
     c.add_argument("--since", metavar="WHEN", help="only sessions updated since: a date, an ISO "
                    "time or a duration back from now (90m, 24h, 7d)")
-    c.add_argument("--search", metavar="TEXT", help="only sessions whose id or models contain TEXT")
+    c.add_argument("--search", metavar="TEXT", help="only sessions whose id or model contains "
+                   "TEXT, or whose conversation (questions, answers, reasoning, tool calls) has "
+                   "every word of it")
     c.add_argument("--wide", action="store_true", help="never cut session ids to fit the terminal")
 
     command("stats-model", cmd_stats_model, zone, window)

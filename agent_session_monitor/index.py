@@ -23,6 +23,7 @@ import sqlite3
 from pathlib import Path
 from typing import Callable, Iterable
 
+from . import fulltext
 from .names import is_session_file
 from .pruned_archive import index_rows as pruned_rows
 from .session_keys import parse_session_key
@@ -30,7 +31,7 @@ from .subagents import doc_claims
 from .store import read_document
 
 INDEX_NAME = ".index.sqlite"
-INDEX_VERSION = 5   # 4: per-round edge table; 5: agent, channel, kind, spawns
+INDEX_VERSION = 6   # 4: per-round edge table; 5: agent, channel, kind, spawns; 6: full text
 BUCKET_FIELDS = ("input", "cache_read", "cache_write", "cache_write_1h", "output", "reasoning")
 
 _SCHEMA = f"""
@@ -53,6 +54,8 @@ CREATE TABLE IF NOT EXISTS usage (
     {", ".join(f"b_{f} INTEGER NOT NULL" for f in BUCKET_FIELDS)},
     cost REAL NOT NULL, unpriced_rounds INTEGER NOT NULL, tool_calls INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS usage_sid ON usage (sid);
+-- list --model: the models in the store, and the sessions of one, without a scan.
+CREATE INDEX IF NOT EXISTS usage_model ON usage (model, sid);
 -- The same sums per round, at its exact time: the edges of a window that does not fall
 -- on quarter-hours (``--since 09:05``, a zone offset such as -09:04) are read from here.
 CREATE TABLE IF NOT EXISTS round_usage (
@@ -160,7 +163,7 @@ def replace_rows(db: sqlite3.Connection, docs: list[tuple[str, dict, int]]) -> N
     """(file name, session document, file size) -> their rows, replacing old ones. A
     session keeps its integer id, which the usage rows carry (smaller than the name).
     The caller holds the transaction."""
-    usage, per_round, spawns = [], [], []
+    usage, per_round, spawns, texts = [], [], [], []
     for name, doc, size in docs:
         found = db.execute("SELECT sid FROM sessions WHERE file = ?", (name,)).fetchone()
         sid = found[0] if found else None
@@ -174,13 +177,19 @@ def replace_rows(db: sqlite3.Connection, docs: list[tuple[str, dict, int]]) -> N
         usage.extend(rows)
         per_round.extend(rounds)
         spawns.extend((sid, sql_text(child), at) for child, at in doc_claims(doc))
+        texts.append((sid, doc))
     db.executemany(INSERT_USAGE, usage)
     db.executemany(INSERT_ROUND, per_round)
     if spawns:
         db.executemany("INSERT INTO spawns VALUES (?, ?, ?)", spawns)
+    if fulltext.present(db):
+        fulltext.replace(db, texts)
 
 
 def delete_rows(db: sqlite3.Connection, name: str) -> None:
+    if fulltext.present(db):
+        db.execute(f"DELETE FROM {fulltext.TABLE} WHERE rowid IN (SELECT sid FROM sessions "
+                   "WHERE file = ?)", (name,))
     db.execute("DELETE FROM spawns WHERE sid IN (SELECT sid FROM sessions WHERE file = ?)", (name,))
     db.execute("DELETE FROM usage WHERE sid IN (SELECT sid FROM sessions WHERE file = ?)", (name,))
     db.execute("DELETE FROM round_usage WHERE sid IN (SELECT sid FROM sessions WHERE file = ?)",
@@ -190,6 +199,7 @@ def delete_rows(db: sqlite3.Connection, name: str) -> None:
 
 def create_schema(db: sqlite3.Connection) -> None:
     db.executescript(_SCHEMA)
+    fulltext.create(db)
 
 
 class Index:
@@ -210,7 +220,7 @@ class Index:
             fresh = True
         if fresh:
             os.chmod(self.path, 0o600)
-        self.db.executescript(_SCHEMA)
+        create_schema(self.db)
         self.needs_rebuild = fresh or self._meta("complete") != "1"
         self._set_meta("version", str(INDEX_VERSION))
 
@@ -263,6 +273,8 @@ class Index:
             self.db.execute("DELETE FROM sessions")
             self.db.execute("DELETE FROM usage")
             self.db.execute("DELETE FROM round_usage")
+            if fulltext.present(self.db):
+                self.db.execute(f"DELETE FROM {fulltext.TABLE}")
             self.db.execute("DELETE FROM spawns")
             batch: list[tuple[str, dict, int]] = []
             for i, name in enumerate(names, 1):

@@ -160,7 +160,7 @@ def session_filters(filters: dict, query: SessionQuery) -> Markup:
                       "role": "search"},
              h("label", {"class": "grow"}, h("span", None, "Search"),
                h("input", {"type": "search", "name": "q", "value": query.q, "id": "q",
-                           "placeholder": "session id or model", "autocomplete": "off",
+                           "placeholder": "id, model or words said", "autocomplete": "off",
                            "maxlength": "200"})),
              select("sort", "Sort", list(SORT_LABELS), query.sort),
              select("model", "Model", models, query.model),

@@ -8,6 +8,7 @@ grouping (model, day, consumer, session), the key being a parameter.
 from __future__ import annotations
 
 import difflib
+import re
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from .names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_f
 from .session_keys import parse_session_key
 from .store import read_document
 from .subagents import resolve_parents, rollups
-from . import window
+from . import fulltext, window
 from .timerange import day_window, local_midnight_utc
 
 SESSION_COLUMNS = SESSION_FIELDS
@@ -90,6 +91,9 @@ class StoreReader:
                              "CREATE TABLE round_usage AS SELECT * FROM disk.round_usage; "
                              "CREATE TABLE spawns AS SELECT * FROM disk.spawns; "
                              "CREATE TABLE meta AS SELECT * FROM disk.meta;")
+        if fulltext.present(self.db) and fulltext.create(memory):
+            memory.execute(f"INSERT INTO {fulltext.TABLE} (rowid, text) "
+                           f"SELECT rowid, text FROM disk.{fulltext.TABLE}")
         memory.execute("DETACH DATABASE disk")
         for name in names:
             delete_rows(memory, name)
@@ -107,7 +111,7 @@ class StoreReader:
                  since: str | None = None, search: str | None = None) -> list[dict]:
         if sort == "cost-with-subagents":
             return self._sessions_with_subagents(limit, offset, model, consumer, since, search)
-        where, params = self._filters(model, consumer, since, search)
+        where, params = self.filters(model, consumer, since, search)
         sql = (f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions{where} "
                f"ORDER BY {SORTS.get(sort, SORTS['updated'])}, file")
         if limit is not None:
@@ -122,7 +126,7 @@ class StoreReader:
         rolled = self.costs_with_subagents()
         top = self.sessions("cost", None if limit is None else limit + offset, 0, model,
                             consumer, since, search)
-        where, params = self._filters(model, consumer, since, search)
+        where, params = self.filters(model, consumer, since, search)
         ids = sorted(rolled)
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
@@ -139,18 +143,22 @@ class StoreReader:
 
     def count_sessions(self, model: str | None = None, consumer: str | None = None,
                        since: str | None = None, search: str | None = None) -> int:
-        where, params = self._filters(model, consumer, since, search)
+        where, params = self.filters(model, consumer, since, search)
         return self.db.execute(f"SELECT COUNT(*) FROM sessions{where}", params).fetchone()[0]
 
-    @staticmethod
-    def _filters(model, consumer, since, search) -> tuple[str, list]:
-        model, consumer, search = sql_text(model), sql_text(consumer), sql_text(search)
+    def filters(self, model, consumer, since, search) -> tuple[str, list]:
+        """SQL (`` WHERE ...``) and its parameters for the session filters. ``model``
+        matches a model family (:func:`model_family`); ``search`` matches session ids,
+        model names and, with FTS5, what the conversations said."""
+        consumer, search = sql_text(consumer), sql_text(search)
         # A pruned session's rows stay for the totals; its conversation is gone, so it
         # is not listed (retention.py).
         clauses, params = [f"substr(file, 1, {len(LABEL_PREFIX)}) != ?"], [LABEL_PREFIX]
         if model:
-            clauses.append("sid IN (SELECT sid FROM usage WHERE model = ?)")
-            params.append(model)
+            names = self.models_like(model)
+            marks = ",".join("?" * len(names)) or "NULL"
+            clauses.append(f"sid IN (SELECT sid FROM usage WHERE model IN ({marks}))")
+            params += names
         if consumer:
             clauses.append("sid IN (SELECT sid FROM usage WHERE consumer = ?)")
             params.append(consumer)
@@ -158,9 +166,28 @@ class StoreReader:
             clauses.append("updated_at >= ?")
             params.append(since)
         if search:
-            clauses.append("(instr(lower(session_id), lower(?)) > 0 OR instr(lower(models), lower(?)) > 0)")
+            match = fulltext.query(search) if self.fulltext else None
+            text = ("instr(lower(session_id), lower(?)) > 0 OR instr(lower(models), lower(?)) > 0")
             params += [search, search]
+            if match:
+                text += f" OR sid IN (SELECT rowid FROM {fulltext.TABLE} WHERE {fulltext.TABLE} MATCH ?)"
+                params.append(match)
+            clauses.append(f"({text})")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    @property
+    def fulltext(self) -> bool:
+        """Whether this store's index searches conversation text (FTS5 present)."""
+        try:
+            return fulltext.present(self.db)
+        except sqlite3.Error:
+            return False
+
+    def models_like(self, wanted: str) -> list[str]:
+        """The model names in the store that :func:`model_family` matches to ``wanted``."""
+        names = [r[0] for r in self.db.execute("SELECT DISTINCT model FROM usage "
+                                                "WHERE model IS NOT NULL")]
+        return [n for n in names if model_family(n, wanted)]
 
     def find(self, session_id: str) -> dict | None:
         """The summary of one session by its id (the unsessioned bucket by its label)."""
@@ -484,6 +511,30 @@ def range_totals(reader: StoreReader, since: str | None = None, until: str | Non
     return _priced_or_none({"sessions": r[0], **dict(zip(SUMS, r[1:]))})
 
 
+def unpriced_of_days(rows: list[dict]) -> list[tuple[str, int]]:
+    """:func:`unpriced_between` from day rows (``aggregate("day")``), without a scan."""
+    found: dict[str, int] = {}
+    for row in rows:
+        for model, n in (row.get("unpriced_by_model") or {}).items():
+            found[model] = found.get(model, 0) + n
+    return sorted(found.items(), key=lambda mn: (-mn[1], mn[0]))
+
+
+def totals_of(reader: StoreReader, rows: list[dict], since: str | None,
+              until: str | None) -> dict:
+    """The totals of [since, until) from its rows grouped by model or by day (each round
+    is in exactly one of them): their sums added up, and the sessions counted once from
+    the bucket index alone. Saves a second scan of the window's usage rows."""
+    if not rows:
+        return range_totals(reader, since, until)
+    totals = {c: sum(r[c] or 0 for r in rows) for c in SUMS if c != "cost"}
+    totals["cost"] = math.fsum(r["cost"] or 0.0 for r in rows)
+    src, params = window.source(since, until, columns="sid")
+    totals["sessions"] = reader.db.execute(f"SELECT COUNT(DISTINCT sid) FROM {src}",
+                                           params).fetchone()[0]
+    return _priced_or_none(totals)
+
+
 # Sums the sessions table also holds (it has no per-bucket token split).
 _SESSION_SUMS = ("rounds", "input", "output", "reasoning", "cached", "cache_write", "cost",
                  "unpriced_rounds", "tool_calls")
@@ -577,6 +628,7 @@ def _by_day_bounds(reader: StoreReader, tz: tzinfo, since: str | None,
     days: dict[date, dict] = {}
     day_of: dict[str, date] = {}
     cost_at = 2 + SUMS.index("cost")
+    unpriced_at = 2 + SUMS.index("unpriced_rounds")
     for r in rows:
         day = day_of.get(r[0])
         if day is None:
@@ -584,25 +636,28 @@ def _by_day_bounds(reader: StoreReader, tz: tzinfo, since: str | None,
         acc = days.get(day)
         if acc is None:
             acc = days[day] = {"key": day.isoformat(), **{c: 0 for c in SUMS}, "models": {},
-                               "costs": []}
+                               "costs": [], "unpriced_by_model": {}}
         for c, v in zip(SUMS, r[2:]):
             acc[c] += v
         acc["costs"].append(r[cost_at])
         name = r[1] or "(no model)"
         acc["models"][name] = acc["models"].get(name, 0) + r[2]
+        if r[unpriced_at]:
+            acc["unpriced_by_model"][name] = acc["unpriced_by_model"].get(name, 0) + r[unpriced_at]
     result = []
     for day in sorted(days):
         acc = days[day]
         lo, hi = _day_bounds(day, tz)
         lo = max(lo, since) if since and lo else (lo or since)
         hi = min(hi, until) if until and hi else (hi or until)
-        day_src, day_params = window.source(lo, hi)
+        day_src, day_params = window.source(lo, hi, columns="sid")
         acc["sessions"] = reader.db.execute(f"SELECT COUNT(DISTINCT sid) FROM {day_src}",
                                             day_params).fetchone()[0]
         acc["models"] = sorted(acc["models"], key=lambda m: (-acc["models"][m], m))
         acc["cost"] = math.fsum(acc["costs"])   # money: the sum must not depend on order
         result.append(_priced_or_none({"key": acc["key"], "sessions": acc["sessions"],
-                                       **{c: acc[c] for c in SUMS}, "models": acc["models"]}))
+                                       **{c: acc[c] for c in SUMS}, "models": acc["models"],
+                                       "unpriced_by_model": acc["unpriced_by_model"]}))
     return result
 
 
@@ -617,6 +672,25 @@ def _day_bounds(day: date, tz: tzinfo) -> tuple[str | None, str | None]:
     except (OverflowError, ValueError):
         hi = None
     return lo, hi
+
+
+# The suffixes a provider adds to a model's name for a snapshot of it: a date
+# (2024-07-18, 20250514, 0613), "latest", or Vertex's "@20240620".
+_SNAPSHOT = re.compile(r"(?:-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4}|latest)|@\d{8}|@latest)")
+
+
+def model_family(name: str, wanted: str) -> bool:
+    """Whether the model ``name`` is ``wanted`` or a dated snapshot of it, case apart, with
+    or without a provider prefix: ``gpt-4o-mini`` matches ``gpt-4o-mini-2024-07-18`` and
+    ``openai/gpt-4o-mini``; ``claude-sonnet-4`` matches ``claude-sonnet-4-20250514``. A
+    different model sharing a prefix does not: ``gpt-4o`` never matches ``gpt-4o-mini``
+    and ``claude-sonnet-4`` never ``claude-sonnet-4-5``."""
+    name, wanted = name.lower(), wanted.strip().lower()
+    if "/" in name and "/" not in wanted:
+        name = name.split("/", 1)[1]
+    if name == wanted:
+        return True
+    return name.startswith(wanted) and _SNAPSHOT.fullmatch(name[len(wanted):]) is not None
 
 
 def latest_round(reader: StoreReader) -> str | None:

@@ -63,10 +63,12 @@ def _ceil(moment: datetime) -> datetime | None:
         return None
 
 
-def source(since: str | None = None, until: str | None = None) -> tuple[str, list]:
+def source(since: str | None = None, until: str | None = None,
+           columns: str | None = None) -> tuple[str, list]:
     """``(subquery, params)``: the usage of exactly the rounds in [since, until) (stored
-    time strings; None leaves that end open), for ``FROM {subquery} u``."""
-    whole = _COLUMNS.format(at="bucket")
+    time strings; None leaves that end open), for ``FROM {subquery} u``. ``columns``
+    (``"sid"``) selects fewer: a count of sessions then reads the bucket index alone."""
+    whole = columns or _COLUMNS.format(at="bucket")
     if since is None and until is None:
         return f"(SELECT {whole} FROM usage)", []
     lo = parse_stamp(since) if since else None
@@ -77,7 +79,7 @@ def source(since: str | None = None, until: str | None = None) -> tuple[str, lis
     hi_q = _floor(hi) if hi is not None else None
     parts: list[str] = []
     params: list = []
-    exact = _COLUMNS.format(at="ts")
+    exact = columns or _COLUMNS.format(at="ts")
     if (lo is not None and lo_q is None) or (lo_q is not None and hi_q is not None
                                              and lo_q >= hi_q):
         # No whole quarter-hour inside: every round is read exactly.

@@ -118,7 +118,7 @@ def _documents(sessions: int, seed: int):
                 "cost_usd": table.cost(model, buckets), "has_tool_calls": r % 2 == 0,
                 "consumer": rng.choice(CONSUMERS), "response_type": "stream",
                 "messages": [{"role": "user", "content": f"question {r} of session {s}"}],
-                "messages_offset": 0, "context_key": None, "question": f"question {r}",
+                "messages_offset": 0, "context_key": None, "question": f"question {r} of session {s}",
                 "answer": f"answer {r}", "reasoning": None, "tool_calls": []})
         yield doc
 
@@ -160,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         ("stats-agent", ["stats-agent"]),
         ("stats-channel", ["stats-channel"]),
         ("list --sort-by cost-with-subagents", ["list", "--sort-by", "cost-with-subagents"]),
+        # Full text (FTS5) over every round's question and answer, and a model family.
+        ("list --search WORDS", ["list", "--search", "question 3"]),
+        ("list --search rare", ["list", "--search", "session 99999"]),
+        ("list --model FAMILY", ["list", "--model", "gpt-4o-mini"]),
+        ("stats-model --since", ["stats-model", "--since", "7d"]),
         ("show SESSION", None),
         ("export x.json", ["export", str(export)]),
         ("export x.csv", ["export", str(export.with_suffix(".csv"))]),

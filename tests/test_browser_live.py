@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 import unittest
 from pathlib import Path
 from urllib.parse import quote
@@ -93,6 +92,20 @@ class LivePages(unittest.TestCase):
         b.wait("document.querySelector('#t-sessions').innerText.includes('agent:main:telegram:dm:777')",
                timeout=5)
         self.assertEqual(b.eval("window.stayed"), "yes", "the page reloaded")
+
+    def test_the_search_box_finds_a_session_by_what_it_said(self):
+        b = self.browser
+        self.append("agent:main:whatsapp:dm:5", 1)
+        said = f"answer {self.n}"      # that round's answer, in no other session
+        b.open(self.url("/"))
+        rows = "document.querySelectorAll('#t-sessions tbody tr').length"
+        b.wait(f"{rows} > 1")
+        b.eval("const q = document.getElementById('q'); q.value = " + repr(said) + ";"
+               "q.dispatchEvent(new Event('input', {bubbles: true}))")
+        b.wait(f"{rows} === 1", timeout=10)
+        self.assertIn("agent:main:whatsapp:dm:5", b.eval("document.querySelector('#t-sessions')"
+                                                         ".innerText"))
+        self.assertIn("q=answer", b.eval("location.search"))
 
     def test_page_of_a_session_not_seen_yet_waits_for_its_first_round(self):
         b = self.browser
