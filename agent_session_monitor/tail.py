@@ -346,7 +346,8 @@ class Tailer:
                 "(lines already stored are skipped)", quiet=True))
             src.offset = 0
             src.tail = ""
-        elif src.tail and src.offset >= TAIL_LEN and _tail_hash(lf.file, src.offset) != src.tail:
+        elif src.tail and src.offset >= TAIL_LEN and _tail_hash(lf.file, src.offset) not in (
+                src.tail, None):   # None: it shrank since fstat; the next poll sees it
             self.events.append(TailEvent(
                 "rewritten", f"{lf.path} was rewritten in place before offset {src.offset}; "
                 "re-reading it (lines already stored are recognised and skipped)"))
@@ -413,14 +414,25 @@ class Tailer:
             self._after_read(src, lf)
             return
         final = not lf.live and self._is_quiet(src, lf)
-        yield from split_lines(_plain_chunks(lf.file, src.offset, end), src.offset,
-                               self.max_line, final)
-        self._after_read(src, lf)
+        # Read as the file we matched, or not at all: a truncation (copytruncate, say)
+        # landing between our fstat and our reads must not pass the new content off as
+        # this file's, at this file's offsets.
+        fp, n = src.matching()
+        fd = lf.file.fileno()
+        still_ours = lambda: _sha(os.pread(fd, n, 0)) == fp   # noqa: E731
+        tail = _Tail(src.offset)
+        for item in split_lines(_plain_chunks(lf.file, src.offset, end, still_ours),
+                                src.offset, self.max_line, final):
+            tail.add(*item)
+            yield item
+        self._after_read(src, lf, tail)
 
-    def _after_read(self, src: SourceState, lf: LogFile) -> None:
+    def _after_read(self, src: SourceState, lf: LogFile, tail: "_Tail | None" = None) -> None:
         src.size, src.mtime = lf.size, lf.mtime
-        if not lf.gz:
-            src.tail = _tail_hash(lf.file, src.offset)
+        if not lf.gz and tail is not None and tail.start != src.offset:
+            # From the bytes read, not read again: the file may be another one by now.
+            known = tail.hash_at(src.offset)
+            src.tail = known if known is not None else (_tail_hash(lf.file, src.offset) or "")
         if self.keep_open and not lf.gz:
             key = _held_key(src)
             old = self._held.get(key)
@@ -497,10 +509,37 @@ def _held_key(src: SourceState) -> tuple[str, int, int]:
     return (src.fp, src.dev, src.ino)
 
 
-def _tail_hash(f: BinaryIO, offset: int) -> str:
+def _tail_hash(f: BinaryIO, offset: int) -> str | None:
+    """Hash of the TAIL_LEN bytes before ``offset`` ("" before TAIL_LEN; None when the
+    file no longer has them: it shrank)."""
     if offset < TAIL_LEN:
         return ""
-    return _sha(os.pread(f.fileno(), TAIL_LEN, offset - TAIL_LEN))
+    data = os.pread(f.fileno(), TAIL_LEN, offset - TAIL_LEN)
+    return _sha(data) if len(data) == TAIL_LEN else None
+
+
+class _Tail:
+    """The last TAIL_LEN bytes of the lines handed out, to know the tail hash at the
+    offset reached without reading the file again."""
+
+    def __init__(self, start: int) -> None:
+        self.start = self.end = start
+        self.recent = b""
+
+    def add(self, start: int, end: int, line: bytes | None) -> None:
+        if line is None or start != self.end:
+            self.recent = b""          # an oversized line: not kept
+        else:
+            data = line + b"\n" if end - start == len(line) + 1 else line
+            self.recent = (self.recent + data)[-TAIL_LEN:]
+        self.end = end
+
+    def hash_at(self, offset: int) -> str | None:
+        if offset < TAIL_LEN:
+            return ""
+        if offset == self.end and len(self.recent) == TAIL_LEN:
+            return _sha(self.recent)
+        return None
 
 
 def _read_head(f: BinaryIO) -> tuple[bool, bytes]:
@@ -510,12 +549,14 @@ def _read_head(f: BinaryIO) -> tuple[bool, bytes]:
     return True, gzip_head(f, FP_LEN)
 
 
-def _plain_chunks(f: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+def _plain_chunks(f: BinaryIO, start: int, end: int, still_ours=lambda: True) -> Iterator[bytes]:
+    """The bytes from ``start`` to ``end``; stops early (the rest is read next poll) when
+    ``still_ours()`` says, after a read, that the file is no longer the one we know."""
     pos = start
     fd = f.fileno()
     while pos < end:
         chunk = os.pread(fd, min(CHUNK, end - pos), pos)
-        if not chunk:
+        if not chunk or not still_ours():
             return
         pos += len(chunk)
         yield chunk

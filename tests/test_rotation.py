@@ -537,3 +537,37 @@ class FollowModeOneMonitor(TempDirTest):
         st = os.stat(self.log)
         self.assertEqual(held, [(st.st_dev, st.st_ino)])
         self.assertEqual(stored_inputs(self.out), inputs(1, self.n))
+
+    def test_follow_copytruncate_between_stat_and_read_counts_every_round_once(self):
+        # The worst moment of all: logrotate copies and truncates (and the writer writes
+        # again) after the monitor sized the file and before it read the new bytes.
+        import io
+
+        from agent_session_monitor.monitor import Monitor, MonitorConfig
+
+        for regrow in (0, 6):
+            with self.subTest(regrow=regrow):
+                self.dir = self.tmp / f"regrow-{regrow}"
+                self.dir.mkdir()
+                self.log, self.out, self.n = self.dir / "access.log", self.dir / "out", 0
+                err = io.StringIO()
+                config = MonitorConfig(log_paths=[str(self.log)], output_dir=self.out,
+                                       follow=True, rotate_wait=3600)
+                with Monitor(config, err=err, progress=False) as monitor:
+                    self.write(3)
+                    monitor.poll_once()
+                    self.write(40)                       # sized, then rotated under us
+                    poll_files = monitor.tailer.poll_files
+
+                    def racing():
+                        pairs = poll_files()
+                        self.copytruncate()
+                        self.write(regrow)
+                        return pairs
+                    monitor.tailer.poll_files = racing
+                    monitor.poll_once()
+                    monitor.tailer.poll_files = poll_files
+                    self.write(2)
+                    monitor.poll_once()
+                self.assertEqual(stored_inputs(self.out), inputs(1, self.n), err.getvalue())
+                self.assertNotIn("loss", err.getvalue())
