@@ -119,6 +119,15 @@ def timed(conn: http.client.HTTPConnection, path: str, n: int, pace: float = 0.0
     return times
 
 
+def after_commits(conn: http.client.HTTPConnection, path: str, touch, n: int = 10) -> list[float]:
+    """``path`` requested right after each of ``n`` index commits."""
+    times = []
+    for _ in range(n):
+        touch()
+        times += timed(conn, path, 1)
+    return times
+
+
 def report(label: str, times: list[float], target: float | None = None) -> None:
     times = sorted(times)
     p50 = statistics.median(times)
@@ -174,11 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         report("GET /api/stats?view=1  (auto-refresh)", timed(conn, "/api/stats?view=1", n), TARGET_MS)
         index = Index(directory)
         touch = _toucher(directory, index)
-        after_write = []
-        for _ in range(10):
-            touch()
-            after_write += timed(conn, "/", 1)
-        report("GET /  right after an index commit (max-lag 5 s)", after_write)
+        report("GET /  right after an index commit (max-lag 5 s)", after_commits(conn, "/", touch))
         stop = threading.Event()
 
         def writer() -> None:
@@ -193,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         thread.join()
         report(f"GET /  while the monitor commits every 1 s ({time.monotonic() - started:.0f} s)",
                busy, TARGET_MS)
+        report("GET /metrics  (index unchanged)", timed(conn, "/metrics", n))
+        report("GET /metrics  right after an index commit (last value; refreshed behind)",
+               after_commits(conn, "/metrics", touch))
         index.close()
         report("GET /api/stats", timed(conn, "/api/stats", n))
         report("GET /api/sessions  (first page)", timed(conn, "/api/sessions", n))
@@ -206,16 +214,6 @@ def main(argv: list[str] | None = None) -> int:
         report("GET /api/session?id=<400 rounds>&view=1&after=400",
                timed(conn, f"/api/session?id={big}&view=1&after=400", n // 4))
         report("GET /healthz", timed(conn, "/healthz", n // 4))
-        report("GET /metrics  (index unchanged)", timed(conn, "/metrics", n))
-        index = Index(directory)
-        touch = _toucher(directory, index)
-        after_write = []
-        for _ in range(10):
-            touch()
-            after_write += timed(conn, "/metrics", 1)
-        index.close()
-        report("GET /metrics  right after an index commit (last value; refreshed behind)",
-               after_write)
         conn.close()
     finally:
         proc.terminate()
