@@ -26,6 +26,8 @@ from typing import Iterable
 from . import __version__
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MAX_LABEL_SETS = 2000        # (model, consumer, agent) series per family; see fold_rare
+OTHER = "(other)"
 PREFIX = "asm_"
 
 # (kind label, SQL over the exclusive bucket columns of the usage table)
@@ -96,8 +98,7 @@ class Exposition:
 def usage_families(db: sqlite3.Connection, out: Exposition) -> None:
     """Counters per (model, consumer, agent) from the index's usage rows."""
     agents = any(r[1] == "agent" for r in db.execute("PRAGMA table_info(sessions)"))
-    rows = db.execute(usage_sql(agents)).fetchall()
-    rows.sort(key=lambda r: (r[0] or "", r[1] or "", r[2] or ""))
+    rows, folded = fold_rare(db.execute(usage_sql(agents)).fetchall())
     n = len(TOKEN_KINDS)
 
     def labels(r) -> dict:
@@ -125,6 +126,28 @@ def usage_families(db: sqlite3.Connection, out: Exposition) -> None:
     sessions = db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
     out.family("sessions", "gauge", "Sessions in the index (pruned ones included).",
                [({}, sessions)])
+    out.family("label_sets_folded", "gauge",
+               f"(model, consumer, agent) label sets summed into the {OTHER} series: more "
+               f"than {MAX_LABEL_SETS} exist (client-chosen model names?).", [({}, folded)])
+
+
+def fold_rare(rows: list, limit: int | None = None) -> tuple[list, int]:
+    """At most ``limit`` label sets: model names come from clients, and a client sending
+    a new one per request would otherwise create series without end in every Prometheus
+    that scrapes this. The label sets with the most rounds keep their own series; the
+    rest are summed into one ``(other)`` series (said by asm_label_sets_folded). Never
+    reached in normal use; when it is, a label set that later earns its own series
+    leaves ``(other)``, which Prometheus reads as a counter reset of ``(other)``."""
+    limit = MAX_LABEL_SETS if limit is None else limit
+    if len(rows) <= limit:
+        return sorted(rows, key=lambda r: (r[0] or "", r[1] or "", r[2] or "")), 0
+    ranked = sorted(rows, key=lambda r: (-(r[4 + len(TOKEN_KINDS)] or 0), r[0] or "",
+                                         r[1] or "", r[2] or ""))
+    kept, rest = ranked[:limit - 1], ranked[limit - 1:]
+    other = [OTHER, OTHER, OTHER] + [sum((r[i] or 0) for r in rest)
+                                     for i in range(3, len(rest[0]))]
+    kept.sort(key=lambda r: (r[0] or "", r[1] or "", r[2] or ""))
+    return kept + [tuple(other)], len(rest)
 
 
 def health_families(directory: Path, out: Exposition, state_path: Path | None = None) -> None:

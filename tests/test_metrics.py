@@ -234,6 +234,27 @@ class MetricsContent(TempDirTest):
         else:
             self.fail("the background refresh never served the new round")
 
+    def test_a_flood_of_client_chosen_model_names_is_folded_not_a_series_each(self):
+        from agent_session_monitor import metrics as m
+        old = m.MAX_LABEL_SETS
+        m.MAX_LABEL_SETS = 10
+        self.addCleanup(setattr, m, "MAX_LABEL_SETS", old)
+        write_lines(self.log, [hostile_line(i % 60, f"model-{i}", "flood", f"flood-{i}")
+                               for i in range(200)])
+        ingest(self.out, self.log)
+        fam = parse_exposition(self.scrape(WebApp(self.out, max_lag=0)).body.decode())
+        self.assertEqual(len(fam["asm_rounds_total"]), 10)
+        self.assertEqual(len(fam["asm_tokens_total"]), 10 * 5)
+        folded = fam["asm_label_sets_folded"][0][1]
+        self.assertGreater(folded, 190)
+        # Nothing is lost: the totals are the store's.
+        truth = store_truth(self.out)
+        self.assertEqual(rounds(fam), sum(t["rounds"] for t in truth.values()))
+        self.assertEqual(sum(v for l, v in fam["asm_tokens_total"] if l["kind"] == "input"),
+                         sum(t["input"] for t in truth.values()))
+        other = [l for l, _ in fam["asm_rounds_total"] if l["model"] == m.OTHER]
+        self.assertEqual(len(other), 1)
+
     def test_promtool_accepts_the_exposition(self):
         require_tool(self, "promtool")
         result = subprocess.run(["promtool", "check", "metrics"], input=self.scrape().body,
