@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import sqlite3
 import sys
 from pathlib import Path
 from typing import BinaryIO, Callable, TextIO
@@ -176,6 +177,9 @@ class Server:
             return _result(msg_id, self._tool_error(str(e)))
         except MonitorError as e:
             return _result(msg_id, self._tool_error(str(e)))
+        except (sqlite3.Error, OSError) as e:
+            # The index being replaced, a disk error: say so; the next call may succeed.
+            return _result(msg_id, self._tool_error(f"the session store could not be read: {e}"))
         result = {"content": [{"type": "text", "text": json.dumps(data, ensure_ascii=False,
                                                                    indent=1)}],
                   "isError": False}

@@ -301,9 +301,9 @@ class StoreReader:
         return found
 
     def rollup(self, session_id: str) -> dict | None:
-        """One session's own cost, its children (each with own and rolled-up cost) and
-        its cost with every descendant sub-agent; None for a session without a known
-        parent or children (nothing to roll up)."""
+        """One session's own cost, its parent, its children (each with own and rolled-up
+        cost) and its cost with every descendant sub-agent; None when the session has no
+        round in the store."""
         links = self.parent_links()
         tree = {session_id} | _descendants(links, session_id)
         own = self._own(sorted(tree))

@@ -257,3 +257,22 @@ class OfficialSdkClient(StoreTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class StoreTrouble(StoreTest):
+    def test_a_missing_or_broken_store_is_a_tool_error_not_a_protocol_failure(self):
+        import shutil
+        server = Server(self.tmp / "nowhere", "http://127.0.0.1:8888", None)
+        line = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                           "params": {"name": "usage_stats", "arguments": {}}}).encode()
+        answer = server.handle_line(line)
+        self.assertTrue(answer["result"]["isError"])
+        self.assertIn("no session store", answer["result"]["content"][0]["text"])
+        (self.out / ".index.sqlite").write_bytes(b"not a database" * 100)
+        for suffix in ("-wal", "-shm"):
+            (self.out / f".index.sqlite{suffix}").unlink(missing_ok=True)
+        answer = Server(self.out, "http://127.0.0.1:8888", None).handle_line(line)
+        self.assertIn("result", answer)   # a broken index: read from the files instead
+        shutil.rmtree(self.out)
+        answer = Server(self.out, "http://127.0.0.1:8888", None).handle_line(line)
+        self.assertTrue(answer["result"]["isError"])
