@@ -420,14 +420,11 @@ class Tailer:
         fp, n = src.matching()
         fd = lf.file.fileno()
         still_ours = lambda: _sha(os.pread(fd, n, 0)) == fp   # noqa: E731
-        tail = _Tail(src.offset)
-        for item in split_lines(_plain_chunks(lf.file, src.offset, end, still_ours),
-                                src.offset, self.max_line, final):
-            tail.add(*item)
-            yield item
-        self._after_read(src, lf, tail)
+        recent = _Recent(_plain_chunks(lf.file, src.offset, end, still_ours), src.offset)
+        yield from split_lines(recent, src.offset, self.max_line, final)
+        self._after_read(src, lf, recent)
 
-    def _after_read(self, src: SourceState, lf: LogFile, tail: "_Tail | None" = None) -> None:
+    def _after_read(self, src: SourceState, lf: LogFile, tail: "_Recent | None" = None) -> None:
         src.size, src.mtime = lf.size, lf.mtime
         if not lf.gz and tail is not None and tail.start != src.offset:
             # From the bytes read, not read again: the file may be another one by now.
@@ -518,27 +515,29 @@ def _tail_hash(f: BinaryIO, offset: int) -> str | None:
     return _sha(data) if len(data) == TAIL_LEN else None
 
 
-class _Tail:
-    """The last TAIL_LEN bytes of the lines handed out, to know the tail hash at the
-    offset reached without reading the file again."""
+class _Recent:
+    """The chunks read (the last two, by reference: no copy), to know the tail hash at
+    the offset reached from the bytes read rather than from the file, which may be
+    another one by now."""
 
-    def __init__(self, start: int) -> None:
-        self.start = self.end = start
-        self.recent = b""
+    def __init__(self, chunks: Iterator[bytes], start: int) -> None:
+        self.chunks, self.start = chunks, start
+        self.kept: list[tuple[int, bytes]] = []
 
-    def add(self, start: int, end: int, line: bytes | None) -> None:
-        if line is None or start != self.end:
-            self.recent = b""          # an oversized line: not kept
-        else:
-            data = line + b"\n" if end - start == len(line) + 1 else line
-            self.recent = (self.recent + data)[-TAIL_LEN:]
-        self.end = end
+    def __iter__(self) -> Iterator[bytes]:
+        pos = self.start
+        for chunk in self.chunks:
+            self.kept = self.kept[-1:] + [(pos, chunk)]
+            pos += len(chunk)
+            yield chunk
 
     def hash_at(self, offset: int) -> str | None:
         if offset < TAIL_LEN:
             return ""
-        if offset == self.end and len(self.recent) == TAIL_LEN:
-            return _sha(self.recent)
+        data = b"".join(c for _, c in self.kept)
+        first = self.kept[0][0] if self.kept else offset
+        if first <= offset - TAIL_LEN and offset <= first + len(data):
+            return _sha(data[offset - TAIL_LEN - first:offset - first])
         return None
 
 
