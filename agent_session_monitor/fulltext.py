@@ -97,8 +97,17 @@ def session_text(doc: dict) -> str:
 def replace(db: sqlite3.Connection, rows: list[tuple[int, dict]]) -> None:
     """(sid, session document) -> its row, replacing the old one. The caller holds the
     transaction and has checked :func:`present`."""
-    db.executemany(f"DELETE FROM {TABLE} WHERE rowid = ?", [(sid,) for sid, _ in rows])
-    texts = [(sid, _clean(session_text(doc))) for sid, doc in rows]
+    replace_texts(db, [(sid, row_text(doc)) for sid, doc in rows])
+
+
+def row_text(doc: dict) -> str:
+    """The text indexed for a session (computed apart from the write: index.prepare_rows)."""
+    return _clean(session_text(doc))
+
+
+def replace_texts(db: sqlite3.Connection, texts: list[tuple[int, str]]) -> None:
+    """(sid, :func:`row_text`) -> its row, replacing the old one (none for empty text)."""
+    db.executemany(f"DELETE FROM {TABLE} WHERE rowid = ?", [(sid,) for sid, _ in texts])
     db.executemany(f"INSERT INTO {TABLE} (rowid, text) VALUES (?, ?)",
                    [(sid, text) for sid, text in texts if text])
 

@@ -163,8 +163,27 @@ def replace_rows(db: sqlite3.Connection, docs: list[tuple[str, dict, int]]) -> N
     """(file name, session document, file size) -> their rows, replacing old ones. A
     session keeps its integer id, which the usage rows carry (smaller than the name).
     The caller holds the transaction."""
-    usage, per_round, spawns, texts = [], [], [], []
+    replace_prepared(db, prepare_rows(docs, fulltext.present(db)))
+
+
+def prepare_rows(docs: list[tuple[str, dict, int]], with_text: bool) -> list[tuple]:
+    """The rows of these sessions, computed now (the documents may change afterwards,
+    while another thread writes the rows): (file name, session row, then the usage,
+    per-round and spawn rows without their leading sid, and the full-text row's text
+    or None)."""
+    prepared = []
     for name, doc, size in docs:
+        rows, rounds = usage_rows(0, doc)
+        prepared.append((name, session_row(name, doc, size), [r[1:] for r in rows],
+                         [r[1:] for r in rounds],
+                         [(sql_text(child), at) for child, at in doc_claims(doc)],
+                         fulltext.row_text(doc) if with_text else None))
+    return prepared
+
+
+def replace_prepared(db: sqlite3.Connection, prepared: list[tuple]) -> None:
+    usage, per_round, spawns, texts = [], [], [], []
+    for name, row, usage_of, rounds_of, spawns_of, text in prepared:
         found = db.execute("SELECT sid FROM sessions WHERE file = ?", (name,)).fetchone()
         sid = found[0] if found else None
         if sid is not None:
@@ -172,18 +191,18 @@ def replace_rows(db: sqlite3.Connection, docs: list[tuple[str, dict, int]]) -> N
             db.execute("DELETE FROM round_usage WHERE sid = ?", (sid,))
             db.execute("DELETE FROM spawns WHERE sid = ?", (sid,))
             db.execute("DELETE FROM sessions WHERE sid = ?", (sid,))
-        sid = db.execute(INSERT_SESSION, (sid, *session_row(name, doc, size))).lastrowid
-        rows, rounds = usage_rows(sid, doc)
-        usage.extend(rows)
-        per_round.extend(rounds)
-        spawns.extend((sid, sql_text(child), at) for child, at in doc_claims(doc))
-        texts.append((sid, doc))
+        sid = db.execute(INSERT_SESSION, (sid, *row)).lastrowid
+        usage.extend((sid, *u) for u in usage_of)
+        per_round.extend((sid, *r) for r in rounds_of)
+        spawns.extend((sid, *c) for c in spawns_of)
+        if text is not None:
+            texts.append((sid, text))
     db.executemany(INSERT_USAGE, usage)
     db.executemany(INSERT_ROUND, per_round)
     if spawns:
         db.executemany("INSERT INTO spawns VALUES (?, ?, ?)", spawns)
-    if fulltext.present(db):
-        fulltext.replace(db, texts)
+    if texts:
+        fulltext.replace_texts(db, texts)
 
 
 def delete_rows(db: sqlite3.Connection, name: str) -> None:
@@ -249,6 +268,16 @@ class Index:
         """Replace the rows of these sessions and clear their pending mark, atomically."""
         with self.db:
             self._replace(docs)
+            self.db.execute("DELETE FROM meta WHERE key = 'pending'")
+
+    def prepare(self, docs: list[tuple[str, dict, int]]) -> list[tuple]:
+        """:func:`prepare_rows` for this index (with full-text rows if it has FTS5)."""
+        return prepare_rows(docs, fulltext.present(self.db))
+
+    def update_prepared(self, prepared: list[tuple]) -> None:
+        """:meth:`update` with rows from :func:`prepare_rows` (a background commit)."""
+        with self.db:
+            replace_prepared(self.db, prepared)
             self.db.execute("DELETE FROM meta WHERE key = 'pending'")
 
     def _replace(self, docs: list[tuple[str, dict, int]]) -> None:

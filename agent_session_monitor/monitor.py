@@ -11,10 +11,12 @@ never the client's ``request_id``) makes the replay count nothing twice.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import os
 import sqlite3
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from typing import Callable, TextIO
 
 from .errors import MonitorError
 from .fmt import fmt_bytes, fmt_int, fmt_usd, safe_text
-from .fsutil import DirLock, ensure_dir, remove_stale_temps
+from .fsutil import DirLock, atomic_write_many, ensure_dir, remove_stale_temps
 from . import retention
 from .container_logs import Unwrapper
 from .index import Index
@@ -110,6 +112,10 @@ class Monitor:
         self.on_commit: list[Callable[[list, "Monitor"], None]] = []
         self.lock: DirLock | None = None
         self.notes: list[str] = []
+        # The background commit in flight (checkpoint(background=True)), if any.
+        self._commit_thread: threading.Thread | None = None
+        self._commit_error: BaseException | None = None
+        self._commit_sources: list = []
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -181,6 +187,9 @@ class Monitor:
 
     def __exit__(self, *exc: object) -> None:
         try:
+            thread = self._commit_thread
+            if thread is not None:
+                thread.join()   # a pass interrupted mid catch-up: let its commit end
             self.tailer.release_all()
             if getattr(self, "_archive", None) is not None:
                 self._archive.close()
@@ -221,6 +230,10 @@ class Monitor:
     def _read_all(self, pairs, stats: PassStats, read_time: str, progress) -> None:
         since_checkpoint = 0
         reported: Counter = Counter()
+        # A background commit holds its batch serialised while the next one fills:
+        # half-size batches keep the peak memory where synchronous commits had it.
+        pending_limit = (self.config.pending_bytes if self.before_flush or self.on_commit
+                         else self.config.pending_bytes // 2)
         for src, lf in pairs:
             name = os.path.basename(lf.path)
             # Container runtime wrappers (CRI, Docker json-file) come off here; a plain
@@ -239,8 +252,8 @@ class Monitor:
                     self._handle(line, src.fp, start, read_time, stats, reported, lf.path)
                 src.offset = end
                 if (since_checkpoint >= self.config.checkpoint_bytes
-                        or self.store.pending_bytes >= self.config.pending_bytes):
-                    self.checkpoint()
+                        or self.store.pending_bytes >= pending_limit):
+                    self.checkpoint(background=True)
                     since_checkpoint = 0
                 if progress:
                     progress.update(name, stats)
@@ -301,10 +314,12 @@ class Monitor:
         if b"childSessionKey" in line:   # a sub-agent spawn result (cheap test first)
             note_spawns(session.doc, rnd, req.ai.get("messages"))
         messages = req.ai.get("messages") if self.config.store_content else None
+        # No rounds yet: neither on disk nor earlier in this pass (no stat per round).
+        created = not session.doc["rounds"]
         self.store.add_round(req.session_id, rnd, messages, len(line), session)
         stats.rounds += 1
         name = session.file_name
-        if name not in stats.sessions and not (self.config.output_dir / name).exists():
+        if created:
             stats.new_sessions.add(name)
         stats.sessions.add(name)
         stats.input_tokens += rnd["input_tokens"]
@@ -339,8 +354,19 @@ class Monitor:
                 self._warn(("warning: " if event.kind != "data_loss" else "") + event.message)
         self.tailer.events = []
 
-    def checkpoint(self) -> None:
-        """Commit: sessions, then index, then state. On failure nothing advances."""
+    def checkpoint(self, background: bool = False) -> None:
+        """Commit: sessions, then index, then state. On failure nothing advances.
+
+        ``background`` (checkpoints inside a catch-up): the sessions are serialised now
+        and written, indexed and described by the state on a thread while the next lines
+        are parsed; file I/O and SQLite release the GIL, so the second core does it. The
+        order per commit is the same, one commit is in flight at a time, and a failure
+        surfaces at the next checkpoint, which then rewinds as a failed commit does.
+        Hooks (exporters, budgets) need the synchronous order, so they disable it."""
+        self._join_commit()
+        if background and not self.before_flush and not self.on_commit:
+            self._start_commit()
+            return
         try:
             if self.store.dirty_count:
                 names = [s.file_name for s in self.store._dirty.values()]
@@ -363,6 +389,70 @@ class Monitor:
                                f"{reason}; nothing was lost, the same lines are "
                                "read again once it is writable (free space?)") from e
         self._saved_sources = copy.deepcopy(self.tailer.sources)
+
+    def _start_commit(self) -> None:
+        self.store.track_names()
+        taken = self.store.take_dirty()
+        try:
+            if taken:
+                self.index.mark_pending(session.file_name for session, _p, _d in taken)
+            prepared = self.index.prepare([(s.file_name, s.doc, len(d)) for s, _p, d in taken])
+        except (OSError, sqlite3.Error) as e:
+            self._commit_failed(e)
+        sources = copy.deepcopy(self.tailer.sources)
+        # The state as of these offsets, copied: counters change while the thread writes.
+        state = dataclasses.replace(self.state, sources=sources,
+                                    counters=copy.deepcopy(self.state.counters),
+                                    alerts=copy.deepcopy(self.state.alerts),
+                                    extra=copy.deepcopy(self.state.extra))
+        self.state.sources = self.tailer.sources
+        items = [(path, data) for _s, path, data in taken]
+        del taken
+
+        def commit() -> None:
+            try:
+                if items:
+                    atomic_write_many(self.config.output_dir, items)
+                    self.index.update_prepared(prepared)
+                save_state(self.config.state_path, state)
+            except BaseException as e:   # handed to the main thread by _join_commit
+                self._commit_error = e
+
+        self._commit_error = None
+        self._commit_sources = sources
+        self._commit_thread = threading.Thread(target=commit, name="asm-commit", daemon=True)
+        self._commit_thread.start()
+
+    def _join_commit(self) -> None:
+        """Wait for the commit in flight; on success its offsets are the saved ones."""
+        thread = self._commit_thread
+        if thread is None:
+            return
+        thread.join()
+        self._commit_thread = None
+        error, self._commit_error = self._commit_error, None
+        if error is not None:
+            if not isinstance(error, (OSError, sqlite3.Error)):
+                self.store.discard_all()
+                self._rewind()
+                raise error
+            self._commit_failed(error)
+        self._saved_sources = self._commit_sources
+        self.store.evict()
+
+    def _commit_failed(self, e: BaseException) -> None:
+        # Sessions marked clean for the failed commit hold rounds that are not on disk:
+        # forget the whole cache, and re-read from the last offsets that are.
+        self.store.discard_all()
+        self._rewind()
+        reason = getattr(e, "strerror", None) or str(e)
+        raise MonitorError(f"cannot write the store in {self.config.output_dir}: "
+                           f"{reason}; nothing was lost, the same lines are "
+                           "read again once it is writable (free space?)") from e
+
+    def _rewind(self) -> None:
+        self.tailer.sources[:] = copy.deepcopy(self._saved_sources)
+        self.state.sources = self.tailer.sources
 
     def _count_pass(self, stats: PassStats) -> None:
         s = self.state

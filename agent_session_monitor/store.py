@@ -54,9 +54,20 @@ def _drop_unserialisable_content(doc: dict) -> None:
 
 
 def read_document(path: Path) -> dict:
+    return read_document_sized(path)[0]
+
+
+def read_document_sized(path: Path) -> tuple[dict, int]:
+    """The plain document of a session file and the file's size, from one open."""
     with open(path, "rb") as f:
-        doc = json.loads(f.read())
+        data = f.read()
         mtime = os.fstat(f.fileno()).st_mtime
+    return parse_document(data, mtime), len(data)
+
+
+def parse_document(data: bytes, mtime: float) -> dict:
+    """A session file's bytes -> the plain document (ValueError if it is not one)."""
+    doc = json.loads(data)
     if not isinstance(doc, dict) or not isinstance(doc.get("rounds"), list):
         raise ValueError("not a session document")
     # Older versions and hand edits leave values no reader can use (sanitize.py).
@@ -95,6 +106,16 @@ class SessionStore:
         # file name -> idempotency keys of its pruned rounds (retention.py): a pruned
         # round the log brings back is then a duplicate, not a new charge.
         self.pruned_keys: Callable[[str], set] | None = None
+        # Session files known to exist (see track_names), else None: look on disk.
+        self._names: set[str] | None = None
+
+    def track_names(self) -> None:
+        """List the directory once and from then on know which sessions have a file
+        without looking: during a catch-up with a commit in flight, every lookup of a new
+        session's name would wait for the directory lock that commit's creates and
+        renames hold. Only this process writes the directory (the lock)."""
+        if self._names is None:
+            self._names = {n for n in os.listdir(self.directory) if not n.startswith(".")}
 
     def file_name(self, session_id: str | None) -> str:
         return UNSESSIONED_FILE if session_id is None else file_name_for(session_id)
@@ -117,10 +138,13 @@ class SessionStore:
         return session
 
     def _read(self, name: str, session_id: str | None) -> Session:
+        if self._names is not None and name not in self._names:
+            return Session(new_document(session_id), name)
         path = self.directory / name
         try:
-            size = path.stat().st_size
-            doc = read_document(path)
+            # One open, not a stat then an open: in a catch-up most sessions are new,
+            # and a missing file is found by the open that would read it.
+            doc, size = read_document_sized(path)
         except FileNotFoundError:
             return Session(new_document(session_id), name)
         except (OSError, ValueError) as e:
@@ -168,11 +192,44 @@ class SessionStore:
         atomic_write_many(self.directory, serialised())
         for session in written:
             session.dirty = False
+            if self._names is not None:
+                self._names.add(session.file_name)
         self._dirty.clear()
         self.pending_bytes = 0
         self.new_rounds = []
         self._evict()
         return written
+
+    def take_dirty(self) -> list[tuple[Session, Path, bytes]]:
+        """Serialise every changed session now and mark it clean, for a commit that
+        writes the bytes later (on another thread) while the sessions change again. Until
+        that commit is known to have succeeded, :meth:`discard_all` must undo it."""
+        taken = []
+        for session in self._dirty.values():
+            session.summarise()
+            data = dump_document(session.doc)
+            self._cached_bytes += len(data) - session.size
+            session.size = len(data)
+            session.dirty = False
+            taken.append((session, self.directory / session.file_name, data))
+            if self._names is not None:
+                self._names.add(session.file_name)
+        self._dirty.clear()
+        self.pending_bytes = 0
+        self.new_rounds = []
+        return taken
+
+    def discard_all(self) -> None:
+        """Forget every cached session (after a failed background commit, sessions
+        marked clean may hold rounds that are not on disk): they are re-read from disk."""
+        self._sessions.clear()
+        self._dirty.clear()
+        self._cached_bytes = 0
+        self.pending_bytes = 0
+        self.new_rounds = []
+
+    def evict(self) -> None:
+        self._evict()
 
     def discard_dirty(self) -> None:
         """Forget unwritten changes (after a failed flush they are re-read from the log)."""

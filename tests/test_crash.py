@@ -206,3 +206,42 @@ class BatchedSyncCrash(TempDirTest):
                                             "--checkpoint-bytes", "30000"), -signal.SIGKILL)
             self.assertEqual(self.run_child(None, "--checkpoint-bytes", "30000"), 0)
             self.assertEqual(load_store(self.out), load_store(self.reference))
+
+    def test_disk_full_in_a_background_commit_rewinds_and_converges(self):
+        import errno
+        import io
+
+        from agent_session_monitor import monitor as monitor_module
+        from agent_session_monitor.errors import MonitorError
+
+        real = monitor_module.atomic_write_many
+        calls = []
+
+        def fill_up(directory, items):
+            calls.append(1)
+            if len(calls) == 3:   # a commit running on the thread while lines are parsed
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(directory, items)
+
+        # Sessions one after the other: those of the failed batch get no later round
+        # that would rewrite them anyway.
+        log = self.tmp / "sequential.log"
+        write_lines(log, [make_line(n, session=f"seq:{n // 3}", history=1 + n % 3, pad=150)
+                          for n in range(600)])
+        reference = self.tmp / "sequential-reference"
+        self.assertEqual(self.run_monitor(log, out=reference)[0], 0)
+        config = monitor_module.MonitorConfig(log_paths=[str(log)], output_dir=self.out,
+                                              checkpoint_bytes=30000, follow=True)
+        # The same long-lived monitor goes on after the failure (follow mode): what it
+        # holds in memory for the failed commit must not survive into the next pass.
+        with monitor_module.Monitor(config, err=io.StringIO()) as monitor:
+            with mock.patch.object(monitor_module, "atomic_write_many", fill_up):
+                with self.assertRaisesRegex(MonitorError, "No space left on device"):
+                    monitor.poll_once()
+            self.assertEqual(len(calls), 3)
+            monitor.poll_once()
+        self.assertEqual(load_store(self.out), load_store(reference))
+        code, out, err = self.run_monitor(log)
+        self.assertEqual(code, 0, err)
+        self.assertIn("Nothing new", out)
+        self.assertEqual(load_store(self.out), load_store(reference))
