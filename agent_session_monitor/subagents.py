@@ -107,14 +107,30 @@ def _text_of(content: object) -> str | None:
 
 def note_spawns(doc: dict, rnd: dict, messages: object) -> None:
     """Record in ``rnd`` the claims its request carries that no round of ``doc`` (the
-    session it joins) recorded yet: every later request re-logs the same tool result."""
+    session it joins) recorded yet: every later request re-logs the same tool result.
+    A claim recorded on a later round (this line arrived late) moves to this one, so a
+    claim's time is the earliest round that carried it, whatever the reading order."""
     claims = spawn_claims(messages)
     if not claims:
         return
-    known = {c for r in doc.get("rounds") or () for c in r.get("spawned") or ()}
-    new = [c for c in claims if c not in known and c != doc.get("session_id")]
-    if new:
-        rnd["spawned"] = new
+    holder: dict[str, dict] = {}
+    for r in doc.get("rounds") or ():
+        for c in r.get("spawned") or ():
+            holder.setdefault(c, r)
+    mine = []
+    for c in claims:
+        if c == doc.get("session_id"):
+            continue
+        held = holder.get(c)
+        if held is not None and held is not rnd:
+            if (held.get("timestamp") or "") <= (rnd.get("timestamp") or ""):
+                continue
+            held["spawned"] = [x for x in held["spawned"] if x != c]
+            if not held["spawned"]:
+                del held["spawned"]
+        mine.append(c)
+    if mine:
+        rnd["spawned"] = mine
 
 
 def doc_claims(doc: dict) -> list[tuple[str, str]]:

@@ -179,6 +179,21 @@ class SpawnClaims(unittest.TestCase):
             self.assertIsInstance(spawn_claims(messages), list)
 
 
+class NoteSpawns(unittest.TestCase):
+    def test_a_claim_is_kept_once_on_the_earliest_round_that_carried_it(self):
+        from agent_session_monitor.subagents import note_spawns
+        child = "agent:main:subagent:late"
+        doc = {"session_id": "agent:main:main", "rounds": []}
+        for ts in ("2026-03-02T09:00:05.000Z", "2026-03-02T09:00:09.000Z",
+                   "2026-03-02T09:00:01.000Z", "2026-03-02T09:00:03.000Z"):   # a late line
+            rnd = {"timestamp": ts}
+            note_spawns(doc, rnd, spawn_messages(child))
+            doc["rounds"].append(rnd)
+        holders = [r["timestamp"] for r in doc["rounds"] if r.get("spawned")]
+        self.assertEqual(holders, ["2026-03-02T09:00:01.000Z"])
+        self.assertEqual([c for r in doc["rounds"] for c in r.get("spawned", ())], [child])
+
+
 class ResolveParents(unittest.TestCase):
     def test_the_earliest_claim_by_event_time_wins_whatever_the_reading_order(self):
         claims = [("forger", "agent:main:subagent:c", "2026-03-02T09:00:05.000Z"),
