@@ -383,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, stdin: BinaryIO | None = None,
          stdout: BinaryIO | None = None, err: TextIO | None = None) -> int:
     err = err or sys.stderr
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:   # --help, --version, a usage error (printed by argparse)
+        return e.code if isinstance(e.code, int) else 0
     base = str(resolve(args.base_url, ENV_BASE_URL, DEFAULT_BASE_URL))
     if not re.match(r"https?://[^/?#\s]+", base):
         err.write(f"{PROG}: error: --base-url {base[:200]!r} is not an http(s) URL\n")

@@ -10,6 +10,7 @@ OpenClaw traffic (tests/openclaw_logs.py), whose every cost is known.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -276,3 +277,13 @@ class StoreTrouble(StoreTest):
         shutil.rmtree(self.out)
         answer = Server(self.out, "http://127.0.0.1:8888", None).handle_line(line)
         self.assertTrue(answer["result"]["isError"])
+
+
+class EntryPoint(unittest.TestCase):
+    def test_bad_flags_return_a_usage_exit_code_without_a_traceback(self):
+        from agent_session_monitor.mcp_server import main
+        err = io.StringIO()
+        for argv in (["--nope"], ["--base-url", "ftp://x"], ["--base-url", "x" * 5000]):
+            with self.subTest(argv=argv[:1]), contextlib.redirect_stderr(err):
+                self.assertEqual(main(argv, err=err), 2)
+        self.assertNotIn("Traceback", err.getvalue())
