@@ -172,7 +172,9 @@ def health_families(directory: Path, out: Exposition, state_path: Path | None = 
             ("passes_total", "passes", "Monitor passes."),
             ("lines_read_total", "lines_read", "Log lines read."),
             ("duplicates_skipped_total", "duplicates_skipped",
-             "Rounds read again (rotation, restart) and recognised as already stored.")):
+             "Rounds read again (rotation, restart) and recognised as already stored."),
+            ("forged_lines_total", "forged_lines",
+             "Lines where a client wrote keys of its own through a header (ignored).")):
         out.family(name, "counter", help_text, [({}, _int(counters.get(key)))])
     for name, key, help_text in (
             ("bad_lines_total", "bad_lines", "Log lines skipped, by kind."),

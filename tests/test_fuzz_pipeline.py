@@ -224,6 +224,21 @@ class ReaderSweep:
                              ["url", sid]):
                     self.cli(*argv)
                     calls += 1
+        # The MCP server's tools, called as a client would (errors are answers, not
+        # crashes; an exception here is a bug).
+        from agent_session_monitor.mcp_server import Server, ToolError
+        server = Server(self.store, "http://127.0.0.1:8765", None)
+        mcp_calls = [(server.top_sessions, {"sort_by": sort}) for sort in ("cost", "tokens", "rounds")]
+        mcp_calls += [(server.usage_stats, {"by": by, "tz": tz, "days": 366})
+                      for by in ("model", "agent", "channel", "kind", "consumer", "day")
+                      for tz in ("Asia/Shanghai", "-12:00")]
+        mcp_calls += [(server.session_cost, {"session_id": sid}) for sid in picked]
+        for tool, arguments in mcp_calls:
+            try:
+                json.dumps(tool(arguments), allow_nan=False)
+            except ToolError:
+                pass
+            calls += 1
         from agent_session_monitor.webapp import WebApp
         for tz in ("Asia/Shanghai", "-12:00", "+14:00", None):
             log = io.StringIO()
