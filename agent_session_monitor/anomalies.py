@@ -23,6 +23,7 @@ import statistics
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from . import tokens
 from .fmt import content_text, fmt_int, fmt_usd, tool_call_parts
 from .pricing import Buckets, PriceTable, bucket_cost
 
@@ -192,7 +193,7 @@ def prompt_tokens(rnd: dict) -> int:
     buckets = rnd.get("buckets")
     if isinstance(buckets, dict):
         return Buckets.from_dict(buckets).prompt_tokens
-    return rnd.get("input_tokens") or 0
+    return tokens.of_round(rnd)["input"]
 
 
 def runaway_context(rounds: list[dict], table: PriceTable | None = None,
@@ -310,8 +311,8 @@ def _outlier(r: dict, group: list[dict], median: float, model: str) -> Anomaly:
     ratio = r["cost_usd"] / median
     prompt = prompt_tokens(r)
     med_prompt = statistics.median(prompt_tokens(g) for g in group)
-    out = (r.get("output_tokens") or 0)
-    med_out = statistics.median((g.get("output_tokens") or 0) for g in group)
+    out = tokens.of_round(r)["output"]
+    med_out = statistics.median(tokens.of_round(g)["output"] for g in group)
     buckets = Buckets.from_dict(r.get("buckets") or {})
     if buckets.cache_write + buckets.cache_write_1h > prompt / 2 and prompt <= 3 * med_prompt:
         why = "most of its prompt was written to the cache (a prompt-cache miss)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from . import tokens
 from .fmt import fmt_int, fmt_usd
 from .html_parts import Markup, h
 
@@ -191,8 +192,9 @@ def per_round(rounds: list[dict]) -> dict:
     for i, (r, t) in enumerate(zip(rounds, totals)):
         x = left + i * slot
         y = bottom
-        tip = (f"round {r.get('round')}: {fmt_int(r.get('input_tokens') or 0)} in, "
-               f"{fmt_int(r.get('output_tokens') or 0)} out, {fmt_usd(r.get('cost_usd'))}")
+        norm = tokens.of_round(r)
+        tip = (f"round {r.get('round')}: {fmt_int(norm['input'])} in, "
+               f"{fmt_int(norm['output'])} out, {fmt_usd(r.get('cost_usd'))}")
         shapes.append(_rect(x, top, slot, bottom - top, "hit", tip))
         for kind, _label in TOKEN_KINDS:
             n = _bucket(t, kind)

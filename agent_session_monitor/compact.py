@@ -1,28 +1,41 @@
-"""The on-disk form of a session document: text that every request re-logs is stored once.
+"""The on-disk form of a session document: every round as the original skill wrote it,
+and text that every request re-logs stored once, inside ``messages`` only.
 
-Two things repeat round after round besides the messages (which ``session.py`` already
-stores linearly):
+storage.md ("Every round as the original wrote it"): a round on disk carries ``round``,
+``timestamp``, the token fields, ``model``, ``has_tool_calls``, ``response_type``,
+``question``, ``answer``, ``reasoning``, ``tool_calls`` and the detail maps, as logged,
+so a script written for the original skill reads them straight from the file. What
+repeats is deduplicated inside ``messages`` (the one documented difference), never by
+moving a round's own fields elsewhere:
 
-- Claude's top-level ``system`` prompt, often kilobytes, sent again with every request.
-  On disk it lives once in ``doc["systems"]`` (keyed by a short hash) and each round
-  carries ``system_ref``.
-- A round's ``answer`` and ``tool_calls`` come back in the next request as its first
-  new message (the assistant turn; its tool calls without their ``index``). On disk they
-  are left out and the round carries ``answer_in_next_message`` /
-  ``tool_calls_in_next_message: true``: they are the content / tool calls of the first
-  new message of the first later round that extends it.
-- What follows from position: ``round`` (1..N), ``key`` when it is the ``request_id``,
-  ``context_key`` when it is the previous round's key.
+- The request's last message *is* the round's ``question`` (Higress logs it twice). On
+  disk that message keeps its keys but its ``content`` is ``null``, and the round's
+  ``messages_refs`` says ``{"<i>": "question"}``.
+- A round's ``answer`` and ``tool_calls`` come back in the next request as its first new
+  message (the assistant turn; its tool calls without Higress's ``index``). In the round
+  that continues it, that message's ``content`` / ``tool_calls`` are ``null`` and
+  ``messages_refs`` says ``"answer"``, ``"tool_calls"`` or ``"answer+tool_calls"``: they
+  are those of the round it continues (``context_key``).
+- Claude's top-level ``system`` prompt (our addition, often kilobytes) lives once in
+  ``doc["systems"]``; each round carries ``system_ref``.
+- Our own bookkeeping that position implies: ``key`` when it is the ``request_id``,
+  ``context_key`` when it is the previous round's key (``context_is_previous``).
 
-:func:`compact` is applied when a session is written and :func:`expand` when it is read,
-so everything in memory (and every reader) sees plain ``system`` and ``answer`` fields.
-``expand(compact(doc)) == doc`` for every document (tests/test_compact.py).
+A placeholder ``null`` keeps the message's key order; only positions listed in
+``messages_refs`` are references, so a message whose content really is ``null`` stays
+itself. :func:`compact` is applied when a session is written and :func:`expand` when it
+is read; ``expand(compact(doc)) == doc`` for every document (tests/test_compact.py).
+:func:`expand` also reads the layout of schema 1 (answers moved into the next round,
+questions and round numbers left out), which :mod:`upgrade` rewrites.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+
+REFS = "messages_refs"
+_ANSWER, _CALLS, _BOTH, _QUESTION = "answer", "tool_calls", "answer+tool_calls", "question"
 
 
 def compact(doc: dict) -> dict:
@@ -39,27 +52,37 @@ def compact(doc: dict) -> dict:
             del rnd["system"]
             rnd["system_ref"] = ref
     by_key = {r["key"]: r for r in rounds}
-    continued: set[str] = set()
     for rnd in rounds:
-        base = _extended(rnd, by_key)
-        if base is None or base["key"] in continued:
+        messages = rnd.get("messages")
+        if not isinstance(messages, list) or not messages:
             continue
-        continued.add(base["key"])   # only the first round continuing it: expand() agrees
-        if "answer" in base and _first_new_content(rnd) == base["answer"]:
-            del base["answer"]
-            base["answer_in_next_message"] = True
-        if base.get("tool_calls") and _first_new_tool_calls(rnd) == base["tool_calls"]:
-            del base["tool_calls"]
-            base["tool_calls_in_next_message"] = True
+        refs: dict[str, str] = {}
+        base = _extended(rnd, by_key)
+        first = messages[0]
+        if base is not None and _is_assistant(first):
+            kind = _answer_ref(first, base)
+            if kind:
+                refs["0"] = kind
+        last = len(messages) - 1
+        if str(last) not in refs and _is_message(messages[last]) \
+                and rnd.get("question") is not None \
+                and messages[last].get("content") == rnd["question"]:
+            refs[str(last)] = _QUESTION
+        if refs:
+            messages = list(messages)
+            for at, kind in refs.items():
+                i = int(at)
+                messages[i] = {k: (None if _replaced(k, kind) else v)
+                               for k, v in messages[i].items()}
+            rnd["messages"] = messages
+            rnd[REFS] = refs
     previous = None
-    for i, rnd in enumerate(rounds):
+    for rnd in rounds:
         key = rnd["key"]
         if rnd.get("context_key") is not None and rnd["context_key"] == previous:
             del rnd["context_key"]
             rnd["context_is_previous"] = True
         previous = key
-        if rnd.get("round") == i + 1:
-            del rnd["round"]
         if key == rnd.get("request_id"):
             del rnd["key"]
     out = {k: v for k, v in doc.items() if k not in ("rounds", "systems")}
@@ -70,7 +93,7 @@ def compact(doc: dict) -> dict:
 
 
 def expand(doc: dict) -> dict:
-    """Turn an on-disk document back into the plain form, in place; returns it."""
+    """Turn an on-disk document (schema 1 or 2) back into the plain form, in place."""
     systems = doc.pop("systems", None) or {}
     rounds = doc.get("rounds") or []
     previous = None
@@ -85,26 +108,50 @@ def expand(doc: dict) -> dict:
         if ref is not None:
             rnd["system"] = systems.get(ref)
     by_key = {r.get("key"): r for r in rounds}
+    for rnd in rounds:
+        refs = rnd.pop(REFS, None)
+        if isinstance(refs, dict) and isinstance(rnd.get("messages"), list):
+            messages = rnd["messages"]
+            base = by_key.get(rnd.get("context_key"))
+            for at, kind in refs.items():
+                i = int(at) if isinstance(at, str) and at.isdigit() else -1
+                if not 0 <= i < len(messages) or not _is_message(messages[i]):
+                    continue
+                msg = messages[i] = dict(messages[i])
+                if kind == _QUESTION:
+                    msg["content"] = rnd.get("question")
+                elif base is not None:
+                    if kind in (_ANSWER, _BOTH):
+                        msg["content"] = base.get("answer")
+                    if kind in (_CALLS, _BOTH):
+                        msg["tool_calls"] = _without_index(base.get("tool_calls"))
+    _expand_schema_1(rounds, by_key)
+    return doc
+
+
+def _expand_schema_1(rounds: list, by_key: dict) -> None:
+    """Schema 1 moved a round's answer / tool calls into the next round's first new
+    message and its question into its own last message: put them back."""
     continued: set = set()
     for rnd in rounds:
+        if rnd.pop("question_is_last_message", False) and "question" not in rnd:
+            messages = rnd.get("messages")
+            if isinstance(messages, list) and messages and _is_message(messages[-1]):
+                rnd["question"] = messages[-1].get("content")
         base = _extended(rnd, by_key)
         if base is None or base.get("key") in continued:
             continue
         continued.add(base.get("key"))
+        first = rnd["messages"][0] if rnd["messages"] else None
         if base.get("answer_in_next_message") and "answer" not in base:
-            content = _first_new_content(rnd)
-            if content is not _MISSING:
-                base["answer"] = content
+            if _is_assistant(first) and "content" in first:
+                base["answer"] = first["content"]
                 del base["answer_in_next_message"]
         if base.get("tool_calls_in_next_message") and "tool_calls" not in base:
-            calls = rnd["messages"][0].get("tool_calls") if rnd["messages"] else None
+            calls = first.get("tool_calls") if _is_message(first) else None
             if isinstance(calls, list):
                 base["tool_calls"] = [{**call, "index": i} for i, call in enumerate(calls)]
                 del base["tool_calls_in_next_message"]
-    return doc
-
-
-_MISSING = object()
 
 
 def _extended(rnd: dict, by_key: dict) -> dict | None:
@@ -120,24 +167,42 @@ def _extended(rnd: dict, by_key: dict) -> dict | None:
     return base
 
 
-def _first_new_content(rnd: dict) -> object:
-    messages = rnd["messages"]
-    if messages and isinstance(messages[0], dict) and messages[0].get("role") == "assistant" \
-            and "content" in messages[0]:
-        return messages[0]["content"]
-    return _MISSING
+def _answer_ref(msg: dict, base: dict) -> str | None:
+    """Which of ``base``'s answer fields the assistant message ``msg`` repeats."""
+    answer = base.get("answer")
+    same_answer = "content" in msg and answer is not None and answer != "" \
+        and msg["content"] == answer
+    calls = base.get("tool_calls")
+    same_calls = isinstance(calls, list) and bool(calls) and isinstance(msg.get("tool_calls"), list) \
+        and msg["tool_calls"] == _without_index(calls)
+    if same_answer and same_calls:
+        return _BOTH
+    return _ANSWER if same_answer else _CALLS if same_calls else None
 
 
-def _first_new_tool_calls(rnd: dict) -> object:
-    """The first new message's tool calls with the ``index`` Higress adds when it
-    assembles a streamed answer's calls (its i-th call has index i)."""
-    messages = rnd["messages"]
-    if not messages or not isinstance(messages[0], dict) or messages[0].get("role") != "assistant":
-        return _MISSING
-    calls = messages[0].get("tool_calls")
-    if not isinstance(calls, list) or not all(isinstance(c, dict) and "index" not in c for c in calls):
-        return _MISSING
-    return [{**call, "index": i} for i, call in enumerate(calls)]
+def _replaced(key: str, kind: str) -> bool:
+    if kind in (_QUESTION, _ANSWER):
+        return key == "content"
+    if kind == _CALLS:
+        return key == "tool_calls"
+    return key in ("content", "tool_calls")
+
+
+def _without_index(calls: object) -> object:
+    """Tool calls as the next request re-sends them: without the ``index`` Higress adds
+    when it assembles a streamed answer's calls."""
+    if not isinstance(calls, list):
+        return calls
+    return [{k: v for k, v in c.items() if k != "index"} if isinstance(c, dict) else c
+            for c in calls]
+
+
+def _is_message(msg: object) -> bool:
+    return isinstance(msg, dict)
+
+
+def _is_assistant(msg: object) -> bool:
+    return isinstance(msg, dict) and msg.get("role") == "assistant"
 
 
 def _ref(system: object) -> str:

@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from datetime import date, datetime, timezone, tzinfo
 
+from . import tokens
 from .index import BUCKET_FIELDS
 from .insights import export_insights
 from .pricing import Buckets, PriceTable, bucket_cost, cache_savings
@@ -45,7 +46,9 @@ def finops_report(reader: StoreReader, table: PriceTable, *, tz: tzinfo = timezo
         "report": "agent-session-monitor FinOps report",
         "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "range": {"since": since, "until": until, "time_zone": str(tz)},
-        "price_table": {"source": table.source,
+        "token_columns": tokens.LEGEND,
+        "price_table": {"source": table.source, "id": table.table_id,
+                        "override_id": table.override_id,
                         "note": "costs as computed at ingestion; main.py --reprice "
                                 "recomputes them with the current table"},
         "totals": usage_record(range_totals(reader, since, until), ""),
@@ -71,7 +74,8 @@ def finops_report(reader: StoreReader, table: PriceTable, *, tz: tzinfo = timezo
 
 
 REPORT_CSV_FIELDS = ["section", "key", "sessions", "rounds", "input_tokens", "output_tokens",
-                     "reasoning_tokens", "cached_tokens", "cache_write_tokens", "cost_usd",
+                     "reasoning_tokens", "cached_tokens", "cache_write_tokens", "total_tokens",
+                     "cost_usd",
                      "unpriced_rounds", "tool_call_rounds", "models", "created_at", "updated_at",
                      "subagent_cost_usd", "spawned_subagent_cost_usd", "cost_with_subagents_usd",
                      "agent", "channel", "kind"]
@@ -143,7 +147,8 @@ def all_session_records(reader: StoreReader, keyed_by_file: bool = False):
         record = {"session_id": r[1], "created_at": r[2], "updated_at": r[3], "model": r[4],
                   "models": decode(r[5]), "consumers": decode(r[6]), "rounds": r[7],
                   "input_tokens": r[8], "output_tokens": r[9], "reasoning_tokens": r[10],
-                  "cached_tokens": r[11], "cache_write_tokens": r[12], "cost_usd": r[13],
+                  "cached_tokens": r[11], "cache_write_tokens": r[12],
+                  "total_tokens": r[8] + r[9], "cost_usd": r[13],
                   "unpriced_rounds": r[14], "tool_call_rounds": r[15], "agent": r[16],
                   "channel": r[17], "kind": r[18]}
         if keyed_by_file:

@@ -5,7 +5,9 @@ An SQLite file (``.index.sqlite``, standard library) beside the session files, h
 one row per session, its usage aggregated per (UTC quarter-hour, model, consumer), and
 the same sums per round at its exact time. Reports sum the quarter-hours that lie wholly
 inside a window (today's zones have offsets in multiples of 15 minutes, so a day is whole
-quarter-hours) and read the rounds only at the edges (``window.py``). It is derived data: rebuildable from the session files
+quarter-hours) and read the rounds only at the edges (``window.py``). Token columns hold
+the normalised meaning of tokens.py (input includes the cache, output the reasoning, for
+every provider). It is derived data: rebuildable from the session files
 at any time (``main.py --rebuild-index``), and rebuilt when missing.
 
 Crash safety: before the monitor rewrites session files it records their names as
@@ -23,7 +25,7 @@ import sqlite3
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import fulltext
+from . import fulltext, tokens
 from .names import is_session_file
 from .pruned_archive import index_rows as pruned_rows
 from .session_keys import parse_session_key
@@ -31,7 +33,10 @@ from .subagents import doc_claims
 from .store import read_document
 
 INDEX_NAME = ".index.sqlite"
-INDEX_VERSION = 6   # 4: per-round edge table; 5: agent, channel, kind, spawns; 6: full text
+# 4: per-round edge table; 5: agent, channel, kind, spawns; 6: full text; 7: input /
+# output / cached / cache_write / reasoning hold the normalised columns (tokens.py), not
+# the logged counts. An index of another version is rebuilt.
+INDEX_VERSION = 7
 BUCKET_FIELDS = ("input", "cache_read", "cache_write", "cache_write_1h", "output", "reasoning")
 
 _SCHEMA = f"""
@@ -104,12 +109,12 @@ def sql_text(value: object) -> object:
 def session_row(file_name: str, doc: dict, size: int) -> tuple:
     rounds = doc.get("rounds") or []
     key = parse_session_key(None if doc.get("unsessioned") else doc.get("session_id"))
+    t = tokens.of_rounds(rounds)
     return (
         file_name, sql_text(doc.get("session_id") or ""), 1 if doc.get("unsessioned") else 0,
         doc.get("created_at"), doc.get("updated_at"), len(rounds),
-        doc.get("total_input_tokens") or 0, doc.get("total_output_tokens") or 0,
-        doc.get("total_reasoning_tokens") or 0, doc.get("total_cached_tokens") or 0,
-        doc.get("total_cache_write_tokens") or 0, doc.get("total_cost_usd"),
+        t["input"], t["output"], t["reasoning"], t["cached"], t["cache_write"],
+        doc.get("total_cost_usd"),
         doc.get("unpriced_rounds") or 0, sql_text(doc.get("model")),
         json.dumps(doc.get("models") or []), json.dumps(doc.get("consumers") or []),
         sum(1 for r in rounds if r.get("has_tool_calls")), size,
@@ -119,12 +124,13 @@ def session_row(file_name: str, doc: dict, size: int) -> tuple:
 
 def round_sums(r: dict) -> list:
     """One round's contribution to every summed column of ``usage`` (after ``rounds``):
-    tokens by kind, buckets, cost (0 when unpriced), unpriced and tool-call flags."""
+    the normalised token columns, buckets, cost (0 when unpriced), unpriced and tool-call
+    flags."""
     buckets = r.get("buckets") or {}
     cost = r.get("cost_usd")
-    return [1, r.get("input_tokens") or 0, r.get("output_tokens") or 0,
-            r.get("reasoning_tokens") or 0, r.get("cached_tokens") or 0,
-            r.get("cache_write_tokens") or 0, *(buckets.get(name) or 0 for name in BUCKET_FIELDS),
+    t = tokens.of_round(r)
+    return [1, t["input"], t["output"], t["reasoning"], t["cached"], t["cache_write"],
+            *(buckets.get(name) or 0 for name in BUCKET_FIELDS),
             0.0 if cost is None else cost, 1 if cost is None else 0,
             1 if r.get("has_tool_calls") else 0]
 
@@ -242,6 +248,12 @@ class Index:
         create_schema(self.db)
         self.needs_rebuild = fresh or self._meta("complete") != "1"
         self._set_meta("version", str(INDEX_VERSION))
+
+    def meta(self, key: str) -> str | None:
+        return self._meta(key)
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        self._set_meta(key, value)
 
     def _meta(self, key: str) -> str | None:
         try:

@@ -15,7 +15,8 @@ BATCH = 500
 
 
 def reprice_store(monitor) -> tuple[int, int, float]:
-    """Recompute every round's cost from its stored buckets with ``monitor.table``.
+    """Recompute every round's cost from its stored buckets with ``monitor.table``, and
+    record which price data priced it (``priced_by``).
 
     Rounds keep their token buckets, so a new price table or override applies without
     re-reading the logs. Returns (sessions changed, rounds repriced, change in USD).
@@ -30,14 +31,14 @@ def reprice_store(monitor) -> tuple[int, int, float]:
             doc = read_document(directory / name)
         except (OSError, ValueError):
             continue
-        before = [r.get("cost_usd") for r in doc["rounds"]]
+        before = [_priced(r) for r in doc["rounds"]]
         for rnd in doc["rounds"]:
             reprice_round(rnd, monitor.table)
-        after = [r.get("cost_usd") for r in doc["rounds"]]
+        after = [_priced(r) for r in doc["rounds"]]
         rounds += len(after)
-        before_total.extend(c for c in before if c is not None)
-        after_total.extend(c for c in after if c is not None)
-        if before != after:
+        before_total.extend(c[0] for c in before if c[0] is not None)
+        after_total.extend(c[0] for c in after if c[0] is not None)
+        if before != after:   # a new cost, or the same cost from other price data
             summarise(doc)
             batch.append((name, doc, dump_document(doc)))
             changed_sessions += 1
@@ -46,6 +47,10 @@ def reprice_store(monitor) -> tuple[int, int, float]:
             batch = []
     _commit(monitor, batch)
     return changed_sessions, rounds, math.fsum(after_total) - math.fsum(before_total)
+
+
+def _priced(rnd: dict) -> tuple:
+    return rnd.get("cost_usd"), rnd.get("priced_as"), rnd.get("priced_by")
 
 
 def _commit(monitor, batch: list[tuple[str, dict, bytes]]) -> None:

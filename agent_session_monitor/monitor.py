@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
+from . import tokens
 from .errors import MonitorError
 from .fmt import fmt_bytes, fmt_int, fmt_usd, safe_text
 from .fsutil import DirLock, atomic_write_many, ensure_dir, remove_stale_temps
@@ -32,6 +33,7 @@ from .index import Index
 from .pruned_archive import ARCHIVE_NAME, Archive
 from .parse import BadLine, Request, parse_line, utc_now
 from .pricing import PriceTable, load_price_table
+from .upgrade import upgrade_needed, upgrade_store
 from .rounds import build_round
 from .state import load_state, save_state
 from .store import SessionStore
@@ -83,10 +85,12 @@ class PassStats:
     tail_events: Counter = field(default_factory=Counter)
     sessions: set = field(default_factory=set)
     new_sessions: set = field(default_factory=set)
+    # The normalised columns (tokens.py).
     input_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
     cost: float = 0.0
     unpriced: Counter = field(default_factory=Counter)   # model -> rounds
 
@@ -161,6 +165,11 @@ class Monitor:
             self.notes.append("finished pruning sessions an interrupted prune had left")
         self._archive: Archive | None = None
         self.store.pruned_keys = self._pruned_keys
+        if upgrade_needed(self.index):
+            n = upgrade_store(out, self.index, self.table, self.config.store_content)
+            if n:
+                self.notes.append(f"upgraded {n:,} session file{'s' if n != 1 else ''} "
+                                  "written by an earlier version to the current layout")
         files = [p for p in self.config.log_paths if p != "-"]
         self.stream = (StreamSource(sys.stdin.fileno(), self.config.max_line_bytes)
                        if "-" in self.config.log_paths else None)
@@ -322,10 +331,12 @@ class Monitor:
         if created:
             stats.new_sessions.add(name)
         stats.sessions.add(name)
-        stats.input_tokens += rnd["input_tokens"]
-        stats.output_tokens += rnd["output_tokens"]
-        stats.reasoning_tokens += rnd["reasoning_tokens"]
-        stats.cached_tokens += rnd["cached_tokens"]
+        t = tokens.of_round(rnd)
+        stats.input_tokens += t["input"]
+        stats.output_tokens += t["output"]
+        stats.reasoning_tokens += t["reasoning"]
+        stats.cached_tokens += t["cached"]
+        stats.cache_write_tokens += t["cache_write"]
         if rnd["cost_usd"] is None:
             stats.unpriced[rnd["model"] or "(no model)"] += 1
         else:
@@ -553,9 +564,12 @@ def summary(stats: PassStats) -> str:
              f"sessions ({fmt_int(len(stats.new_sessions))} new)"]
     if stats.duplicates:
         parts.append(f"{fmt_int(stats.duplicates)} already-stored rounds skipped")
-    parts.append(f"tokens: input {fmt_int(stats.input_tokens)}, output "
-                 f"{fmt_int(stats.output_tokens)}, reasoning {fmt_int(stats.reasoning_tokens)}, "
-                 f"cached {fmt_int(stats.cached_tokens)}")
+    write = (f", cache write {fmt_int(stats.cache_write_tokens)}"
+             if stats.cache_write_tokens else "")
+    parts.append(f"tokens: input {fmt_int(stats.input_tokens)} (cached "
+                 f"{fmt_int(stats.cached_tokens)}{write}), output "
+                 f"{fmt_int(stats.output_tokens)} (reasoning {fmt_int(stats.reasoning_tokens)}), "
+                 f"total {fmt_int(stats.input_tokens + stats.output_tokens)}")
     parts.append(f"cost {fmt_usd(stats.cost)}")
     if stats.unpriced:
         models = sorted(stats.unpriced)

@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from . import __version__
+from . import __version__, tokens
 from .names import UNSESSIONED_ID
 from .session import round_question
 
@@ -124,10 +124,11 @@ def round_to_span(session_id: str, rnd: dict, store_content: bool, provider: str
     if model:
         a["gen_ai.request.model"] = model
         a["gen_ai.response.model"] = model   # the model as the provider answered (ai_log)
-    inp, out = rnd.get("input_tokens") or 0, rnd.get("output_tokens") or 0
-    cache_read, cache_write = rnd.get("cached_tokens") or 0, rnd.get("cache_write_tokens") or 0
-    reasoning = rnd.get("reasoning_tokens") or 0
-    total = rnd.get("total_tokens")
+    # The normalised columns (tokens.py): semconv's input_tokens includes cache reads and
+    # writes, output_tokens the reasoning, whatever the provider logged.
+    t = tokens.of_round(rnd)
+    inp, out = t["input"], t["output"]
+    cache_read, cache_write, reasoning = t["cached"], t["cache_write"], t["reasoning"]
     a.update({
         "gen_ai.usage.input_tokens": inp,
         "gen_ai.usage.output_tokens": out,
@@ -156,8 +157,7 @@ def round_to_span(session_id: str, rnd: dict, store_content: bool, provider: str
     a.update({
         "llm.token_count.prompt": inp,
         "llm.token_count.completion": out,
-        # The logged total when there is one: Gemini's output excludes its reasoning.
-        "llm.token_count.total": total if isinstance(total, int) else inp + out,
+        "llm.token_count.total": t["total"],
         "llm.token_count.prompt_details.cache_read": cache_read,
         "llm.token_count.prompt_details.cache_write": cache_write,
         "llm.token_count.completion_details.reasoning": reasoning,

@@ -8,6 +8,7 @@ Prices are USD per 1,000,000 tokens, from the bundled ``prices.json`` (built by
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from .config import ENV_PRICING, resolve
 from .errors import EXIT_RUNTIME, EXIT_USAGE, MonitorError
+from .fmt import fmt_usd
 
 PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning")
 # Kept from the LiteLLM snapshot for provenance, not used for pricing.
@@ -125,8 +127,10 @@ def usage_buckets(input_token: int, output_token: int, cached_tokens: int | None
     ind = input_details if isinstance(input_details, dict) else {}
     outd = output_details if isinstance(output_details, dict) else {}
     input_token, output_token = _nonneg(input_token), _nonneg(output_token)
+    # Gemini's prompt count includes its cached content (cached_content_token_count).
     cache_read = (_nonneg(cached_tokens) or _count(ind, "cached_tokens")
-                  or _count(ind, "cache_read_input_tokens"))
+                  or _count(ind, "cache_read_input_tokens")
+                  or _count(ind, "cached_content_token_count"))
     write_5m, write_1h = _count(ind, "cache_creation_input_tokens"), 0
     split = ind.get("cache_creation")
     if isinstance(split, dict) and ("ephemeral_1h_input_tokens" in split
@@ -202,11 +206,18 @@ class PriceTable:
     """Prices by table key, with the lookup rules of pricing.md (never a family guess)."""
 
     def __init__(self, models: dict[str, Price], aliases: dict[str, str] | None = None,
-                 source: str = "", override_path: str | None = None) -> None:
+                 source: str = "", override_path: str | None = None,
+                 table_id: str | None = None, override_id: str | None = None,
+                 overridden: frozenset[str] = frozenset()) -> None:
         self.models = models
         self.aliases = aliases or {}
         self.source = source
         self.override_path = override_path
+        # Provenance (recorded on every priced round): "table:<date>:<hash>" of the
+        # bundled file, "override:<hash>" of the user's file for the keys it set.
+        self.table_id = table_id
+        self.override_id = override_id
+        self.overridden = overridden
         self._memo: dict[str, tuple[str, Price] | None] = {}
         self._lower: dict[str, str] = {}
         self._alias: dict[str, str] = {k.lower(): v for k, v in sorted(self.aliases.items())}
@@ -248,6 +259,13 @@ class PriceTable:
                 return self._lower.get(target.lower())
         return None
 
+    def provenance(self, key: str) -> str | None:
+        """Which price data priced table key ``key``: the override file's id when the
+        user's file set it, else the bundled table's."""
+        if key in self.overridden and self.override_id:
+            return self.override_id
+        return self.table_id
+
     def cost(self, model: str | None, buckets: Buckets) -> float | None:
         """USD of ``buckets`` on ``model``; None when the model is missing or unpriced."""
         found = self.lookup(model) if model else None
@@ -271,14 +289,19 @@ def load_price_table(override_path: str | None = None) -> PriceTable:
     by $AGENT_SESSION_MONITOR_PRICING). Raises MonitorError on a bad file."""
     bundled = resources.files(__package__).joinpath("prices.json")
     label = f"bundled price table {bundled}"
-    data = _read_json(bundled, label, EXIT_RUNTIME)
+    raw = _read_bytes(bundled, label, EXIT_RUNTIME)
+    data = _decode_json(raw, label, EXIT_RUNTIME)
     models, aliases = _parse_table(data, label, EXIT_RUNTIME)
-    source = f"{data.get('_source', 'bundled prices')}, {data.get('_date', 'undated')}"
+    date = data.get("_date") if isinstance(data.get("_date"), str) else "undated"
+    source = f"{data.get('_source', 'bundled prices')}, {date}"
+    table_id = f"table:{date}:{_short_hash(raw)}"
+    override_id, overridden = None, frozenset()
     path = resolve(override_path or None, ENV_PRICING)
     if path is not None:
         path = str(path)
         label = f"price file {path}"
-        data = _read_json(Path(path), label, EXIT_USAGE)
+        raw = _read_bytes(Path(path), label, EXIT_USAGE)
+        data = _decode_json(raw, label, EXIT_USAGE)
         extra, extra_aliases = _parse_table(data, label, EXIT_USAGE)
         # The override replaces the whole entry, whatever case the user wrote it in.
         names = {name.lower() for name in extra}
@@ -286,18 +309,37 @@ def load_price_table(override_path: str | None = None) -> PriceTable:
         models.update(extra)
         aliases.update(extra_aliases)
         source += f" + overrides from {path}"
-    return PriceTable(models, aliases, source, path)
+        override_id, overridden = f"override:{_short_hash(raw)}", frozenset(extra)
+    return PriceTable(models, aliases, source, path, table_id, override_id, overridden)
 
 
-def _read_json(path: Path, label: str, exit_code: int) -> object:
+def _short_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:8]
+
+
+def describe_provenance(price_id: str) -> str:
+    """``table:2026-11-24:1a2b3c4d`` -> ``the table of 2026-11-24 (1a2b3c4d)``."""
+    kind, _, rest = price_id.partition(":")
+    if kind == "table":
+        date, _, digest = rest.rpartition(":")
+        return f"the table of {date} ({digest})"
+    if kind == "override":
+        return f"your override file ({rest})"
+    return price_id
+
+
+def _read_bytes(path: Path, label: str, exit_code: int) -> bytes:
     try:
-        raw = path.read_bytes()  # a Path, or the Traversable of the bundled file
+        return path.read_bytes()  # a Path, or the Traversable of the bundled file
     except FileNotFoundError:
         fix = (f"check --pricing or ${ENV_PRICING}" if exit_code == EXIT_USAGE
                else "reinstall the package or run tools/build_prices.py")
         raise MonitorError(f"{label}: not found; {fix}", exit_code) from None
     except OSError as e:
         raise MonitorError(f"{label}: cannot read it ({e.strerror or e})", exit_code) from None
+
+
+def _decode_json(raw: bytes, label: str, exit_code: int) -> object:
     try:
         return json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
@@ -381,3 +423,42 @@ def _kind(value: object) -> str:
         return "an object" if isinstance(value, dict) else "an array"
     text = json.dumps(value, ensure_ascii=True, default=str)
     return text if len(text) <= 30 else text[:27] + "..."
+
+
+def provenance_lines(doc: dict) -> list[str]:
+    """What a session page / ``show`` says about the prices behind its cost: which price
+    data priced its rounds, and the provider's own figure beside ours when it sent one."""
+    by = doc.get("priced_by") if isinstance(doc.get("priced_by"), dict) else {}
+    lines = []
+    if by:
+        ranked = sorted(by.items(), key=lambda kv: (kv[0] == "unrecorded", -kv[1], kv[0]))
+        parts = []
+        for i, (price_id, n) in enumerate(ranked):
+            rounds = f"{n:,} round{'s' if n != 1 else ''}"
+            if price_id == "unrecorded":
+                parts.append(f"{rounds} by an earlier version that did not record its table "
+                             "(main.py --reprice records it)")
+            elif i == 0 and len(ranked) > 1:
+                parts.append(f"{describe_provenance(price_id)} ({rounds})"
+                             if not price_id.startswith("table:")
+                             else f"{describe_provenance(price_id)}, {rounds}")
+            elif i == 0:
+                parts.append(describe_provenance(price_id))
+            else:
+                parts.append(f"{rounds} by {describe_provenance(price_id)}")
+        lines.append("Priced with " + "; ".join(parts) + ".")
+    reported = doc.get("provider_cost")
+    if isinstance(reported, dict) and reported.get("rounds"):
+        n, theirs, ours = reported["rounds"], reported.get("usd") or 0.0, reported.get("ours_usd") or 0.0
+        text = (f"The provider reported {fmt_usd(theirs)} for {n:,} round{'s' if n != 1 else ''}; "
+                f"we priced the same rounds at {fmt_usd(ours)}")
+        if reported.get("unpriced_rounds"):
+            text += f" ({reported['unpriced_rounds']:,} of them unpriced by us)"
+        if theirs and abs(ours - theirs) > 1e-12:
+            diff = ("+" if ours >= theirs else "-") + fmt_usd(abs(ours - theirs))
+            text += f", a difference of {diff} ({(ours - theirs) / theirs:+.1%})"
+        elif abs(ours - theirs) <= 1e-12:
+            text += ", the same"
+        lines.append(text + ".")
+    return lines
+

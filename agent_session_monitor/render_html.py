@@ -104,6 +104,7 @@ def overview_page(ctx: PageContext, view: dict, query: SessionQuery) -> str:
           h("p", {"class": "sub"}, "Totals as of ", h("span", {"id": "generated"},
                                                     view["generated_at"]), f" ({view['tz']})")),
         cards(view["cards"]),
+        h("p", {"class": "legend", "id": "token-legend"}, view["token_legend"]),
         burn_panel(view["burn"]) if view.get("burn") else None,
         h("div", {"class": "grid2"},
           panel(view["days_title"],
@@ -216,6 +217,7 @@ def session_page(ctx: PageContext, view: dict, *, context: dict | None = None) -
     body = join([
         head,
         cards(view["cards"]),
+        h("p", {"class": "legend", "id": "token-legend"}, view["token_legend"]),
         subagents_panel(view, ctx),
         panel("Tokens and cost per round", charts.render(view["chart"], "chart-rounds"),
               panel_id="p-rounds"),

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import timezone, tzinfo
 from typing import Callable, Iterable, TextIO
 
+from . import tokens
+from .pricing import provenance_lines
 from .session_keys import parse_session_key
 from .fmt import (content_text, fmt_cost, fmt_int, fmt_pct, fmt_time, fmt_usd, safe_text, shorten,
                   tool_call_parts)
@@ -104,11 +106,21 @@ def _usage_columns(key_header: str, key: Callable[[dict], str]) -> list[Column]:
         Column(key_header, key, right=False),
         Column("SESSIONS", lambda r: fmt_int(r["sessions"])),
         Column("ROUNDS", lambda r: fmt_int(r["rounds"])),
+        *token_columns(),
+        Column("COST", lambda r: fmt_cost(r["cost"], r["unpriced_rounds"])),
+    ]
+
+
+def token_columns() -> list[Column]:
+    """The normalised token columns (tokens.py), parts beside their wholes; every table
+    that shows them says what they mean once, with tokens.LEGEND."""
+    return [
         Column("INPUT", lambda r: fmt_int(r["input"])),
+        Column("CACHED", lambda r: fmt_int(r["cached"])),
+        Column("CACHE WRITE", lambda r: fmt_int(r.get("cache_write") or 0)),
         Column("OUTPUT", lambda r: fmt_int(r["output"])),
         Column("REASONING", lambda r: fmt_int(r["reasoning"])),
-        Column("CACHED", lambda r: fmt_int(r["cached"])),
-        Column("COST", lambda r: fmt_cost(r["cost"], r["unpriced_rounds"])),
+        Column("TOTAL", lambda r: fmt_int(r["input"] + r["output"])),
     ]
 
 
@@ -139,6 +151,7 @@ def render_usage(out: TextIO, title: str, key_header: str, rows: list[dict], tot
     out.write(title + "\n\n")
     render_table(out, columns, rows, total={**totals, "key": "TOTAL", "models": None},
                  empty="(no rounds)")
+    out.write(tokens.LEGEND + "\n")
     for note in notes:
         out.write(note + "\n")
     write_unpriced_note(out, unpriced)
@@ -188,6 +201,8 @@ def render_sessions(out: TextIO, rows: list[dict], total_count: int, *, sort: st
     by_row = {id(r): cut_middle(i, id_width) for r, i in zip(rows, ids)}
     columns = [Column("SESSION", lambda r: by_row[id(r)], right=False), *rest]
     render_table(out, columns, rows, empty="(no sessions)")
+    if rows:
+        out.write(tokens.LEGEND + "\n")
     shown = f"{fmt_int(len(rows))} of {fmt_int(total_count)} session{'s' if total_count != 1 else ''}"
     out.write(f"{shown}, by {sort}" + ("; ids cut to fit: --wide shows them whole" if cut else "")
               + "\n")
@@ -331,6 +346,8 @@ def render_session(out: TextIO, doc: dict, *, tz: tzinfo = timezone.utc, max_cha
                                  f"{'s' if n != 1 else ''} ({fmt_int(family['rounds_with_subagents'])} rounds)")
     for label, value in fields:
         w(f"{label + ':':<11}{value}\n")
+    for line in provenance_lines(doc):
+        w(f"{'':<11}{line}\n")
     if family and family["children"]:
         w("\nSub-agents (spawned by this session; their rounds are in their own sessions):\n")
         render_table(out, [
@@ -341,14 +358,15 @@ def render_session(out: TextIO, doc: dict, *, tz: tzinfo = timezone.utc, max_cha
             Column("WITH SUB-AGENTS", lambda c: fmt_usd(c["cost_with_subagents_usd"])
                    if c["subagents"] else ""),
         ], family["children"])
-    tokens = [("Input", "total_input_tokens"), ("Output", "total_output_tokens"),
-              ("Reasoning", "total_reasoning_tokens"), ("Cached", "total_cached_tokens"),
-              ("Cache write", "total_cache_write_tokens")]
-    cells = [fmt_int(doc.get(name) or 0) for _, name in tokens]
+    totals = tokens.of_session(doc)
+    rows = [("Input", "input"), ("  cached", "cached"), ("  cache write", "cache_write"),
+            ("Output", "output"), ("  reasoning", "reasoning"), ("Total", "total")]
+    cells = [fmt_int(totals[name]) for _, name in rows]
     width = max(len(c) for c in cells)
     w("\nToken Statistics:\n")
-    for (label, _), cell in zip(tokens, cells):
-        w(f"  {label + ':':<13}{cell:>{width}}\n")
+    for (label, _), cell in zip(rows, cells):
+        w(f"  {label + ':':<15}{cell:>{width}}\n")
+    w(f"  {tokens.LEGEND}\n")
     if suggestions:
         w("\nSame tokens on other models (per-round prices):\n")
         for s in suggestions:
@@ -386,15 +404,17 @@ def _render_round(out: TextIO, rnd: dict, tz: tzinfo, max_chars: int,
     if badges:
         head.append(" ".join(badges))
     w("\n  " + "  |  ".join(head) + "\n")
-    extra = [f"cached {fmt_int(rnd.get('cached_tokens') or 0)}",
-             f"reasoning {fmt_int(rnd.get('reasoning_tokens') or 0)}"]
-    if rnd.get("cache_write_tokens"):
-        extra.append(f"cache write {fmt_int(rnd['cache_write_tokens'])}")
+    t = tokens.of_round(rnd)
+    extra = [f"cached {fmt_int(t['cached'])}", f"reasoning {fmt_int(t['reasoning'])}"]
+    if t["cache_write"]:
+        extra.append(f"cache write {fmt_int(t['cache_write'])}")
     cost = fmt_usd(rnd.get("cost_usd"))
     if rnd.get("cost_usd") is not None and rnd.get("priced_as") not in (None, rnd.get("model")):
         cost += f" (priced as {safe_text(rnd['priced_as'])})"
-    w(f"    Tokens: {fmt_int(rnd.get('input_tokens') or 0)} in -> "
-      f"{fmt_int(rnd.get('output_tokens') or 0)} out ({', '.join(extra)})   Cost: {cost}\n")
+    if rnd.get("provider_cost_usd") is not None:
+        cost += f"; provider reported {fmt_usd(rnd['provider_cost_usd'])}"
+    w(f"    Tokens: {fmt_int(t['input'])} in -> {fmt_int(t['output'])} out "
+      f"({', '.join(extra)})   Cost: {cost}\n")
     latency = [f"{label} {fmt_int(rnd[name])} ms" for label, name in
                (("first token", "llm_first_token_duration"), ("total", "llm_service_duration"))
                if isinstance(rnd.get(name), int)]
@@ -424,9 +444,14 @@ def _render_round(out: TextIO, rnd: dict, tz: tzinfo, max_chars: int,
     elif messages:
         w(f"    New messages ({len(messages)}):\n")
         _messages(out, messages, max_chars)
+    shown = messages if isinstance(messages, list) and context is None else []
     for label in ("question", "answer", "reasoning"):
-        if rnd.get(label) not in (None, ""):
-            _text_field(out, label.capitalize(), rnd[label], max_chars)
+        if rnd.get(label) in (None, ""):
+            continue
+        if label == "question" and shown and isinstance(shown[-1], dict) \
+                and shown[-1].get("content") == rnd["question"]:
+            continue   # Higress's question is the last message, just shown above
+        _text_field(out, label.capitalize(), rnd[label], max_chars)
 
 
 def _render_insights(out: TextIO, insights: dict) -> None:

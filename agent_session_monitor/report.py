@@ -491,6 +491,8 @@ def usage_record(row: dict, key_name: str) -> dict:
     record = {key_name: row["key"]} if key_name else {}
     for field, name in USAGE_FIELDS:
         record[name] = row.get(field, 0) if field != "cost" else row.get("cost")
+        if field == "cache_write":   # the normalised columns (tokens.py) end with the total
+            record["total_tokens"] = (row.get("input") or 0) + (row.get("output") or 0)
     if "models" in row:
         record["models"] = row["models"]
     return record
@@ -738,6 +740,7 @@ def session_record(summary: dict) -> dict:
             "rounds": summary["rounds"], "input_tokens": summary["input"],
             "output_tokens": summary["output"], "reasoning_tokens": summary["reasoning"],
             "cached_tokens": summary["cached"], "cache_write_tokens": summary["cache_write"],
+            "total_tokens": (summary["input"] or 0) + (summary["output"] or 0),
             "cost_usd": summary["cost"], "unpriced_rounds": summary["unpriced_rounds"],
             "tool_call_rounds": summary["tool_calls"], "agent": summary.get("agent"),
             "channel": summary.get("channel"), "kind": summary.get("kind"),

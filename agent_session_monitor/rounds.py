@@ -6,6 +6,7 @@ README.md ("Session file format") and stay stable once released.
 
 from __future__ import annotations
 
+import json
 import math
 
 from .parse import Request
@@ -20,12 +21,12 @@ KNOWN_AI_KEYS = frozenset((
     "answer", "reasoning", "system", "tool_calls", "chat_round", "chat_id", "response_type",
     "api", "api_type", "consumer", "llm_first_token_duration", "llm_service_duration",
 ))
-CONTENT_FIELDS = ("question", "answer", "reasoning", "system")
+ORIGINAL_TEXT_FIELDS = ("question", "answer", "reasoning")
 TRUNCATABLE_FIELDS = ("question", "answer", "reasoning", "system")
 TRUNCATED_MARK = " [truncated] "   # what the plugin puts where it cut a value
-OPTIONAL_FIELDS = ("total_tokens", "chat_round", "chat_id", "consumer", "api", "api_type",
-                   "llm_first_token_duration", "llm_service_duration", "input_token_details",
-                   "output_token_details", "context_key")
+OPTIONAL_FIELDS = ("priced_by", "provider_cost_usd", "total_tokens", "chat_round", "chat_id",
+                   "consumer", "api", "api_type", "llm_first_token_duration",
+                   "llm_service_duration", "context_key")
 
 
 def build_round(req: Request, key: str, source: dict, table: PriceTable,
@@ -38,12 +39,13 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
         model = None
     buckets = usage_buckets(req.input_token, req.output_token, req.cached_tokens,
                             req.reasoning_tokens, req.input_details, req.output_details)
-    cost, priced_as = None, None
+    cost, priced_as, priced_by = None, None, None
     if model is not None:
         found = table.lookup(model)
         if found is not None:
             priced_as = found[0]
             cost = _finite_cost(bucket_cost(buckets, found[1]), req.warnings)
+            priced_by = table.provenance(priced_as) if cost is not None else None
     tool_calls = ai.get("tool_calls")
     cut_calls = isinstance(tool_calls, str) and tool_calls not in ("", "-")
     if not isinstance(tool_calls, list) and not cut_calls:
@@ -66,6 +68,8 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
         "buckets": {k: v for k, v in buckets.as_dict().items() if v},
         "cost_usd": cost,
         "priced_as": priced_as,
+        "priced_by": priced_by,
+        "provider_cost_usd": provider_cost(ai),
         "has_tool_calls": bool(tool_calls),
         "response_type": _text(ai.get("response_type")),
         "chat_round": _int_or_none(ai.get("chat_round")),
@@ -89,16 +93,20 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
     for name in OPTIONAL_FIELDS:
         if rnd[name] is None or rnd[name] == {}:
             del rnd[name]
+    # The original skill's fields are on every round, as logged: a key the ai_log
+    # lacked gets the original's default ("" / []), a logged null stays null.
     if store_content:
-        for name in CONTENT_FIELDS:
-            if ai.get(name) is not None:
-                rnd[name] = ai[name]
-        if tool_calls:
-            rnd["tool_calls"] = tool_calls
-    elif tool_calls and not cut_calls:
+        for name in ORIGINAL_TEXT_FIELDS:
+            rnd[name] = ai.get(name, "")
+        if ai.get("system") is not None:
+            rnd["system"] = ai["system"]
+        rnd["tool_calls"] = tool_calls
+    else:
         # Privacy mode keeps which tools ran (an agent's cost driver), never what they
-        # were given or returned.
-        rnd["tool_calls"] = [_tool_name_only(call) for call in tool_calls]
+        # were given or returned, nor what was asked or answered.
+        for name in ORIGINAL_TEXT_FIELDS:
+            rnd[name] = None
+        rnd["tool_calls"] = [] if cut_calls else [_tool_name_only(call) for call in tool_calls]
     # The plugin's value_length_limit cuts any attribute into a Go-formatted string
     # "head [truncated] tail": kept as logged (never dropped or nulled), and said so.
     cut = ["tool_calls"] if cut_calls else []
@@ -130,15 +138,25 @@ GATEWAY_KEPT = ("path", "response_code", "route_name")
 
 
 def reprice_round(rnd: dict, table: PriceTable) -> None:
-    """Recompute a stored round's cost from its stored buckets (after a table change)."""
+    """Recompute a stored round's cost from its stored buckets (after a table change),
+    and which price data priced it."""
     model = rnd.get("model")
     found = table.lookup(model) if model else None
+    rnd.pop("priced_by", None)
     if found is None:
-        rnd["cost_usd"], rnd["priced_as"] = None, None
+        rnd["cost_usd"] = None
+        rnd.pop("priced_as", None)
     else:
-        rnd["priced_as"] = found[0]
         rnd["cost_usd"] = _finite_cost(
             bucket_cost(Buckets.from_dict(rnd.get("buckets") or {}), found[1]), [])
+        if rnd["cost_usd"] is None:
+            return
+        if found[0] == model:
+            rnd.pop("priced_as", None)
+        else:
+            rnd["priced_as"] = found[0]
+        if table.provenance(found[0]):
+            rnd["priced_by"] = table.provenance(found[0])
 
 
 def _finite_cost(cost: float, warnings: list) -> float | None:
@@ -147,6 +165,34 @@ def _finite_cost(cost: float, warnings: list) -> float | None:
     if math.isfinite(cost) and 0 <= cost < MAX_COST:
         return cost
     warnings.append("cost_out_of_range")
+
+
+# ai_log keys under which a gateway or provider reports what it charged for the
+# request (OpenRouter's usage.cost, LiteLLM's response cost), logged through a Higress
+# custom attribute. Kept beside our own cost, never instead of it.
+PROVIDER_COST_KEYS = ("cost", "usage_cost", "response_cost", "provider_cost")
+
+
+def provider_cost(ai: dict) -> float | None:
+    """USD the provider reported for this request, when the ai_log carries it."""
+    values = [ai.get(k) for k in PROVIDER_COST_KEYS]
+    usage = ai.get("usage")
+    if isinstance(usage, str) and usage.startswith("{") and len(usage) < 4096:
+        try:
+            usage = json.loads(usage)
+        except ValueError:
+            usage = None
+    if isinstance(usage, dict):
+        values.append(usage.get("cost"))
+    for value in values:
+        if isinstance(value, str) and len(value) < 40:
+            try:
+                value = float(value.strip().lstrip("$"))
+            except ValueError:
+                continue
+        # bool is an int: true is not a cost. A bill above $1M per request is not one.
+        if type(value) in (int, float) and math.isfinite(value) and 0 <= value < 1e6:
+            return float(value)
     return None
 
 

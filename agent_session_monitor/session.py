@@ -3,16 +3,20 @@
 Messages are stored linearly (storage.md): each round keeps only the messages new since
 the round it extends (``context_key``), plus ``messages_offset``, the number of that
 round's context messages that precede them. The full request of any round is
-``full(context_key round)[:messages_offset] + messages``.
+``full(context_key round)[:messages_offset] + messages``. Every other field of a round
+stays as logged (compact.py deduplicates inside ``messages`` when it writes the file).
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
+from . import tokens
 from .names import UNSESSIONED_ID
 
-SCHEMA = 1
+# 2: every round carries the original skill's fields (compact.py); "tokens" totals.
+SCHEMA = 2
 SUMMARY_TOKEN_FIELDS = (
     ("total_input_tokens", "input_tokens"),
     ("total_output_tokens", "output_tokens"),
@@ -29,9 +33,12 @@ def new_document(session_id: str | None) -> dict:
         "updated_at": None,
         "messages_count": 0,
         **{name: 0 for name, _ in SUMMARY_TOKEN_FIELDS},
+        "tokens": dict.fromkeys(tokens.COLUMNS, 0),
         "total_cost_usd": None,
         "unpriced_rounds": 0,
         "unpriced_models": [],
+        "priced_by": {},
+        "provider_cost": None,
         "model": None,
         "models": [],
         "consumers": [],
@@ -108,14 +115,7 @@ class Session:
             rnd["messages"] = messages
             context = messages
         self._set_tip(rnd["key"], context)
-        new = rnd["messages"]
-        if (new and isinstance(new[-1], dict) and rnd.get("question") is not None
-                and new[-1].get("content") == rnd["question"]):
-            # Higress's question *is* the last message; storing it twice would double
-            # the store. round_question() gives it back.
-            del rnd["question"]
-            rnd["question_is_last_message"] = True
-        return len(new)
+        return len(rnd["messages"])
 
     def _set_tip(self, key: str, context: list) -> None:
         self.doc["context_tip"] = key
@@ -145,9 +145,7 @@ def round_keys(rnd: dict) -> tuple:
 
 
 def round_question(rnd: dict) -> object:
-    """The round's question (the request's last message), wherever it is stored."""
-    if rnd.get("question_is_last_message") and rnd.get("messages"):
-        return rnd["messages"][-1].get("content")
+    """The round's question (the request's last message)."""
     return rnd.get("question")
 
 
@@ -192,11 +190,24 @@ def summarise(doc: dict) -> None:
     doc["updated_at"] = rounds[-1]["timestamp"] if rounds else None
     for total_name, field in SUMMARY_TOKEN_FIELDS:
         doc[total_name] = sum(r.get(field) or 0 for r in rounds)
+    doc["tokens"] = tokens.of_rounds(rounds)
     priced = [r["cost_usd"] for r in rounds if r.get("cost_usd") is not None]
     unpriced = [r for r in rounds if r.get("cost_usd") is None]
     # fsum: the total is the correctly rounded sum whatever the order rounds came in.
     doc["total_cost_usd"] = math.fsum(priced) if priced or not unpriced else None
     doc["unpriced_rounds"] = len(unpriced)
+    # Which price data priced the rounds ("unrecorded": priced by a version that did not
+    # say; --reprice records it).
+    doc["priced_by"] = dict(Counter(r.get("priced_by") or "unrecorded"
+                                    for r in rounds if r.get("cost_usd") is not None))
+    reported = [r for r in rounds if r.get("provider_cost_usd") is not None]
+    doc["provider_cost"] = {
+        "rounds": len(reported),
+        "usd": math.fsum(r["provider_cost_usd"] for r in reported),
+        # Our cost of the same rounds (priced ones), so the two compare like for like.
+        "ours_usd": math.fsum(r["cost_usd"] for r in reported if r.get("cost_usd") is not None),
+        "unpriced_rounds": sum(1 for r in reported if r.get("cost_usd") is None),
+    } if reported else None
     doc["unpriced_models"] = _unique(r.get("model") or "(no model)" for r in unpriced)
     doc["model"] = rounds[-1].get("model") if rounds else None
     doc["models"] = _unique(r.get("model") for r in rounds if r.get("model"))

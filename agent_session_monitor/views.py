@@ -12,9 +12,10 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 
-from . import charts
+from . import charts, tokens
 from .fmt import content_text, fmt_cost, fmt_int, fmt_pct, fmt_time, fmt_usd, plural, tool_call_parts
 from .html_parts import url
+from .pricing import provenance_lines
 from .report import (SORTS, StoreReader, day_range, key_group_record, key_group_rows,
                      recent_days, session_record, usage_record)
 from .session_keys import parse_session_key
@@ -67,6 +68,24 @@ def _card(ident: str, label: str, value: str, note: str = "") -> dict:
     return {"id": ident, "label": label, "value": value, "note": note}
 
 
+def token_cards(t: dict) -> list[dict]:
+    """The normalised token columns (tokens.py) as cards; ``t`` has input, output,
+    reasoning, cached, cache_write. The page shows tokens.LEGEND once beside them."""
+    inp, out = t["input"], t["output"]
+    parts = [f"{fmt_int(t['cached'])} cached"]
+    if t.get("cache_write"):
+        parts.append(f"{fmt_int(t['cache_write'])} cache write")
+    return [
+        _card("input", "Input tokens", fmt_int(inp), "incl. " + ", ".join(parts)),
+        _card("output", "Output tokens", fmt_int(out), f"incl. {fmt_int(t['reasoning'])} reasoning"),
+        _card("reasoning", "Reasoning tokens", fmt_int(t["reasoning"]), "part of output"),
+        _card("cached", "Cached tokens", fmt_int(t["cached"]),
+              f"part of input; {fmt_int(t['cache_write'])} cache writes" if t.get("cache_write")
+              else "part of input"),
+        _card("total", "Total tokens", fmt_int(inp + out), "input + output"),
+    ]
+
+
 # -- overview -------------------------------------------------------------------------
 
 def overview_data(reader: StoreReader, tz: tzinfo = timezone.utc, days: int = 30) -> dict:
@@ -116,11 +135,7 @@ def overview(data: dict, sessions: dict, tz: tzinfo = timezone.utc,
         _card("sessions", "Sessions", fmt_int(totals["sessions"])),
         _card("rounds", "Rounds", fmt_int(totals["rounds"]),
               f"{fmt_int(totals['tool_calls'])} with tool calls"),
-        _card("input", "Input tokens", fmt_int(totals["input"])),
-        _card("output", "Output tokens", fmt_int(totals["output"])),
-        _card("reasoning", "Reasoning tokens", fmt_int(totals["reasoning"])),
-        _card("cached", "Cached tokens", fmt_int(totals["cached"]),
-              f"{fmt_int(totals['cache_write'])} cache writes" if totals["cache_write"] else ""),
+        *token_cards(totals),
         _card("cost", "Cost", fmt_cost(totals["cost"], totals["unpriced_rounds"]), cost_note),
         _card("unpriced", "Unpriced rounds", fmt_int(totals["unpriced_rounds"]),
               f"no price for: {names}" if unpriced else "every round priced"),
@@ -134,6 +149,7 @@ def overview(data: dict, sessions: dict, tz: tzinfo = timezone.utc,
                        + (", to the latest round" if data.get("days_note") else "") + ")"),
         "days_note": data.get("days_note") or "",
         "cards": cards,
+        "token_legend": tokens.LEGEND,
         "charts": {"cost_per_day": charts.cost_per_day(data["by_day"]),
                    "tokens_by_model": charts.tokens_by_model(by_model)},
         "models": _usage_table("Model", by_model, totals, "(no model)"),
@@ -249,12 +265,7 @@ def session_page(doc: dict, tz: tzinfo = timezone.utc, after: int = 0,
                      f"({models}); not counted as $0")
     cards = [
         _card("rounds", "Rounds", fmt_int(len(rounds)), f"{fmt_int(tool_rounds)} with tool calls"),
-        _card("input", "Input tokens", fmt_int(doc.get("total_input_tokens") or 0)),
-        _card("output", "Output tokens", fmt_int(doc.get("total_output_tokens") or 0)),
-        _card("reasoning", "Reasoning tokens", fmt_int(doc.get("total_reasoning_tokens") or 0)),
-        _card("cached", "Cached tokens", fmt_int(doc.get("total_cached_tokens") or 0),
-              f"{fmt_int(doc['total_cache_write_tokens'])} cache writes"
-              if doc.get("total_cache_write_tokens") else ""),
+        *token_cards(tokens.of_session(doc)),
         _card("cost", "Cost", fmt_cost(doc.get("total_cost_usd"), unpriced), cost_note),
     ]
     facts = [
@@ -262,6 +273,7 @@ def session_page(doc: dict, tz: tzinfo = timezone.utc, after: int = 0,
         ["Updated", f"{fmt_time(doc.get('updated_at'), tz)} {tz}"],
         ["Models", ", ".join(doc.get("models") or []) or "-"],
         ["Consumers", ", ".join(doc.get("consumers") or []) or "-"],
+        *(["Prices", line] for line in provenance_lines(doc)),
     ]
     key = parse_session_key(None if doc.get("unsessioned") else doc.get("session_id"))
     if key.kind != "other":
@@ -298,6 +310,7 @@ def session_page(doc: dict, tz: tzinfo = timezone.utc, after: int = 0,
         "updated_at": doc.get("updated_at"),
         "generated_at": _now(tz),
         "cards": cards,
+        "token_legend": tokens.LEGEND,
         "facts": facts,
         "chart": charts.per_round(rounds),
         "children": children,
@@ -359,12 +372,13 @@ def _round_view(rnd: dict, tz: tzinfo, results: dict, previous_system: object) -
     cost = fmt_usd(rnd.get("cost_usd"))
     if rnd.get("cost_usd") is not None and rnd.get("priced_as") not in (None, rnd.get("model")):
         cost += f" (priced as {rnd['priced_as']})"
-    stats = [["Input", fmt_int(rnd.get("input_tokens") or 0)],
-             ["Output", fmt_int(rnd.get("output_tokens") or 0)],
-             ["Reasoning", fmt_int(rnd.get("reasoning_tokens") or 0)],
-             ["Cached", fmt_int(rnd.get("cached_tokens") or 0)]]
-    if rnd.get("cache_write_tokens"):
-        stats.append(["Cache write", fmt_int(rnd["cache_write_tokens"])])
+    if rnd.get("provider_cost_usd") is not None:
+        cost += f"; provider reported {fmt_usd(rnd['provider_cost_usd'])}"
+    t = tokens.of_round(rnd)
+    stats = [["Input", fmt_int(t["input"])], ["Output", fmt_int(t["output"])],
+             ["Reasoning", fmt_int(t["reasoning"])], ["Cached", fmt_int(t["cached"])]]
+    if t["cache_write"]:
+        stats.append(["Cache write", fmt_int(t["cache_write"])])
     stats.append(["Cost", cost])
     latency = [f"{label} {fmt_int(rnd[name])} ms" for label, name in
                (("first token", "llm_first_token_duration"), ("total", "llm_service_duration"))
@@ -422,8 +436,9 @@ def _question_label(rnd: dict) -> str:
     """In an agent's tool loop the logged "question" (the request's last message) is a
     tool result, not something a person asked: say so."""
     messages = rnd.get("messages")
-    last = messages[-1] if rnd.get("question_is_last_message") and isinstance(messages, list) \
-        and messages and isinstance(messages[-1], dict) else None
+    last = messages[-1] if isinstance(messages, list) and messages \
+        and isinstance(messages[-1], dict) \
+        and messages[-1].get("content") == rnd.get("question") else None
     if last is None:
         question = rnd.get("question")
         blocks = question if isinstance(question, list) else []

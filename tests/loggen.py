@@ -61,6 +61,10 @@ class Event:
     consumer: str | None
     cost_usd: float | None
     new_messages: int
+    # The normalised columns (storage.md "Token columns"), by meaning: every prompt token
+    # (uncached + cache read + cache write) and every generated one (text + reasoning).
+    input_total: int = 0
+    output_total: int = 0
 
 
 @dataclass
@@ -679,9 +683,18 @@ def _usage_fields(rng: random.Random, shape: str, u: _Usage, legacy: bool) -> di
 
 
 def _event_tokens(shape: str, u: _Usage) -> dict:
+    if shape == "anthropic":    # input_token excludes cache reads and writes
+        input_total = u.input_token + u.cached + u.cache_write
+    else:                       # OpenAI and Gemini: input_token includes the cache
+        input_total = u.input_token
+    if shape == "gemini" or u.reasoning > u.output_token:   # output excludes thinking
+        output_total = u.output_token + u.reasoning
+    else:
+        output_total = u.output_token
     return {"input_token": u.input_token, "output_token": u.output_token,
             "cached_tokens": u.cached, "reasoning_tokens": u.reasoning,
-            "cache_write_tokens": u.cache_write if shape == "anthropic" else 0}
+            "cache_write_tokens": u.cache_write if shape == "anthropic" else 0,
+            "input_total": input_total, "output_total": output_total}
 
 
 # ---------------------------------------------------------------------------------------
@@ -1121,9 +1134,12 @@ def totals_by_session(events: Iterable[Event]) -> dict[str | None, dict]:
             seen.add(e.request_id)
         t = totals.setdefault(e.session_id, {
             "input": 0, "output": 0, "reasoning": 0, "cached": 0, "cache_write": 0,
+            "input_total": 0, "output_total": 0,
             "rounds": 0, "cost": 0.0, "unpriced_rounds": 0, "models": set(), "messages": 0})
         t["input"] += e.input_token
         t["output"] += e.output_token
+        t["input_total"] += e.input_total
+        t["output_total"] += e.output_total
         t["reasoning"] += e.reasoning_tokens
         t["cached"] += e.cached_tokens
         t["cache_write"] += e.cache_write_tokens

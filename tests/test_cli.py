@@ -120,8 +120,10 @@ def expected_groups(events: list, key) -> dict:
                                        "cost": 0.0, "unpriced_rounds": 0})
         g["sessions"].add(e.session_id)
         g["rounds"] += 1
-        g["input_tokens"] += e.input_token
-        g["output_tokens"] += e.output_token
+        # The columns every command shows: normalised (input includes the cache, output
+        # the reasoning, whatever the provider logged), from the generator's own truth.
+        g["input_tokens"] += e.input_total
+        g["output_tokens"] += e.output_total
         g["reasoning_tokens"] += e.reasoning_tokens
         g["cached_tokens"] += e.cached_tokens
         g["cache_write_tokens"] += e.cache_write_tokens
@@ -444,6 +446,7 @@ class GeneratedStoreTest(CliTest):
             for field in ("rounds", "input_tokens", "output_tokens", "reasoning_tokens",
                           "cached_tokens", "cache_write_tokens", "unpriced_rounds"):
                 self.assertEqual(row[field], want[field], f"{key}={k} {field}")
+            self.assertEqual(row["total_tokens"], row["input_tokens"] + row["output_tokens"])
             self.assertEqual(row["sessions"], len(want["sessions"]), f"{key}={k} sessions")
             if want["unpriced_rounds"] == want["rounds"]:
                 self.assertIsNone(row["cost_usd"])
@@ -536,8 +539,10 @@ class GeneratedStoreTest(CliTest):
                         acc = expected.setdefault(key, {"rounds": 0, "input": 0, "output": 0,
                                                         "cost": 0.0, "sessions": set()})
                         acc["rounds"] += 1
-                        acc["input"] += r["input_tokens"]
-                        acc["output"] += r["output_tokens"]
+                        b = r.get("buckets") or {}
+                        acc["input"] += sum(b.get(k, 0) for k in ("input", "cache_read",
+                                                                  "cache_write", "cache_write_1h"))
+                        acc["output"] += b.get("output", 0) + b.get("reasoning", 0)
                         acc["cost"] += r["cost_usd"] or 0.0
                         acc["sessions"].add(doc["session_id"])
                 with self.subTest(zone=zone, by=by):
@@ -692,7 +697,7 @@ class ScenarioStoreTest(CliTest):
         self.assertEqual(self.cli("stats-model", "--json", store=store)[1], "[]\n")
         out = self.cli("stats-model", store=store)[1]
         self.assertIn("(no rounds)", out)
-        self.assertRegex(out, r"TOTAL +0 +0 +0 +0 +0 +0 +\$0\.00\n")
+        self.assertRegex(out, r"TOTAL +0 +0 +0 +0 +0 +0 +0 +0 +\$0\.00\n")
         rows = json.loads(self.cli("stats-date", "--days", "2", "--json", store=store)[1])
         self.assertEqual([r["rounds"] for r in rows], [0, 0])
         code, _, _ = self.cli("export", str(store / "r.csv"), store=store)
@@ -700,7 +705,8 @@ class ScenarioStoreTest(CliTest):
         with open(store / "r.csv", newline="") as f:
             self.assertEqual(list(csv.reader(f)), [[
                 "section", "key", "sessions", "rounds", "input_tokens", "output_tokens",
-                "reasoning_tokens", "cached_tokens", "cache_write_tokens", "cost_usd",
+                "reasoning_tokens", "cached_tokens", "cache_write_tokens", "total_tokens",
+                "cost_usd",
                 "unpriced_rounds", "tool_call_rounds", "models", "created_at", "updated_at",
                 "subagent_cost_usd", "spawned_subagent_cost_usd", "cost_with_subagents_usd",
                 "agent", "channel", "kind"]])

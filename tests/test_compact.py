@@ -1,4 +1,5 @@
-"""The on-disk form of a session (compact.py) loses nothing: expand(compact(doc)) == doc."""
+"""The on-disk form of a session (compact.py): every round as the original skill wrote it,
+repeats deduplicated only inside ``messages``, and nothing lost: expand(compact(doc)) == doc."""
 
 from __future__ import annotations
 
@@ -10,25 +11,42 @@ from tests.helpers import TempDirTest, load_store, write_lines
 from tests.loggen import generate
 from agent_session_monitor.compact import compact, expand
 
+# The round fields of the original skill (its README / storage.md), present on disk in
+# every round.
+ORIGINAL_ROUND_FIELDS = ("round", "timestamp", "input_tokens", "output_tokens",
+                         "reasoning_tokens", "cached_tokens", "model", "has_tool_calls",
+                         "response_type", "messages", "question", "answer", "reasoning",
+                         "tool_calls", "input_token_details", "output_token_details")
+
 
 def roundtrip(doc: dict) -> dict:
     return expand(json.loads(json.dumps(compact(doc))))
 
 
 class CompactRoundTrip(TempDirTest):
-    def test_generated_corpus_round_trips_and_shrinks(self):
+    def test_generated_corpus_round_trips_keeps_every_field_and_dedups_inside_messages(self):
         gen = generate(seed=77, sessions=120, max_requests=40)
         write_lines(self.tmp / "access.log", gen.lines)
         code, _out, err = self.run_monitor(self.tmp / "access.log")
         self.assertEqual(code, 0, err)
         docs = load_store(self.out)
-        deduped_answers = systems = 0
+        refs = {"answer": 0, "tool_calls": 0, "answer+tool_calls": 0, "question": 0}
+        systems = 0
         for doc in docs.values():
-            disk = compact(doc)
-            deduped_answers += sum(1 for r in disk["rounds"] if r.get("answer_in_next_message"))
+            disk = json.loads(json.dumps(compact(doc)))
+            for i, (rnd, mem) in enumerate(zip(disk["rounds"], doc["rounds"])):
+                for name in ORIGINAL_ROUND_FIELDS:
+                    self.assertIn(name, rnd)
+                    if name != "messages":   # the one documented difference
+                        self.assertEqual(rnd[name], mem[name], name)
+                self.assertEqual(rnd["round"], i + 1)
+                for kind in (rnd.get("messages_refs") or {}).values():
+                    refs[kind] += 1
             systems += sum(1 for r in disk["rounds"] if "system_ref" in r)
             self.assertEqual(roundtrip(doc), doc)
-        self.assertGreater(deduped_answers, 100)
+        self.assertGreater(refs["question"], 500)
+        self.assertGreater(refs["answer"] + refs["answer+tool_calls"], 100)
+        self.assertGreater(refs["tool_calls"] + refs["answer+tool_calls"], 20)
         self.assertGreater(systems, 50)
 
 
@@ -40,11 +58,12 @@ class CompactEdgeCases(unittest.TestCase):
 
     def test_branches_answer_mismatch_and_odd_systems(self):
         a = {"key": "a", "messages": [{"role": "user", "content": "q"}], "messages_offset": 0,
-             "answer": "A", "system": [{"type": "text", "text": "sys"}]}
+             "answer": "A", "question": "q", "system": [{"type": "text", "text": "sys"}]}
         # two rounds continue a: the first (in file order) has another answer turn
         b = {"key": "b", "context_key": "a", "messages_offset": 1,
              "messages": [{"role": "assistant", "content": "edited"}, {"role": "user", "content": "x"}],
-             "answer": "B", "system": [{"text": "sys", "type": "text"}]}
+             "answer": "B", "question": "not the last message",
+             "system": [{"text": "sys", "type": "text"}]}
         c = {"key": "c", "context_key": "a", "messages_offset": 1,
              "messages": [{"role": "assistant", "content": "A"}, {"role": "user", "content": "y"}],
              "system": "other"}
@@ -56,26 +75,81 @@ class CompactEdgeCases(unittest.TestCase):
         before = copy.deepcopy(doc)
         disk = compact(doc)
         self.assertEqual(doc, before)                    # compact() does not touch its input
-        self.assertIn("answer", disk["rounds"][0])       # b came first and does not repeat A
-        self.assertTrue(disk["rounds"][1]["answer_in_next_message"])   # e repeats B
+        self.assertEqual([r.get("answer") for r in disk["rounds"]], ["A", "B", None, "D", None])
+        self.assertEqual(disk["rounds"][0]["messages_refs"], {"0": "question"})
+        self.assertNotIn("messages_refs", disk["rounds"][1])          # "edited" is not A
+        self.assertEqual(disk["rounds"][2]["messages_refs"], {"0": "answer"})   # c repeats A
+        self.assertEqual(disk["rounds"][4]["messages_refs"], {"0": "answer"})   # e repeats B
+        self.assertEqual(disk["rounds"][4]["messages"], [{"role": "assistant", "content": None}])
         self.assertEqual(len(disk["systems"]), 2)
         self.assertEqual(roundtrip(doc), doc)
 
-    def test_tool_calls_repeated_in_the_next_request_are_stored_once(self):
+    def test_tool_calls_repeated_in_the_next_request_are_stored_once_as_a_reference(self):
         call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
         a = {"key": "a", "request_id": "a", "messages": [{"role": "user", "content": "q"}],
-             "messages_offset": 0, "tool_calls": [{**call, "index": 0}]}
+             "messages_offset": 0, "tool_calls": [{**call, "index": 0}], "answer": None}
         b = {"key": "b", "request_id": "b", "context_key": "a", "messages_offset": 1,
              "messages": [{"role": "assistant", "content": None, "tool_calls": [call]},
                           {"role": "tool", "tool_call_id": "c1", "content": "out"}]}
         doc = self.doc([a, b])
         disk = compact(doc)
-        self.assertEqual(disk["rounds"][0], {"request_id": "a", "messages": a["messages"],
-                                             "messages_offset": 0, "tool_calls_in_next_message": True})
+        self.assertEqual(disk["rounds"][0]["tool_calls"], [{**call, "index": 0}])
+        self.assertEqual(disk["rounds"][0]["round"], 1)
+        self.assertEqual(disk["rounds"][1]["messages_refs"], {"0": "tool_calls"})
+        self.assertEqual(disk["rounds"][1]["messages"][0],
+                         {"role": "assistant", "content": None, "tool_calls": None})
         self.assertTrue(disk["rounds"][1]["context_is_previous"])
+        self.assertEqual(roundtrip(doc), doc)
+
+    def test_a_message_whose_content_really_is_null_is_not_a_reference(self):
+        a = {"key": "a", "messages": [{"role": "user", "content": None}], "messages_offset": 0,
+             "question": None}
+        b = {"key": "b", "context_key": "a", "messages_offset": 1, "question": "",
+             "messages": [{"role": "assistant", "content": None}, {"role": "user", "content": ""}],
+             "answer": ""}
+        doc = self.doc([a, b])
+        disk = compact(doc)
+        self.assertNotIn("messages_refs", disk["rounds"][0])
+        self.assertEqual(disk["rounds"][1]["messages_refs"], {"1": "question"})
+        self.assertEqual(roundtrip(doc), doc)
+
+    def test_hand_edited_references_never_crash_the_reader(self):
+        disk = {"session_id": "s", "rounds": [
+            {"key": "a", "messages": [{"role": "user", "content": None}], "question": "q",
+             "messages_refs": {"0": "question", "7": "answer", "x": "question", "-1": "answer"}},
+            {"key": "b", "context_key": "zz", "messages": [None, {"role": "assistant"}],
+             "messages_refs": {"0": "answer", "1": "answer+tool_calls"}}]}
+        doc = expand(disk)
+        self.assertEqual(doc["rounds"][0]["messages"], [{"role": "user", "content": "q"}])
+        self.assertEqual(doc["rounds"][1]["messages"], [None, {"role": "assistant"}])
+
+    def test_schema_1_layout_is_read_back_whole(self):
+        """What versions before schema 2 wrote: answers and tool calls moved into the next
+        round, the question left in the last message, round numbers implied."""
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        old = {"session_id": "s", "schema": 1, "rounds": [
+            {"request_id": "a", "messages": [{"role": "user", "content": "q"}], "messages_offset": 0,
+             "question_is_last_message": True, "answer_in_next_message": True,
+             "tool_calls_in_next_message": True},
+            {"request_id": "b", "context_is_previous": True, "messages_offset": 1,
+             "messages": [{"role": "assistant", "content": "A", "tool_calls": [call]},
+                          {"role": "tool", "content": "out"}],
+             "question_is_last_message": True, "answer": "done"}]}
+        doc = expand(old)
+        a, b = doc["rounds"]
+        self.assertEqual((a["round"], a["question"], a["answer"]), (1, "q", "A"))
+        self.assertEqual(a["tool_calls"], [{**call, "index": 0}])
+        self.assertEqual((b["round"], b["question"], b["context_key"]), (2, "out", "a"))
+        for rnd in doc["rounds"]:
+            self.assertFalse({"question_is_last_message", "answer_in_next_message",
+                              "tool_calls_in_next_message"} & set(rnd))
         self.assertEqual(roundtrip(doc), doc)
 
     def test_no_rounds_and_no_content(self):
         for doc in (self.doc([]), self.doc([{"key": "k", "input_tokens": 1}]),
                     self.doc([{"key": "r1", "request_id": "r1", "context_key": None}])):
             self.assertEqual(roundtrip(doc), doc)
+
+
+if __name__ == "__main__":
+    unittest.main()

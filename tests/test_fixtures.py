@@ -42,12 +42,12 @@ class HigressRealisticLog(TempDirTest):
         first, second = doc["rounds"]
         self.assertEqual(len(first["messages"]), 2)
         self.assertTrue(first["has_tool_calls"])
-        self.assertNotIn("answer", first)   # the model answered with a tool call only
+        self.assertIsNone(first["answer"])   # the model answered with a tool call only (logged null)
         self.assertEqual(second["messages_offset"], 2)
         self.assertEqual(second["context_key"], first["key"])
         self.assertEqual([m["role"] for m in second["messages"]], ["assistant", "tool"])
         self.assertEqual(round_question(second), '{"temp_c":15,"sky":"clear"}')
-        self.assertTrue(second["question_is_last_message"])
+        self.assertEqual(second["messages"][-1]["content"], second["question"])
         self.assertEqual(second["chat_round"], 1)
         by_key = {r["key"]: r for r in doc["rounds"]}
         self.assertEqual(len(full_context(by_key, second)), 4)

@@ -23,7 +23,9 @@ def full_round(**changes) -> dict:
         "round": 3, "timestamp": "2026-02-01T09:30:15.123Z", "request_id": "req-42",
         "key": "req-42", "model": "gpt-4o-2024-08-06", "input_tokens": 1250,
         "output_tokens": 800, "reasoning_tokens": 150, "cached_tokens": 1024,
-        "cache_write_tokens": 64, "total_tokens": 2050, "buckets": {"input": 226},
+        "cache_write_tokens": 64, "total_tokens": 2050,
+        "buckets": {"input": 162, "cache_read": 1024, "cache_write": 64, "output": 650,
+                    "reasoning": 150},
         "cost_usd": 0.0123, "priced_as": "gpt-4o", "has_tool_calls": True,
         "response_type": "stream", "chat_round": 2, "chat_id": "chatcmpl-abc", "consumer": "alice",
         "api": "openai-route", "api_type": "openai", "llm_first_token_duration": 420,
@@ -34,7 +36,9 @@ def full_round(**changes) -> dict:
                      {"role": "tool", "tool_call_id": "call_1", "content": "3 matches"},
                      {"role": "user", "content": [{"type": "text", "text": "and now?"},
                                                   {"type": "image_url", "image_url": {"url": "u"}}]}],
-        "question_is_last_message": True, "answer": "Done: 3 matches.",
+        "question": [{"type": "text", "text": "and now?"},
+                     {"type": "image_url", "image_url": {"url": "u"}}],
+        "answer": "Done: 3 matches.",
         "system": "You are terse.",
         "tool_calls": [{"id": "call_2", "function": {"name": "read_file",
                                                     "arguments": {"path": "a.py"}}}],
@@ -154,7 +158,7 @@ class Encoding(unittest.TestCase):
 
     def test_no_content_mode_sends_tokens_and_tool_names_only(self):
         rnd = full_round(tool_calls=[{"function": {"name": "read_file"}}])
-        for name in ("messages", "answer", "system", "question_is_last_message"):
+        for name in ("messages", "answer", "system", "question"):
             del rnd[name]
         span = otlp.round_to_span(SID, rnd, store_content=False)
         request, _ = decode([span])
@@ -231,7 +235,7 @@ class Encoding(unittest.TestCase):
         huge = "日本語" * 40000            # 360 KB of three-byte characters
         messages = [{"role": "user", "content": huge + str(i)} for i in range(100)]
         span = otlp.round_to_span(SID, full_round(messages=messages, answer=huge,
-                                                  question_is_last_message=True), True)
+                                                  question=messages[-1]["content"]), True)
         request, data = decode([span])
         attrs = attributes(request.resource_spans[0].scope_spans[0].spans[0].attributes)
         for key, value in attrs.items():

@@ -1,0 +1,106 @@
+"""Bring a store written by an earlier version up to the current session schema.
+
+Schema 1 (before the faithful layout) left fields out of rounds: the answer and tool
+calls moved into the next round, the question into the last message, round numbers
+implied. ``store.read_document`` already reads that layout back whole; this module
+rewrites such files in the current layout (every original field on disk), adds what
+schema 2 records (normalised ``tokens`` totals, ``priced_by`` summaries) and re-splits the
+usage of Gemini rounds whose cached content an earlier version did not read.
+
+It runs once, under the writer lock, before the monitor's first pass. Each file is
+replaced atomically and indexed as the monitor does (marked pending first), and a file
+already at the current schema is left alone, so a run killed at any point converges:
+the next one finishes the rest. The index records completion (``meta.store_schema``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from .index import Index
+from .names import is_session_file
+from .pricing import Buckets, PriceTable, bucket_cost, usage_buckets
+from .session import SCHEMA, summarise
+from .store import dump_document, read_document
+from .fsutil import atomic_write_many
+
+BATCH = 200
+_TEXT_DEFAULT = {"question": "", "answer": "", "reasoning": ""}
+
+
+def upgrade_needed(index: Index) -> bool:
+    return index.meta("store_schema") != str(SCHEMA)
+
+
+def upgrade_store(directory, index: Index, table: PriceTable, store_content: bool = True,
+                  progress: Callable[[int, int], None] | None = None) -> int:
+    """Rewrite every session file older than :data:`SCHEMA`; returns how many."""
+    names = sorted(n for n in os.listdir(directory) if is_session_file(n))
+    upgraded = 0
+    batch: list[tuple[str, dict, bytes]] = []
+    for i, name in enumerate(names, 1):
+        try:
+            doc = read_document(directory / name)
+        except (OSError, ValueError):
+            continue   # the monitor moves an unreadable file aside when it next needs it
+        if _schema(doc) < SCHEMA:
+            upgrade_document(doc, table, store_content)
+            batch.append((name, doc, dump_document(doc)))
+            upgraded += 1
+        if len(batch) >= BATCH:
+            _commit(directory, index, batch)
+            batch = []
+        if progress:
+            progress(i, len(names))
+    _commit(directory, index, batch)
+    index.set_meta("store_schema", str(SCHEMA))
+    return upgraded
+
+
+def upgrade_document(doc: dict, table: PriceTable, store_content: bool = True) -> None:
+    """A document read from a schema-1 file (expanded) -> the current schema, in place."""
+    for rnd in doc.get("rounds") or []:
+        for name, default in _TEXT_DEFAULT.items():
+            rnd.setdefault(name, default if store_content else None)
+        rnd.setdefault("tool_calls", [])
+        rnd.setdefault("input_token_details", {})
+        rnd.setdefault("output_token_details", {})
+        _resplit_gemini_cache(rnd, table)
+    summarise(doc)
+    doc["schema"] = SCHEMA
+
+
+def _resplit_gemini_cache(rnd: dict, table: PriceTable) -> None:
+    """Gemini logs its cache reads only as ``cached_content_token_count``, which schema 1
+    did not read: those tokens were priced as uncached input. Split them again and
+    reprice the round (recording the table that did it)."""
+    details = rnd.get("input_token_details")
+    if not isinstance(details, dict) or "cached_content_token_count" not in details:
+        return
+    buckets = usage_buckets(rnd.get("input_tokens") or 0, rnd.get("output_tokens") or 0,
+                            rnd.get("cached_tokens"), rnd.get("reasoning_tokens"), details,
+                            rnd.get("output_token_details"))
+    old = Buckets.from_dict(rnd.get("buckets") or {})
+    if buckets == old:
+        return
+    rnd["buckets"] = {k: v for k, v in buckets.as_dict().items() if v}
+    rnd["cached_tokens"] = buckets.cache_read
+    found = table.lookup(rnd["model"]) if rnd.get("model") else None
+    if found is not None:
+        rnd["cost_usd"] = bucket_cost(buckets, found[1])
+        if table.provenance(found[0]):
+            rnd["priced_by"] = table.provenance(found[0])
+
+
+def _schema(doc: dict) -> int:
+    value = doc.get("schema")
+    return value if type(value) is int else 1
+
+
+def _commit(directory, index: Index, batch: list[tuple[str, dict, bytes]]) -> None:
+    if not batch:
+        return
+    index.mark_pending(name for name, _doc, _data in batch)
+    atomic_write_many(directory, [(directory / name, data) for name, _doc, data in batch])
+    index.update([(name, doc, len(data)) for name, doc, data in batch])
