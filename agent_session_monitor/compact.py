@@ -19,7 +19,13 @@ moving a round's own fields elsewhere:
 - Claude's top-level ``system`` prompt (our addition, often kilobytes) lives once in
   ``doc["systems"]``; each round carries ``system_ref``.
 - Our own bookkeeping that position implies: ``key`` when it is the ``request_id``,
-  ``context_key`` when it is the previous round's key (``context_is_previous``).
+  ``context_key`` when it is the previous round's key (a round that extends another,
+  ``messages_offset`` > 0, without ``context_key`` extends the previous round; schema 1
+  said ``context_is_previous``), ``cache_write_tokens`` when 0, and ``priced_by`` when
+  it is the session's usual price data (``price_default``; a priced round that did not
+  record it says ``"priced_by": null``).
+- A Claude answer re-sent as the first text block of the next request's assistant turn:
+  that block's ``text`` is ``null`` and ``messages_refs`` says ``"answer_block"``.
 
 A placeholder ``null`` keeps the message's key order; only positions listed in
 ``messages_refs`` are references, so a message whose content really is ``null`` stays
@@ -36,6 +42,7 @@ import json
 
 REFS = "messages_refs"
 _ANSWER, _CALLS, _BOTH, _QUESTION = "answer", "tool_calls", "answer+tool_calls", "question"
+_BLOCK = "answer_block"
 
 
 def compact(doc: dict) -> dict:
@@ -60,7 +67,7 @@ def compact(doc: dict) -> dict:
         base = _extended(rnd, by_key)
         first = messages[0]
         if base is not None and _is_assistant(first):
-            kind = _answer_ref(first, base)
+            kind = _answer_ref(first, base) or _answer_block_ref(first, base)
             if kind:
                 refs["0"] = kind
         last = len(messages) - 1
@@ -72,38 +79,71 @@ def compact(doc: dict) -> dict:
             messages = list(messages)
             for at, kind in refs.items():
                 i = int(at)
-                messages[i] = {k: (None if _replaced(k, kind) else v)
-                               for k, v in messages[i].items()}
+                if kind == _BLOCK:
+                    blocks = list(messages[i]["content"])
+                    blocks[0] = {**blocks[0], "text": None}
+                    messages[i] = {**messages[i], "content": blocks}
+                else:
+                    messages[i] = {k: (None if _replaced(k, kind) else v)
+                                   for k, v in messages[i].items()}
             rnd["messages"] = messages
             rnd[REFS] = refs
+    default = _usual_price(rounds)
     previous = None
     for rnd in rounds:
         key = rnd["key"]
-        if rnd.get("context_key") is not None and rnd["context_key"] == previous:
+        if rnd.get("context_key") is not None and rnd["context_key"] == previous \
+                and rnd.get("messages_offset"):
             del rnd["context_key"]
-            rnd["context_is_previous"] = True
         previous = key
         if key == rnd.get("request_id"):
             del rnd["key"]
+        if rnd.get("cache_write_tokens") == 0 and "buckets" in rnd:
+            del rnd["cache_write_tokens"]
+        if default is not None and rnd.get("cost_usd") is not None:
+            if rnd.get("priced_by") == default:
+                del rnd["priced_by"]
+            elif "priced_by" not in rnd:
+                rnd["priced_by"] = None
     out = {k: v for k, v in doc.items() if k not in ("rounds", "systems")}
     if systems:
         out["systems"] = systems
+    if default is not None:
+        out["price_default"] = default
     out["rounds"] = rounds
     return out
+
+
+def _usual_price(rounds: list) -> str | None:
+    counts: dict[str, int] = {}
+    for rnd in rounds:
+        by = rnd.get("priced_by")
+        if isinstance(by, str) and rnd.get("cost_usd") is not None:
+            counts[by] = counts.get(by, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None
 
 
 def expand(doc: dict) -> dict:
     """Turn an on-disk document (schema 1 or 2) back into the plain form, in place."""
     systems = doc.pop("systems", None) or {}
+    default = doc.pop("price_default", None)
     rounds = doc.get("rounds") or []
     previous = None
     for i, rnd in enumerate(rounds):
         rnd.setdefault("round", i + 1)
         if "key" not in rnd:
             rnd["key"] = rnd.get("request_id")
-        if rnd.pop("context_is_previous", False):
+        if rnd.pop("context_is_previous", False) or (
+                rnd.get("messages_offset") and "context_key" not in rnd):
             rnd["context_key"] = previous
         previous = rnd["key"]
+        if "cache_write_tokens" not in rnd and "buckets" in rnd:
+            rnd["cache_write_tokens"] = 0
+        if "priced_by" in rnd:
+            if rnd["priced_by"] is None:
+                del rnd["priced_by"]
+        elif default is not None and rnd.get("cost_usd") is not None:
+            rnd["priced_by"] = default
         ref = rnd.pop("system_ref", None)
         if ref is not None:
             rnd["system"] = systems.get(ref)
@@ -118,7 +158,12 @@ def expand(doc: dict) -> dict:
                 if not 0 <= i < len(messages) or not _is_message(messages[i]):
                     continue
                 msg = messages[i] = dict(messages[i])
-                if kind == _QUESTION:
+                if kind == _BLOCK:
+                    blocks = msg.get("content")
+                    if base is not None and isinstance(blocks, list) and blocks \
+                            and isinstance(blocks[0], dict):
+                        msg["content"] = [{**blocks[0], "text": base.get("answer")}, *blocks[1:]]
+                elif kind == _QUESTION:
                     msg["content"] = rnd.get("question")
                 elif base is not None:
                     if kind in (_ANSWER, _BOTH):
@@ -178,6 +223,17 @@ def _answer_ref(msg: dict, base: dict) -> str | None:
     if same_answer and same_calls:
         return _BOTH
     return _ANSWER if same_answer else _CALLS if same_calls else None
+
+
+def _answer_block_ref(msg: dict, base: dict) -> str | None:
+    """Claude re-sends a streamed answer as the first text block of the assistant turn
+    (its tool_use blocks follow, in another shape than Higress's tool_calls)."""
+    answer, blocks = base.get("answer"), msg.get("content")
+    if isinstance(answer, str) and answer and isinstance(blocks, list) and blocks:
+        first = blocks[0]
+        if isinstance(first, dict) and first.get("type") == "text" and first.get("text") == answer:
+            return _BLOCK
+    return None
 
 
 def _replaced(key: str, kind: str) -> bool:

@@ -30,7 +30,8 @@ class CompactRoundTrip(TempDirTest):
         code, _out, err = self.run_monitor(self.tmp / "access.log")
         self.assertEqual(code, 0, err)
         docs = load_store(self.out)
-        refs = {"answer": 0, "tool_calls": 0, "answer+tool_calls": 0, "question": 0}
+        refs = {"answer": 0, "tool_calls": 0, "answer+tool_calls": 0, "question": 0,
+                "answer_block": 0}
         systems = 0
         for doc in docs.values():
             disk = json.loads(json.dumps(compact(doc)))
@@ -47,6 +48,7 @@ class CompactRoundTrip(TempDirTest):
         self.assertGreater(refs["question"], 500)
         self.assertGreater(refs["answer"] + refs["answer+tool_calls"], 100)
         self.assertGreater(refs["tool_calls"] + refs["answer+tool_calls"], 20)
+        self.assertGreater(refs["answer_block"], 20)   # Claude's answer as a text block
         self.assertGreater(systems, 50)
 
 
@@ -98,7 +100,7 @@ class CompactEdgeCases(unittest.TestCase):
         self.assertEqual(disk["rounds"][1]["messages_refs"], {"0": "tool_calls"})
         self.assertEqual(disk["rounds"][1]["messages"][0],
                          {"role": "assistant", "content": None, "tool_calls": None})
-        self.assertTrue(disk["rounds"][1]["context_is_previous"])
+        self.assertNotIn("context_key", disk["rounds"][1])   # it extends the previous round
         self.assertEqual(roundtrip(doc), doc)
 
     def test_a_message_whose_content_really_is_null_is_not_a_reference(self):
@@ -143,6 +145,49 @@ class CompactEdgeCases(unittest.TestCase):
         for rnd in doc["rounds"]:
             self.assertFalse({"question_is_last_message", "answer_in_next_message",
                               "tool_calls_in_next_message"} & set(rnd))
+        self.assertEqual(roundtrip(doc), doc)
+
+    def test_a_round_extending_an_older_round_names_it(self):
+        a = {"key": "a", "messages": [{"role": "user", "content": "q"}], "messages_offset": 0}
+        b = {"key": "b", "messages": [{"role": "user", "content": "other"}], "messages_offset": 0}
+        c = {"key": "c", "context_key": "a", "messages_offset": 1,
+             "messages": [{"role": "user", "content": "again"}]}
+        doc = self.doc([a, b, c])
+        disk = compact(doc)
+        self.assertEqual(disk["rounds"][2]["context_key"], "a")
+        self.assertNotIn("context_key", disk["rounds"][1])
+        self.assertEqual(roundtrip(doc), doc)
+
+    def test_claude_answer_resent_as_a_text_block_is_a_reference(self):
+        a = {"key": "a", "messages": [{"role": "user", "content": "q"}], "messages_offset": 0,
+             "answer": "Reading it.", "question": "q"}
+        turn = {"role": "assistant", "content": [
+            {"type": "text", "text": "Reading it."},
+            {"type": "tool_use", "id": "t1", "name": "Read", "input": {"p": "x"}}]}
+        b = {"key": "b", "context_key": "a", "messages_offset": 1,
+             "messages": [turn, {"role": "user", "content": [{"type": "tool_result",
+                                                               "tool_use_id": "t1"}]}]}
+        other = dict(turn, content=[{"type": "text", "text": "Something else."}])
+        c = {"key": "c", "context_key": "a", "messages_offset": 1, "messages": [other]}
+        doc = self.doc([a, b, c])
+        disk = compact(doc)
+        self.assertEqual(disk["rounds"][1]["messages_refs"], {"0": "answer_block"})
+        self.assertIsNone(disk["rounds"][1]["messages"][0]["content"][0]["text"])
+        self.assertNotIn("messages_refs", disk["rounds"][2])
+        self.assertEqual(roundtrip(doc), doc)
+
+    def test_usual_price_data_is_said_once_and_unrecorded_rounds_stay_unrecorded(self):
+        t, o = "table:2026-11-24:2ff8fa65", "override:1a2b3c4d"
+        rounds = [{"key": "a", "cost_usd": 1.0, "priced_by": t, "buckets": {}, "cache_write_tokens": 0},
+                  {"key": "b", "cost_usd": 1.0, "priced_by": t, "buckets": {}, "cache_write_tokens": 3},
+                  {"key": "c", "cost_usd": 1.0, "priced_by": o, "buckets": {}, "cache_write_tokens": 0},
+                  {"key": "d", "cost_usd": 1.0, "buckets": {}, "cache_write_tokens": 0},   # schema 1
+                  {"key": "e", "cost_usd": None, "buckets": {}, "cache_write_tokens": 0}]
+        doc = self.doc(rounds)
+        disk = compact(doc)
+        self.assertEqual(disk["price_default"], t)
+        self.assertEqual([r.get("priced_by", "-") for r in disk["rounds"]], ["-", "-", o, None, "-"])
+        self.assertEqual([r.get("cache_write_tokens") for r in disk["rounds"]], [None, 3, None, None, None])
         self.assertEqual(roundtrip(doc), doc)
 
     def test_no_rounds_and_no_content(self):
