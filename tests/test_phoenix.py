@@ -141,7 +141,8 @@ def truth(events) -> Counter:
             if e.request_id in seen:
                 continue
             seen.add(e.request_id)
-        out[(e.session_id, e.request_id, e.input_token, e.output_token, e.cached_tokens,
+        # The normalised columns (tokens.py): input with its cache, output with reasoning.
+        out[(e.session_id, e.request_id, e.input_total, e.output_total, e.cached_tokens,
              e.reasoning_tokens, e.cache_write_tokens, e.model)] += 1
     return out
 

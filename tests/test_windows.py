@@ -18,7 +18,7 @@ from datetime import date, datetime, timedelta, timezone
 from tests.helpers import TempDirTest, ingest, load_store
 from tests import loggen
 
-from agent_session_monitor import window
+from agent_session_monitor import tokens, window
 from agent_session_monitor.cli import main as cli_main
 from agent_session_monitor.timerange import parse_tz
 
@@ -65,8 +65,9 @@ class ExactWindows(TempDirTest):
             g = groups.setdefault(key(r), {"rounds": 0, "input": 0, "output": 0, "costs": [],
                                            "unpriced": 0, "sessions": set()})
             g["rounds"] += 1
-            g["input"] += r.get("input_tokens") or 0
-            g["output"] += r.get("output_tokens") or 0
+            t = tokens.of_round(r)   # the normalised columns every command shows
+            g["input"] += t["input"]
+            g["output"] += t["output"]
             g["sessions"].add(sid)
             if r.get("cost_usd") is None:
                 g["unpriced"] += 1
@@ -144,8 +145,8 @@ class ExactWindows(TempDirTest):
                 where = f"{zone} {row['day']}"
                 self.assertEqual(row["rounds"], len(found), where)
                 self.assertEqual(row["sessions"], len({sid for sid, _ in found}), where)
-                self.assertEqual(row["input_tokens"], sum(r.get("input_tokens") or 0 for _, r in found),
-                                 where)
+                self.assertEqual(row["input_tokens"],
+                                 sum(tokens.of_round(r)["input"] for _, r in found), where)
                 self.assertAlmostEqual(row["cost_usd"] or 0.0,
                                        sum(r.get("cost_usd") or 0.0 for _, r in found), places=9,
                                        msg=where)
