@@ -344,10 +344,11 @@ def render_session(out: TextIO, doc: dict, *, tz: tzinfo = timezone.utc, max_cha
                                  family["unpriced_rounds_with_subagents"])
             fields[5] = ("Cost", f"{fields[5][1]} own; {with_subs} with {n} sub-agent"
                                  f"{'s' if n != 1 else ''} ({fmt_int(family['rounds_with_subagents'])} rounds)")
+    # Which prices made the cost, right under it (continuation lines of "Cost").
+    at = next(i for i, (label, _) in enumerate(fields) if label == "Cost") + 1
+    fields[at:at] = [("", line) for line in provenance_lines(doc)]
     for label, value in fields:
-        w(f"{label + ':':<11}{value}\n")
-    for line in provenance_lines(doc):
-        w(f"{'':<11}{line}\n")
+        w(f"{label + ':' if label else '':<11}{value}\n")
     if family and family["children"]:
         w("\nSub-agents (spawned by this session; their rounds are in their own sessions):\n")
         render_table(out, [
