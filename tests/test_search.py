@@ -57,21 +57,29 @@ def _fold(text: str) -> str:
                    if not unicodedata.combining(c))
 
 
+def _said(value: object) -> str:
+    """The text of a question / answer: content blocks say their text (or nested
+    content), not their ids or types."""
+    if isinstance(value, list):
+        return " ".join(_said(b.get("text") or b.get("content")) if isinstance(b, dict)
+                        else _said(b) for b in value)
+    return "" if value is None else str(value)
+
+
 def _round_texts(doc: dict) -> str:
     """What a session said, straight from its rounds (independent of fulltext.py)."""
     parts = []
     for r in doc["rounds"]:
         for key in ("question", "answer", "reasoning"):
-            value = r.get(key)
-            parts.append(json.dumps(value, ensure_ascii=False) if isinstance(value, list)
-                         else str(value or ""))
+            parts.append(_said(r.get(key)))
         for call in r.get("tool_calls") or []:
             fn = call.get("function") or {}
             parts += [str(fn.get("name") or ""), str(fn.get("arguments") or "")]
     return _fold("\n".join(parts))
 
 
-_WORDS = re.compile(r"[a-z][a-z0-9_]{3,}")
+# Words as FTS5's unicode61 tokenizer cuts them: "_" separates (get_weather is two words).
+_WORDS = re.compile(r"[a-z][a-z0-9]{3,}")
 _HAN = re.compile(r"[\u4e00-\u9fff]{2,}")
 
 
@@ -111,7 +119,7 @@ class ContentSearch(TempDirTest):
             terms = query.split()
             expected = set()
             for sid, text in said.items():
-                tokens = set(re.findall(r"\w+", text))
+                tokens = set(re.findall(r"[^\W_]+", text))
                 def has(term):
                     if _HAN.fullmatch(term):
                         return term in text   # CJK: a run of characters
