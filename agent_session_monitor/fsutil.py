@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,55 @@ def ensure_dir(path: Path) -> None:
         raise MonitorError(f"cannot create directory {path}: {e.strerror}") from e
     if not path.is_dir():
         raise MonitorError(f"{path} exists and is not a directory")
+
+
+def refuse_symlink(path: Path) -> None:
+    """Raise if ``path`` is a symbolic link: the store never writes (or reads its own
+    files) through one, which whoever could plant it would aim at another database, a
+    file to create, or someone else's conversation."""
+    if os.path.islink(path):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        raise MonitorError(f"refusing to use {path}: it is a symbolic link (to {target}) and "
+                           "the store never writes through one; remove it (it is not ours)")
+
+
+def check_store_dir(directory: Path) -> None:
+    """Before the monitor writes ``directory``: not world-writable (anyone could plant
+    files in it), and none of its own files (all named with a leading dot) a symlink."""
+    try:
+        st = os.stat(directory)
+    except OSError as e:
+        raise MonitorError(f"cannot use {directory}: {e.strerror}") from e
+    if st.st_mode & stat.S_IWOTH:
+        raise MonitorError(f"refusing to write to {directory}: it is world-writable, so anyone "
+                           "on this machine could plant files (symlinks) in it; run "
+                           f"chmod 700 {directory}")
+    try:
+        entries = list(os.scandir(directory))
+    except OSError as e:
+        raise MonitorError(f"cannot list {directory}: {e.strerror}") from e
+    for entry in entries:
+        # Temp names are not ours to refuse: remove_stale_temps unlinks them (the link,
+        # never its target).
+        if entry.name.startswith(".") and not entry.name.startswith(TMP_PREFIX) \
+                and entry.is_symlink():
+            refuse_symlink(Path(entry.path))
+
+
+def open_regular(path: Path | str) -> int:
+    """A read-only descriptor of the regular file ``path``, never through a symlink and
+    never blocking on a FIFO (OSError otherwise: ELOOP for a symlink)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def fsync_path(path: Path | str) -> None:
@@ -242,7 +292,14 @@ class DirLock:
     def try_acquire(self) -> bool:
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            # O_NOFOLLOW: a planted .lock symlink would make us create or lock its target.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         FILE_MODE)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                refuse_symlink(self.path)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

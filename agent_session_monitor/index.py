@@ -30,7 +30,7 @@ from .names import is_session_file
 from .pruned_archive import index_rows as pruned_rows
 from .session_keys import parse_session_key
 from .subagents import doc_claims
-from .store import read_document
+from .store import read_document, unreadable_reason
 
 INDEX_NAME = ".index.sqlite"
 # 4: per-round edge table; 5: agent, channel, kind, spawns; 6: full text; 7: input /
@@ -247,6 +247,7 @@ class Index:
             os.chmod(self.path, 0o600)
         create_schema(self.db)
         self.needs_rebuild = fresh or self._meta("complete") != "1"
+        self.skipped: list[tuple[str, str]] = []   # (file, why) the last rebuild left out
         self._set_meta("version", str(INDEX_VERSION))
 
     def meta(self, key: str) -> str | None:
@@ -318,8 +319,9 @@ class Index:
                 self.db.execute(f"DELETE FROM {fulltext.TABLE}")
             self.db.execute("DELETE FROM spawns")
             batch: list[tuple[str, dict, int]] = []
+            self.skipped = []
             for i, name in enumerate(names, 1):
-                loaded = load_entry(self.directory, name)
+                loaded = load_entry(self.directory, name, self.skipped)
                 if loaded is not None:
                     batch.append(loaded)
                 if len(batch) >= 500:
@@ -333,18 +335,23 @@ class Index:
             self.db.execute("DELETE FROM meta WHERE key = 'pending'")
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('complete', '1')")
         self.needs_rebuild = False
-        return len(names)
+        return len(names) - len(self.skipped)
 
     def close(self) -> None:
         self.db.close()
 
 
-def load_entry(directory: Path, name: str) -> tuple[str, dict, int] | None:
+def load_entry(directory: Path, name: str,
+               skipped: list[tuple[str, str]] | None = None) -> tuple[str, dict, int] | None:
+    """(name, document, size) of a session file, or None if it cannot be read (with
+    (name, why) added to ``skipped``)."""
     path = directory / name
     try:
-        size = path.stat().st_size
+        size = path.lstat().st_size
         return name, read_document(path), size
-    except (OSError, ValueError):
+    except (OSError, ValueError) as e:
+        if skipped is not None and not isinstance(e, FileNotFoundError):
+            skipped.append((name, unreadable_reason(e)))
         return None
 
 

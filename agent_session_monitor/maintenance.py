@@ -9,17 +9,20 @@ from .fsutil import atomic_write_many
 from .names import is_session_file
 from .rounds import reprice_round
 from .session import summarise
-from .store import dump_document, read_document
+from .store import dump_document, read_document, unreadable_reason
 
 BATCH = 500
 
 
-def reprice_store(monitor) -> tuple[int, int, float]:
+def reprice_store(monitor, skipped: list[tuple[str, str]] | None = None
+                  ) -> tuple[int, int, float]:
     """Recompute every round's cost from its stored buckets with ``monitor.table``, and
     record which price data priced it (``priced_by``).
 
     Rounds keep their token buckets, so a new price table or override applies without
-    re-reading the logs. Returns (sessions changed, rounds repriced, change in USD).
+    re-reading the logs. Returns (sessions changed, rounds repriced, change in USD);
+    files that cannot be read are left as they are and added to ``skipped`` as
+    (file name, why).
     """
     directory = monitor.config.output_dir
     names = sorted(n for n in os.listdir(directory) if is_session_file(n))
@@ -29,7 +32,11 @@ def reprice_store(monitor) -> tuple[int, int, float]:
     for name in names:
         try:
             doc = read_document(directory / name)
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as e:
+            if skipped is not None:
+                skipped.append((name, unreadable_reason(e)))
             continue
         before = [_priced(r) for r in doc["rounds"]]
         for rnd in doc["rounds"]:
@@ -62,5 +69,7 @@ def _commit(monitor, batch: list[tuple[str, dict, bytes]]) -> None:
     monitor.index.update([(name, doc, len(data)) for name, doc, data in batch])
 
 
-def rebuild_index(monitor) -> int:
-    return monitor.index.rebuild(monitor._index_progress if monitor.progress else None)
+def rebuild_index(monitor) -> tuple[int, list[tuple[str, str]]]:
+    """Rebuild the index; returns (files indexed, [(file, why) for each left out])."""
+    n = monitor.index.rebuild(monitor._index_progress if monitor.progress else None)
+    return n, list(monitor.index.skipped)

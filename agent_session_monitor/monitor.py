@@ -26,7 +26,8 @@ from typing import Callable, TextIO
 from . import tokens
 from .errors import MonitorError
 from .fmt import fmt_bytes, fmt_int, fmt_usd, safe_text
-from .fsutil import DirLock, atomic_write_many, ensure_dir, remove_stale_temps
+from .fsutil import (DirLock, atomic_write_many, check_store_dir, ensure_dir, refuse_symlink,
+                     remove_stale_temps)
 from . import retention
 from .container_logs import Unwrapper
 from .index import Index
@@ -126,6 +127,13 @@ class Monitor:
     def __enter__(self) -> "Monitor":
         out = self.config.output_dir
         ensure_dir(out)
+        check_store_dir(out)
+        state = self.config.state_path
+        if state.parent != out:
+            ensure_dir(state.parent)
+            check_store_dir(state.parent)
+        for path in (state, state.with_name(state.name + ".bak")):
+            refuse_symlink(path)
         self.lock = DirLock(out)
         try:
             acquired = self.lock.try_acquire()
@@ -159,6 +167,9 @@ class Monitor:
                                "(it is derived data: delete it and it is rebuilt)") from e
         if self.index.needs_rebuild:
             self.index.rebuild(self._index_progress if self.progress else None)
+            for name, why in self.index.skipped:
+                self.notes.append(f"session file {out / name} is corrupt or unreadable ({why}); "
+                                  "left out of the index, kept as it is")
         elif self.index.repair_pending():
             self.notes.append("re-indexed sessions an interrupted run had left pending")
         if retention.recover(out, self.index.db):

@@ -289,12 +289,31 @@ def _maintenance(config: MonitorConfig, args: argparse.Namespace, out: TextIO,
                  err: TextIO) -> int:
     from .maintenance import rebuild_index, reprice_store
 
+    skipped: list[tuple[str, str]] = []
     with Monitor(config, err=err) as monitor:
+        directory = config.output_dir
         if args.reprice:
-            n_sessions, n_rounds, delta = reprice_store(monitor)
+            n_sessions, n_rounds, delta = reprice_store(monitor, skipped)
+            _name_skipped(err, directory, skipped, "not repriced")
             print(f"Repriced {n_rounds:,} rounds in {n_sessions:,} sessions with "
-                  f"{monitor.table.source}; total cost changed by {delta:+.6f} USD.", file=out)
+                  f"{monitor.table.source}; total cost changed by {delta:+.6f} USD"
+                  + (f"; {len(skipped):,} unreadable session files left as they are "
+                     "(listed on stderr)." if skipped else "."), file=out)
         if args.rebuild_index:
-            n = rebuild_index(monitor)
-            print(f"Rebuilt the index from {n:,} session files.", file=out)
-    return EXIT_OK
+            n, left_out = rebuild_index(monitor)
+            _name_skipped(err, directory, left_out, "left out of the index")
+            if left_out:
+                print(f"Rebuilt the index from {n:,} of {n + len(left_out):,} session files; "
+                      f"{len(left_out):,} unreadable (listed on stderr, kept as they are): "
+                      "their sessions are missing from every total.", file=out)
+            else:
+                print(f"Rebuilt the index from {n:,} session files.", file=out)
+            skipped += left_out
+    return EXIT_RUNTIME if skipped else EXIT_OK
+
+
+def _name_skipped(err: TextIO, directory: Path, skipped: list[tuple[str, str]],
+                  what: str) -> None:
+    for name, why in skipped:
+        print(f"main.py: error: session file {safe_text(directory / name)} is corrupt or "
+              f"unreadable ({safe_text(why)}); {what}, kept as it is", file=err)

@@ -19,13 +19,14 @@ from datetime import date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
 from .errors import MonitorError
+from .fsutil import refuse_symlink
 from .fmt import plural
 from .index import (INDEX_NAME, INDEX_VERSION, SESSION_FIELDS, sql_text, connect, create_schema,
                     delete_rows, load_entry, replace_rows)
 from .pruned_archive import LABEL_PREFIX, index_rows as pruned_rows
 from .names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
 from .session_keys import parse_session_key
-from .store import read_document
+from .store import UnreadableSession, read_document, unreadable_reason
 from .subagents import resolve_parents, rollups
 from . import fulltext, window
 from .timerange import day_window, local_midnight_utc
@@ -58,6 +59,7 @@ class StoreReader:
                                "(python3 main.py --log-path ... --output-dir DIR), or point "
                                "--data-dir at it")
         path = directory / INDEX_NAME
+        refuse_symlink(path)   # another database's rows shown as this store's
         db = None
         if path.exists():
             try:
@@ -210,12 +212,22 @@ class StoreReader:
         for name in names:
             if not is_session_file(name) or os.sep in name or name != os.path.basename(name):
                 continue
+            path = self.directory / name
             try:
-                doc = read_document(self.directory / name)
-            except (OSError, ValueError):
+                doc = read_document(path)
+            except FileNotFoundError:
                 continue
+            except (OSError, ValueError) as e:
+                # The file this id maps to is there but damaged: say so, naming it (its
+                # id cannot be checked, but the name is this id's by construction).
+                raise UnreadableSession(session_id, path, unreadable_reason(e)) from None
             if doc.get("session_id") == session_id:
                 return doc
+            if name == file_name_for(session_id):
+                # Two ids never share a file name: this one's file holding another id
+                # was damaged or edited (not "no such session").
+                raise UnreadableSession(session_id, path, "it holds another session id "
+                                        f"({doc.get('session_id')!r})")
         return None
 
     def close_matches(self, session_id: str, n: int = 5) -> list[str]:

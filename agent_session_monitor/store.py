@@ -3,6 +3,7 @@ atomically and only when it changed (spec: storage.md)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 from .compact import compact, expand
-from .fsutil import atomic_write_many
+from .errors import MonitorError
+from .fmt import safe_text
+from .fsutil import atomic_write_many, open_regular
 from .names import UNSESSIONED_FILE, file_name_for
 from .parse import format_time, utc_now
 from .sanitize import sanitise_document
@@ -58,21 +61,65 @@ def read_document(path: Path) -> dict:
 
 
 def read_document_sized(path: Path) -> tuple[dict, int]:
-    """The plain document of a session file and the file's size, from one open."""
-    with open(path, "rb") as f:
+    """The plain document of a session file and the file's size, from one open.
+
+    Never through a symlink (OSError ELOOP): a session file linked elsewhere would show,
+    and merge, someone else's data; never a FIFO or device (OSError EINVAL).
+    """
+    with os.fdopen(open_regular(path), "rb") as f:
         data = f.read()
         mtime = os.fstat(f.fileno()).st_mtime
     return parse_document(data, mtime), len(data)
 
 
 def parse_document(data: bytes, mtime: float) -> dict:
-    """A session file's bytes -> the plain document (ValueError if it is not one)."""
-    doc = json.loads(data)
-    if not isinstance(doc, dict) or not isinstance(doc.get("rounds"), list):
-        raise ValueError("not a session document")
+    """A session file's bytes -> the plain document.
+
+    Bytes that are not a session document at all (a disk fault, a cut copy: not JSON,
+    not UTF-8, not an object with rounds) raise ValueError saying what is wrong, so that
+    every reader can name the file (:func:`unreadable_reason`); values within a document
+    that no reader can use are repaired and flagged by sanitize.py.
+    """
+    try:
+        doc = json.loads(data)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 (byte {e.start})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(f"not valid JSON ({e})" if data.strip() else "empty") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"not a session document (a JSON {type(doc).__name__})")
+    if not isinstance(doc.get("rounds"), list):
+        raise ValueError("not a session document (no rounds list)")
     # Older versions and hand edits leave values no reader can use (sanitize.py).
     sanitise_document(doc, _file_time(mtime))
-    return expand(doc)
+    try:
+        return expand(doc)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"its rounds do not fit together ({type(e).__name__}: {e})") from None
+
+
+def unreadable_reason(e: BaseException) -> str:
+    """What is wrong with a session file, for a message that names it."""
+    if isinstance(e, OSError):
+        if e.errno == errno.ELOOP:
+            return "it is a symbolic link (never followed)"
+        if e.errno in (errno.EINVAL, errno.EISDIR):
+            return "not a regular file"
+        return e.strerror or str(e)
+    return str(e)
+
+
+class UnreadableSession(MonitorError):
+    """The file of a session exists but cannot be read as one: corrupt, or not ours."""
+
+    def __init__(self, session_id: str, path: Path, reason: str) -> None:
+        super().__init__(f"session \"{safe_text(session_id)}\": its file {safe_text(path)} is "
+                         f"corrupt or unreadable: {safe_text(reason)}. It is kept as it is; "
+                         "restore it from a backup, or move it aside and re-read the logs "
+                         "(main.py --rebuild-index lists every such file)")
+        self.session_id, self.path, self.reason = session_id, path, reason
 
 
 def _file_time(mtime: float) -> str:

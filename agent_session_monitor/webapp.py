@@ -30,6 +30,7 @@ from .index import INDEX_NAME
 from .names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
 from .pricing import load_price_table
 from .report import StoreReader
+from .store import UnreadableSession
 from .timerange import parse_tz
 from .webauth import Access, Gate, Refused
 
@@ -306,7 +307,14 @@ class WebApp:
         if not session_id:
             raise Refused(400, "No session id", "Give the session as /session?id=SESSION_ID.")
         with self.reader() as reader:
-            doc = reader.load_session(session_id)
+            try:
+                doc = reader.load_session(session_id)
+            except UnreadableSession as e:
+                # Named by its file's name only: the server's paths are not the reader's.
+                raise Refused(503, "Session file corrupt",
+                              f"The file of this session ({e.path.name}) is corrupt or "
+                              f"unreadable: {e.reason}. It is kept as it is for the operator "
+                              "(main.py --rebuild-index lists every such file).") from None
             # No suggestions for an id with a lone surrogate: SQLite cannot bind it.
             matches = (reader.close_matches(session_id)
                        if doc is None and access.full and _is_utf8(session_id) else [])
