@@ -252,7 +252,7 @@ class WebApp:
         if path in PUBLIC:
             return handler(self, params, Access(True))
         if "token" in params and self.gate.token:
-            location, cookie = self.gate.login(path, pairs, params["token"])
+            location, cookie = self.gate.login(path, pairs, params["token"], headers)
             html = render_html.signed_in_page(self._ctx(Access(True)), location)
             return Response(200, html_bytes(html), HTML, [("Set-Cookie", cookie)])
         return handler(self, params, self.gate.access(path, params, headers))

@@ -105,8 +105,11 @@ class Gate:
             return port_ok
         return False
 
-    def login(self, path: str, pairs: list[tuple[str, str]], given: str) -> tuple[str, str]:
-        """``?token=``: the URL without it, and the cookie that replaces it."""
+    def login(self, path: str, pairs: list[tuple[str, str]], given: str,
+              headers=None) -> tuple[str, str]:
+        """``?token=``: the URL without it, and the cookie that replaces it. Behind a
+        proxy that terminates HTTPS the cookie is ``Secure``: a browser then never sends
+        it over plain HTTP to the same name."""
         if not _same(given, self.token or ""):
             pause()
             raise Refused(401, "Access token needed", "That access token is not right.")
@@ -115,6 +118,8 @@ class Gate:
                                            errors="surrogatepass") if rest else "")
         cookie = (f"{COOKIE}={self.cookie_value}; Path=/; HttpOnly; SameSite=Strict; "
                   f"Max-Age={30 * 86400}")
+        if headers is not None and via_https(headers):
+            cookie += "; Secure"
         return location, cookie
 
     def access(self, path: str, params: dict[str, str], headers) -> Access:
@@ -174,6 +179,13 @@ def exposure(bind_host: str, allowed_hosts) -> str:
         if name is None or not is_loopback(name):
             return f"--allowed-host {value} (a name other machines reach it by)"
     return ""
+
+
+def via_https(headers) -> bool:
+    """The browser's side of the connection was HTTPS, as the proxy in front says."""
+    proto = (headers.get("X-Forwarded-Proto") or "").split(",")[0].strip().lower()
+    forwarded = (headers.get("Forwarded") or "").lower().replace(" ", "")
+    return proto == "https" or "proto=https" in forwarded
 
 
 def pause() -> None:

@@ -191,3 +191,16 @@ class Exposure(TempDirTest):
         app = self.app("127.0.0.1", (), TOKEN, SECRET)
         h = {"Host": host, "X-Forwarded-For": "203.0.113.9", "Authorization": f"Bearer {TOKEN}"}
         self.assertEqual(app.handle("GET", "/", h).status, 200)
+
+    def test_the_login_cookie_is_secure_behind_an_https_proxy(self) -> None:
+        app = self.app("127.0.0.1", ("monitor.example.com",), TOKEN, SECRET)
+        for extra, secure in (({}, False), ({"X-Forwarded-Proto": "https"}, True),
+                              ({"X-Forwarded-Proto": "http"}, False),
+                              ({"Forwarded": "for=203.0.113.9; proto=https"}, True)):
+            with self.subTest(extra=extra):
+                response = app.handle("GET", f"/?token={TOKEN}",
+                                      {"Host": "monitor.example.com", **extra})
+                cookie = dict(response.headers)["Set-Cookie"]
+                self.assertEqual("; Secure" in cookie, secure, cookie)
+                self.assertIn("HttpOnly", cookie)
+                self.assertNotIn(TOKEN, cookie)
