@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from . import tokens
-from .fmt import fmt_int, fmt_usd
+from .fmt import fmt_int, fmt_usd, plural
 from .html_parts import Markup, h
 
 # Exclusive token buckets (pricing.Buckets), in stacking order.
@@ -88,14 +88,21 @@ def _y_axis(shapes: list, ticks: list[float], left: float, right: float, top: fl
     return span
 
 
+def _label_room(labels, char: float = 8.6) -> float:
+    """Width (viewBox units) that axis labels need at the phone's larger axis font
+    (app.css: 14px, ``char`` units a character), so that none is cut at the edge."""
+    return 10 + char * max((len(text) for text in labels), default=0)
+
+
 def cost_per_day(days: list[dict]) -> dict:
     """Bars of cost per day (``report.day_range`` rows); a day with unpriced rounds is
     marked, and a day whose every round is unpriced has no bar, never a $0 one."""
-    w, hgt, left, right, top, bottom = 480, 210, 58, 464, 10, 182
+    w, hgt, right, top, bottom = 480, 210, 464, 10, 182
     shapes: list[dict] = []
     costs = [d["cost"] or 0 for d in days]
     empty = None if any(d["rounds"] for d in days) else f"No rounds in these {len(days)} days"
     ticks = nice_ticks(max(costs, default=0) or 0.01)
+    left = max(58, _label_room(_usd_tick(t) for t in ticks))   # "$0.0004" keeps its "$"
     span = _y_axis(shapes, ticks, left, right, top, bottom, _usd_tick)
     slot = (right - left) / max(len(days), 1)
     every = max(1, math.ceil(len(days) / 6))
@@ -105,9 +112,9 @@ def cost_per_day(days: list[dict]) -> dict:
         bar = (bottom - top) * cost / span
         cls = "bar k-cost" + (" partial" if d["unpriced_rounds"] else "")
         tip = (f"{d['key']}: {fmt_usd(d['cost']) if d['rounds'] else '$0.00'}"
-               f" · {fmt_int(d['rounds'])} rounds · {fmt_int(d['sessions'])} sessions")
+               f" · {plural(d['rounds'], 'round')} · {plural(d['sessions'], 'session')}")
         if d["unpriced_rounds"]:
-            tip += f" · {fmt_int(d['unpriced_rounds'])} unpriced rounds (not counted as $0)"
+            tip += f" · {plural(d['unpriced_rounds'], 'unpriced round')} (not counted as $0)"
         # A full-height transparent hit area: the tooltip works on days with tiny bars.
         shapes.append(_rect(x, top, slot, bottom - top, "hit", tip))
         shapes.append(_rect(x + slot * 0.15, bottom - bar, slot * 0.7, bar, cls, tip))
@@ -118,7 +125,7 @@ def cost_per_day(days: list[dict]) -> dict:
     shapes.append(_line(left, bottom, right, bottom, "axis"))
     return {"view": [w, hgt], "label": f"Cost per day, last {len(days)} days", "shapes": shapes,
             "legend": [{"cls": "k-cost", "text": "cost (USD)"},
-                       {"cls": "mark", "text": "* some rounds unpriced"}], "empty": empty}
+                       {"cls": "mark", "text": "some rounds unpriced"}], "empty": empty}
 
 
 def tokens_by_model(rows: list[dict], limit: int = 8) -> dict:
@@ -170,7 +177,8 @@ def _tokens(row: dict) -> int:
 def per_round(rounds: list[dict]) -> dict:
     """A session's rounds: stacked token buckets per round (left axis) and the cost of
     each round as a line (right axis); unpriced rounds are gaps in the line."""
-    w, hgt, left, right, top, bottom = 900, 240, 56, 836, 12, 210
+    w, hgt, left, top, bottom = 900, 240, 56, 12, 210
+    right = 836
     shapes: list[dict] = []
     totals = []
     for r in rounds:
@@ -180,10 +188,15 @@ def per_round(rounds: list[dict]) -> dict:
         totals.append(row)
     biggest = max((_tokens(t) for t in totals), default=0)
     ticks = nice_ticks(biggest or 1)
-    span = _y_axis(shapes, ticks, left, right, top, bottom, compact)
     costs = [r.get("cost_usd") for r in rounds]
     top_cost = max((c for c in costs if c is not None), default=0)
     cost_ticks = nice_ticks(top_cost) if top_cost else [0.0]
+    # On a phone this 900-unit chart is drawn ~340 px wide, its labels at 24 units
+    # (app.css) to stay legible: the axes make room for them.
+    if top_cost:
+        right = min(right, w - _label_room((_usd_tick(t) for t in cost_ticks), 15))
+    left = max(left, _label_room((compact(t) for t in ticks), 15))
+    span = _y_axis(shapes, ticks, left, right, top, bottom, compact)
     if top_cost:
         _y_axis(shapes, cost_ticks, left, right, top, bottom, _usd_tick, side="right")
     slot = (right - left) / max(len(rounds), 1)
@@ -223,7 +236,10 @@ def per_round(rounds: list[dict]) -> dict:
     shapes.append(_line(left, bottom, right, bottom, "axis"))
     legend = [{"cls": f"k-{kind}", "text": label} for kind, label in TOKEN_KINDS]
     legend.append({"cls": "k-cost-line", "text": "cost per round (right axis)"})
-    return {"view": [w, hgt], "label": "Tokens and cost per round", "wide": True, "shapes": shapes,
+    # Scrolls sideways on a phone only when the rounds would be too thin to read; a
+    # short session fits, axes and round 1 included.
+    return {"view": [w, hgt], "label": "Tokens and cost per round", "wide": len(rounds) > 16,
+            "shapes": shapes,
             "legend": legend, "empty": None if rounds else "No rounds"}
 
 

@@ -25,7 +25,7 @@ from typing import Callable, TextIO
 
 from . import tokens
 from .errors import MonitorError
-from .fmt import fmt_bytes, fmt_int, fmt_usd, safe_text
+from .fmt import fmt_bytes, fmt_int, fmt_usd, plural, safe_text
 from .fsutil import (DirLock, atomic_write_many, check_store_dir, ensure_dir, refuse_symlink,
                      remove_stale_temps)
 from . import retention
@@ -566,15 +566,17 @@ class _Progress:
 def summary(stats: PassStats) -> str:
     """The one-paragraph report of a pass (stdout)."""
     if not stats.lines and not stats.bad:
-        return (f"Nothing new: {stats.files} log file{'s' if stats.files != 1 else ''} "
-                "checked, all lines already read.")
+        if not stats.files:
+            return "Nothing new: the log is empty (no line written yet)."
+        return (f"Nothing new: {plural(stats.files, 'log file')} checked, all lines "
+                "already read.")
     where = (f"{stats.files} file{'s' if stats.files != 1 else ''}" if stats.files
              else "standard input")
     parts = [f"Read {fmt_bytes(stats.bytes_read)} ({fmt_int(stats.lines)} lines) from {where}: "
-             f"{fmt_int(stats.rounds)} rounds stored in {fmt_int(len(stats.sessions))} "
-             f"sessions ({fmt_int(len(stats.new_sessions))} new)"]
+             f"{plural(stats.rounds, 'round')} stored in {plural(len(stats.sessions), 'session')} "
+             f"({fmt_int(len(stats.new_sessions))} new)"]
     if stats.duplicates:
-        parts.append(f"{fmt_int(stats.duplicates)} already-stored rounds skipped")
+        parts.append(f"{plural(stats.duplicates, 'already-stored round')} skipped")
     write = (f", cache write {fmt_int(stats.cache_write_tokens)}"
              if stats.cache_write_tokens else "")
     parts.append(f"tokens: input {fmt_int(stats.input_tokens)} (cached "
@@ -585,8 +587,8 @@ def summary(stats: PassStats) -> str:
     if stats.unpriced:
         models = sorted(stats.unpriced)
         n = sum(stats.unpriced.values())
-        parts.append(f"{n} round{'s' if n != 1 else ''} of {len(models)} model"
-                     f"{'s' if len(models) != 1 else ''} have no price: "
+        parts.append(f"{plural(n, 'round')} of {plural(len(models), 'model')} "
+                     f"{'has' if n == 1 else 'have'} no price: "
                      + ", ".join(safe_text(m) for m in models))
     if stats.bad:
         parts.append("skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.bad.items())))
@@ -594,7 +596,7 @@ def summary(stats: PassStats) -> str:
         parts.append(f"{fmt_int(stats.forged)} forged lines (keys a client wrote through a "
                      "header were ignored)")
     if stats.non_ai:
-        parts.append(f"{fmt_int(stats.non_ai)} non-AI lines")
+        parts.append(f"{plural(stats.non_ai, 'non-AI line')}")
     if stats.filtered:
         parts.append(f"{fmt_int(stats.filtered)} rounds of other sessions ignored (--session-key)")
     return "; ".join(parts) + "."

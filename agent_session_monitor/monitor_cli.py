@@ -18,7 +18,7 @@ from . import __version__, export, finops
 from .config import (DEFAULT_LOG_PATH, ENV_DATA_DIR, ENV_PRICING, HIGRESS_LOG_PATH,
                      allowed_log_dirs, check_log_path_allowed, data_dir)
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, MonitorError, silence_stdout
-from .fmt import safe_text
+from .fmt import plural, safe_text
 from .live import live_rows, render_live
 from .monitor import AlreadyRunning, Monitor, MonitorConfig, summary
 
@@ -295,7 +295,7 @@ def _maintenance(config: MonitorConfig, args: argparse.Namespace, out: TextIO,
         if args.reprice:
             n_sessions, n_rounds, delta = reprice_store(monitor, skipped)
             _name_skipped(err, directory, skipped, "not repriced")
-            print(f"Repriced {n_rounds:,} rounds in {n_sessions:,} sessions with "
+            print(f"Repriced {plural(n_rounds, 'round')} in {plural(n_sessions, 'session')} with "
                   f"{monitor.table.source}; total cost changed by {delta:+.6f} USD"
                   + (f"; {len(skipped):,} unreadable session files left as they are "
                      "(listed on stderr)." if skipped else "."), file=out)

@@ -71,7 +71,7 @@ def page(ctx: PageContext, title: str, body: Markup, *, page_name: str,
 
 def cards(items: list[dict], section_id: str = "cards", label: str = "Totals") -> Markup:
     return h("section", {"class": f"cards n{len(items)}", "id": section_id, "aria-label": label},
-             *(h("div", {"class": "card", "data-card": c["id"]},
+             *(h("div", {"class": "card", "data-card": c["id"], "data-tone": c.get("tone") or None},
                  h("div", {"class": "label"}, c["label"]),
                  h("div", {"class": "value"}, c["value"]),
                  h("div", {"class": "note"}, c["note"])) for c in items))
@@ -311,8 +311,8 @@ def round_card(r: dict, sid: str, ctx: PageContext, context: dict | None) -> Mar
         tools = h("section", {"class": "field tools"}, h("h3", None, "Tool calls"),
                   h("p", None, "(not stored)"))
     reasoning = None
-    if r["reasoning"] is not None:
-        reasoning = h("details", {"class": "field reasoning"},
+    if r["reasoning"] is not None:   # short reasoning open, a long one folded
+        reasoning = h("details", {"class": "field reasoning", "open": r.get("reasoning_open", False)},
                       h("summary", None, "Reasoning"), _pre(r["reasoning"]))
     system = None
     if r["system"] is not None:
@@ -330,7 +330,7 @@ def tool_call(c: dict) -> Markup:
     result = (h("div", {"class": "result"},
                 h("div", {"class": "sub"}, f"Result (sent in round {c['result_round']})"),
                 _pre(c["result"], "code")) if c["result"] is not None
-              else h("div", {"class": "result none"}, "No result in this session yet"))
+              else h("div", {"class": "result none"}, c.get("no_result") or "No result yet"))
     return h("div", {"class": "tool"},
              h("div", {"class": "tool-name"}, h("code", None, c["name"]),
                h("span", {"class": "sub"}, c["id"]) if c["id"] else None),
@@ -430,6 +430,6 @@ def login_page(ctx: PageContext, path: str = "/", params: dict | None = None) ->
                            "required": True})),
              h("button", {"type": "submit", "class": "btn"}, "Open"))
     return error_page(ctx, 401, "Access token needed",
-                      "This monitor is reachable beyond this machine, so it needs its access "
-                      "token (webserver.py --token, or the environment). A shared session "
+                      "This monitor was started with an access token (webserver.py --token, "
+                      "or the environment): enter it to open its pages. A shared session "
                       "link opens only its own session.", form)

@@ -64,8 +64,9 @@ class SessionQuery:
         return {k: v for k, v in values.items() if v != getattr(defaults, k)}
 
 
-def _card(ident: str, label: str, value: str, note: str = "") -> dict:
-    return {"id": ident, "label": label, "value": value, "note": note}
+def _card(ident: str, label: str, value: str, note: str = "", tone: str = "") -> dict:
+    """A card; ``tone`` "warn" when its figure is not the whole truth (unpriced rounds)."""
+    return {"id": ident, "label": label, "value": value, "note": note, "tone": tone}
 
 
 def token_cards(t: dict) -> list[dict]:
@@ -136,7 +137,8 @@ def overview(data: dict, sessions: dict, tz: tzinfo = timezone.utc,
         _card("rounds", "Rounds", fmt_int(totals["rounds"]),
               f"{fmt_int(totals['tool_calls'])} with tool calls"),
         *token_cards(totals),
-        _card("cost", "Cost", fmt_cost(totals["cost"], totals["unpriced_rounds"]), cost_note),
+        _card("cost", "Cost", fmt_cost(totals["cost"], totals["unpriced_rounds"]), cost_note,
+              "warn" if totals["unpriced_rounds"] else ""),
         _card("unpriced", "Unpriced rounds", fmt_int(totals["unpriced_rounds"]),
               f"no price for: {names}" if unpriced else "every round priced"),
     ]
@@ -260,13 +262,15 @@ def session_page(doc: dict, tz: tzinfo = timezone.utc, after: int = 0,
     tool_rounds = sum(1 for r in rounds if r.get("has_tool_calls"))
     cost_note = ""
     if unpriced:
-        models = ", ".join(doc.get("unpriced_models") or []) or "-"
-        cost_note = (f"{fmt_int(unpriced)} round{'s' if unpriced != 1 else ''} unpriced "
-                     f"({models}); not counted as $0")
+        # Short enough for the card's two lines on a phone; the rounds say the rest.
+        models = ", ".join(doc.get("unpriced_models") or []) or "(no model)"
+        cost_note = (f"no price for: {models}" if unpriced == len(rounds) else
+                     f"{plural(unpriced, 'round')} unpriced: {models}")
     cards = [
         _card("rounds", "Rounds", fmt_int(len(rounds)), f"{fmt_int(tool_rounds)} with tool calls"),
         *token_cards(tokens.of_session(doc)),
-        _card("cost", "Cost", fmt_cost(doc.get("total_cost_usd"), unpriced), cost_note),
+        _card("cost", "Cost", fmt_cost(doc.get("total_cost_usd"), unpriced), cost_note,
+              "warn" if unpriced else ""),
     ]
     facts = [
         ["Created", f"{fmt_time(doc.get('created_at'), tz)} {tz}"],
@@ -300,9 +304,10 @@ def session_page(doc: dict, tz: tzinfo = timezone.utc, after: int = 0,
         badges.setdefault(a.get("round"), []).append(str(a.get("badge")))
     views = []
     previous_system = None
-    for rnd in rounds:
+    for i, rnd in enumerate(rounds):
         if (rnd.get("round") or 0) > after:
-            views.append({**_round_view(rnd, tz, results, previous_system),
+            views.append({**_round_view(rnd, tz, results, previous_system,
+                                        last=i == len(rounds) - 1),
                           "badges": badges.get(rnd.get("round"), [])})
         previous_system = rnd.get("system") or previous_system
     return {
@@ -334,7 +339,7 @@ def insights_view(insights: dict) -> dict:
              fmt_usd(s["cost_usd"]), f"{fmt_usd(s['saving_usd'])} ({s['saving_pct']:.0f}%)"]
             for s in suggestions]
     return {"anomalies": anomalies,
-            "suggestions": {"head": ["Model", "Provider", "Same tokens would cost", "Saving"],
+            "suggestions": {"head": ["Model", "Provider", "Would cost", "Saving"],
                             "rows": rows, "foot": None},
             "actual": fmt_usd(suggestions[0]["actual_usd"]) if suggestions else "",
             "note": f"{insights.get('suggestions_basis', '')}. {insights.get('caveat', '')}"
@@ -367,7 +372,32 @@ def burn_view(data: dict) -> dict:
     return {"cards": cards, "active": active, "note": data.get("note") or ""}
 
 
-def _round_view(rnd: dict, tz: tzinfo, results: dict, previous_system: object) -> dict:
+# Each warning a round can carry, as the page explains it (the code stays in the JSON).
+WARNINGS = {
+    "salvaged": "salvaged: the log line was not valid JSON (a quote in a header such as the "
+                "User-Agent, which the gateway does not escape); its ai_log was read intact",
+    "forged": "forged: the line carried a key twice (a client writing through a header); "
+              "the genuine one was used",
+    "naive_time": "time without a zone in the log: read as UTC",
+    "bad_time": "the log's time could not be read: another time of the line was used",
+    "time_from_read": "no time in the line: the time it was read is shown",
+    "bad_details": "the provider's token details could not be read: totals used as logged",
+    "truncated_by_gateway": "cut by the gateway's value_length_limit: some text is shown as "
+                            "logged (head [truncated] tail)",
+    "cost_out_of_range": "the tokens priced to an impossible amount: left unpriced",
+    "raw_control_char": "a raw control character in the log line was replaced",
+    "bad_session_id": "the session id was not usable: the round is kept as unsessioned",
+    "reserved_session_id": "the session id is a name this tool reserves: kept as unsessioned",
+}
+SHORT_REASONING = 600   # characters: reasoning this short is shown open
+
+
+def _warning_text(code: object) -> str:
+    return WARNINGS.get(str(code), str(code))
+
+
+def _round_view(rnd: dict, tz: tzinfo, results: dict, previous_system: object,
+                last: bool = False) -> dict:
     n = rnd.get("round") or 0
     cost = fmt_usd(rnd.get("cost_usd"))
     if rnd.get("cost_usd") is not None and rnd.get("priced_as") not in (None, rnd.get("model")):
@@ -402,7 +432,11 @@ def _round_view(rnd: dict, tz: tzinfo, results: dict, previous_system: object) -
         calls.append({"name": name, "id": call_id if isinstance(call_id, str) else "",
                       "arguments": _clip(_pretty(arguments)),
                       "result": _clip(found[1]) if found else None,
-                      "result_round": found[0] if found else None})
+                      "result_round": found[0] if found else None,
+                      "no_result": "" if found else (
+                          "No result yet: the agent has not sent its next request"
+                          if last else "Result not among the stored messages (cut by the "
+                          "gateway, or not sent back)")})
     messages = rnd.get("messages")
     truncated = bool(rnd.get("messages_truncated")) or isinstance(messages, str)
     new = messages if isinstance(messages, list) else []
@@ -417,19 +451,34 @@ def _round_view(rnd: dict, tz: tzinfo, results: dict, previous_system: object) -
         "unpriced": rnd.get("cost_usd") is None,
         "tags": tags,
         "stats": stats,
-        "warnings": [str(w) for w in rnd.get("warnings") or []],
+        "warnings": [_warning_text(w) for w in rnd.get("warnings") or []],
         "tool_calls": calls,
         "has_tool_calls": bool(rnd.get("has_tool_calls")),
         "system": _clip(content_text(system)) if system and system != previous_system else None,
-        "question": _text_or_none(round_question(rnd)),
-        "question_label": _question_label(rnd),
+        **_question(rnd, new),
         "answer": _text_or_none(rnd.get("answer")),
         "reasoning": _text_or_none(rnd.get("reasoning")),
+        "reasoning_open": len(content_text(rnd.get("reasoning")) or "") <= SHORT_REASONING,
         "messages": [_message_view(m) for m in new],
         "truncated_messages": _clip(messages) if truncated and isinstance(messages, str) else None,
         "new_from": offset + 1,
         "context_count": 0 if truncated else offset + len(new),
     }
+
+
+def _question(rnd: dict, new: list) -> dict:
+    """The round's question and its label. A round logged with an empty question (a
+    tool loop whose request ended with a tool result) shows that last message instead
+    of leaving it folded in the message list."""
+    question = _text_or_none(round_question(rnd))
+    if question is None and new and isinstance(new[-1], dict):
+        last = new[-1]
+        content = last.get("content")
+        is_result = last.get("role") == "tool" or (isinstance(content, list) and content and all(
+            isinstance(b, dict) and b.get("type") == "tool_result" for b in content))
+        if is_result:
+            return {"question": _text_or_none(content), "question_label": "Last message: a tool result"}
+    return {"question": question, "question_label": _question_label(rnd)}
 
 
 def _question_label(rnd: dict) -> str:

@@ -110,10 +110,17 @@ class Browser:
             time.sleep(0.05)
         raise TimeoutError(f"not true after {timeout} s: {expression}")
 
-    def screenshot(self, path: Path, full_page: bool = False) -> None:
-        params = {"format": "png"}
-        if full_page:
+    def screenshot(self, path: Path, full_page: bool = False, selector: str | None = None) -> None:
+        """The viewport, the whole page, or one element (``selector``) as a PNG."""
+        params: dict = {"format": "png"}
+        if full_page or selector:
             params["captureBeyondViewport"] = True
+        if selector:
+            box = self.eval(f"(() => {{ const r = document.querySelector({selector!r})"
+                            ".getBoundingClientRect(); return [r.left + scrollX, r.top + scrollY, "
+                            "r.width, r.height]; })()")
+            params["clip"] = {"x": box[0], "y": box[1], "width": box[2], "height": box[3],
+                              "scale": 1}
         data = self.call("Page.captureScreenshot", session=True, **params)["data"]
         Path(path).write_bytes(base64.b64decode(data))
 

@@ -118,6 +118,114 @@ class LivePages(unittest.TestCase):
         self.assertIn(new, b.eval("document.querySelector('#session-id').textContent"))
 
 
+def _label_check(chart: str) -> str:
+    """JS: the texts of a chart's axis labels that are cut by its edges (should be [])."""
+    return ("(() => { const svg = document.querySelector(" + repr(chart) + "); "
+            "const box = svg.getBoundingClientRect(); return Array.from(svg.querySelectorAll("
+            "'text.ax')).filter(t => { const r = t.getBoundingClientRect(); "
+            "return r.left < box.left - 0.5 || r.right > box.right + 0.5; })"
+            ".map(t => t.textContent); })()")
+
+
+class PhoneLayout(unittest.TestCase):
+    """390 px wide (a phone): charts, the Insights table and the cost card fit and say
+    what they must. Screenshots go to $ASM_SCREENSHOTS when set, to be looked at."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.tmp = None
+        if not chromium_found():
+            return
+        base = os.environ.get("ASM_TEST_TMP") or str(ROOT / ".test-tmp")
+        os.makedirs(base, exist_ok=True)
+        cls.tmp = Path(tempfile.mkdtemp(prefix="phone-", dir=base))
+        cls.store = cls.tmp / "sessions"
+        example = ROOT / "example"
+        ingest(cls.store, example / "access.log")
+        # A store of one cheap round: its cost axis is in ten-thousandths of a dollar.
+        cls.cheap = cls.tmp / "cheap"
+        log = cls.tmp / "cheap.log"
+        write_lines(log, [make_line(1, session="cheap", input_token=300)])
+        ingest(cls.cheap, log)
+        cls.server, cls.cheap_server = Running(cls.store), Running(cls.cheap)
+        cls.browser = Browser(CHROMIUM, cls.tmp / "profile", 390, 844)
+        cls.shots = Path(os.environ["ASM_SCREENSHOTS"]) if os.environ.get("ASM_SCREENSHOTS") else None
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        if cls.tmp is not None:
+            cls.browser.close()
+            cls.server.close()
+            cls.cheap_server.close()
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self) -> None:
+        require_tool(self, "chromium", chromium_found())
+
+    def open(self, path: str, server=None) -> None:
+        self.browser.open(f"http://127.0.0.1:{(server or self.server).port}{path}")
+        self.browser.wait("document.body.getAttribute('data-refreshed')")
+
+    def shot(self, name: str, selector: str) -> None:
+        if self.shots:
+            self.shots.mkdir(parents=True, exist_ok=True)
+            self.browser.screenshot(self.shots / f"{name}.png", selector=selector)
+
+    def test_the_page_never_scrolls_sideways(self):
+        for path in ("/", "/session?id=support/web/OHafUozD13ka",
+                     "/session?id=support:web:tYjc9LVC2JSx"):
+            self.open(quote(path, safe="/?=:"))
+            self.assertEqual(self.browser.eval("document.documentElement.scrollWidth"), 390, path)
+
+    def test_a_short_sessions_chart_fits_with_both_axes_and_round_one(self):
+        b = self.browser
+        self.open("/session?id=" + quote("support/web/OHafUozD13ka", safe=""))
+        self.shot("session-chart-390", "#p-rounds")
+        box = "document.querySelector('#p-rounds .chart-scroll')"
+        self.assertLessEqual(b.eval(f"{box}.scrollWidth"), b.eval(f"{box}.clientWidth"))
+        self.assertEqual(b.eval(f"{box}.scrollLeft"), 0)
+        self.assertEqual(b.eval(_label_check("#chart-rounds")), [])
+        labels = b.eval("Array.from(document.querySelectorAll('#chart-rounds text.ax'))"
+                        ".map(t => t.textContent)")
+        self.assertIn("1", labels)                                   # round 1 is there
+        self.assertTrue([t for t in labels if t.startswith("$")])   # the cost axis too
+
+    def test_cost_axis_labels_keep_their_dollar_sign(self):
+        b = self.browser
+        self.open("/", self.cheap_server)
+        self.shot("overview-cost-390", "#p-cost")
+        labels = b.eval("Array.from(document.querySelectorAll('#chart-cost text.ax'))"
+                        ".map(t => t.textContent).filter(t => t.startsWith('$'))")
+        self.assertTrue(any(len(t) >= 7 for t in labels), labels)   # "$0.0002"-long ones
+        self.assertEqual(b.eval(_label_check("#chart-cost")), [])
+
+    def test_the_insights_table_shows_cost_and_saving(self):
+        b = self.browser
+        self.open("/session?id=" + quote("support:web:tYjc9LVC2JSx", safe=":"))
+        self.shot("session-insights-390", "#p-insights")
+        table = "document.querySelector('#t-suggest')"
+        self.assertLessEqual(b.eval(f"{table}.scrollWidth"),
+                             b.eval(f"{table}.parentNode.clientWidth"))
+        heads = b.eval(f"Array.from({table}.querySelectorAll('th')).filter(t => t.offsetWidth)"
+                       ".map(t => t.textContent)")
+        self.assertEqual(heads, ["Model", "Would cost", "Saving"])
+
+    def test_an_unpriced_cost_card_is_not_green_and_its_note_is_whole(self):
+        b = self.browser
+        self.open("/session?id=" + quote("support:web:MyeuPH7M3EHM", safe=":"))
+        self.shot("session-cards-unpriced-390", "#cards")
+        card = "document.querySelector('#cards [data-card=cost]')"
+        self.assertEqual(b.eval(f"{card}.querySelector('.value').textContent"), "unpriced")
+        color = b.eval(f"getComputedStyle({card}.querySelector('.value')).color")
+        green = b.eval("(() => { const d = document.createElement('div'); "
+                       "d.style.color = 'var(--k-cost)'; document.body.append(d); "
+                       "const c = getComputedStyle(d).color; d.remove(); return c; })()")
+        self.assertNotEqual(color, green)
+        note = f"{card}.querySelector('.note')"
+        self.assertLessEqual(b.eval(f"{note}.scrollHeight"), b.eval(f"{note}.clientHeight") + 1)
+        self.assertIn("my-private-model", b.eval(f"{note}.textContent"))
+
+
 class VersionEndpoint(unittest.TestCase):
     """/api/version: what pages poll every second (no browser needed)."""
 

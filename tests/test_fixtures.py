@@ -20,7 +20,7 @@ class HigressRealisticLog(TempDirTest):
     def test_pass_succeeds_and_summarises(self):
         self.assertEqual(self.code, 0, self.stderr)
         self.assertIn("7 rounds stored in 6 sessions", self.stdout)
-        self.assertIn("1 non-AI lines", self.stdout)
+        self.assertIn("1 non-AI line.", self.stdout)
 
     def test_line1_non_ai_request_is_skipped_silently_and_counted(self):
         state = json.loads((self.out / ".state.json").read_text())

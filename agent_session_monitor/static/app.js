@@ -104,6 +104,8 @@
           el("div", { "class": "note" }));
         section.appendChild(node);
       }
+      if (card.tone) node.setAttribute("data-tone", card.tone);
+      else node.removeAttribute("data-tone");
       setText(node.querySelector(".label"), card.label);
       setText(node.querySelector(".value"), card.value);
       setText(node.querySelector(".note"), card.note);
@@ -323,7 +325,7 @@
       ? el("div", { "class": "result" },
         el("div", { "class": "sub" }, "Result (sent in round " + c.result_round + ")"),
         preBlock(c.result, "code"))
-      : el("div", { "class": "result none" }, "No result in this session yet");
+      : el("div", { "class": "result none" }, c.no_result || "No result yet");
     return el("div", { "class": "tool" },
       el("div", { "class": "tool-name" }, el("code", null, c.name),
         c.id ? el("span", { "class": "sub" }, c.id) : null),
@@ -376,7 +378,8 @@
       r.system !== null ? el("details", { "class": "field system" }, el("summary", null, "System prompt"), preBlock(r.system)) : null,
       field(r.question_label, r.question, "question"),
       tools,
-      r.reasoning !== null ? el("details", { "class": "field reasoning" }, el("summary", null, "Reasoning"), preBlock(r.reasoning)) : null,
+      r.reasoning !== null ? el("details", { "class": "field reasoning", open: !!r.reasoning_open },
+        el("summary", null, "Reasoning"), preBlock(r.reasoning)) : null,
       field("Answer", r.answer, "answer"),
       messages, context);
   }
