@@ -444,11 +444,15 @@ class Tailer:
             lf.file.close()
 
     def _is_quiet(self, src: SourceState, lf: LogFile) -> bool:
-        """No growth for ``rotate_wait`` seconds (monotonic: wall-clock jumps don't matter)."""
-        if time.time() - lf.mtime >= self.rotate_wait:
-            return True   # the only measure a one-pass (cron) run has
+        """No growth for ``rotate_wait`` seconds. A file first seen is judged by its age
+        on the clock (all a one-pass cron run has); one watched since is judged on the
+        monotonic clock only, so a wall-clock step (NTP, a VM resumed) cannot finish a
+        rotated file whose writer is still in the middle of a line."""
+        tracked = self._quiet_since.get(src.fp)
+        if tracked is None and time.time() - lf.mtime >= self.rotate_wait:
+            return True
         now = time.monotonic()
-        size, since = self._quiet_since.get(src.fp, (-1, now))
+        size, since = tracked or (-1, now)
         if size != lf.size:
             self._quiet_since[src.fp] = (lf.size, now)
             return self.rotate_wait <= 0

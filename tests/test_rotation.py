@@ -571,3 +571,34 @@ class FollowModeOneMonitor(TempDirTest):
                     monitor.poll_once()
                 self.assertEqual(stored_inputs(self.out), inputs(1, self.n), err.getvalue())
                 self.assertNotIn("loss", err.getvalue())
+
+    def test_follow_wall_clock_step_does_not_finish_a_half_written_rotated_line(self):
+        # A rotated file whose writer is mid-line: an NTP step of an hour must not make
+        # it look quiet, which would cut the line in two bad halves (a paid round lost).
+        import io
+        from unittest import mock
+
+        from agent_session_monitor import tail
+        from agent_session_monitor.monitor import Monitor, MonitorConfig
+
+        self.dir, self.log, self.n = self.tmp, self.tmp / "access.log", 0
+        writer = open(self.log, "ab", buffering=0)
+        self.addCleanup(writer.close)
+        writer.write(make_line(1))
+        line = make_line(2)
+        config = MonitorConfig(log_paths=[str(self.log)], output_dir=self.out, follow=True,
+                               rotate_wait=30)
+        err = io.StringIO()
+        with Monitor(config, err=err, progress=False) as monitor:
+            monitor.poll_once()
+            os.replace(self.log, self.tmp / "access.log.1")   # the writer has not reopened
+            write_lines(self.log, reqs(3, 3))
+            writer.write(line[:50])
+            monitor.poll_once()
+            stepped = tail.time.time() + 3600
+            with mock.patch.object(tail.time, "time", return_value=stepped):
+                monitor.poll_once()
+            writer.write(line[50:])
+            monitor.poll_once()
+        self.assertEqual(stored_inputs(self.out), inputs(1, 3), err.getvalue())
+        self.assertNotIn("bad_json", err.getvalue())
