@@ -297,7 +297,7 @@ class RotationScenarios(TempDirTest):
         write_lines(self.log, reqs(1, 3) + reqs(2, 2))
         _code, out, _err = self.poll()
         self.assertEqual(stored_inputs(self.out), inputs(1, 3))
-        self.assertIn("1 already-stored rounds skipped", out)
+        self.assertIn("1 already-stored round skipped", out)
 
     def test_lines_without_request_id_are_keyed_by_file_and_offset(self):
         write_lines(self.log, reqs(1, 3, request_id=False))
