@@ -37,6 +37,23 @@ def options_of(parser: argparse.ArgumentParser, prefix: str) -> dict[str, list[s
     return result
 
 
+class HigressAdvice(unittest.TestCase):
+    """What the docs tell users to configure matches the plugin (input-format.md, "What
+    the plugin really writes"): the default length limit is 10 MiB, and the consumer is
+    only logged through a custom attribute."""
+
+    def test_no_doc_lowers_the_value_length_limit(self):
+        for name in ("README.md", "QUICKSTART.zh-CN.md"):
+            text = (ROOT / name).read_text(encoding="utf-8")
+            for value in re.findall(r"value_length_limit:\s*(\d+)", text):
+                self.assertGreaterEqual(int(value), 10485760, name)
+
+    def test_the_consumer_attribute_is_documented_as_the_plugin_reads_it(self):
+        self.assertRegex(README, r"key: consumer, value_source: request_header, "
+                                 r"value: x-mse-consumer, apply_to_log: true")
+        self.assertIn("ignores an\n   `attributes` list", README)
+
+
 class ReadmeCoversEveryOption(unittest.TestCase):
     def test_every_command_and_option_is_documented(self):
         missing = []
