@@ -263,8 +263,12 @@ def cmd_burn(args: argparse.Namespace, out: TextIO) -> int:
           if args.at else None)
     with _reader(args) as reader:
         _note_if_empty(args, reader)
-        data = burn(reader.db, now=at, tz=tz, window_minutes=args.window,
-                    active_minutes=args.active, limit=args.limit, latest_if_idle=at is None)
+        try:
+            data = burn(reader.db, now=at, tz=tz, window_minutes=args.window,
+                        active_minutes=args.active, limit=args.limit, latest_if_idle=at is None)
+        except OverflowError:
+            raise MonitorError(f"--at {safe_text(args.at)!r}: the window around it reaches past "
+                               "the calendar (years 1..9999)", EXIT_USAGE) from None
         if data.get("note"):
             args.err.write(f"note: {data['note']} (--at chooses the moment)\n")
     if args.json:

@@ -7,6 +7,7 @@ import re
 from datetime import date, datetime, timedelta, timezone, tzinfo
 
 from .errors import EXIT_USAGE, MonitorError
+from .fmt import plural
 from .window import stamp
 
 
@@ -73,8 +74,13 @@ def day_window(days: int, tz: tzinfo, last_day: date | None = None) -> tuple[dat
     day, and the UTC bounds [since, until) of their local midnights as stored-time
     strings, so that the index is read for that range only."""
     last = last_day or datetime.now(tz).date()
-    first = last - timedelta(days=max(days, 1) - 1)
-    return first, last, local_midnight_utc(first, tz), local_midnight_utc(last + timedelta(days=1), tz)
+    try:
+        first = last - timedelta(days=max(days, 1) - 1)
+        return (first, last, local_midnight_utc(first, tz),
+                local_midnight_utc(last + timedelta(days=1), tz))
+    except (OverflowError, ValueError):
+        raise MonitorError(f"{plural(days, 'day')} to {last} in {tz} reach past the calendar (years "
+                           "1..9999 in UTC)", EXIT_USAGE) from None
 
 
 def local_midnight_utc(day: date, tz: tzinfo) -> str:

@@ -250,6 +250,8 @@ class VersionEndpoint(unittest.TestCase):
         session_v = self.version(server, mine)[1]
         other = "?id=agent:main:other"
         self.assertEqual(self.version(server, other), (200, "none"))
+        for outside in ("../../../etc/passwd", ".state.json", ".index.sqlite", "/etc/passwd"):
+            self.assertEqual(self.version(server, "?id=" + quote(outside, safe="")), (200, "none"))
         self.assertEqual(self.version(server), (200, store_v))   # nothing new: unchanged
         write_lines(self.log, [make_line(2, session="agent:main:other")])
         ingest(self.store, self.log)

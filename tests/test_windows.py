@@ -198,6 +198,19 @@ class TimeZoneArguments(unittest.TestCase):
             self.assertEqual(code, 2, text)
             self.assertEqual(len(err.strip().splitlines()), 1, err)
 
+    def test_day_ranges_and_burn_at_the_ends_of_the_calendar_are_usage_errors(self):
+        import tempfile
+        with tempfile.TemporaryDirectory() as store:
+            for argv in (["stats-date", "--end", "9999-12-31", "--tz=-05:00", "--days", "2"],
+                         ["stats-date", "--end", "0001-01-01", "--tz=+14:00"],
+                         ["burn", "--at", "0001-01-01"], ["burn", "--at", "9999-12-31T23:59"],
+                         ["stats-model", "--since", "0001-01-01", "--tz=+08:00"]):
+                code, err = self.run_cli(*argv, "--data-dir", store)
+                self.assertEqual(code, 2, (argv, err))
+                self.assertNotIn("internal error", err)
+                errors = [line for line in err.splitlines() if not line.startswith("note:")]
+                self.assertEqual(len(errors), 1, err)
+
     def test_since_outside_the_calendar_is_a_usage_error(self):
         code, err = self.run_cli("stats-model", "--since", "99999999d", "--data-dir", "/nonexistent")
         self.assertEqual(code, 2, err)
