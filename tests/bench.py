@@ -142,9 +142,12 @@ def run_child(cmd: list[str]) -> tuple[float, int, str]:
     the RSS is that child's own."""
     import tempfile
 
+    # As installed, Python caches bytecode; a PYTHONDONTWRITEBYTECODE inherited from a
+    # test harness would add the compilation of every module to each run.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         _pid, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
