@@ -96,6 +96,7 @@ class StoreReader:
         if fulltext.present(self.db) and fulltext.create(memory):
             memory.execute(f"INSERT INTO {fulltext.TABLE} (rowid, text) "
                            f"SELECT rowid, text FROM disk.{fulltext.TABLE}")
+        memory.commit()   # the copy ran in an implicit transaction that holds disk
         memory.execute("DETACH DATABASE disk")
         for name in names:
             delete_rows(memory, name)
