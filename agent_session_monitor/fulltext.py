@@ -91,7 +91,9 @@ def session_text(doc: dict) -> str:
                 parts.append(_text(fn.get("name")))
                 parts.append(_text(args))
     text = "\n".join(p for p in parts if p)
-    return _CJK.sub(r" \1 ", text) if text else ""
+    # " ".join of the split is _CJK.sub(r" \1 ", text) without a template expansion in
+    # Python per character (the catch-up's main thread computes this for every session).
+    return " ".join(_CJK.split(text)) if text else ""
 
 
 def replace(db: sqlite3.Connection, rows: list[tuple[int, dict]]) -> None:

@@ -83,6 +83,18 @@ _WORDS = re.compile(r"[a-z][a-z0-9]{3,}")
 _HAN = re.compile(r"[\u4e00-\u9fff]{2,}")
 
 
+class CjkSpacing(unittest.TestCase):
+    def test_every_cjk_character_is_spaced_exactly_as_the_substitution_spaces_it(self):
+        # session_text splits instead of substituting (speed): the text must not change.
+        rng = random.Random(16)
+        alphabet = "ab 1_\n。，北京東京한국語カナ\u3040\u30ff\ud7af\uf900"
+        pattern = re.compile(fulltext._CJK.pattern)
+        for _ in range(5000):
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+            doc = {"rounds": [{"question": text}]}
+            self.assertEqual(fulltext.session_text(doc), pattern.sub(r" \1 ", text))
+
+
 class ContentSearch(TempDirTest):
     def setUp(self) -> None:
         super().setUp()
