@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, TextIO
 
 from . import __version__
+from .argtypes import Parser, parse
 from .config import DEFAULT_DATA_DIR, ENV_BASE_URL, ENV_DATA_DIR, ENV_LINK_SECRET, data_dir, resolve
 from .errors import MonitorError
 from .links import DEFAULT_BASE_URL, session_url
@@ -367,7 +368,7 @@ def serve(server: Server, stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG, description="Serve the session store to agents over MCP (stdio): tools "
         "session_cost, top_sessions, usage_stats. Configure it as a stdio MCP server: "
         "command python3, args [path/to/scripts/mcp_server.py, --data-dir, DIR].")
@@ -383,10 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, stdin: BinaryIO | None = None,
          stdout: BinaryIO | None = None, err: TextIO | None = None) -> int:
     err = err or sys.stderr
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:   # --help, --version, a usage error (printed by argparse)
-        return e.code if isinstance(e.code, int) else 0
+    args = parse(build_parser(), argv, err)   # a usage error: one line on err, 2
+    if isinstance(args, int):
+        return args
     base = str(resolve(args.base_url, ENV_BASE_URL, DEFAULT_BASE_URL))
     if not re.match(r"https?://[^/?#\s]+", base):
         err.write(f"{PROG}: error: --base-url {base[:200]!r} is not an http(s) URL\n")

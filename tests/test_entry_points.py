@@ -1,6 +1,6 @@
-"""Entry points under bad input (issue 13, item 13): every flag of main.py, cli.py and
-webserver.py (and the console scripts, which call the same ``main``) given values no
-user should give. Whatever the value: no traceback, at most one line on stderr when it
+"""Entry points under bad input (issue 13, item 13): every flag of main.py, cli.py,
+webserver.py and mcp_server.py (and the console scripts of pyproject.toml, which call
+the same ``main``) given values no user should give. Whatever the value: no traceback, at most one line on stderr when it
 fails, exit 2 for a usage error and 1 for a runtime one. And ``main()`` called in a
 process leaves that process as it found it (signal handlers).
 
@@ -117,6 +117,24 @@ class BadFlagValuesAreOneLineNeverATraceback(EntryPointCase):
                     swept += 1
         self.assertGreater(swept, 100)
 
+    def test_every_mcp_server_flag_with_every_bad_value(self) -> None:
+        from agent_session_monitor import mcp_server
+
+        swept = 0
+        for prefix, action in flags_of(mcp_server.build_parser()):
+            for value in BAD_VALUES:
+                argv = [action.option_strings[-1], value]
+                if action.dest != "data_dir":
+                    argv += ["--data-dir", str(self.out)]
+                with self.subTest(argv=argv[:2]):
+                    err = io.StringIO()
+                    # An empty stdin: a server that starts ends at once, at its EOF.
+                    code = mcp_server.main(argv, stdin=io.BytesIO(b""), stdout=io.BytesIO(),
+                                           err=err)
+                    self.assert_clean(argv, code, err.getvalue())
+                    swept += 1
+        self.assertGreater(swept, 30)
+
     def run_web(self, argv: list[str]) -> tuple[int, str]:
         """web.main without serving: serve_forever returns at once when it starts."""
         err = io.StringIO()
@@ -166,6 +184,7 @@ class ScriptsAsProcesses(EntryPointCase):
                  (str(ROOT / "main.py"), "--max-rotate", "-3"),
                  (str(ROOT / "main.py"), "--refresh-interval", "inf"),
                  (str(ROOT / "scripts" / "cli.py"), "list", "--limit", "many"),
+                 (str(ROOT / "scripts" / "mcp_server.py"), "--no-such-flag", "x"),
                  ("-c", "import sys; sys.path.insert(0, %r); from agent_session_monitor.web "
                   "import main; sys.exit(main())" % str(ROOT), "--port", "70000")]
         for argv in cases:
