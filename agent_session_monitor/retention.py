@@ -38,6 +38,7 @@ from .pruned_archive import Archive, pack, accounting, label
 from .store import read_document
 
 BATCH = 500
+MAX_KEEP = timedelta(days=366_000)   # ~1,000 years; 999999d reaches before year 1
 
 
 def parse_duration(text: str) -> timedelta:
@@ -46,7 +47,10 @@ def parse_duration(text: str) -> timedelta:
     if not m or int(m.group(1)) == 0:
         raise ValueError(f"{text!r} is not a duration: use e.g. 90d, 12w, 36h (more than 0)")
     unit = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
-    return timedelta(**{unit: int(m.group(1))})
+    keep = timedelta(**{unit: int(m.group(1))})
+    if keep > MAX_KEEP:   # "now - keep" must be a date (OverflowError before year 1)
+        raise ValueError(f"{text!r} is too long a duration: at most {MAX_KEEP.days}d")
+    return keep
 
 
 @dataclass

@@ -191,6 +191,19 @@ class Retention(TempDirTest):
             self.assertEqual(len(err.strip().splitlines()), 1, err)
             self.assertNotIn("Traceback", err)
 
+    def test_a_keep_longer_than_the_calendar_is_a_usage_error_not_an_internal_error(self):
+        # 999999w, 999999d: "now - keep" falls before year 1 (OverflowError).
+        for bad in ("999999w", "999999d", "150000w"):
+            code, _out, err = self.main("--keep", bad)
+            self.assertEqual(code, 2, (bad, err))
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+            self.assertNotIn("internal error", err)
+        before = self.files()
+        code, out, err = self.main("--keep", "366000d")   # 1,000 years: keeps everything
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("Pruned", out)
+        self.assertEqual(self.files(), before)
+
 
 # A prune killed at each of its steps: the wrapper runs main.py's main() with one step
 # replaced by "do it, then die as SIGKILL would" (os._exit: no cleanup, no flush).
