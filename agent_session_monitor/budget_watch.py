@@ -29,7 +29,6 @@ from . import anomalies, burn
 from .alerts import Alert, stderr_line
 from .budgets import (DEFAULT_THRESHOLDS, Usage, budget_alert, crossings, day_usage,
                       local_day, now_stamp, session_usage, total_tokens)
-from .delivery import Delivery
 from .fmt import fmt_pct, fmt_usd
 from .links import session_url
 from .live import budget_line
@@ -90,9 +89,12 @@ class FinOps:
         self._inflight: set = set()
         self._total: int | None = None
         self.last_alert: Alert | None = None
-        self.delivery = (Delivery(config.sinks, err=err, timeout=config.timeout,
-                                  retries=config.retries, backoff=config.backoff)
-                         if config.sinks else None)
+        self.delivery = None
+        if config.sinks:   # HTTP delivery is imported only when there is a webhook
+            from .delivery import Delivery
+
+            self.delivery = Delivery(config.sinks, err=err, timeout=config.timeout,
+                                     retries=config.retries, backoff=config.backoff)
         if config.active:
             monitor.before_flush.append(self._before_flush)
             monitor.on_commit.append(self._on_commit)
