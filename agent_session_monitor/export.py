@@ -16,7 +16,9 @@ Exactly once, as far as the exporter can know:
 - a crash between a 2xx and the delete resends a batch with the same span ids, which
   Phoenix (``ON CONFLICT (span_id) DO NOTHING``) and id-keyed backends store once.
 A backend that answers 200 before its data is durable loses what it had queued when it
-is killed (Phoenix does, with SIGKILL; SIGTERM drains): no exporter can see that.
+stops: Phoenix queues the spans after its answer and, on SIGTERM, writes for 5 s and
+drops the rest ("Span ingestion stopped with N spans still pending"; SIGKILL drops all).
+No exporter can see that loss.
 The backlog is bounded (spans and bytes): past the bound the oldest spans are dropped,
 counted and reported. Counters live in ``state.extra["otlp"]``.
 """

@@ -12,11 +12,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 import urllib.error
@@ -86,7 +88,9 @@ class Phoenix:
                              f"{self.log_tail()}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop it as systemd would (SIGTERM: Phoenix drains its insert queue)."""
+        """Stop it as systemd would. SIGTERM drains its insert queue for 5 s only
+        (BulkInserter's shutdown_drain_sec), then drops what is left: spans it answered
+        200 for (it queues them after the answer) but had not written yet."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(sig)
@@ -131,6 +135,63 @@ class Phoenix:
                 return self.spans(project)
             time.sleep(0.5)
         return spans
+
+
+class Gate:
+    """A TCP forwarder in front of Phoenix. ``close()`` cuts the exporter off (a new
+    connection is accepted and closed at once: a dead endpoint) while Phoenix runs on, so
+    the test can let it write everything it acknowledged before stopping it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.open = threading.Event()
+        self.open.set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.open.clear()
+
+    def shut(self) -> None:
+        self.open.clear()
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if not self.open.is_set():
+                conn.close()
+                continue
+            try:
+                up = socket.create_connection(self.target, timeout=30)
+            except OSError:
+                conn.close()
+                continue
+            threading.Thread(target=self._pipe, args=(conn, up), daemon=True).start()
+
+    @staticmethod
+    def _pipe(conn: socket.socket, up: socket.socket) -> None:
+        peer = {conn: up, up: conn}
+        with conn, up:
+            live = [conn, up]
+            try:
+                while live:
+                    readable, _, _ = select.select(live, [], [], 60)
+                    if not readable:
+                        return
+                    for s in readable:
+                        data = s.recv(65536)
+                        if data:
+                            peer[s].sendall(data)
+                        else:
+                            live.remove(s)
+                            peer[s].shutdown(socket.SHUT_WR)
+            except OSError:
+                return
 
 
 def truth(events) -> Counter:
@@ -193,7 +254,8 @@ class PhoenixExport(unittest.TestCase):
         self.dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.tmp))
         self.err = io.StringIO()
 
-    def export(self, gen, project: str, **options) -> tuple[Monitor, Exporter]:
+    def export(self, gen, project: str, url: str | None = None,
+               **options) -> tuple[Monitor, Exporter]:
         log = self.dir / "access.log"
         write_lines(log, gen.lines)
         monitor = Monitor(MonitorConfig(log_paths=[str(log)], output_dir=self.dir / "out",
@@ -202,7 +264,7 @@ class PhoenixExport(unittest.TestCase):
         self.addCleanup(monitor.__exit__, None, None, None)
         resource = resource_attributes("agent-session-monitor",
                                        {"openinference.project.name": project})
-        exporter = Exporter(monitor, ExportConfig(endpoint=self.phoenix.url + "/v1/traces",
+        exporter = Exporter(monitor, ExportConfig(endpoint=(url or self.phoenix.url) + "/v1/traces",
                                                   resource=resource, **options))
         exporter.start()
         return monitor, exporter
@@ -228,19 +290,33 @@ class PhoenixExport(unittest.TestCase):
         gen = generate(seed=12, sessions=60, max_requests=15, unsessioned_every=13)
         expected = truth(gen.events)
         project = "asm-restart"
-        # Small batches: the export takes many requests, so a stop lands in the middle.
-        monitor, exporter = self.export(gen, project, batch_spans=5, timeout=5.0)
+        gate = Gate(self.phoenix.port)
+        self.addCleanup(gate.shut)
+        # Small batches: the export takes many requests, so the outage lands in the middle.
+        monitor, exporter = self.export(gen, project, url=gate.url, batch_spans=5, timeout=5.0)
         stats = monitor.poll_once()
         deadline = time.monotonic() + 60
         while exporter.counters["sent"] < 40 and time.monotonic() < deadline:
             time.sleep(0.01)
+        # The endpoint goes dead mid-export. Phoenix answers 200 before it writes and a
+        # SIGTERM drops what its 5 s drain has not written (Phoenix.stop), a loss no
+        # exporter can see; so it is stopped only once it holds every span it answered
+        # for. A failed attempt after the cut means the batch in flight was counted.
+        failed = exporter.counters["failed_attempts"]
+        gate.close()
+        while exporter.counters["failed_attempts"] == failed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertGreater(exporter.counters["failed_attempts"], failed)
+        left, acknowledged = exporter.rows, exporter.counters["sent"]
+        self.assertGreater(left, 0, "the export finished before the outage: make it longer")
+        self.assertEqual(left + acknowledged, stats.rounds)
+        before = self.phoenix.wait_for_spans(project, acknowledged)
+        self.assertEqual(len(before), acknowledged)   # each span answered for, once
         self.phoenix.stop()
-        left = exporter.rows
-        self.assertGreater(left, 0, "the export finished before Phoenix stopped: make it longer")
         time.sleep(2)                                 # failed attempts while it is down
-        self.assertGreater(exporter.counters["failed_attempts"], 0)
         self.assertEqual(exporter.rows, left)         # nothing dropped, nothing lost
         self.phoenix.start()                          # same database, same port
+        gate.open.set()
         exporter.close(flush_seconds=120)
         self.assertEqual(exporter.rows, 0, self.err.getvalue())
         spans = self.phoenix.wait_for_spans(project, stats.rounds)
