@@ -217,6 +217,9 @@ class StoreReader:
             try:
                 doc = read_document(path)
             except FileNotFoundError:
+                if summary is not None:   # indexed, then deleted or moved by hand
+                    raise UnreadableSession(session_id, path, "it is missing (deleted or "
+                                            "moved after it was indexed)") from None
                 continue
             except (OSError, ValueError) as e:
                 # The file this id maps to is there but damaged: say so, naming it (its

@@ -133,6 +133,24 @@ class CorruptSessionFile(TempDirTest):
                 self.file.write_bytes(data)
                 self.check_readers(what, indexed=True)
 
+    def test_a_file_deleted_after_it_was_indexed_is_named_missing(self) -> None:
+        self.file.unlink()
+        code, out, err = self.cli("show", VICTIM)
+        self.assertEqual(code, 1, err)
+        self.assertIn(str(self.file), err)
+        self.assertIn("missing", err)
+        self.assertNotIn("did you mean", err)
+        app = webapp.WebApp(self.out, log=io.StringIO())
+        app.gate.port = 8888
+        response = app.handle("GET", f"/session?id={VICTIM}", {"Host": "127.0.0.1:8888"})
+        self.assertEqual(response.status, 503)
+        self.assertIn(b"missing", response.body)
+        code, out, err = self.rebuild()          # the index forgets it: now simply unknown
+        self.assertEqual(code, 0, err)
+        code, out, err = self.cli("show", VICTIM)
+        self.assertIn("no session", err)
+        self.assertNotIn("did you mean: victim", err)
+
     def test_wrong_values_in_a_sound_file_are_repaired_not_called_corrupt(self) -> None:
         for what, data in repairable(self.good):
             with self.subTest(damage=what):

@@ -1,8 +1,9 @@
 """Entry points under bad input (issue 13, item 13): every flag of main.py, cli.py,
 webserver.py and mcp_server.py (and the console scripts of pyproject.toml, which call
-the same ``main``) given values no user should give. Whatever the value: no traceback, at most one line on stderr when it
-fails, exit 2 for a usage error and 1 for a runtime one. And ``main()`` called in a
-process leaves that process as it found it (signal handlers).
+the same ``main``) given values no user should give. Whatever the value: no traceback,
+at most one line on stderr when it fails, exit 2 for a usage error and 1 for a runtime
+one. And ``main()`` called in a process leaves that process as it found it (signal
+handlers).
 
 The values are generated per flag from the parsers themselves (argparse introspection),
 so a flag added tomorrow is swept too.
