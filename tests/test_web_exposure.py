@@ -34,6 +34,9 @@ PORT = 8888
 BINDS = ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::", "192.0.2.10")
 ALLOWED = ((), ("localhost",), ("127.0.0.1:8888",), ("monitor.example.com",),
            ("10.0.0.5:443",), ("monitor.example.com", "localhost"), ("[::1]",))
+# For the per-route matrix: one of each kind (none, local, a proxy's name, an address),
+# to keep it to seconds; the start-up test above takes every one.
+ALLOWED_ROUTES = ((), ("localhost",), ("monitor.example.com",), ("10.0.0.5:443",))
 
 
 def exposed(bind: str, allowed: tuple[str, ...]) -> bool:
@@ -130,7 +133,7 @@ class Exposure(TempDirTest):
         plain_routes = sorted(set(webapp.ROUTES) - set(webauth.SIGNED_OK))
         started = time.monotonic()
         for bind, allowed, token, secret in itertools.product(
-                BINDS, ALLOWED, (None, TOKEN), (None, SECRET)):
+                BINDS, ALLOWED_ROUTES, (None, TOKEN), (None, SECRET)):
             if exposed(bind, allowed) and token is None:
                 continue    # refuses to start (test above)
             app = self.app(bind, allowed, token, secret)
@@ -156,7 +159,7 @@ class Exposure(TempDirTest):
                     else:
                         self.assertIn(status, (401, 403), "must need the token")
                     checked += 1
-        self.assertGreater(checked, 5000)
+        self.assertGreater(checked, 4000)
         # The whole matrix stays cheap (no sockets, no refusal delay).
         self.assertLess(time.monotonic() - started, 60)
 
