@@ -322,6 +322,9 @@ def cmd_url(args: argparse.Namespace, out: TextIO) -> int:
 @contextlib.contextmanager
 def _reader(args: argparse.Namespace):
     reader = StoreReader.open(data_dir(args.data_dir))
+    for name, why in reader.skipped:   # a store without an index, read file by file
+        args.err.write(f"note: session file {safe_text(reader.directory / name)} is corrupt "
+                       f"or unreadable ({safe_text(why)}); left out of these figures\n")
     try:
         yield reader
     finally:

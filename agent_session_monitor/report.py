@@ -51,6 +51,8 @@ class StoreReader:
     db: sqlite3.Connection
     _model_consumer: dict | None = field(default=None, init=False, repr=False)
     _links: dict | None = field(default=None, init=False, repr=False)
+    # (file, why) of session files an in-memory index had to leave out (corrupt).
+    skipped: list = field(default_factory=list, init=False, repr=False)
 
     @classmethod
     def open(cls, directory: Path, progress: bool | None = None) -> "StoreReader":
@@ -72,7 +74,9 @@ class StoreReader:
                     db = None
             except sqlite3.Error:
                 db = None
-        reader = cls(directory, db or _memory_index(directory, progress))
+        skipped: list[tuple[str, str]] = []
+        reader = cls(directory, db or _memory_index(directory, progress, skipped))
+        reader.skipped = skipped
         reader._overlay_pending()
         return reader
 
@@ -471,14 +475,16 @@ def _session_dict(row: tuple) -> dict:
     return d
 
 
-def _memory_index(directory: Path, progress: bool | None) -> sqlite3.Connection:
-    """Index the session files into memory (a store without an index file)."""
+def _memory_index(directory: Path, progress: bool | None,
+                  skipped: list[tuple[str, str]] | None = None) -> sqlite3.Connection:
+    """Index the session files into memory (a store without an index file); the files
+    that cannot be read are added to ``skipped`` as (name, why)."""
     names = [n for n in os.listdir(directory) if is_session_file(n)]
     show = sys.stderr.isatty() if progress is None else progress
     db = sqlite3.connect(":memory:", check_same_thread=False)
     create_schema(db)
     for i, name in enumerate(names, 1):
-        entry = load_entry(directory, name)
+        entry = load_entry(directory, name, skipped)
         if entry is not None:
             replace_rows(db, [entry])
         if show and (i % 500 == 0 or i == len(names)):

@@ -133,6 +133,16 @@ class CorruptSessionFile(TempDirTest):
                 self.file.write_bytes(data)
                 self.check_readers(what, indexed=True)
 
+    def test_a_store_without_index_names_the_files_its_figures_leave_out(self) -> None:
+        self.file.write_bytes(self.good[:77])
+        (self.out / ".index.sqlite").unlink()
+        for argv in (["list"], ["stats-model"], ["export", "-"]):
+            with self.subTest(argv=argv):
+                code, out, err = self.cli(*argv)
+                self.assertEqual(code, 0, err)
+                self.assertIn(f"session file {self.file} is corrupt", err)
+                self.assertIn("left out", err)
+
     def test_a_file_deleted_after_it_was_indexed_is_named_missing(self) -> None:
         self.file.unlink()
         code, out, err = self.cli("show", VICTIM)
