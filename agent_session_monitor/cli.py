@@ -401,11 +401,14 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def _duration(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", text)
+    m = re.fullmatch(r"\s*(\d{1,15})\s*([smhdw]?)\s*", text)
     if not m or int(m.group(1)) <= 0:
-        raise MonitorError(f"--expires-in {safe_text(text)!r}: use a duration such as 3600, 90m, "
-                           "24h or 7d", EXIT_USAGE)
-    return int(m.group(1)) * _UNITS[m.group(2) or "s"]
+        raise MonitorError(f"--expires-in {safe_text(text)[:40]!r}: use a duration such as 3600, "
+                           "90m, 24h or 7d", EXIT_USAGE)
+    seconds = int(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if seconds > MAX_DAYS * 86400:   # its expiry must be a date (years 1..9999)
+        raise MonitorError(f"--expires-in {safe_text(text)!r}: at most {MAX_DAYS}d", EXIT_USAGE)
+    return seconds
 
 
 # Beyond these a count or a span is a typo, and SQLite (64-bit) or datetime (years

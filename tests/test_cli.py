@@ -302,6 +302,21 @@ class ExampleStoreTest(CliTest):
                                 store=self.store)
         self.assertEqual(code, 2)
 
+    def test_url_expiry_beyond_the_calendar_is_a_usage_error(self) -> None:
+        # 999999w is year 21192: no expires_at can be written, and a 5,000-digit number
+        # is past int()'s digit limit. Both were internal errors.
+        for ttl in ("999999w", "99999999d", "9" * 5000, "36501d"):
+            code, out, err = self.cli("--json", "url", "s-quote", "--secret", "k",
+                                      "--expires-in", ttl, store=self.store)
+            self.assertEqual((code, out), (2, ""), (ttl[:20], err))
+            self.assertNotIn("internal error", err)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+        data = json.loads(self.ok("--json", "url", "s-quote", "--secret", "k", "--expires-in",
+                                  "36500d", store=self.store))
+        expires = datetime.fromisoformat(data["expires_at"].replace("Z", "+00:00"))
+        self.assertAlmostEqual((expires - datetime.now(timezone.utc)).total_seconds(),
+                               36500 * 86400, delta=60)
+
     def test_unknown_session_one_line_with_close_matches(self) -> None:
         code, out, err = self.cli("show", "sess_claude_4", store=self.store)
         self.assertEqual((code, out), (1, ""))
