@@ -174,7 +174,10 @@ class StoreReader:
             params.append(since)
         if search:
             match = fulltext.query(search) if self.fulltext else None
-            text = ("instr(lower(session_id), lower(?)) > 0 OR instr(lower(models), lower(?)) > 0")
+            # Each model name, not the JSON text of the list: a '"' or ',' would match
+            # every session, and a non-ASCII name is stored there as \u escapes.
+            text = ("instr(lower(session_id), lower(?)) > 0 OR EXISTS (SELECT 1 FROM "
+                    "json_each(models) WHERE instr(lower(value), lower(?)) > 0)")
             params += [search, search]
             if match:
                 text += f" OR sid IN (SELECT rowid FROM {fulltext.TABLE} WHERE {fulltext.TABLE} MATCH ?)"

@@ -150,6 +150,21 @@ class ContentSearch(TempDirTest):
             self.assertEqual(code, 0, (query, err))
             json.loads(out)
 
+    def test_a_quote_or_a_cjk_model_name_searches_model_names_not_their_json(self):
+        # The index keeps a session's models as JSON text ('["gpt-4o", "o1"]', non-ASCII
+        # as \u escapes): '"' matched every session, and "模型" none.
+        lines = []
+        for n, (sid, model) in enumerate((("a", "模型-x"), ("b", "gpt-4o"), ("c", "o1"))):
+            ai = {"session_id": sid, "model": model, "input_token": 5, "output_token": 1}
+            lines.append(json.dumps({"ai_log": json.dumps(ai), "request_id": f"r{n}",
+                                     "start_time": f"2026-02-01T09:00:0{n}.000Z"}) + "\n")
+        self.log.write_text("".join(lines))
+        ingest(self.out, self.log)
+        self.assertEqual(self.found("模型"), {"a"})
+        self.assertEqual(self.found("gpt"), {"b"})
+        for query in ('"', '", "', '4o", "o1', "[", "\\u6a21"):
+            self.assertEqual(self.found(query), set(), query)
+
     def test_no_content_stores_and_indexes_nothing_of_the_conversation(self):
         code = self.run_monitor(self.log, extra=["--no-content", "-q"])[0]
         self.assertEqual(code, 0)
