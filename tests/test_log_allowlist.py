@@ -155,6 +155,18 @@ class FilesThatLeadOut(AllowListCase):
                 self.assertIn("mine", load_store(self.out))   # the real log still read
                 self.assertGreaterEqual(self.state_counter("refused"), 1)
 
+    def test_a_glob_through_a_symlinked_directory_out_is_refused(self) -> None:
+        (self.allowed / "sub" / "access.log").write_bytes(make_line(1, session="mine"))
+        (self.allowed / "pod-evil").symlink_to(self.secret, target_is_directory=True)
+        code, _, err = self.main("--log-path", str(self.allowed / "*" / "access.log"))
+        self.assertEqual(code, 1, err)
+        refusals = [l for l in err.splitlines() if "outside the allowed log directories" in l]
+        # the live log found through it and its rotation .1, each once
+        self.assertEqual(len(refusals), 2, err)
+        self.assertTrue(all("pod-evil" in l for l in refusals), err)
+        self.assertEqual(self.stolen(), [])
+        self.assertEqual(sorted(load_store(self.out)), ["mine"])
+
     def test_the_live_log_itself_a_symlink_out_is_refused(self) -> None:
         link = self.plant("access.log", self.secret_log)
         code, _, err = self.main("--log-path", str(link))
