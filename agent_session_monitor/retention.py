@@ -7,7 +7,7 @@ a pruned session leaves two things behind:
 - its rows in the index, under a label that is never a file name
   (``.pruned/<archive id>/<file>``): per-day, per-model and per-consumer totals, the
   overview and ``/metrics`` over the pruned period do not change (listings and ``show``
-  no longer offer the session: its conversation is gone);
+  no longer offer the session: its conversation is gone, its full-text row too);
 - its *accounting* in the archive ``.pruned.sqlite``: every round without its content
   (times, model, consumer, tokens, cost, idempotency key), zlib-compressed JSON. The
   index is derived data and is rebuilt from the session files plus this archive; and the
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from . import fulltext
 from .fsutil import fsync_path
 from .index import replace_rows
 from .names import is_session_file
@@ -98,6 +99,10 @@ def _relabel(index_db: sqlite3.Connection, entries: list[tuple[int, str, dict]])
                                      (target, name)).rowcount
             if not moved:   # the index was rebuilt meanwhile without the file
                 replace_rows(index_db, [(target, doc, 0)])
+            elif fulltext.present(index_db):
+                # The conversation goes with the file: its searchable text too.
+                index_db.execute(f"DELETE FROM {fulltext.TABLE} WHERE rowid IN (SELECT sid "
+                                 "FROM sessions WHERE file = ?)", (target,))
 
 
 def _unlink(directory: Path, entries: list[tuple[int, str, dict]]) -> int:

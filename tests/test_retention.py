@@ -191,6 +191,34 @@ class Retention(TempDirTest):
             self.assertEqual(len(err.strip().splitlines()), 1, err)
             self.assertNotIn("Traceback", err)
 
+    def test_a_pruned_conversation_leaves_no_searchable_text_in_the_index(self):
+        # The relabelled index rows kept the session's full-text row: its questions and
+        # answers stayed in .index.sqlite after the file was gone.
+        import sqlite3
+        from agent_session_monitor import fulltext
+        if not fulltext.available():
+            self.skipTest("this Python's SQLite has no FTS5")
+        old_sids = "SELECT sid FROM sessions WHERE updated_at < ?"
+        cutoff = iso(NOW - timedelta(days=30))
+        db = sqlite3.connect(self.out / INDEX_NAME)
+        try:
+            before = db.execute(f"SELECT COUNT(*) FROM {fulltext.TABLE} WHERE rowid IN "
+                                f"({old_sids})", (cutoff,)).fetchone()[0]
+            kept = db.execute(f"SELECT COUNT(*) FROM {fulltext.TABLE} WHERE rowid NOT IN "
+                              f"({old_sids})", (cutoff,)).fetchone()[0]
+        finally:
+            db.close()
+        self.assertGreater(before, 0)
+        self.assertEqual(self.main("--keep", "30d")[0], 0)
+        db = sqlite3.connect(self.out / INDEX_NAME)
+        try:
+            pruned = db.execute(f"SELECT COUNT(*) FROM {fulltext.TABLE} WHERE rowid IN (SELECT "
+                                "sid FROM sessions WHERE file LIKE '.pruned/%')").fetchone()[0]
+            left = db.execute(f"SELECT COUNT(*) FROM {fulltext.TABLE}").fetchone()[0]
+        finally:
+            db.close()
+        self.assertEqual((pruned, left), (0, kept))
+
     def test_a_keep_longer_than_the_calendar_is_a_usage_error_not_an_internal_error(self):
         # 999999w, 999999d: "now - keep" falls before year 1 (OverflowError).
         for bad in ("999999w", "999999d", "150000w"):
