@@ -201,15 +201,3 @@ def _cell(value: object) -> str:
             return "'" + value
         return value
     return str(value)
-
-
-def column_metadata() -> list[dict]:
-    """The columns and their FOCUS data types (for the README and the tests)."""
-    types = {c: "Decimal" for c in ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost",
-                                     "ConsumedQuantity", "PricingQuantity")}
-    types.update({c: "Date/Time" for c in ("BillingPeriodEnd", "BillingPeriodStart",
-                                           "ChargePeriodEnd", "ChargePeriodStart")})
-    return [{"column": c, "data_type": types.get(c, "Decimal" if c.startswith("x_") and
-                                                  c.endswith(("Tokens", "Rounds")) else "String")}
-            for c in COLUMNS]
-

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from . import fulltext
 from .fsutil import fsync_path
-from .index import replace_rows
+from .index import replace_rows, sql_text
 from .names import is_session_file
 from .pruned_archive import Archive, pack, accounting, label
 from .store import read_document
@@ -160,7 +160,7 @@ def prune(directory: Path, index_db: sqlite3.Connection, keep: timedelta, *,
                     cur = archive.db.execute(
                         "INSERT INTO pruned (file, session_id, pruned_at, last_round, rounds, "
                         "doc, done) VALUES (?, ?, ?, ?, ?, ?, 0)",
-                        (name, _text(doc.get("session_id")), pruned_at, doc.get("updated_at"),
+                        (name, sql_text(doc.get("session_id") or ""), pruned_at, doc.get("updated_at"),
                          len(doc["rounds"]), pack(kept)))
                     entries.append((cur.lastrowid, name, kept))
             result.bytes_freed += _finish(directory, index_db, archive, entries)
@@ -172,9 +172,3 @@ def prune(directory: Path, index_db: sqlite3.Connection, keep: timedelta, *,
     finally:
         archive.close()
     return result
-
-
-def _text(value: object) -> str | None:
-    if not isinstance(value, str):
-        return None
-    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
