@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         index = Index(directory)
         touch = _toucher(directory, index)
         report("GET /  right after an index commit (max-lag 5 s)", after_commits(conn, "/", touch))
+        report("GET /metrics  (index unchanged)", timed(conn, "/metrics", n))
+        report("GET /metrics  right after an index commit (last value; refreshed behind)",
+               after_commits(conn, "/metrics", touch))
         stop = threading.Event()
 
         def writer() -> None:
@@ -198,9 +201,6 @@ def main(argv: list[str] | None = None) -> int:
         thread.join()
         report(f"GET /  while the monitor commits every 1 s ({time.monotonic() - started:.0f} s)",
                busy, TARGET_MS)
-        report("GET /metrics  (index unchanged)", timed(conn, "/metrics", n))
-        report("GET /metrics  right after an index commit (last value; refreshed behind)",
-               after_commits(conn, "/metrics", touch))
         index.close()
         report("GET /api/stats", timed(conn, "/api/stats", n))
         report("GET /api/sessions  (first page)", timed(conn, "/api/sessions", n))
