@@ -21,15 +21,28 @@ _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
              *(f"lpt{i}" for i in range(10))}
 
 
-@lru_cache(maxsize=65536)
+# Ids cached by :func:`file_name_for` at most this long: a client sending a new 60 KB id
+# per request would otherwise pin 65,536 of them (gigabytes) in a long-lived monitor.
+_CACHED_ID_CHARS = 256
+
+
 def file_name_for(session_id: str) -> str:
     """The file name (no directory) of a session; distinct ids give distinct names."""
+    if len(session_id) > _CACHED_ID_CHARS:
+        return _file_name_for(session_id)
+    return _cached_file_name_for(session_id)
+
+
+def _file_name_for(session_id: str) -> str:
     if (_SAFE.fullmatch(session_id) and ".." not in session_id
             and session_id.split(".", 1)[0] not in _RESERVED):
         return session_id + SUFFIX
     digest = hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]
     prefix = _UNSAFE_RUN.sub("_", session_id.lower())[:60].strip("._")
     return f"{prefix}~{digest}{SUFFIX}"
+
+
+_cached_file_name_for = lru_cache(maxsize=65536)(_file_name_for)
 
 
 def is_session_file(name: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import stat
 
 from tests.helpers import TempDirTest, load_store, write_lines
@@ -54,6 +55,23 @@ class HostileSessionIds(TempDirTest):
         for sid, sent in stored.items():
             self.assertEqual(docs[sid]["rounds"][0]["request_id"], f"r{self.IDS.index(sent)}")
         self.assertEqual(sorted(os.listdir(self.tmp)), ["access.log", "sessions"])
+
+    def test_a_flood_of_huge_session_ids_pins_no_memory_in_the_name_cache(self):
+        # A client sending a new 20 KB id per request: the names' cache (65,536 entries)
+        # kept every id, gigabytes in a long-lived monitor.
+        import tracemalloc
+        rng = random.Random(7)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            names = []
+            for _ in range(300):
+                names.append(file_name_for(rng.randbytes(10_000).hex()))   # then dropped
+            kept = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(len(set(names)), 300)
+        self.assertLess(kept, 1_000_000)   # 300 ids of 20 KB are 6 MB
 
     def test_readable_ids_keep_the_original_file_name(self):
         self.assertEqual(file_name_for("agent:main:discord:1465367993012981988"),
