@@ -142,6 +142,17 @@ class ContentSearch(TempDirTest):
                    or any(query.lower() in m.lower() for m in docs_models(docs, sid))}
             self.assertEqual(self.found(query), expected | ids, query)
 
+    def test_a_store_with_sessions_pending_after_a_crash_is_searched_whole(self):
+        ingest(self.out, self.log)
+        before = self.found("北京")
+        self.assertTrue(before)
+        db = sqlite3.connect(self.out / INDEX_NAME)
+        names = [r[0] for r in db.execute("SELECT file FROM sessions LIMIT 3")]
+        with db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('pending', ?)", (json.dumps(names),))
+        db.close()
+        self.assertEqual(self.found("北京"), before)   # the overlay carries the text index
+
     def test_hostile_query_syntax_is_only_text(self):
         ingest(self.out, self.log)
         for query in ['"', "*", "NEAR(a b)", "a OR b", "content_fts:1", "'; DROP TABLE",
