@@ -23,7 +23,8 @@ moving a round's own fields elsewhere:
   ``messages_offset`` > 0, without ``context_key`` extends the previous round; schema 1
   said ``context_is_previous``), ``cache_write_tokens`` when 0, and ``priced_by`` when
   it is the session's usual price data (``price_default``; a priced round that did not
-  record it says ``"priced_by": null``).
+  record it says ``"priced_by": null``); the session's ``priced_by`` counts and a null
+  ``provider_cost`` are left out (the rounds say them).
 - A Claude answer re-sent as the first text block of the next request's assistant turn:
   that block's ``text`` is ``null`` and ``messages_refs`` says ``"answer_block"``.
 
@@ -105,7 +106,12 @@ def compact(doc: dict) -> dict:
                 del rnd["priced_by"]
             elif "priced_by" not in rnd:
                 rnd["priced_by"] = None
-    out = {k: v for k, v in doc.items() if k not in ("rounds", "systems")}
+    # Summaries the rounds already say: the count of rounds per price data, and a null
+    # provider cost (a session that has one keeps it on disk).
+    skip = {"rounds", "systems", "priced_by"}
+    if doc.get("provider_cost") is None:
+        skip.add("provider_cost")
+    out = {k: v for k, v in doc.items() if k not in skip}
     if systems:
         out["systems"] = systems
     if default is not None:
@@ -171,7 +177,20 @@ def expand(doc: dict) -> dict:
                     if kind in (_CALLS, _BOTH):
                         msg["tool_calls"] = _without_index(base.get("tool_calls"))
     _expand_schema_1(rounds, by_key)
+    if doc.get("schema", 1) >= 2:
+        doc.setdefault("provider_cost", None)
+        doc["priced_by"] = price_summary(rounds)
     return doc
+
+
+def price_summary(rounds: list) -> dict:
+    """Priced rounds per price data ("unrecorded": priced by a version that did not say)."""
+    counts: dict[str, int] = {}
+    for rnd in rounds:
+        if rnd.get("cost_usd") is not None:
+            by = rnd.get("priced_by") or "unrecorded"
+            counts[by] = counts.get(by, 0) + 1
+    return counts
 
 
 def _expand_schema_1(rounds: list, by_key: dict) -> None:

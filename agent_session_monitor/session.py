@@ -10,9 +10,9 @@ stays as logged (compact.py deduplicates inside ``messages`` when it writes the 
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 from . import tokens
+from .compact import price_summary
 from .names import UNSESSIONED_ID
 
 # 2: every round carries the original skill's fields (compact.py); "tokens" totals.
@@ -198,8 +198,7 @@ def summarise(doc: dict) -> None:
     doc["unpriced_rounds"] = len(unpriced)
     # Which price data priced the rounds ("unrecorded": priced by a version that did not
     # say; --reprice records it).
-    doc["priced_by"] = dict(Counter(r.get("priced_by") or "unrecorded"
-                                    for r in rounds if r.get("cost_usd") is not None))
+    doc["priced_by"] = price_summary(rounds)
     reported = [r for r in rounds if r.get("provider_cost_usd") is not None]
     doc["provider_cost"] = {
         "rounds": len(reported),
