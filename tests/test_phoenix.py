@@ -310,8 +310,11 @@ class PhoenixExport(unittest.TestCase):
         left, acknowledged = exporter.rows, exporter.counters["sent"]
         self.assertGreater(left, 0, "the export finished before the outage: make it longer")
         self.assertEqual(left + acknowledged, stats.rounds)
+        # Phoenix holds each span it answered for, once (and may hold a batch whose
+        # answer came after our timeout: it is sent again and stored once).
         before = self.phoenix.wait_for_spans(project, acknowledged)
-        self.assertEqual(len(before), acknowledged)   # each span answered for, once
+        self.assertGreaterEqual(len(before), acknowledged)
+        self.assertEqual(len({s["context"]["span_id"] for s in before}), len(before))
         self.phoenix.stop()
         time.sleep(2)                                 # failed attempts while it is down
         self.assertEqual(exporter.rows, left)         # nothing dropped, nothing lost
