@@ -162,7 +162,8 @@ class SessionStore:
         session's name would wait for the directory lock that commit's creates and
         renames hold. Only this process writes the directory (the lock)."""
         if self._names is None:
-            self._names = {n for n in os.listdir(self.directory) if not n.startswith(".")}
+            # Every name, unfiltered: a session file taken for absent would be overwritten.
+            self._names = set(os.listdir(self.directory))
 
     def file_name(self, session_id: str | None) -> str:
         return UNSESSIONED_FILE if session_id is None else file_name_for(session_id)
