@@ -175,6 +175,7 @@ class Monitor:
         if retention.recover(out, self.index.db):
             self.notes.append("finished pruning sessions an interrupted prune had left")
         self._archive: Archive | None = None
+        self._archive_absent = False
         self.store.pruned_keys = self._pruned_keys
         if upgrade_needed(self.index):
             n = upgrade_store(out, self.index, self.table, self.config.store_content)
@@ -193,7 +194,11 @@ class Monitor:
 
     def _pruned_keys(self, file_name: str) -> set:
         if self._archive is None:
-            if not (self.config.output_dir / ARCHIVE_NAME).exists():
+            # Only prune() creates the archive (under the writer lock): one look at the
+            # directory, not a stat per session loaded (in a catch-up each would wait
+            # for the directory lock of the commit in flight).
+            if self._archive_absent or not (self.config.output_dir / ARCHIVE_NAME).exists():
+                self._archive_absent = True
                 return set()
             self._archive = Archive(self.config.output_dir)
         return self._archive.keys_for(file_name)
@@ -202,6 +207,7 @@ class Monitor:
         """``--keep``: prune sessions idle longer than ``keep`` (after a commit)."""
         self.checkpoint()
         result = retention.prune(self.config.output_dir, self.index.db, keep)
+        self._archive_absent = False
         self.store.forget(result.names)
         return result
 
