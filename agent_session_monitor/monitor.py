@@ -36,6 +36,7 @@ from .parse import BadLine, Request, parse_line, utc_now
 from .pricing import PriceTable, load_price_table
 from .upgrade import upgrade_needed, upgrade_store
 from .rounds import build_round
+from .session import LINE_KEY_PREFIX
 from .state import load_state, save_state
 from .store import SessionStore
 from .subagents import note_spawns
@@ -512,7 +513,7 @@ class Monitor:
 
 def line_key(line: bytes) -> str:
     """The idempotency key of a round: a hash of its whole line."""
-    return "sha256:" + hashlib.sha256(line).hexdigest()[:32]
+    return LINE_KEY_PREFIX + hashlib.sha256(line).hexdigest()[:32]
 
 
 def position_key(fp: str, offset: int) -> str:

@@ -17,6 +17,8 @@ from .names import UNSESSIONED_ID
 
 # 2: every round carries the original skill's fields (compact.py); "tokens" totals.
 SCHEMA = 2
+# The key of every round this version stores: the hash of its whole line (monitor.line_key).
+LINE_KEY_PREFIX = "sha256:"
 SUMMARY_TOKEN_FIELDS = (
     ("total_input_tokens", "input_tokens"),
     ("total_output_tokens", "output_tokens"),
@@ -135,13 +137,19 @@ class Session:
 
 
 def round_keys(rnd: dict) -> tuple:
-    """The identities a stored round answers to: its key, and where its line was in a
-    file (``fingerprint:offset``, monitor.position_key). Stores of older versions keyed
-    rounds by request_id; their ``source`` still says where each line was."""
+    """The identities a stored round answers to: its key (the hash of its whole line)
+    and, for a round of an older version, whose key was the client's request_id, where
+    its line was in a file (``fingerprint:offset``, monitor.position_key), which its
+    ``source`` still says. A round keyed by its line's hash answers to that alone: a
+    place is not a line (a file truncated and regrown can hold a new line at an old
+    offset under an unchanged first KiB), and re-reading the same place gives the same
+    bytes, hence the same hash."""
+    key = rnd["key"]
     source = rnd.get("source")
-    if isinstance(source, dict) and "fp" in source and "offset" in source:
-        return rnd["key"], f"{source['fp']}:{source['offset']}"
-    return (rnd["key"],)
+    if not str(key).startswith(LINE_KEY_PREFIX) and isinstance(source, dict) \
+            and "fp" in source and "offset" in source:
+        return key, f"{source['fp']}:{source['offset']}"
+    return (key,)
 
 
 def round_question(rnd: dict) -> object:

@@ -127,6 +127,26 @@ class RotationScenarios(TempDirTest):
         self.poll()
         self.assertEqual(stored_inputs(self.out), inputs(1, 12))
 
+    def test_t6b_regrown_file_with_the_same_first_kib_counts_new_lines_at_old_offsets(self):
+        # An agent's requests start alike (the same long system prompt first), so a log
+        # truncated and regrown can keep its first KiB, hence its fingerprint, and hold
+        # new lines at the offsets of old ones. A place is not a line: these are new
+        # paid rounds, and skipping them as re-reads would hide their cost.
+        def line(n: int) -> bytes:
+            ai = {"api": "chat", "messages": [{"role": "system", "content": "p" * 2000}],
+                  "session_id": "s1", "model": "gpt-4o", "input_token": 100 + n,
+                  "output_token": 10, "answer": f"answer {n}"}
+            outer = {"ai_log": json.dumps(ai), "start_time": f"2026-02-01T09:00:0{n}.000Z"}
+            return json.dumps(outer).encode() + b"\n"
+
+        write_lines(self.log, [line(1), line(2)])
+        self.poll()
+        os.truncate(self.log, 0)
+        write_lines(self.log, [line(3), line(4), line(5)])   # line(3) where line(1) was, ...
+        self.poll()
+        self.poll()                                          # and a re-read adds nothing
+        self.assertEqual(stored_inputs(self.out), inputs(1, 5))
+
     def test_r7_compress_without_delaycompress_while_stopped(self):
         write_lines(self.log, reqs(1, 3))
         self.poll()
