@@ -42,7 +42,7 @@ from .fmt import safe_text
 from .names import UNSESSIONED_ID
 from .index import sql_text
 from .otlp import decode_partial_success, encode_request, encode_span, round_to_span
-from .parse import utc_now
+from .values import utc_now
 from .pricing import provider_of
 
 OUTBOX_NAME = ".otlp-outbox.sqlite"

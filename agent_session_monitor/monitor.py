@@ -32,7 +32,8 @@ from . import retention
 from .container_logs import Unwrapper
 from .index import Index
 from .pruned_archive import ARCHIVE_NAME, Archive
-from .parse import BadLine, Request, parse_line, utc_now
+from .parse import BadLine, Request, parse_line
+from .values import utc_now
 from .pricing import PriceTable, load_price_table
 from .upgrade import upgrade_needed, upgrade_store
 from .rounds import build_round

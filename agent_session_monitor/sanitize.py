@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from .parse import MAX_TOKENS, canonical_time
+from .values import MAX_TOKENS, canonical_time
 
 COUNT_FIELDS = ("input_tokens", "output_tokens", "reasoning_tokens", "cached_tokens",
                 "cache_write_tokens")

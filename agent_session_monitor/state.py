@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import EXIT_USAGE, MonitorError
 from .fsutil import atomic_write
-from .parse import utc_now
+from .values import utc_now
 
 STATE_VERSION = 1
 

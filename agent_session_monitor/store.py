@@ -17,7 +17,7 @@ from .errors import MonitorError
 from .fmt import safe_text
 from .fsutil import atomic_write_many, open_regular
 from .names import UNSESSIONED_FILE, file_name_for
-from .parse import format_time, utc_now
+from .values import format_time, utc_now
 from .sanitize import sanitise_document
 from .session import Session, new_document
 

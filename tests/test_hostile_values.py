@@ -243,7 +243,7 @@ class NumbersNoStoreCanHold(TempDirTest):
 
 class ImpossibleTimes(unittest.TestCase):
     def test_times_no_zone_can_show_are_flagged_and_replaced_by_the_read_time(self):
-        from agent_session_monitor.parse import canonical_time
+        from agent_session_monitor.values import canonical_time
         bad = ["9999-12-31T23:59:59.999Z", "0001-01-01T00:00:00.000Z", "1-01-01T00:00:00Z",
                "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00", "1969-12-31T23:59:59Z",
                "9000-01-01T00:00:00.000Z", "0100-01-01T00:00:00Z"]

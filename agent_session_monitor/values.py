@@ -1,0 +1,54 @@
+"""What a stored value may be: the one text form of a time (UTC, milliseconds, ``Z``),
+the range of times a zone can show, and the bound on a token count. Shared by the parser,
+which makes values so, and the store, which checks that what it loads still is."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+# A token count no provider reports: a trillion tokens in one request, five orders of
+# magnitude above any context window. Above it a count is bad input (out_of_range):
+# sums of such counts would overflow SQLite's integers and JavaScript's exact ones.
+MAX_TOKENS = 2**40
+# Event times a time zone can show and calendar arithmetic can shift: before 1970 no
+# gateway wrote a log, and year 9999 overflows once shifted east of UTC.
+MIN_TIME, MAX_TIME = "1970-01-01T00:00:00.000Z", "9000-01-01T00:00:00.000Z"
+
+
+_CANONICAL = re.compile(r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+                        r"T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z")
+
+
+def canonical_time(value: str) -> tuple[str, bool] | None:
+    """``value`` as UTC ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (sortable as text), and whether it
+    was naive (no offset: taken as UTC and flagged). None if it is not a time."""
+    if _CANONICAL.fullmatch(value):
+        # Envoy's %START_TIME% form already: the common case, kept as is (text compares
+        # as time in this form).
+        return (value, False) if MIN_TIME <= value < MAX_TIME else None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"  # fromisoformat learned "Z" only in 3.11
+    try:
+        moment = datetime.fromisoformat(text)
+        naive = moment.tzinfo is None
+        if naive:
+            moment = moment.replace(tzinfo=timezone.utc)
+        else:
+            moment = moment.astimezone(timezone.utc)   # year 1 at +14:00 overflows here
+    except (ValueError, OverflowError):
+        return None
+    stored = format_time(moment)
+    return (stored, naive) if MIN_TIME <= stored < MAX_TIME else None
+
+
+def format_time(moment: datetime) -> str:
+    """The one text form of a stored time: UTC, milliseconds, ``Z`` (four-digit year:
+    strftime writes year 1 as "1", which no parser reads back)."""
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+            f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z")
+
+
+def utc_now() -> str:
+    return format_time(datetime.now(timezone.utc))
