@@ -27,12 +27,14 @@ from typing import TextIO
 
 from . import anomalies, burn
 from .alerts import Alert, stderr_line
-from .budgets import (DEFAULT_THRESHOLDS, Usage, budget_alert, crossings, day_usage,
-                      local_day, now_stamp, session_usage, total_tokens)
+from .budgets import (
+    DEFAULT_THRESHOLDS, Usage, budget_alert, crossings, day_usage, local_day, now_stamp,
+    session_usage, total_tokens,
+)
 from .fmt import fmt_pct, fmt_usd
 from .links import session_url
 from .live import budget_line
-from .pricing import Buckets
+from .pricing.table import Buckets
 from .state import save_state
 
 ANOMALY_TITLES = {"tool_loop": "tool-call loop", "runaway_context": "runaway context",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from . import tokens
+from .pricing import tokens
 from .fmt import fmt_int, fmt_usd, plural
 from .html_parts import Markup, h
 

@@ -20,22 +20,30 @@ from typing import Callable, TextIO
 
 from . import __version__
 from .argtypes import Parser, parse, prog_name
-from .config import (DEFAULT_DATA_DIR, ENV_BASE_URL, ENV_DATA_DIR, ENV_LINK_SECRET,
-                     ENV_PRICING, data_dir, resolve)
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, MonitorError, silence_stdout
+from .config import (
+    DEFAULT_DATA_DIR, ENV_BASE_URL, ENV_DATA_DIR, ENV_LINK_SECRET, ENV_PRICING, data_dir,
+    resolve,
+)
+from .errors import (
+    EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, MonitorError, silence_stdout,
+)
 from .fmt import fmt_int, fmt_usd, plural, safe_text
 from .fsutil import atomic_write
 from .links import DEFAULT_BASE_URL, session_url
 from .burn import burn
 from .insights import session_insights
-from .pricing import load_price_table
-from .render_text import (render_burn, render_session, render_sessions, render_usage,
-                          terminal_width, write_csv, write_json)
+from .pricing.table import load_price_table
+from .render_text import (
+    render_burn, render_session, render_sessions, render_usage, terminal_width, write_csv,
+    write_json,
+)
 from .focus import DEFAULT_ACCOUNT, FOCUS_VERSION, write_focus
 from .finops_report import REPORT_CSV_FIELDS, finops_report, report_csv_rows, session_what_if
-from .report import (KEY_GROUPS, SORTS, StoreReader, day_range, key_group_record,
-                     key_group_rows, latest_round, range_totals, recent_days, session_record,
-                     totals_of, unpriced_between, unpriced_of_days, usage_record)
+from .report import (
+    KEY_GROUPS, SORTS, StoreReader, day_range, key_group_record, key_group_rows, latest_round,
+    range_totals, recent_days, session_record, totals_of, unpriced_between, unpriced_of_days,
+    usage_record,
+)
 from . import fulltext, window
 from .timerange import duration, parse_since, parse_tz
 from .session import full_context

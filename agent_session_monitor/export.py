@@ -43,7 +43,7 @@ from .names import UNSESSIONED_ID
 from .index import sql_text
 from .otlp import decode_partial_success, encode_request, encode_span, round_to_span
 from .values import utc_now
-from .pricing import provider_of
+from .pricing.table import provider_of
 
 OUTBOX_NAME = ".otlp-outbox.sqlite"
 BATCH_BYTES = 4 * 2**20          # one request's spans: collectors refuse bodies over 4-16 MB

@@ -8,8 +8,10 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from .argtypes import non_negative_float as _non_negative_float, positive_float as _positive_float, \
-    positive_int as _positive_int
+from .argtypes import (
+    non_negative_float as _non_negative_float, positive_float as _positive_float,
+    positive_int as _positive_int,
+)
 from .errors import EXIT_USAGE, MonitorError
 
 DEFAULT_SERVICE_NAME = "agent-session-monitor"

@@ -7,12 +7,14 @@ import json
 from dataclasses import replace
 from datetime import date, datetime, timezone, tzinfo
 
-from . import tokens
+from .pricing import tokens
 from .index import BUCKET_FIELDS
 from .insights import export_insights
-from .pricing import Buckets, PriceTable, bucket_cost, cache_savings
-from .report import (SORTS, StoreReader, day_range, key_group_record, key_group_rows,
-                     range_totals, usage_record)
+from .pricing.table import Buckets, PriceTable, bucket_cost, cache_savings
+from .report import (
+    SORTS, StoreReader, day_range, key_group_record, key_group_rows, range_totals,
+    usage_record,
+)
 
 
 def finops_report(reader: StoreReader, table: PriceTable, *, tz: tzinfo = timezone.utc,

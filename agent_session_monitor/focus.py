@@ -25,7 +25,7 @@ from typing import Iterable, TextIO
 from .index import sql_text
 from .names import is_session_file
 from .pruned_archive import is_label, load_label
-from .pricing import PriceTable, provider_of
+from .pricing.table import PriceTable, provider_of
 from . import window
 from .report import StoreReader
 from .store import read_document

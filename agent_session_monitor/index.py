@@ -25,7 +25,8 @@ import sqlite3
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import fulltext, tokens
+from . import fulltext
+from .pricing import tokens
 from .names import is_session_file
 from .pruned_archive import index_rows as pruned_rows
 from .session_keys import parse_session_key

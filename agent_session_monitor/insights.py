@@ -13,7 +13,7 @@ from datetime import datetime, timezone, tzinfo
 
 from .anomalies import Settings, detect
 from .burn import burn
-from .pricing import PriceTable
+from .pricing.table import PriceTable
 from .suggestions import CAVEAT, basis, index_suggestions, suggest
 
 ANOMALIES_NOTE = ("anomalies (tool-call loops, runaway context, costly rounds, idle-then-burst) "

@@ -23,18 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
-from . import tokens
+from .pricing import tokens
 from .errors import MonitorError
 from .fmt import fmt_bytes, fmt_int, fmt_usd, plural, safe_text
-from .fsutil import (DirLock, atomic_write_many, check_store_dir, ensure_dir, refuse_symlink,
-                     remove_stale_temps)
+from .fsutil import (
+    DirLock, atomic_write_many, check_store_dir, ensure_dir, refuse_symlink,
+    remove_stale_temps,
+)
 from . import retention
 from .container_logs import Unwrapper
 from .index import Index
 from .pruned_archive import ARCHIVE_NAME, Archive
 from .parse import BadLine, Request, parse_line
 from .values import utc_now
-from .pricing import PriceTable, load_price_table
+from .pricing.table import PriceTable, load_price_table
 from .upgrade import upgrade_needed, upgrade_store
 from .rounds import build_round
 from .session import LINE_KEY_PREFIX

@@ -11,12 +11,15 @@ import time
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from .argtypes import Parser, non_negative_float as _non_negative_float, \
-    non_negative_int as _non_negative, parse, positive_float as _positive_float, \
-    positive_int as _positive, prog_name
+from .argtypes import (
+    Parser, non_negative_float as _non_negative_float, non_negative_int as _non_negative,
+    parse, positive_float as _positive_float, positive_int as _positive, prog_name,
+)
 from . import __version__, export_args, finops
-from .config import (DEFAULT_LOG_PATH, ENV_DATA_DIR, ENV_PRICING, HIGRESS_LOG_PATH,
-                     allowed_log_dirs, check_log_path_allowed, data_dir)
+from .config import (
+    DEFAULT_LOG_PATH, ENV_DATA_DIR, ENV_PRICING, HIGRESS_LOG_PATH, allowed_log_dirs,
+    check_log_path_allowed, data_dir,
+)
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, MonitorError, silence_stdout
 from .fmt import plural, safe_text
 from .live import live_rows, render_live

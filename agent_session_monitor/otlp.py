@@ -23,7 +23,8 @@ import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from . import __version__, tokens
+from . import __version__
+from .pricing import tokens
 from .names import UNSESSIONED_ID
 from .session import round_question
 

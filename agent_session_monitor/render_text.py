@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from datetime import timezone, tzinfo
 from typing import Callable, Iterable, TextIO
 
-from . import tokens
-from .pricing import provenance_lines
+from .pricing import tokens
+from .pricing.table import provenance_lines
 from .session_keys import parse_session_key
-from .fmt import (content_text, fmt_cost, fmt_int, fmt_pct, fmt_time, fmt_usd, safe_text, shorten,
-                  tool_call_parts)
+from .fmt import (
+    content_text, fmt_cost, fmt_int, fmt_pct, fmt_time, fmt_usd, safe_text, shorten,
+    tool_call_parts,
+)
 
 ELLIPSIS = "…"
 

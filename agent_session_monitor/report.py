@@ -21,8 +21,10 @@ from pathlib import Path
 from .errors import MonitorError
 from .fsutil import refuse_symlink
 from .fmt import plural
-from .index import (INDEX_NAME, INDEX_VERSION, SESSION_FIELDS, sql_text, connect, create_schema,
-                    delete_rows, load_entry, replace_rows)
+from .index import (
+    INDEX_NAME, INDEX_VERSION, SESSION_FIELDS, sql_text, connect, create_schema, delete_rows,
+    load_entry, replace_rows,
+)
 from .pruned_archive import LABEL_PREFIX, index_rows as pruned_rows
 from .names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
 from .session_keys import parse_session_key

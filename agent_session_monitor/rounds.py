@@ -11,7 +11,7 @@ import math
 
 from .parse import Request
 from .sanitize import MAX_COST
-from .pricing import Buckets, PriceTable, bucket_cost, usage_buckets
+from .pricing.table import Buckets, PriceTable, bucket_cost, usage_buckets
 
 # ai_log keys that become round fields of their own; any other key (cache_status,
 # safecheck_* from other plugins) is kept verbatim under "extra".

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from . import tokens
+from .pricing import tokens
 from .compact import price_summary
 from .names import UNSESSIONED_ID
 

@@ -17,7 +17,7 @@ import weakref
 from dataclasses import dataclass, fields, replace
 
 from . import window
-from .pricing import Buckets, Price, PriceTable, bucket_cost, provider_of
+from .pricing.table import Buckets, Price, PriceTable, bucket_cost, provider_of
 
 CAVEAT = ("Same tokens at another model's prices: a cheaper model may need more rounds or "
           "tokens, or not manage the task, so try it on a sample first.")

@@ -20,7 +20,7 @@ from typing import Callable
 
 from .index import Index
 from .names import is_session_file
-from .pricing import Buckets, PriceTable, bucket_cost, usage_buckets
+from .pricing.table import Buckets, PriceTable, bucket_cost, usage_buckets
 from .session import SCHEMA, summarise
 from .store import dump_document, read_document
 from .fsutil import atomic_write_many

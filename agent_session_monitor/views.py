@@ -12,12 +12,17 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 
-from . import charts, tokens
-from .fmt import content_text, fmt_cost, fmt_int, fmt_pct, fmt_time, fmt_usd, plural, tool_call_parts
+from . import charts
+from .pricing import tokens
+from .fmt import (
+    content_text, fmt_cost, fmt_int, fmt_pct, fmt_time, fmt_usd, plural, tool_call_parts,
+)
 from .html_parts import url
-from .pricing import provenance_lines
-from .report import (SORTS, StoreReader, day_range, key_group_record, key_group_rows,
-                     recent_days, session_record, usage_record)
+from .pricing.table import provenance_lines
+from .report import (
+    SORTS, StoreReader, day_range, key_group_record, key_group_rows, recent_days,
+    session_record, usage_record,
+)
 from .session_keys import parse_session_key
 from .session import full_context, round_question
 

@@ -28,7 +28,7 @@ from . import insights, metrics, render_html, views
 from .errors import MonitorError
 from .index import INDEX_NAME
 from .names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
-from .pricing import load_price_table
+from .pricing.table import load_price_table
 from .report import StoreReader
 from .store import UnreadableSession
 from .timerange import parse_tz

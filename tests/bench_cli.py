@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from agent_session_monitor.fsutil import ensure_dir  # noqa: E402
 from agent_session_monitor.index import INDEX_VERSION, Index  # noqa: E402
 from agent_session_monitor.names import file_name_for  # noqa: E402
-from agent_session_monitor.pricing import Buckets, load_price_table  # noqa: E402
+from agent_session_monitor.pricing.table import Buckets, load_price_table  # noqa: E402
 from agent_session_monitor.session import new_document, summarise  # noqa: E402
 from agent_session_monitor.store import dump_document  # noqa: E402
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent_session_monitor.index import Index  # noqa: E402
 from agent_session_monitor.names import file_name_for  # noqa: E402
-from agent_session_monitor.pricing import Buckets, load_price_table  # noqa: E402
+from agent_session_monitor.pricing.table import Buckets, load_price_table  # noqa: E402
 from agent_session_monitor.session import new_document  # noqa: E402
 from tests.bench_cli import prepare_store, store_marker, write_store  # noqa: E402
 

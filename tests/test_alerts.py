@@ -13,8 +13,9 @@ from tests.helpers import TempDirTest, make_line, write_lines
 from tests.webhook_server import WebhookServer
 
 from agent_session_monitor import finops
-from agent_session_monitor.alerts import (Alert, discord_escape, parse_sink, payload_for,
-                                          slack_escape)
+from agent_session_monitor.alerts import (
+    Alert, discord_escape, parse_sink, payload_for, slack_escape,
+)
 from agent_session_monitor.budget_watch import FinOpsConfig
 from agent_session_monitor.budgets import Budget
 from agent_session_monitor.delivery import Delivery

@@ -21,7 +21,8 @@ from tests.helpers import ROOT, TempDirTest, load_store, write_lines
 from tests.loggen import generate
 from tests.otlp_support import FakeCollector
 
-from agent_session_monitor import export, otlp, tokens
+from agent_session_monitor import export, otlp
+from agent_session_monitor.pricing import tokens
 from agent_session_monitor.errors import MonitorError
 from agent_session_monitor.export import ExportConfig, Exporter
 from agent_session_monitor.monitor import Monitor, MonitorConfig

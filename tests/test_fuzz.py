@@ -14,7 +14,7 @@ import unittest
 
 from tests.helpers import DATA
 from agent_session_monitor.parse import BadLine, Request, parse_line
-from agent_session_monitor.pricing import load_price_table
+from agent_session_monitor.pricing.table import load_price_table
 from agent_session_monitor.rounds import build_round
 from agent_session_monitor.session import Session, new_document, summarise
 from agent_session_monitor.store import dump_document

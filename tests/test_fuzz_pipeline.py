@@ -30,7 +30,7 @@ from agent_session_monitor.monitor import Monitor, MonitorConfig
 from agent_session_monitor.names import is_session_file
 from agent_session_monitor.parse import HIGRESS_FORMAT, BadLine, Request, parse_line
 from agent_session_monitor.values import canonical_time
-from agent_session_monitor.pricing import load_price_table
+from agent_session_monitor.pricing.table import load_price_table
 from agent_session_monitor.rounds import build_round
 from agent_session_monitor.session import Session, new_document
 from agent_session_monitor.store import dump_document, read_document

@@ -131,7 +131,7 @@ class CutFields(TempDirTest):
     def test_cut_tool_calls_in_privacy_mode_still_count_as_tool_calls(self):
         rng = random.Random(7)
         from agent_session_monitor.parse import parse_line as parse
-        from agent_session_monitor.pricing import load_price_table
+        from agent_session_monitor.pricing.table import load_price_table
         from agent_session_monitor.rounds import build_round
         req = parse(line_of({**genuine_ai(), "tool_calls": go_cut(CALLS, rng)}), READ_TIME)
         rnd = build_round(req, "k", {}, load_price_table(), store_content=False)

@@ -18,9 +18,10 @@ SNAPSHOT = ROOT.parent / "shared" / "data" / "model-prices.json"
 sys.path.insert(0, str(ROOT))
 
 from agent_session_monitor.errors import MonitorError  # noqa: E402
-from agent_session_monitor.pricing import (  # noqa: E402
+from agent_session_monitor.pricing.table import (
     Buckets, Price, PriceTable, Tier, bucket_cost, cache_savings, load_price_table,
-    provider_of, usage_buckets, what_if)
+    provider_of, usage_buckets, what_if,
+)
 
 ENV = "AGENT_SESSION_MONITOR_PRICING"
 GPT_4O = Price(input=2.5, output=10.0, cache_read=1.25)
@@ -358,7 +359,7 @@ class BundledTableTest(PricingTest):
         sys.path.insert(0, str(ROOT / "tools"))
         import build_prices
 
-        bundled = json.loads((ROOT / "agent_session_monitor" / "prices.json").read_text())
+        bundled = json.loads((ROOT / "agent_session_monitor" / "pricing" / "prices.json").read_text())
         tmp = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, tmp, True)
         with mock.patch("sys.stdout"):

@@ -17,11 +17,13 @@ from tests.test_budgets import NOW, line
 
 from agent_session_monitor import cli
 from agent_session_monitor.insights import overview_burn, session_insights
-from agent_session_monitor.pricing import (Buckets, Price, PriceTable, Tier, bucket_cost,
-                                           load_price_table)
+from agent_session_monitor.pricing.table import (
+    Buckets, Price, PriceTable, Tier, bucket_cost, load_price_table,
+)
 from agent_session_monitor.report import StoreReader
-from agent_session_monitor.suggestions import (CAVEAT, _Rounds, best_per_model, candidates,
-                                               index_suggestions, suggest)
+from agent_session_monitor.suggestions import (
+    CAVEAT, _Rounds, best_per_model, candidates, index_suggestions, suggest,
+)
 
 TABLE = PriceTable({
     "acme/large": Price(input=10.0, output=30.0, cache_read=1.0, provider="acme"),

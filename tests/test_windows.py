@@ -18,7 +18,8 @@ from datetime import date, datetime, timedelta, timezone
 from tests.helpers import TempDirTest, ingest, load_store
 from tests import loggen
 
-from agent_session_monitor import tokens, window
+from agent_session_monitor.pricing import tokens
+from agent_session_monitor import window
 from agent_session_monitor.cli import main as cli_main
 from agent_session_monitor.timerange import parse_tz
 

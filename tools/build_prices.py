@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build agent_session_monitor/prices.json, the bundled price table, from a trimmed
+"""Build agent_session_monitor/pricing/prices.json, the bundled price table, from a trimmed
 LiteLLM snapshot (default: ../shared/data/model-prices.json next to the repository).
 
 Usage: python3 tools/build_prices.py [SNAPSHOT] [--out FILE] [--date YYYY-MM-DD]
@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent_session_monitor.errors import MonitorError  # noqa: E402
-from agent_session_monitor.pricing import _parse_table  # noqa: E402
+from agent_session_monitor.pricing.table import _parse_table  # noqa: E402
 
 DEFAULT_SNAPSHOT = ROOT.parent / "shared" / "data" / "model-prices.json"
-DEFAULT_OUT = ROOT / "agent_session_monitor" / "prices.json"
+DEFAULT_OUT = ROOT / "agent_session_monitor" / "pricing" / "prices.json"
 KEPT_FIELDS = ("provider", "input", "output", "cache_read", "cache_write", "cache_write_1h",
                "reasoning", "tiers", "note")
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 
-from .config import ENV_PRICING, resolve
-from .errors import EXIT_RUNTIME, EXIT_USAGE, MonitorError
-from .fmt import fmt_usd
+from ..config import ENV_PRICING, resolve
+from ..errors import EXIT_RUNTIME, EXIT_USAGE, MonitorError
+from ..fmt import fmt_usd
 
 PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning")
 # Kept from the LiteLLM snapshot for provenance, not used for pricing.
