@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 
 from .fmt import fmt_int, fmt_usd, safe_text, shorten
 from . import window
-from .index import BUCKET_FIELDS
+from .store.index import BUCKET_FIELDS
 from .timerange import day_window
 
 TOKENS = " + ".join(f"b_{f}" for f in BUCKET_FIELDS)   # every token, whatever its kind

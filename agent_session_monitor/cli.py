@@ -28,7 +28,7 @@ from .errors import (
     EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, MonitorError, silence_stdout,
 )
 from .fmt import fmt_int, fmt_usd, plural, safe_text
-from .fsutil import atomic_write
+from .store.durable import atomic_write
 from .links import DEFAULT_BASE_URL, session_url
 from .burn import burn
 from .insights import session_insights
@@ -44,9 +44,10 @@ from .report import (
     range_totals, recent_days, session_record, totals_of, unpriced_between, unpriced_of_days,
     usage_record,
 )
-from . import fulltext, window
+from .store import fulltext
+from . import window
 from .timerange import duration, parse_since, parse_tz
-from .session import full_context
+from .store.document import full_context
 
 PROG = prog_name("cli.py")
 

@@ -39,8 +39,8 @@ from urllib.parse import urlsplit, urlunsplit
 from .errors import MonitorError
 from .export_args import ExportConfig, add_arguments, config_from_args  # noqa: F401 (wiring API)
 from .fmt import safe_text
-from .names import UNSESSIONED_ID
-from .index import sql_text
+from .store.names import UNSESSIONED_ID
+from .store.index import sql_text
 from .otlp import decode_partial_success, encode_request, encode_span, round_to_span
 from .values import utc_now
 from .pricing.table import provider_of

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import date, datetime, timezone, tzinfo
 
 from .pricing import tokens
-from .index import BUCKET_FIELDS
+from .store.index import BUCKET_FIELDS
 from .insights import export_insights
 from .pricing.table import Buckets, PriceTable, bucket_cost, cache_savings
 from .report import (

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, TextIO
 
-from .index import sql_text
-from .names import is_session_file
-from .pruned_archive import is_label, load_label
+from .store.index import sql_text
+from .store.names import is_session_file
+from .store.pruned_archive import is_label, load_label
 from .pricing.table import PriceTable, provider_of
 from . import window
 from .report import StoreReader
-from .store import read_document
+from .store.sessions import read_document
 
 FOCUS_VERSION = "1.2"
 COLUMNS = (

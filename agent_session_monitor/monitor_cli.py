@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _duration(text: str):
-    from .retention import parse_duration
+    from .store.retention import parse_duration
 
     try:
         return parse_duration(text)

@@ -25,8 +25,8 @@ from functools import lru_cache
 
 from . import __version__
 from .pricing import tokens
-from .names import UNSESSIONED_ID
-from .session import round_question
+from .store.names import UNSESSIONED_ID
+from .store.document import round_question
 
 SCOPE_NAME = "agent_session_monitor"
 TEXT_CAP = 32 * 1024             # bytes of one text attribute (a prompt can be megabytes)

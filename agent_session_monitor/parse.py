@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from json.decoder import scanstring
 
-from .names import UNSESSIONED_ID
+from .store.names import UNSESSIONED_ID
 from .values import MAX_TOKENS, canonical_time
 
 # Outer fields kept with the round: what a FinOps user filters or debugs by.

@@ -10,7 +10,7 @@ import json
 import math
 
 from .parse import Request
-from .sanitize import MAX_COST
+from .store.sanitize import MAX_COST
 from .pricing.table import Buckets, PriceTable, bucket_cost, usage_buckets
 
 # ai_log keys that become round fields of their own; any other key (cache_status,

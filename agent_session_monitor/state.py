@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import EXIT_USAGE, MonitorError
-from .fsutil import atomic_write
+from .store.durable import atomic_write
 from .values import utc_now
 
 STATE_VERSION = 1

@@ -24,7 +24,7 @@ from .report import (
     session_record, usage_record,
 )
 from .session_keys import parse_session_key
-from .session import full_context, round_question
+from .store.document import full_context, round_question
 
 # One text block (a tool result, a pasted file) past this is cut on the page; the JSON
 # download has everything.

@@ -26,11 +26,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 from . import insights, metrics, render_html, views
 from .errors import MonitorError
-from .index import INDEX_NAME
-from .names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
+from .store.index import INDEX_NAME
+from .store.names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
 from .pricing.table import load_price_table
 from .report import StoreReader
-from .store import UnreadableSession
+from .store.sessions import UnreadableSession
 from .timerange import parse_tz
 from .webauth import Access, Gate, Refused
 

@@ -25,12 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent_session_monitor.fsutil import ensure_dir  # noqa: E402
-from agent_session_monitor.index import INDEX_VERSION, Index  # noqa: E402
-from agent_session_monitor.names import file_name_for  # noqa: E402
+from agent_session_monitor.store.durable import ensure_dir  # noqa: E402
+from agent_session_monitor.store.index import INDEX_VERSION, Index  # noqa: E402
+from agent_session_monitor.store.names import file_name_for  # noqa: E402
 from agent_session_monitor.pricing.table import Buckets, load_price_table  # noqa: E402
-from agent_session_monitor.session import new_document, summarise  # noqa: E402
-from agent_session_monitor.store import dump_document  # noqa: E402
+from agent_session_monitor.store.document import new_document, summarise  # noqa: E402
+from agent_session_monitor.store.sessions import dump_document  # noqa: E402
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4-20250514", "qwen-max", "deepseek-chat",
           "o1", "gemini-2.0-flash", "in-house-llm"]   # the last one has no price

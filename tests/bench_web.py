@@ -30,10 +30,10 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent_session_monitor.index import Index  # noqa: E402
-from agent_session_monitor.names import file_name_for  # noqa: E402
+from agent_session_monitor.store.index import Index  # noqa: E402
+from agent_session_monitor.store.names import file_name_for  # noqa: E402
 from agent_session_monitor.pricing.table import Buckets, load_price_table  # noqa: E402
-from agent_session_monitor.session import new_document  # noqa: E402
+from agent_session_monitor.store.document import new_document  # noqa: E402
 from tests.bench_cli import prepare_store, store_marker, write_store  # noqa: E402
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4-20250514", "qwen-max", "deepseek-chat",

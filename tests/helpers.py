@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 sys.path.insert(0, str(ROOT))
 
-from agent_session_monitor.names import is_session_file  # noqa: E402
+from agent_session_monitor.store.names import is_session_file  # noqa: E402
 
 
 class TempDirTest(unittest.TestCase):
@@ -59,7 +59,7 @@ def ingest(out: Path, *log_paths: Path) -> None:
 def load_store(out: Path) -> dict[str, dict]:
     """session_id -> document (as readers see it: store.read_document), for every
     session file in ``out``."""
-    from agent_session_monitor.store import read_document
+    from agent_session_monitor.store.sessions import read_document
 
     docs = {}
     for name in sorted(os.listdir(out)):

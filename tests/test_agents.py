@@ -25,7 +25,7 @@ from agent_session_monitor import cli
 from agent_session_monitor.html_parts import url
 from agent_session_monitor.report import StoreReader, key_group_rows, range_totals
 from agent_session_monitor.session_keys import KINDS, SessionKey, parse_session_key
-from agent_session_monitor.subagents import resolve_parents, spawn_claims
+from agent_session_monitor.store.subagents import resolve_parents, spawn_claims
 
 SEEDS = int(os.environ.get("ASM_AGENT_SEEDS", "6"))
 
@@ -181,7 +181,7 @@ class SpawnClaims(unittest.TestCase):
 
 class NoteSpawns(unittest.TestCase):
     def test_a_claim_is_kept_once_on_the_earliest_round_that_carried_it(self):
-        from agent_session_monitor.subagents import note_spawns
+        from agent_session_monitor.store.subagents import note_spawns
         child = "agent:main:subagent:late"
         doc = {"session_id": "agent:main:main", "rounds": []}
         for ts in ("2026-03-02T09:00:05.000Z", "2026-03-02T09:00:09.000Z",

@@ -9,7 +9,7 @@ import unittest
 
 from tests.helpers import TempDirTest, load_store, write_lines
 from tests.loggen import generate
-from agent_session_monitor.compact import compact, expand
+from agent_session_monitor.store.ondisk import compact, expand
 
 # The round fields of the original skill (its README / storage.md), present on disk in
 # every round.

@@ -12,7 +12,7 @@ import sys
 import time
 from unittest import mock
 
-from agent_session_monitor.fsutil import CHUNK_FILES
+from agent_session_monitor.store.durable import CHUNK_FILES
 from tests.helpers import ROOT, TempDirTest, load_store, make_line, write_lines
 
 SEED = int(os.environ.get("ASM_CRASH_SEED", "20261124"))
@@ -75,7 +75,7 @@ class CrashRecovery(TempDirTest):
     def test_crash_between_index_mark_and_update_is_repaired(self):
         from agent_session_monitor.report import StoreReader
 
-        with mock.patch("agent_session_monitor.index.Index.update", side_effect=KeyboardInterrupt):
+        with mock.patch("agent_session_monitor.store.index.Index.update", side_effect=KeyboardInterrupt):
             self.run_monitor(self.log)
         reader = StoreReader.open(self.out)          # pending sessions overlaid from files
         self.assertEqual(reader.totals()["rounds"], 1500)
@@ -95,7 +95,7 @@ class CrashRecovery(TempDirTest):
         self.assertFalse((self.out / ".tmp-abc123").exists())
 
     def test_second_monitor_exits_cleanly_while_first_holds_lock(self):
-        from agent_session_monitor.fsutil import DirLock
+        from agent_session_monitor.store.durable import DirLock
 
         self.out.mkdir(mode=0o700)
         holder = subprocess.Popen(

@@ -27,7 +27,7 @@ from unittest import mock
 
 from tests.helpers import DATA, ROOT, TempDirTest, load_store
 from agent_session_monitor.cli import main as cli_main
-from agent_session_monitor.names import file_name_for
+from agent_session_monitor.store.names import file_name_for
 
 LEGACY = DATA / "legacy-schema1"
 HOST = {"Host": "127.0.0.1:8888"}
@@ -42,7 +42,7 @@ def web_app(store: Path):
 
 
 def session_files(store: Path) -> list[Path]:
-    from agent_session_monitor.names import is_session_file
+    from agent_session_monitor.store.names import is_session_file
 
     return sorted(p for p in store.iterdir() if is_session_file(p.name))
 
@@ -204,7 +204,7 @@ class UpgradeFromSchema1(TempDirTest):
         self.assertNotIn("upgraded", out + err)
 
     def test_upgrade_interrupted_between_batches_converges(self):
-        from agent_session_monitor import upgrade
+        from agent_session_monitor.store import upgrade
 
         store = self.legacy / "sessions"
         real = upgrade.atomic_write_many

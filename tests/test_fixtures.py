@@ -6,7 +6,7 @@ import json
 import os
 
 from tests.helpers import DATA, TempDirTest
-from agent_session_monitor.session import full_context, round_question
+from agent_session_monitor.store.document import full_context, round_question
 
 AGENT = "agent:main:discord:channel:1465367993012981988"
 

@@ -265,7 +265,7 @@ class ForgedLinesThroughTheMonitor(TempDirTest):
         write_lines(log, [inject(n, {}) for n in range(10)])
         self.ingest(log)
         # Rewrite the store as an older version keyed it: by request_id.
-        from agent_session_monitor.store import dump_document, read_document
+        from agent_session_monitor.store.sessions import dump_document, read_document
         path = self.out / "alice.json"
         doc = read_document(path)
         for r in doc["rounds"]:

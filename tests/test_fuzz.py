@@ -16,8 +16,8 @@ from tests.helpers import DATA
 from agent_session_monitor.parse import BadLine, Request, parse_line
 from agent_session_monitor.pricing.table import load_price_table
 from agent_session_monitor.rounds import build_round
-from agent_session_monitor.session import Session, new_document, summarise
-from agent_session_monitor.store import dump_document
+from agent_session_monitor.store.document import Session, new_document, summarise
+from agent_session_monitor.store.sessions import dump_document
 
 CASES = int(os.environ.get("ASM_FUZZ_CASES", "20000"))
 SEED = int(os.environ.get("ASM_FUZZ_SEED", "99"))

@@ -25,15 +25,15 @@ from tests.helpers import DATA, TempDirTest, ingest, load_store, write_lines
 from tests.loggen import envoy_line, go_json, iter_lines
 from tests.test_forgery import genuine_outer
 from tests.test_fuzz import mutate
-from agent_session_monitor.index import Index
+from agent_session_monitor.store.index import Index
 from agent_session_monitor.monitor import Monitor, MonitorConfig
-from agent_session_monitor.names import is_session_file
+from agent_session_monitor.store.names import is_session_file
 from agent_session_monitor.parse import HIGRESS_FORMAT, BadLine, Request, parse_line
 from agent_session_monitor.values import canonical_time
 from agent_session_monitor.pricing.table import load_price_table
 from agent_session_monitor.rounds import build_round
-from agent_session_monitor.session import Session, new_document
-from agent_session_monitor.store import dump_document, read_document
+from agent_session_monitor.store.document import Session, new_document
+from agent_session_monitor.store.sessions import dump_document, read_document
 
 CASES = int(os.environ.get("ASM_PIPELINE_FUZZ_CASES", "100000"))
 SEED = int(os.environ.get("ASM_FUZZ_SEED", "1313"))

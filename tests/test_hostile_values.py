@@ -145,7 +145,7 @@ class ReservedBucket(TempDirTest):
         import io
         from urllib.parse import quote
         from agent_session_monitor.cli import main as cli_main
-        from agent_session_monitor.names import UNSESSIONED_ID
+        from agent_session_monitor.store.names import UNSESSIONED_ID
         from agent_session_monitor.parse import CLIENT_SUFFIX
         from agent_session_monitor.webapp import WebApp
         rng = random.Random(9)

@@ -11,7 +11,7 @@ from tests.helpers import require_tool
 from tests.otlp_support import load_proto
 
 from agent_session_monitor import __version__, otlp
-from agent_session_monitor.names import UNSESSIONED_ID
+from agent_session_monitor.store.names import UNSESSIONED_ID
 
 pb = load_proto()
 SID = "agent:main:discord:channel:1465367993012981988"

@@ -188,8 +188,8 @@ class OutOfRangeNumbers(unittest.TestCase):
         self.assertEqual(cm.exception.kind, "bad_ai_log")
 
     def test_store_never_wedges_on_an_unserialisable_round(self):
-        from agent_session_monitor.store import dump_document
-        from agent_session_monitor.session import new_document
+        from agent_session_monitor.store.sessions import dump_document
+        from agent_session_monitor.store.document import new_document
 
         doc = new_document("s")
         doc["rounds"] = [{"key": "a", "input_tokens": 5, "answer": float("inf")},

@@ -22,8 +22,8 @@ from tests import loggen
 
 from agent_session_monitor import views
 from agent_session_monitor.cli import main as cli_main
-from agent_session_monitor.index import INDEX_NAME
-from agent_session_monitor.pruned_archive import ARCHIVE_NAME
+from agent_session_monitor.store.index import INDEX_NAME
+from agent_session_monitor.store.pruned_archive import ARCHIVE_NAME
 from agent_session_monitor.report import StoreReader
 from agent_session_monitor.webapp import WebApp
 
@@ -195,7 +195,7 @@ class Retention(TempDirTest):
         # The relabelled index rows kept the session's full-text row: its questions and
         # answers stayed in .index.sqlite after the file was gone.
         import sqlite3
-        from agent_session_monitor import fulltext
+        from agent_session_monitor.store import fulltext
         if not fulltext.available():
             self.skipTest("this Python's SQLite has no FTS5")
         old_sids = "SELECT sid FROM sessions WHERE updated_at < ?"
@@ -238,7 +238,7 @@ class Retention(TempDirTest):
 KILLER = r"""
 import os, sys
 sys.path.insert(0, sys.argv[1])
-from agent_session_monitor import retention
+from agent_session_monitor.store import retention
 import pathlib
 step, nth = sys.argv[2], int(sys.argv[3])
 calls = {"n": 0}
@@ -295,7 +295,7 @@ class PruneCrashes(TempDirTest):
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertEqual(reports(out), self.before, label)
         self.assertEqual(set(load_store(out)), set(load_store(self.base)) - self.old, label)
-        from agent_session_monitor.pruned_archive import Archive
+        from agent_session_monitor.store.pruned_archive import Archive
         archive = Archive(out)
         try:
             entries = list(archive.entries())

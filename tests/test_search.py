@@ -21,9 +21,9 @@ from unittest import mock
 from tests import loggen
 from tests.helpers import TempDirTest, ingest, load_store
 
-from agent_session_monitor import fulltext
+from agent_session_monitor.store import fulltext
 from agent_session_monitor.cli import main as cli_main
-from agent_session_monitor.index import INDEX_NAME
+from agent_session_monitor.store.index import INDEX_NAME
 from agent_session_monitor.report import StoreReader, model_family
 
 

@@ -10,8 +10,8 @@ import stat
 
 from tests.helpers import TempDirTest, load_store, write_lines
 from agent_session_monitor.parse import client_session_id
-from agent_session_monitor.names import file_name_for
-from agent_session_monitor.session import full_context
+from agent_session_monitor.store.names import file_name_for
+from agent_session_monitor.store.document import full_context
 
 
 def ai_line(session_id, n: int, messages=None, start: str | None = None, **ai) -> bytes:

@@ -20,10 +20,10 @@ from typing import Callable
 
 from .index import Index
 from .names import is_session_file
-from .pricing.table import Buckets, PriceTable, bucket_cost, usage_buckets
-from .session import SCHEMA, summarise
-from .store import dump_document, read_document
-from .fsutil import atomic_write_many
+from ..pricing.table import Buckets, PriceTable, bucket_cost, usage_buckets
+from .document import SCHEMA, summarise
+from .sessions import dump_document, read_document
+from .durable import atomic_write_many
 
 BATCH = 200
 _TEXT_DEFAULT = {"question": "", "answer": "", "reasoning": ""}

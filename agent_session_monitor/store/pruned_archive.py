@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 from typing import Iterable
 
-from .store import CONTENT_KEYS
+from .sessions import CONTENT_KEYS
 
 ARCHIVE_NAME = ".pruned.sqlite"
 LABEL_PREFIX = ".pruned/"

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from . import fulltext
-from .pricing import tokens
+from ..pricing import tokens
 from .names import is_session_file
 from .pruned_archive import index_rows as pruned_rows
-from .session_keys import parse_session_key
+from ..session_keys import parse_session_key
 from .subagents import doc_claims
-from .store import read_document, unreadable_reason
+from .sessions import read_document, unreadable_reason
 
 INDEX_NAME = ".index.sqlite"
 # 4: per-round edge table; 5: agent, channel, kind, spawns; 6: full text; 7: input /

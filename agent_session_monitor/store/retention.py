@@ -32,11 +32,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from . import fulltext
-from .fsutil import fsync_path
+from .durable import fsync_path
 from .index import replace_rows, sql_text
 from .names import is_session_file
 from .pruned_archive import Archive, pack, accounting, label
-from .store import read_document
+from .sessions import read_document
 
 BATCH = 500
 MAX_KEEP = timedelta(days=366_000)   # ~1,000 years; 999999d reaches before year 1

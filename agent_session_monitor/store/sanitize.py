@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from .values import MAX_TOKENS, canonical_time
+from ..values import MAX_TOKENS, canonical_time
 
 COUNT_FIELDS = ("input_tokens", "output_tokens", "reasoning_tokens", "cached_tokens",
                 "cache_write_tokens")
@@ -59,7 +59,7 @@ def sanitise_document(doc: dict, fallback_time: str) -> bool:
                                      | problems)
     if repaired or _doc_needs_summary(doc):
         # Totals follow from the rounds: recomputed from the repaired ones.
-        from .session import summarise
+        from .document import summarise
         summarise(doc)
         changed = True
     if not isinstance(doc.get("session_id"), str):

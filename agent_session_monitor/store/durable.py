@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
-from .errors import MonitorError
+from ..errors import MonitorError
 
 TMP_PREFIX = ".tmp-"
 FILE_MODE = 0o600

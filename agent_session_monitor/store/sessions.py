@@ -12,14 +12,14 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
-from .compact import compact, expand
-from .errors import MonitorError
-from .fmt import safe_text
-from .fsutil import atomic_write_many, open_regular
+from .ondisk import compact, expand
+from ..errors import MonitorError
+from ..fmt import safe_text
+from .durable import atomic_write_many, open_regular
 from .names import UNSESSIONED_FILE, file_name_for
-from .values import format_time, utc_now
+from ..values import format_time, utc_now
 from .sanitize import sanitise_document
-from .session import Session, new_document
+from .document import Session, new_document
 
 
 def dump_document(doc: dict) -> bytes:

@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .session_keys import parse_session_key
+from ..session_keys import parse_session_key
 
 SPAWN_TOOL = "sessions_spawn"
 _MAX_RESULT_CHARS = 1 << 16   # a spawn result is a few hundred bytes; never parse more

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-from .pricing import tokens
-from .compact import price_summary
+from ..pricing import tokens
+from .ondisk import price_summary
 from .names import UNSESSIONED_ID
 
 # 2: every round carries the original skill's fields (compact.py); "tokens" totals.
