@@ -35,7 +35,7 @@ from .fmt import fmt_pct, fmt_usd
 from .links import session_url
 from .live import budget_line
 from .pricing.table import Buckets
-from .state import save_state
+from .ingest.state import save_state
 
 ANOMALY_TITLES = {"tool_loop": "tool-call loop", "runaway_context": "runaway context",
                   "cost_outlier": "a round far costlier than usual",

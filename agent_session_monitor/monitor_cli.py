@@ -23,7 +23,7 @@ from .config import (
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, MonitorError, silence_stdout
 from .fmt import plural, safe_text
 from .live import live_rows, render_live
-from .monitor import AlreadyRunning, Monitor, MonitorConfig, summary
+from .ingest.monitor import AlreadyRunning, Monitor, MonitorConfig, summary
 
 EXIT_ALREADY_RUNNING = 3
 
@@ -296,7 +296,7 @@ def _any_log_exists(patterns: list[str]) -> bool:
 
 def _maintenance(config: MonitorConfig, args: argparse.Namespace, out: TextIO,
                  err: TextIO) -> int:
-    from .maintenance import rebuild_index, reprice_store
+    from .ingest.maintenance import rebuild_index, reprice_store
 
     skipped: list[tuple[str, str]] = []
     with Monitor(config, err=err) as monitor:

@@ -231,7 +231,7 @@ def print_table(results: list[Result]) -> None:
 def bench_append(log: Path, store: Path) -> None:
     """Append real lines (a copy of a late AI line with a fresh request id) to the
     ingested log; the log is cut back to its size afterwards, so the cache stays valid."""
-    from agent_session_monitor.monitor import Monitor, MonitorConfig
+    from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
     size = log.stat().st_size
     with open(log, "rb") as f:

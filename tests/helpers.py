@@ -49,7 +49,7 @@ class TempDirTest(unittest.TestCase):
 
 def ingest(out: Path, *log_paths: Path) -> None:
     """One pass of the monitor, in process, over ``log_paths`` into the store ``out``."""
-    from agent_session_monitor.monitor import Monitor, MonitorConfig
+    from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
     with Monitor(MonitorConfig(log_paths=[str(p) for p in log_paths], output_dir=out),
                  err=io.StringIO()) as monitor:

@@ -566,7 +566,7 @@ class FollowMode(TempDirTest):
     pass, their parent's claim in a later one; the link appears when the claim does."""
 
     def test_a_claim_arriving_passes_after_its_child_links_it_in_the_running_monitor(self):
-        from agent_session_monitor.monitor import Monitor, MonitorConfig
+        from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
         truth = scenario()
         kids = {c for c, p in truth.parent.items() if p == "agent:main:main"}

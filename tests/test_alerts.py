@@ -19,7 +19,7 @@ from agent_session_monitor.alerts import (
 from agent_session_monitor.budget_watch import FinOpsConfig
 from agent_session_monitor.budgets import Budget
 from agent_session_monitor.delivery import Delivery
-from agent_session_monitor.monitor import Monitor, MonitorConfig
+from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
 HOSTILE = "<!channel> @everyone *bold* [x](https://evil.example) <script>&amp;"
 ALERT = Alert(key="budget|session|usd|5|80|s1", kind="budget", severity="warning",

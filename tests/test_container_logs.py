@@ -18,9 +18,9 @@ from pathlib import Path
 from tests.helpers import TempDirTest, load_store
 from tests import loggen
 
-from agent_session_monitor import container_logs
-from agent_session_monitor.container_logs import CRI, DOCKER, PLAIN, detect
-from agent_session_monitor.monitor import Monitor, MonitorConfig
+from agent_session_monitor.ingest import container_logs
+from agent_session_monitor.ingest.container_logs import CRI, DOCKER, PLAIN, detect
+from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
 NOISE = [b"[info] envoy: upstream reset", "[warn] 日志 ünïcode".encode(), b""]
 
@@ -215,7 +215,7 @@ class ContainerLogs(TempDirTest):
 
         Lf.head, Lf.path = path.read_bytes()[:1024], str(path)
 
-        from agent_session_monitor.tail import split_lines
+        from agent_session_monitor.ingest.tail import split_lines
         raw = split_lines([path.read_bytes()], 0, 2**20, final=False)
         got = list(unwrapper.lines(Src, Lf, raw))
         self.assertEqual([g[2] for g in got], [forged, self.lines[1].rstrip(b"\n")])

@@ -64,7 +64,7 @@ class CrashRecovery(TempDirTest):
                          f"store differs after {kills} kills (seed {SEED})")
 
     def test_crash_between_session_and_state_write_counts_nothing_twice(self):
-        with mock.patch("agent_session_monitor.monitor.save_state", side_effect=KeyboardInterrupt):
+        with mock.patch("agent_session_monitor.ingest.monitor.save_state", side_effect=KeyboardInterrupt):
             self.run_monitor(self.log, extra=["--checkpoint-bytes", "100000"])
         self.assertFalse((self.out / ".state.json").exists())
         self.assertTrue(load_store(self.out))          # sessions were written, state not
@@ -211,7 +211,7 @@ class BatchedSyncCrash(TempDirTest):
         import errno
         import io
 
-        from agent_session_monitor import monitor as monitor_module
+        from agent_session_monitor.ingest import monitor as monitor_module
         from agent_session_monitor.errors import MonitorError
 
         real = monitor_module.atomic_write_many

@@ -241,7 +241,7 @@ class MainLeavesTheProcessAsItFoundIt(EntryPointCase):
         log = self.tmp / "access.log"
         write_lines(log, [make_line(i) for i in range(5)], "wb")
         before = signal.getsignal(signal.SIGTERM)
-        from agent_session_monitor.monitor import Monitor
+        from agent_session_monitor.ingest.monitor import Monitor
         real_poll = Monitor.poll_once
 
         def poll_then_terminated(monitor):

@@ -25,7 +25,7 @@ from agent_session_monitor import export, otlp
 from agent_session_monitor.pricing import tokens
 from agent_session_monitor.errors import MonitorError
 from agent_session_monitor.export import ExportConfig, Exporter
-from agent_session_monitor.monitor import Monitor, MonitorConfig
+from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
 
 class Crash(BaseException):
@@ -322,7 +322,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from agent_session_monitor.export import ExportConfig, Exporter
-from agent_session_monitor.monitor import Monitor, MonitorConfig
+from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 config = MonitorConfig(log_paths=[sys.argv[2]], output_dir=Path(sys.argv[3]), checkpoint_bytes=30000)
 with Monitor(config, progress=False) as monitor:
     exporter = Exporter(monitor, ExportConfig(endpoint=sys.argv[4], batch_spans=20))

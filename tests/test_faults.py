@@ -81,7 +81,7 @@ class Unreadable(TempDirTest):
     """EACCES is injected (as root every file is readable): R15 of the scenarios."""
 
     def test_unreadable_log_is_one_clear_error_and_state_kept(self):
-        from agent_session_monitor import tail
+        from agent_session_monitor.ingest import tail
 
         log = self.tmp / "access.log"
         write_lines(log, [make_line(1)])

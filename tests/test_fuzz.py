@@ -13,9 +13,9 @@ import random
 import unittest
 
 from tests.helpers import DATA
-from agent_session_monitor.parse import BadLine, Request, parse_line
+from agent_session_monitor.ingest.parse import BadLine, Request, parse_line
 from agent_session_monitor.pricing.table import load_price_table
-from agent_session_monitor.rounds import build_round
+from agent_session_monitor.ingest.rounds import build_round
 from agent_session_monitor.store.document import Session, new_document, summarise
 from agent_session_monitor.store.sessions import dump_document
 

@@ -26,12 +26,12 @@ from tests.loggen import envoy_line, go_json, iter_lines
 from tests.test_forgery import genuine_outer
 from tests.test_fuzz import mutate
 from agent_session_monitor.store.index import Index
-from agent_session_monitor.monitor import Monitor, MonitorConfig
+from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 from agent_session_monitor.store.names import is_session_file
-from agent_session_monitor.parse import HIGRESS_FORMAT, BadLine, Request, parse_line
+from agent_session_monitor.ingest.parse import HIGRESS_FORMAT, BadLine, Request, parse_line
 from agent_session_monitor.values import canonical_time
 from agent_session_monitor.pricing.table import load_price_table
-from agent_session_monitor.rounds import build_round
+from agent_session_monitor.ingest.rounds import build_round
 from agent_session_monitor.store.document import Session, new_document
 from agent_session_monitor.store.sessions import dump_document, read_document
 

@@ -11,8 +11,8 @@ import unittest
 from tests.helpers import TempDirTest, ingest, load_store, write_lines
 from tests.loggen import envoy_line, go_json
 from tests.test_forgery import FIELDS, GENUINE_TIME, READ_TIME, genuine_ai, genuine_outer
-from agent_session_monitor.parse import BadLine, Request, parse_line
-from agent_session_monitor.state import load_state
+from agent_session_monitor.ingest.parse import BadLine, Request, parse_line
+from agent_session_monitor.ingest.state import load_state
 
 CONTROL = [bytes([c]) for c in range(32) if c != 10]   # a raw newline ends the line
 BAD_UTF8 = [b"\xff", b"\xfe\xff", b"\xc3(", b"\xe2\x28\xa1", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80",
@@ -130,9 +130,9 @@ class CutFields(TempDirTest):
 
     def test_cut_tool_calls_in_privacy_mode_still_count_as_tool_calls(self):
         rng = random.Random(7)
-        from agent_session_monitor.parse import parse_line as parse
+        from agent_session_monitor.ingest.parse import parse_line as parse
         from agent_session_monitor.pricing.table import load_price_table
-        from agent_session_monitor.rounds import build_round
+        from agent_session_monitor.ingest.rounds import build_round
         req = parse(line_of({**genuine_ai(), "tool_calls": go_cut(CALLS, rng)}), READ_TIME)
         rnd = build_round(req, "k", {}, load_price_table(), store_content=False)
         self.assertTrue(rnd["has_tool_calls"])
@@ -146,7 +146,7 @@ class ReservedBucket(TempDirTest):
         from urllib.parse import quote
         from agent_session_monitor.cli import main as cli_main
         from agent_session_monitor.store.names import UNSESSIONED_ID
-        from agent_session_monitor.parse import CLIENT_SUFFIX
+        from agent_session_monitor.ingest.parse import CLIENT_SUFFIX
         from agent_session_monitor.webapp import WebApp
         rng = random.Random(9)
         sent = [UNSESSIONED_ID, UNSESSIONED_ID + CLIENT_SUFFIX,

@@ -25,7 +25,7 @@ from unittest import mock
 from tests.helpers import TempDirTest, load_store, make_line, write_lines
 
 from agent_session_monitor import confine, monitor_cli
-from agent_session_monitor.monitor import Monitor, MonitorConfig
+from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
 WILDCARDS = ("*", "?*", "[a-z]*", "s*", "*b", "**")
 

@@ -46,7 +46,7 @@ DRIVER = """
 import io, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from agent_session_monitor.monitor import Monitor, MonitorConfig
+from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 config = MonitorConfig(log_paths=[sys.argv[2]], output_dir=Path(sys.argv[3]), follow=True,
                        max_rotate=int(sys.argv[4]), rotate_wait=3600.0, checkpoint_bytes=4000)
 err = io.StringIO()

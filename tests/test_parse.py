@@ -6,7 +6,7 @@ import json
 import unittest
 
 from tests.helpers import DATA  # noqa: F401  (puts the repo on sys.path)
-from agent_session_monitor.parse import BadLine, Request, parse_line
+from agent_session_monitor.ingest.parse import BadLine, Request, parse_line
 from agent_session_monitor.values import canonical_time
 
 READ_TIME = "2026-03-01T00:00:00.000Z"

@@ -76,7 +76,7 @@ class WorkedExamplesTest(PricingTest):
         self.assertDollars(bucket_cost(buckets, SONNET), 0.010845)
 
     def test_fixture_lines_priced_as_the_fixture_readme_says(self) -> None:
-        from agent_session_monitor.parse import parse_line
+        from agent_session_monitor.ingest.parse import parse_line
 
         def cost_of(path: Path, line_no: int) -> float | None:
             raw = path.read_bytes().splitlines()[line_no - 1]

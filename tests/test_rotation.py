@@ -364,7 +364,7 @@ class FollowModeKeepsFilesOpen(TempDirTest):
     it was renamed away and deleted (compress without delaycompress) are still read."""
 
     def test_late_writes_to_deleted_file_are_drained_through_the_open_descriptor(self):
-        from agent_session_monitor.monitor import Monitor, MonitorConfig
+        from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
         log = self.tmp / "access.log"
         writer = open(log, "ab", buffering=0)
@@ -411,7 +411,7 @@ class FollowModeOneMonitor(TempDirTest):
         everything it said on stderr."""
         import io
 
-        from agent_session_monitor.monitor import Monitor, MonitorConfig
+        from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
         err = io.StringIO()
         config = MonitorConfig(log_paths=[str(self.log)], output_dir=self.out, follow=True,
@@ -500,7 +500,7 @@ class FollowModeOneMonitor(TempDirTest):
         # while no monitor ran, then a follow-mode monitor (or a cron pass) starts.
         import io
 
-        from agent_session_monitor.monitor import Monitor, MonitorConfig
+        from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
         for follow in (False, True):
             with self.subTest(follow=follow):
@@ -541,7 +541,7 @@ class FollowModeOneMonitor(TempDirTest):
     def test_follow_releases_quiet_rotations_but_keeps_the_live_log(self):
         import io
 
-        from agent_session_monitor.monitor import Monitor, MonitorConfig
+        from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
         self.dir, self.log, self.n = self.tmp, self.tmp / "access.log", 0
         for i in range(5, 0, -1):
@@ -563,7 +563,7 @@ class FollowModeOneMonitor(TempDirTest):
         # again) after the monitor sized the file and before it read the new bytes.
         import io
 
-        from agent_session_monitor.monitor import Monitor, MonitorConfig
+        from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
         for regrow in (0, 6):
             with self.subTest(regrow=regrow):
@@ -598,8 +598,8 @@ class FollowModeOneMonitor(TempDirTest):
         import io
         from unittest import mock
 
-        from agent_session_monitor import tail
-        from agent_session_monitor.monitor import Monitor, MonitorConfig
+        from agent_session_monitor.ingest import tail
+        from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
         self.dir, self.log, self.n = self.tmp, self.tmp / "access.log", 0
         writer = open(self.log, "ab", buffering=0)

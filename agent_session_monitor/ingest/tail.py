@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .confine import NotRegularFile, OutsideAllowed, open_log
+from ..confine import NotRegularFile, OutsideAllowed, open_log
 from .gzip_stream import GZIP_MAGIC, GzipChunks, gzip_head, gzip_isize
 from .state import SourceState
 

@@ -10,8 +10,8 @@ import json
 import math
 
 from .parse import Request
-from .store.sanitize import MAX_COST
-from .pricing.table import Buckets, PriceTable, bucket_cost, usage_buckets
+from ..store.sanitize import MAX_COST
+from ..pricing.table import Buckets, PriceTable, bucket_cost, usage_buckets
 
 # ai_log keys that become round fields of their own; any other key (cache_status,
 # safecheck_* from other plugins) is kept verbatim under "extra".

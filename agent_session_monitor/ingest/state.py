@@ -12,9 +12,9 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .errors import EXIT_USAGE, MonitorError
-from .store.durable import atomic_write
-from .values import utc_now
+from ..errors import EXIT_USAGE, MonitorError
+from ..store.durable import atomic_write
+from ..values import utc_now
 
 STATE_VERSION = 1
 

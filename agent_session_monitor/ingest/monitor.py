@@ -23,26 +23,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
-from .pricing import tokens
-from .errors import MonitorError
-from .fmt import fmt_bytes, fmt_int, fmt_usd, plural, safe_text
-from .store.durable import (
+from ..pricing import tokens
+from ..errors import MonitorError
+from ..fmt import fmt_bytes, fmt_int, fmt_usd, plural, safe_text
+from ..store.durable import (
     DirLock, atomic_write_many, check_store_dir, ensure_dir, refuse_symlink,
     remove_stale_temps,
 )
-from .store import retention
+from ..store import retention
 from .container_logs import Unwrapper
-from .store.index import Index
-from .store.pruned_archive import ARCHIVE_NAME, Archive
+from ..store.index import Index
+from ..store.pruned_archive import ARCHIVE_NAME, Archive
 from .parse import BadLine, Request, parse_line
-from .values import utc_now
-from .pricing.table import PriceTable, load_price_table
-from .store.upgrade import upgrade_needed, upgrade_store
+from ..values import utc_now
+from ..pricing.table import PriceTable, load_price_table
+from ..store.upgrade import upgrade_needed, upgrade_store
 from .rounds import build_round
-from .store.document import LINE_KEY_PREFIX
+from ..store.document import LINE_KEY_PREFIX
 from .state import load_state, save_state
-from .store.sessions import SessionStore
-from .store.subagents import note_spawns
+from ..store.sessions import SessionStore
+from ..store.subagents import note_spawns
 from .stdin_source import StreamSource
 from .tail import Tailer
 

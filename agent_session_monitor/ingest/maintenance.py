@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import os
 
-from .store.durable import atomic_write_many
-from .store.names import is_session_file
+from ..store.durable import atomic_write_many
+from ..store.names import is_session_file
 from .rounds import reprice_round
-from .store.document import summarise
-from .store.sessions import dump_document, read_document, unreadable_reason
+from ..store.document import summarise
+from ..store.sessions import dump_document, read_document, unreadable_reason
 
 BATCH = 500
 

@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass, field
 from json.decoder import scanstring
 
-from .store.names import UNSESSIONED_ID
-from .values import MAX_TOKENS, canonical_time
+from ..store.names import UNSESSIONED_ID
+from ..values import MAX_TOKENS, canonical_time
 
 # Outer fields kept with the round: what a FinOps user filters or debugs by.
 GATEWAY_FIELDS = ("authority", "method", "path", "response_code", "route_name", "duration",
