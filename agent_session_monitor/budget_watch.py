@@ -25,7 +25,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TextIO
 
-from . import anomalies, burn
+from . import anomalies
+from .reports import burn
 from .alerts import Alert, stderr_line
 from .budgets import (
     DEFAULT_THRESHOLDS, Usage, budget_alert, crossings, day_usage, local_day, now_stamp,
@@ -33,7 +34,7 @@ from .budgets import (
 )
 from .fmt import fmt_pct, fmt_usd
 from .links import session_url
-from .live import budget_line
+from .reports.live import budget_line
 from .pricing.table import Buckets
 from .ingest.state import save_state
 

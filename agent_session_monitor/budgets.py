@@ -20,8 +20,8 @@ from datetime import date, datetime, timezone, tzinfo
 
 from .alerts import Alert
 from .fmt import fmt_int, fmt_usd
-from . import window
-from .timerange import day_window
+from .reports import window
+from .reports.timerange import day_window
 
 DEFAULT_THRESHOLDS = (50, 80, 100)
 SCOPE_TITLES = {"total": "Token budget", "session": "Session budget", "day": "Daily budget",

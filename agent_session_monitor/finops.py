@@ -41,7 +41,7 @@ from .budgets import Budget, parse_consumer_budget, parse_thresholds
 from .config import ENV_BASE_URL, ENV_LINK_SECRET, resolve
 from .errors import EXIT_USAGE, MonitorError
 from .fmt import safe_text
-from .timerange import parse_tz
+from .reports.timerange import parse_tz
 
 __all__ = ["FinOps", "FinOpsConfig", "add_arguments", "attach", "config_from_args"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timezone, tzinfo
 
 from .anomalies import Settings, detect
-from .burn import burn
+from .reports.burn import burn
 from .pricing.table import PriceTable
 from .suggestions import CAVEAT, basis, index_suggestions, suggest
 

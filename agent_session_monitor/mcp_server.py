@@ -36,12 +36,12 @@ from .argtypes import Parser, parse
 from .config import DEFAULT_DATA_DIR, ENV_BASE_URL, ENV_DATA_DIR, ENV_LINK_SECRET, data_dir, resolve
 from .errors import MonitorError
 from .links import DEFAULT_BASE_URL, session_url
-from .report import (
+from .reports.reader import (
     StoreReader, day_range, key_group_record, key_group_rows, range_totals, recent_days,
     session_record, usage_record,
 )
 from .session_keys import parse_session_key
-from .timerange import parse_since, parse_tz
+from .reports.timerange import parse_since, parse_tz
 
 PROG = "mcp_server.py"
 SERVER_NAME = "agent-session-monitor"

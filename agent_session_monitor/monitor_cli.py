@@ -22,7 +22,7 @@ from .config import (
 )
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, MonitorError, silence_stdout
 from .fmt import plural, safe_text
-from .live import live_rows, render_live
+from .reports.live import live_rows, render_live
 from .ingest.monitor import AlreadyRunning, Monitor, MonitorConfig, summary
 
 EXIT_ALREADY_RUNNING = 3

@@ -16,7 +16,7 @@ import re
 import weakref
 from dataclasses import dataclass, fields, replace
 
-from . import window
+from .reports import window
 from .pricing.table import Buckets, Price, PriceTable, bucket_cost, provider_of
 
 CAVEAT = ("Same tokens at another model's prices: a cheaper model may need more rounds or "

@@ -19,7 +19,7 @@ from .fmt import (
 )
 from .html_parts import url
 from .pricing.table import provenance_lines
-from .report import (
+from .reports.reader import (
     SORTS, StoreReader, day_range, key_group_record, key_group_rows, recent_days,
     session_record, usage_record,
 )

@@ -29,9 +29,9 @@ from .errors import MonitorError
 from .store.index import INDEX_NAME
 from .store.names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
 from .pricing.table import load_price_table
-from .report import StoreReader
+from .reports.reader import StoreReader
 from .store.sessions import UnreadableSession
-from .timerange import parse_tz
+from .reports.timerange import parse_tz
 from .webauth import Access, Gate, Refused
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare_store(directory, args.sessions, build_store, args.rebuild, MARKER)
 
     from agent_session_monitor import views
-    from agent_session_monitor.report import StoreReader
+    from agent_session_monitor.reports.reader import StoreReader
 
     reader = StoreReader.open(directory, progress=False)
     uncached = []

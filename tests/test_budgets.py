@@ -19,10 +19,10 @@ from agent_session_monitor import finops, monitor_cli
 from agent_session_monitor.alerts import parse_sink
 from agent_session_monitor.budget_watch import FinOpsConfig
 from agent_session_monitor.budgets import Budget
-from agent_session_monitor.burn import burn
+from agent_session_monitor.reports.burn import burn
 from agent_session_monitor.errors import EXIT_USAGE, MonitorError
 from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
-from agent_session_monitor.timerange import parse_tz
+from agent_session_monitor.reports.timerange import parse_tz
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
 

@@ -73,7 +73,7 @@ class CrashRecovery(TempDirTest):
         self.assertEqual(load_store(self.out), load_store(self.reference))
 
     def test_crash_between_index_mark_and_update_is_repaired(self):
-        from agent_session_monitor.report import StoreReader
+        from agent_session_monitor.reports.reader import StoreReader
 
         with mock.patch("agent_session_monitor.store.index.Index.update", side_effect=KeyboardInterrupt):
             self.run_monitor(self.log)

@@ -403,8 +403,9 @@ class TokenColumnsPerProvider(TempDirTest):
             self.assertRegex(text, rf"Total:\s+{w['total']:,}\n")
         # burn, budgets and the live view count the same total
         from datetime import datetime, timezone
-        from agent_session_monitor import budgets, burn, live
-        from agent_session_monitor.report import StoreReader
+        from agent_session_monitor import budgets
+        from agent_session_monitor.reports import burn, live
+        from agent_session_monitor.reports.reader import StoreReader
         reader = StoreReader.open(self.out)
         self.addCleanup(reader.close)
         self.assertEqual(budgets.total_tokens(reader.db), everything["total"])

@@ -15,7 +15,7 @@ from tests.helpers import DATA, TempDirTest, ingest, load_store, write_lines
 from tests import loggen
 
 from agent_session_monitor.cli import main as cli_main
-from agent_session_monitor.report import StoreReader, range_totals
+from agent_session_monitor.reports.reader import StoreReader, range_totals
 
 SPEC = json.loads((DATA / "focus-1.2-columns.json").read_text())
 BY_NAME = {c["column"]: c for c in SPEC["columns"]}
@@ -108,7 +108,7 @@ class FocusExport(TempDirTest):
                     _, rows, _ = self.export("--granularity", granularity, *args)
                     reader = StoreReader.open(self.out)
                     try:
-                        from agent_session_monitor.timerange import parse_since, parse_tz
+                        from agent_session_monitor.reports.timerange import parse_since, parse_tz
                         tz = parse_tz(None)
                         totals = range_totals(reader, parse_since(since, tz) if since else None,
                                               parse_since(until, tz) if until else None)

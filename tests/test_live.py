@@ -6,7 +6,7 @@ import io
 import sqlite3
 
 from tests.helpers import DATA, TempDirTest
-from agent_session_monitor.live import budget_line, live_rows, render_live
+from agent_session_monitor.reports.live import budget_line, live_rows, render_live
 
 
 class LiveView(TempDirTest):

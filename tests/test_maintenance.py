@@ -6,7 +6,7 @@ import json
 import os
 
 from tests.helpers import DATA, TempDirTest, load_store
-from agent_session_monitor.report import StoreReader
+from agent_session_monitor.reports.reader import StoreReader
 
 
 class Reprice(TempDirTest):

@@ -24,7 +24,7 @@ from agent_session_monitor import views
 from agent_session_monitor.cli import main as cli_main
 from agent_session_monitor.store.index import INDEX_NAME
 from agent_session_monitor.store.pruned_archive import ARCHIVE_NAME
-from agent_session_monitor.report import StoreReader
+from agent_session_monitor.reports.reader import StoreReader
 from agent_session_monitor.webapp import WebApp
 
 NOW = datetime.now(timezone.utc)

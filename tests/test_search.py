@@ -24,7 +24,7 @@ from tests.helpers import TempDirTest, ingest, load_store
 from agent_session_monitor.store import fulltext
 from agent_session_monitor.cli import main as cli_main
 from agent_session_monitor.store.index import INDEX_NAME
-from agent_session_monitor.report import StoreReader, model_family
+from agent_session_monitor.reports.reader import StoreReader, model_family
 
 
 class ModelFamily(unittest.TestCase):

@@ -194,7 +194,7 @@ class LoneSurrogates(TempDirTest):
         docs = load_store(self.out)
         self.assertIn("a\ud800b", docs)
         self.assertIn("after", docs)
-        from agent_session_monitor.report import StoreReader
+        from agent_session_monitor.reports.reader import StoreReader
 
         reader = StoreReader.open(self.out)
         self.assertEqual(reader.totals()["rounds"], 2)

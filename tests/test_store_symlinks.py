@@ -20,7 +20,8 @@ from pathlib import Path
 
 from tests.helpers import TempDirTest, load_store, make_line, write_lines
 
-from agent_session_monitor import cli, monitor_cli, report
+from agent_session_monitor import cli, monitor_cli
+from agent_session_monitor.reports import reader as report
 
 # Every file the monitor (or a component it runs) writes in the store, by name.
 WRITTEN = (".lock", ".state.json", ".state.json.bak", ".index.sqlite", ".index.sqlite-wal",

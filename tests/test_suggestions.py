@@ -20,7 +20,7 @@ from agent_session_monitor.insights import overview_burn, session_insights
 from agent_session_monitor.pricing.table import (
     Buckets, Price, PriceTable, Tier, bucket_cost, load_price_table,
 )
-from agent_session_monitor.report import StoreReader
+from agent_session_monitor.reports.reader import StoreReader
 from agent_session_monitor.suggestions import (
     CAVEAT, _Rounds, best_per_model, candidates, index_suggestions, suggest,
 )

@@ -32,7 +32,8 @@ from urllib.parse import quote
 from tests.helpers import DATA, ROOT, TempDirTest
 
 from agent_session_monitor.store import index as index_module
-from agent_session_monitor import links, report, views, web
+from agent_session_monitor import links, views, web
+from agent_session_monitor.reports import reader as report
 from agent_session_monitor.errors import MonitorError
 
 AGENT = "agent:main:discord:channel:1465367993012981988"

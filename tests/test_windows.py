@@ -19,9 +19,9 @@ from tests.helpers import TempDirTest, ingest, load_store
 from tests import loggen
 
 from agent_session_monitor.pricing import tokens
-from agent_session_monitor import window
+from agent_session_monitor.reports import window
 from agent_session_monitor.cli import main as cli_main
-from agent_session_monitor.timerange import parse_tz
+from agent_session_monitor.reports.timerange import parse_tz
 
 ZONES = ["UTC", "+08:00", "-09:04", "+05:45", "America/St_Johns", "Asia/Shanghai", "+13:59",
          "-12:00"]

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent_session_monitor import web  # noqa: E402
-from agent_session_monitor.report import StoreReader  # noqa: E402
+from agent_session_monitor.reports.reader import StoreReader  # noqa: E402
 
 SIZES = {"desktop": (1280, 900), "phone": (390, 844)}
 FULL_HEIGHT = 3200

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone, tzinfo
 
-from .store.index import BUCKET_FIELDS
+from ..store.index import BUCKET_FIELDS
 
 SUMS = ("rounds", "input", "output", "reasoning", "cached", "cache_write",
         *(f"b_{f}" for f in BUCKET_FIELDS), "cost", "unpriced_rounds", "tool_calls")

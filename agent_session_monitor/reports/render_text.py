@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import timezone, tzinfo
 from typing import Callable, Iterable, TextIO
 
-from .pricing import tokens
-from .pricing.table import provenance_lines
-from .session_keys import parse_session_key
-from .fmt import (
+from ..pricing import tokens
+from ..pricing.table import provenance_lines
+from ..session_keys import parse_session_key
+from ..fmt import (
     content_text, fmt_cost, fmt_int, fmt_pct, fmt_time, fmt_usd, safe_text, shorten,
     tool_call_parts,
 )

@@ -6,7 +6,7 @@ import sqlite3
 from datetime import datetime, timezone
 from typing import TextIO
 
-from .fmt import fmt_int, fmt_pct, fmt_usd, safe_text, shorten
+from ..fmt import fmt_int, fmt_pct, fmt_usd, safe_text, shorten
 
 CLEAR = "\x1b[H\x1b[2J"
 LIVE_ROWS = 15

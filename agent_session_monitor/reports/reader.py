@@ -18,19 +18,19 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
-from .errors import MonitorError
-from .store.durable import refuse_symlink
-from .fmt import plural
-from .store.index import (
+from ..errors import MonitorError
+from ..store.durable import refuse_symlink
+from ..fmt import plural
+from ..store.index import (
     INDEX_NAME, INDEX_VERSION, SESSION_FIELDS, sql_text, connect, create_schema, delete_rows,
     load_entry, replace_rows,
 )
-from .store.pruned_archive import LABEL_PREFIX, index_rows as pruned_rows
-from .store.names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
-from .session_keys import parse_session_key
-from .store.sessions import UnreadableSession, read_document, unreadable_reason
-from .store.subagents import resolve_parents, rollups
-from .store import fulltext
+from ..store.pruned_archive import LABEL_PREFIX, index_rows as pruned_rows
+from ..store.names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
+from ..session_keys import parse_session_key
+from ..store.sessions import UnreadableSession, read_document, unreadable_reason
+from ..store.subagents import resolve_parents, rollups
+from ..store import fulltext
 from . import window
 from .timerange import day_window, local_midnight_utc
 

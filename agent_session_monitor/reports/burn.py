@@ -14,9 +14,9 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime, timedelta, timezone, tzinfo
 
-from .fmt import fmt_int, fmt_usd, safe_text, shorten
+from ..fmt import fmt_int, fmt_usd, safe_text, shorten
 from . import window
-from .store.index import BUCKET_FIELDS
+from ..store.index import BUCKET_FIELDS
 from .timerange import day_window
 
 TOKENS = " + ".join(f"b_{f}" for f in BUCKET_FIELDS)   # every token, whatever its kind

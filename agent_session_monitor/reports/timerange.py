@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from datetime import date, datetime, timedelta, timezone, tzinfo
 
-from .errors import EXIT_USAGE, MonitorError
-from .fmt import plural
+from ..errors import EXIT_USAGE, MonitorError
+from ..fmt import plural
 from .window import stamp
 
 
