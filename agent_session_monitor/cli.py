@@ -31,14 +31,14 @@ from .fmt import fmt_int, fmt_usd, plural, safe_text
 from .store.durable import atomic_write
 from .links import DEFAULT_BASE_URL, session_url
 from .reports.burn import burn
-from .insights import session_insights
+from .finops.insights import session_insights
 from .pricing.table import load_price_table
 from .reports.render_text import (
     render_burn, render_session, render_sessions, render_usage, terminal_width, write_csv,
     write_json,
 )
-from .focus import DEFAULT_ACCOUNT, FOCUS_VERSION, write_focus
-from .finops_report import REPORT_CSV_FIELDS, finops_report, report_csv_rows, session_what_if
+from .finops.focus import DEFAULT_ACCOUNT, FOCUS_VERSION, write_focus
+from .finops.report import REPORT_CSV_FIELDS, finops_report, report_csv_rows, session_what_if
 from .reports.reader import (
     KEY_GROUPS, SORTS, StoreReader, day_range, key_group_record, key_group_rows, latest_round,
     range_totals, recent_days, session_record, totals_of, unpriced_between, unpriced_of_days,

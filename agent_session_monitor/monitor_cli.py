@@ -15,7 +15,8 @@ from .argtypes import (
     Parser, non_negative_float as _non_negative_float, non_negative_int as _non_negative,
     parse, positive_float as _positive_float, positive_int as _positive, prog_name,
 )
-from . import __version__, export_args, finops
+from . import __version__, export_args
+from .finops import monitor_hooks as finops
 from .config import (
     DEFAULT_LOG_PATH, ENV_DATA_DIR, ENV_PRICING, HIGRESS_LOG_PATH, allowed_log_dirs,
     check_log_path_allowed, data_dir,

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Iterator, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
-from . import insights, metrics, render_html, views
+from .finops import insights
+from . import metrics, render_html, views
 from .errors import MonitorError
 from .store.index import INDEX_NAME
 from .store.names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file

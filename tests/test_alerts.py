@@ -12,13 +12,13 @@ import unittest
 from tests.helpers import TempDirTest, make_line, write_lines
 from tests.webhook_server import WebhookServer
 
-from agent_session_monitor import finops
-from agent_session_monitor.alerts import (
+from agent_session_monitor.finops import monitor_hooks as finops
+from agent_session_monitor.finops.alerts import (
     Alert, discord_escape, parse_sink, payload_for, slack_escape,
 )
-from agent_session_monitor.budget_watch import FinOpsConfig
-from agent_session_monitor.budgets import Budget
-from agent_session_monitor.delivery import Delivery
+from agent_session_monitor.finops.budget_watch import FinOpsConfig
+from agent_session_monitor.finops.budgets import Budget
+from agent_session_monitor.finops.delivery import Delivery
 from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
 HOSTILE = "<!channel> @everyone *bold* [x](https://evil.example) <script>&amp;"

@@ -11,8 +11,8 @@ from datetime import datetime, timedelta, timezone
 from tests import loggen
 from tests.helpers import TempDirTest, ingest, load_store
 
-from agent_session_monitor import anomalies
-from agent_session_monitor.anomalies import Settings, detect
+from agent_session_monitor.finops import anomalies
+from agent_session_monitor.finops.anomalies import Settings, detect
 from agent_session_monitor.pricing.table import (
     Buckets, Price, PriceTable, bucket_cost, load_price_table,
 )

@@ -15,10 +15,11 @@ from datetime import datetime, timedelta, timezone
 from tests.helpers import TempDirTest, write_lines
 from tests.webhook_server import WebhookServer
 
-from agent_session_monitor import finops, monitor_cli
-from agent_session_monitor.alerts import parse_sink
-from agent_session_monitor.budget_watch import FinOpsConfig
-from agent_session_monitor.budgets import Budget
+from agent_session_monitor.finops import monitor_hooks as finops
+from agent_session_monitor import monitor_cli
+from agent_session_monitor.finops.alerts import parse_sink
+from agent_session_monitor.finops.budget_watch import FinOpsConfig
+from agent_session_monitor.finops.budgets import Budget
 from agent_session_monitor.reports.burn import burn
 from agent_session_monitor.errors import EXIT_USAGE, MonitorError
 from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig

@@ -403,7 +403,7 @@ class TokenColumnsPerProvider(TempDirTest):
             self.assertRegex(text, rf"Total:\s+{w['total']:,}\n")
         # burn, budgets and the live view count the same total
         from datetime import datetime, timezone
-        from agent_session_monitor import budgets
+        from agent_session_monitor.finops import budgets
         from agent_session_monitor.reports import burn, live
         from agent_session_monitor.reports.reader import StoreReader
         reader = StoreReader.open(self.out)

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, TextIO
 
-from .store.index import sql_text
-from .store.names import is_session_file
-from .store.pruned_archive import is_label, load_label
-from .pricing.table import PriceTable, provider_of
-from .reports import window
-from .reports.reader import StoreReader
-from .store.sessions import read_document
+from ..store.index import sql_text
+from ..store.names import is_session_file
+from ..store.pruned_archive import is_label, load_label
+from ..pricing.table import PriceTable, provider_of
+from ..reports import window
+from ..reports.reader import StoreReader
+from ..store.sessions import read_document
 
 FOCUS_VERSION = "1.2"
 COLUMNS = (

@@ -16,8 +16,8 @@ import re
 import weakref
 from dataclasses import dataclass, fields, replace
 
-from .reports import window
-from .pricing.table import Buckets, Price, PriceTable, bucket_cost, provider_of
+from ..reports import window
+from ..pricing.table import Buckets, Price, PriceTable, bucket_cost, provider_of
 
 CAVEAT = ("Same tokens at another model's prices: a cheaper model may need more rounds or "
           "tokens, or not manage the task, so try it on a sample first.")

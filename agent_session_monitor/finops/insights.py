@@ -12,8 +12,8 @@ from __future__ import annotations
 from datetime import datetime, timezone, tzinfo
 
 from .anomalies import Settings, detect
-from .reports.burn import burn
-from .pricing.table import PriceTable
+from ..reports.burn import burn
+from ..pricing.table import PriceTable
 from .suggestions import CAVEAT, basis, index_suggestions, suggest
 
 ANOMALIES_NOTE = ("anomalies (tool-call loops, runaway context, costly rounds, idle-then-burst) "

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from .fmt import safe_text
+from ..fmt import safe_text
 
 KINDS = ("slack", "discord", "telegram", "json")
 SEVERITY_ICON = {"info": "ℹ️", "warning": "⚠️", "critical": "🚨"}

@@ -33,15 +33,15 @@ import argparse
 import time
 from typing import TextIO
 
-from .argtypes import positive_float as _positive_float, positive_int as _positive_int
+from ..argtypes import positive_float as _positive_float, positive_int as _positive_int
 from . import anomalies
 from .alerts import parse_sink
 from .budget_watch import FinOps, FinOpsConfig
 from .budgets import Budget, parse_consumer_budget, parse_thresholds
-from .config import ENV_BASE_URL, ENV_LINK_SECRET, resolve
-from .errors import EXIT_USAGE, MonitorError
-from .fmt import safe_text
-from .reports.timerange import parse_tz
+from ..config import ENV_BASE_URL, ENV_LINK_SECRET, resolve
+from ..errors import EXIT_USAGE, MonitorError
+from ..fmt import safe_text
+from ..reports.timerange import parse_tz
 
 __all__ = ["FinOps", "FinOpsConfig", "add_arguments", "attach", "config_from_args"]
 

@@ -26,17 +26,17 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TextIO
 
 from . import anomalies
-from .reports import burn
+from ..reports import burn
 from .alerts import Alert, stderr_line
 from .budgets import (
     DEFAULT_THRESHOLDS, Usage, budget_alert, crossings, day_usage, local_day, now_stamp,
     session_usage, total_tokens,
 )
-from .fmt import fmt_pct, fmt_usd
-from .links import session_url
-from .reports.live import budget_line
-from .pricing.table import Buckets
-from .ingest.state import save_state
+from ..fmt import fmt_pct, fmt_usd
+from ..links import session_url
+from ..reports.live import budget_line
+from ..pricing.table import Buckets
+from ..ingest.state import save_state
 
 ANOMALY_TITLES = {"tool_loop": "tool-call loop", "runaway_context": "runaway context",
                   "cost_outlier": "a round far costlier than usual",

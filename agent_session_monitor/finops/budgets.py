@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone, tzinfo
 
 from .alerts import Alert
-from .fmt import fmt_int, fmt_usd
-from .reports import window
-from .reports.timerange import day_window
+from ..fmt import fmt_int, fmt_usd
+from ..reports import window
+from ..reports.timerange import day_window
 
 DEFAULT_THRESHOLDS = (50, 80, 100)
 SCOPE_TITLES = {"total": "Token budget", "session": "Session budget", "day": "Daily budget",

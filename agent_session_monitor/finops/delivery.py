@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable, TextIO
 
-from . import __version__
+from .. import __version__
 from .alerts import Alert, Sink, payload_for, stderr_line
 
 TRANSIENT = {408, 425, 429}

@@ -7,11 +7,11 @@ import json
 from dataclasses import replace
 from datetime import date, datetime, timezone, tzinfo
 
-from .pricing import tokens
-from .store.index import BUCKET_FIELDS
+from ..pricing import tokens
+from ..store.index import BUCKET_FIELDS
 from .insights import export_insights
-from .pricing.table import Buckets, PriceTable, bucket_cost, cache_savings
-from .reports.reader import (
+from ..pricing.table import Buckets, PriceTable, bucket_cost, cache_savings
+from ..reports.reader import (
     SORTS, StoreReader, day_range, key_group_record, key_group_rows, range_totals,
     usage_record,
 )
