@@ -15,7 +15,8 @@ from .argtypes import (
     Parser, non_negative_float as _non_negative_float, non_negative_int as _non_negative,
     parse, positive_float as _positive_float, positive_int as _positive, prog_name,
 )
-from . import __version__, export_args
+from . import __version__
+from .otel import options as export_args
 from .finops import monitor_hooks as finops
 from .config import (
     DEFAULT_LOG_PATH, ENV_DATA_DIR, ENV_PRICING, HIGRESS_LOG_PATH, allowed_log_dirs,
@@ -218,7 +219,7 @@ def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: Text
         if export_args.config_from_args(args) is not None:
             # Imported only when exporting: HTTP and OTLP encoding cost a cron pass
             # ~70 ms of start-up otherwise.
-            from . import export
+            from .otel import outbox as export
 
             exporter = export.attach(monitor, args)
         try:

@@ -21,10 +21,10 @@ from tests.helpers import ROOT, TempDirTest, load_store, write_lines
 from tests.loggen import generate
 from tests.otlp_support import FakeCollector
 
-from agent_session_monitor import export, otlp
+from agent_session_monitor.otel import outbox as export, spans as otlp
 from agent_session_monitor.pricing import tokens
 from agent_session_monitor.errors import MonitorError
-from agent_session_monitor.export import ExportConfig, Exporter
+from agent_session_monitor.otel.outbox import ExportConfig, Exporter
 from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
 
@@ -321,7 +321,7 @@ DRIVER = """
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from agent_session_monitor.export import ExportConfig, Exporter
+from agent_session_monitor.otel.outbox import ExportConfig, Exporter
 from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 config = MonitorConfig(log_paths=[sys.argv[2]], output_dir=Path(sys.argv[3]), checkpoint_bytes=30000)
 with Monitor(config, progress=False) as monitor:

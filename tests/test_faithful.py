@@ -436,7 +436,7 @@ class TokenColumnsPerProvider(TempDirTest):
         self.assertIn(json.dumps(total), json.dumps(stats))
 
     def test_otlp_spans_carry_the_normalised_columns(self):
-        from agent_session_monitor import otlp
+        from agent_session_monitor.otel import spans as otlp
 
         docs = load_store(self.out)
         for shape in SHAPES:

@@ -10,7 +10,8 @@ import unittest
 from tests.helpers import require_tool
 from tests.otlp_support import load_proto
 
-from agent_session_monitor import __version__, otlp
+from agent_session_monitor import __version__
+from agent_session_monitor.otel import spans as otlp
 from agent_session_monitor.store.names import UNSESSIONED_ID
 
 pb = load_proto()

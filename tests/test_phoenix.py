@@ -30,9 +30,9 @@ from urllib.parse import quote
 from tests.helpers import ROOT, require_tool, venv_python, write_lines
 from tests.loggen import generate
 
-from agent_session_monitor.export import ExportConfig, Exporter
+from agent_session_monitor.otel.outbox import ExportConfig, Exporter
 from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
-from agent_session_monitor.otlp import resource_attributes
+from agent_session_monitor.otel.spans import resource_attributes
 
 START_TIMEOUT = 180.0      # a cold start migrates a new database: ~15 s here, CI is slower
 

@@ -2,7 +2,7 @@
 # Test-only Python packages, kept out of the interpreter the monitor runs on (the monitor
 # is standard library only, and tests/run.py runs on the plain python3 too):
 #   .venv-test/proto-site   opentelemetry-proto (+ protobuf), which tests/test_otlp.py puts
-#                           on sys.path to decode what agent_session_monitor.otlp encodes
+#                           on sys.path to decode what agent_session_monitor.otel.spans encodes
 #   .venv-test/phoenix      a virtual environment with arize-phoenix, whose python
 #                           tests/test_phoenix.py runs `phoenix serve` with
 #   .venv-test/mcp          a virtual environment with the official MCP Python SDK, whose

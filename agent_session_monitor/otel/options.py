@@ -8,11 +8,11 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from .argtypes import (
+from ..argtypes import (
     non_negative_float as _non_negative_float, positive_float as _positive_float,
     positive_int as _positive_int,
 )
-from .errors import EXIT_USAGE, MonitorError
+from ..errors import EXIT_USAGE, MonitorError
 
 DEFAULT_SERVICE_NAME = "agent-session-monitor"
 TRACES_PATH = "/v1/traces"
@@ -103,7 +103,7 @@ def config_from_args(args: argparse.Namespace, environ: dict | None = None) -> E
     if compression not in ("gzip", "none"):
         raise MonitorError(f"OTLP compression {compression!r} is not supported: use gzip or "
                            "none", EXIT_USAGE)
-    from .otlp import resource_attributes   # only when exporting: main.py starts faster
+    from .spans import resource_attributes   # only when exporting: main.py starts faster
 
     return ExportConfig(
         endpoint=endpoint, headers=headers, resource=resource_attributes(service, extra),

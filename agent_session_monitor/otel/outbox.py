@@ -36,14 +36,14 @@ from http.client import HTTPException
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import MonitorError
-from .export_args import ExportConfig, add_arguments, config_from_args  # noqa: F401 (wiring API)
-from .fmt import safe_text
-from .store.names import UNSESSIONED_ID
-from .store.index import sql_text
-from .otlp import decode_partial_success, encode_request, encode_span, round_to_span
-from .values import utc_now
-from .pricing.table import provider_of
+from ..errors import MonitorError
+from .options import ExportConfig, add_arguments, config_from_args  # noqa: F401 (wiring API)
+from ..fmt import safe_text
+from ..store.names import UNSESSIONED_ID
+from ..store.index import sql_text
+from .spans import decode_partial_success, encode_request, encode_span, round_to_span
+from ..values import utc_now
+from ..pricing.table import provider_of
 
 OUTBOX_NAME = ".otlp-outbox.sqlite"
 BATCH_BYTES = 4 * 2**20          # one request's spans: collectors refuse bodies over 4-16 MB

@@ -23,10 +23,10 @@ import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from . import __version__
-from .pricing import tokens
-from .store.names import UNSESSIONED_ID
-from .store.document import round_question
+from .. import __version__
+from ..pricing import tokens
+from ..store.names import UNSESSIONED_ID
+from ..store.document import round_question
 
 SCOPE_NAME = "agent_session_monitor"
 TEXT_CAP = 32 * 1024             # bytes of one text attribute (a prompt can be megabytes)
