@@ -3,7 +3,7 @@
 
     python3 scripts/webserver.py --data-dir ./sessions --port 8888 [--host 127.0.0.1]
 
-Works from a checkout with nothing installed; the logic is in agent_session_monitor/web.py.
+Works from a checkout with nothing installed; the logic is in agent_session_monitor/web/server.py.
 """
 
 import os
@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agent_session_monitor.web import main  # noqa: E402
+from agent_session_monitor.web.server import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     directory = Path(args.dir or f"/tmp/asm-bench-{args.sessions // 1000}k-web")
     prepare_store(directory, args.sessions, build_store, args.rebuild, MARKER)
 
-    from agent_session_monitor import views
+    from agent_session_monitor.web import views
     from agent_session_monitor.reports.reader import StoreReader
 
     reader = StoreReader.open(directory, progress=False)
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         views.overview_data(reader)
         uncached.append((time.perf_counter() - started) * 1000)
-    from agent_session_monitor import metrics
+    from agent_session_monitor.web import metrics
     uncached_metrics = []
     for _ in range(3):
         started = time.perf_counter()

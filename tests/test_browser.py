@@ -27,7 +27,7 @@ from tests.test_web import (AGENT, FIXTURE_HOSTILE_MODEL, HOSTILE_ID, HOSTILE_MO
                             SCRIPT_PROMPT, TOOL_RESULT, Markup, OWN_TAGS, Running, build_store,
                             session_path)
 
-from agent_session_monitor import render_html
+from agent_session_monitor.web import render_html
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tests.helpers import TempDirTest, ingest, make_line, write_lines
 
-from agent_session_monitor import cli, monitor_cli, webapp
+from agent_session_monitor import cli, monitor_cli
+from agent_session_monitor.web import routes as webapp
 
 VICTIM = "victim"
 

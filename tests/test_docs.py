@@ -18,7 +18,8 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
-    from agent_session_monitor import cli, monitor_cli, web
+    from agent_session_monitor import cli, monitor_cli
+    from agent_session_monitor.web import server as web
 
     found = {"main.py": monitor_cli.build_parser(), "scripts/cli.py": cli.build_parser(),
              "scripts/webserver.py": web.build_parser()}

@@ -23,7 +23,8 @@ from unittest import mock
 
 from tests.helpers import ROOT, TempDirTest, make_line, write_lines
 
-from agent_session_monitor import cli, monitor_cli, web
+from agent_session_monitor import cli, monitor_cli
+from agent_session_monitor.web import server as web
 
 # Values a typo, a script bug or an agent talked into it passes to a flag.
 BAD_VALUES = ("", " ", "abc", "-1", "0", "99999", "1e309", "nan", "-inf", "9" * 40, "1.5",
@@ -186,7 +187,7 @@ class ScriptsAsProcesses(EntryPointCase):
                  (str(ROOT / "main.py"), "--refresh-interval", "inf"),
                  (str(ROOT / "scripts" / "cli.py"), "list", "--limit", "many"),
                  (str(ROOT / "scripts" / "mcp_server.py"), "--no-such-flag", "x"),
-                 ("-c", "import sys; sys.path.insert(0, %r); from agent_session_monitor.web "
+                 ("-c", "import sys; sys.path.insert(0, %r); from agent_session_monitor.web.server "
                   "import main; sys.exit(main())" % str(ROOT), "--port", "70000")]
         for argv in cases:
             with self.subTest(argv=argv):

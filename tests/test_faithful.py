@@ -34,7 +34,7 @@ HOST = {"Host": "127.0.0.1:8888"}
 
 
 def web_app(store: Path):
-    from agent_session_monitor.webapp import WebApp
+    from agent_session_monitor.web.routes import WebApp
 
     app = WebApp(store)
     app.gate.port = 8888   # as web.py sets it once the server is bound

@@ -239,7 +239,7 @@ class ReaderSweep:
             except ToolError:
                 pass
             calls += 1
-        from agent_session_monitor.webapp import WebApp
+        from agent_session_monitor.web.routes import WebApp
         for tz in ("Asia/Shanghai", "-12:00", "+14:00", None):
             log = io.StringIO()
             app = WebApp(self.store, tz_name=tz, log=log, max_lag=0)

@@ -147,7 +147,7 @@ class ReservedBucket(TempDirTest):
         from agent_session_monitor.cli import main as cli_main
         from agent_session_monitor.store.names import UNSESSIONED_ID
         from agent_session_monitor.ingest.parse import CLIENT_SUFFIX
-        from agent_session_monitor.webapp import WebApp
+        from agent_session_monitor.web.routes import WebApp
         rng = random.Random(9)
         sent = [UNSESSIONED_ID, UNSESSIONED_ID + CLIENT_SUFFIX,
                 UNSESSIONED_ID + CLIENT_SUFFIX + CLIENT_SUFFIX, UNSESSIONED_ID + " ",

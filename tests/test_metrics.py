@@ -22,9 +22,9 @@ from pathlib import Path
 from tests.helpers import TempDirTest, ingest, load_store, require_tool, write_lines
 from tests import loggen
 
-from agent_session_monitor import metrics
-from agent_session_monitor.web import make_server
-from agent_session_monitor.webapp import WebApp
+from agent_session_monitor.web import metrics
+from agent_session_monitor.web.server import make_server
+from agent_session_monitor.web.routes import WebApp
 
 TOKEN = "metrics-test-token-0123456789"
 KINDS = ("input", "output", "cache_read", "cache_write", "reasoning")
@@ -235,7 +235,7 @@ class MetricsContent(TempDirTest):
             self.fail("the background refresh never served the new round")
 
     def test_a_flood_of_client_chosen_model_names_is_folded_not_a_series_each(self):
-        from agent_session_monitor import metrics as m
+        from agent_session_monitor.web import metrics as m
         old = m.MAX_LABEL_SETS
         m.MAX_LABEL_SETS = 10
         self.addCleanup(setattr, m, "MAX_LABEL_SETS", old)

@@ -14,7 +14,7 @@ from datetime import timezone
 
 from tests.helpers import ROOT, TempDirTest, make_line, write_lines
 
-from agent_session_monitor import views
+from agent_session_monitor.web import views
 from agent_session_monitor.cli import main as cli_main
 from agent_session_monitor.ingest.monitor import PassStats, summary
 
@@ -123,7 +123,7 @@ class EntryPoints(TempDirTest):
 
     def test_installed_names_are_what_help_says(self):
         code = ("import sys; sys.argv[0] = '/usr/local/bin/agent-session-web'; "
-                "from agent_session_monitor.web import build_parser; "
+                "from agent_session_monitor.web.server import build_parser; "
                 "print(build_parser().format_usage())")
         usage = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                                text=True).stdout
@@ -151,7 +151,7 @@ class EntryPoints(TempDirTest):
 
 class LoginPage(unittest.TestCase):
     def test_the_401_page_does_not_claim_the_server_is_exposed(self):
-        from agent_session_monitor import render_html
+        from agent_session_monitor.web import render_html
         ctx = render_html.PageContext(css="/a.css", js="/a.js", full_access=False, link_params={})
         page = render_html.login_page(ctx, "/")
         self.assertNotIn("reachable beyond", page)

@@ -20,12 +20,12 @@ from pathlib import Path
 from tests.helpers import ROOT, TempDirTest, load_store, write_lines
 from tests import loggen
 
-from agent_session_monitor import views
+from agent_session_monitor.web import views
 from agent_session_monitor.cli import main as cli_main
 from agent_session_monitor.store.index import INDEX_NAME
 from agent_session_monitor.store.pruned_archive import ARCHIVE_NAME
 from agent_session_monitor.reports.reader import StoreReader
-from agent_session_monitor.webapp import WebApp
+from agent_session_monitor.web.routes import WebApp
 
 NOW = datetime.now(timezone.utc)
 

@@ -32,7 +32,8 @@ from urllib.parse import quote
 from tests.helpers import DATA, ROOT, TempDirTest
 
 from agent_session_monitor.store import index as index_module
-from agent_session_monitor import links, views, web
+from agent_session_monitor import links
+from agent_session_monitor.web import views, server as web
 from agent_session_monitor.reports import reader as report
 from agent_session_monitor.errors import MonitorError
 
@@ -279,7 +280,7 @@ class Routes(StoreCase):
         doc = self.open.json("/api/session?id=" + quote(AGENT))[1]
         view = views.session_page(doc, insights=fake)
         self.assertEqual([r["badges"] for r in view["rounds"]], [[], ["<LOOP>"]])
-        from agent_session_monitor import render_html
+        from agent_session_monitor.web import render_html
         html = render_html.session_page(render_html.PageContext(), view)
         self.assertIn('<span class="tag warn">&lt;LOOP&gt;</span>', html)
         self.assertIn('<a href="#r2">round 2</a> same &lt;call&gt; 3 times', html)

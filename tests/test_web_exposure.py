@@ -24,7 +24,8 @@ from urllib.parse import quote
 
 from tests.helpers import TempDirTest, ingest, make_line, write_lines
 
-from agent_session_monitor import links, web, webapp, webauth
+from agent_session_monitor import links
+from agent_session_monitor.web import server as web, routes as webapp, auth as webauth
 from agent_session_monitor.errors import MonitorError
 
 TOKEN = "exposure-token-0123456789abcdef"

@@ -33,7 +33,7 @@ from urllib.parse import quote
 from tests import loggen
 from tests.helpers import DATA, TempDirTest, require_tool
 
-from agent_session_monitor import web, webapp
+from agent_session_monitor.web import server as web, routes as webapp
 
 SESSIONS = 300
 SEED = 20260201

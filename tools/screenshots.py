@@ -23,7 +23,7 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent_session_monitor import web  # noqa: E402
+from agent_session_monitor.web import server as web  # noqa: E402
 from agent_session_monitor.reports.reader import StoreReader  # noqa: E402
 
 SIZES = {"desktop": (1280, 900), "phone": (390, 844)}

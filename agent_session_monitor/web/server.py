@@ -21,11 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TextIO
 
-from . import __version__
-from .argtypes import Parser, non_negative_float, parse, port as port_number, prog_name
-from .config import ENV_LINK_SECRET, ENV_TOKEN, data_dir as resolve_data_dir, resolve
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, MonitorError
-from .webapp import TEXT, Response, WebApp
+from .. import __version__
+from ..argtypes import Parser, non_negative_float, parse, port as port_number, prog_name
+from ..config import ENV_LINK_SECRET, ENV_TOKEN, data_dir as resolve_data_dir, resolve
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, MonitorError
+from .routes import TEXT, Response, WebApp
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8888

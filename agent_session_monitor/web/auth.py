@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
-from . import links
-from .config import ENV_TOKEN
-from .errors import EXIT_USAGE, MonitorError
+from .. import links
+from ..config import ENV_TOKEN
+from ..errors import EXIT_USAGE, MonitorError
 
 COOKIE = "asm_auth"
 LOCAL_NAMES = frozenset(("localhost", "127.0.0.1", "::1"))

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
-from .pricing import tokens
-from .fmt import fmt_int, fmt_usd, plural
+from ..pricing import tokens
+from ..fmt import fmt_int, fmt_usd, plural
 from .html_parts import Markup, h
 
 # Exclusive token buckets (pricing.Buckets), in stacking order.

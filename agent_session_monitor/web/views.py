@@ -13,18 +13,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 
 from . import charts
-from .pricing import tokens
-from .fmt import (
+from ..pricing import tokens
+from ..fmt import (
     content_text, fmt_cost, fmt_int, fmt_pct, fmt_time, fmt_usd, plural, tool_call_parts,
 )
 from .html_parts import url
-from .pricing.table import provenance_lines
-from .reports.reader import (
+from ..pricing.table import provenance_lines
+from ..reports.reader import (
     SORTS, StoreReader, day_range, key_group_record, key_group_rows, recent_days,
     session_record, usage_record,
 )
-from .session_keys import parse_session_key
-from .store.document import full_context, round_question
+from ..session_keys import parse_session_key
+from ..store.document import full_context, round_question
 
 # One text block (a tool result, a pasted file) past this is cut on the page; the JSON
 # download has everything.

@@ -24,16 +24,16 @@ from pathlib import Path
 from typing import Iterator, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
-from .finops import insights
+from ..finops import insights
 from . import metrics, render_html, views
-from .errors import MonitorError
-from .store.index import INDEX_NAME
-from .store.names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
-from .pricing.table import load_price_table
-from .reports.reader import StoreReader
-from .store.sessions import UnreadableSession
-from .reports.timerange import parse_tz
-from .webauth import Access, Gate, Refused
+from ..errors import MonitorError
+from ..store.index import INDEX_NAME
+from ..store.names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
+from ..pricing.table import load_price_table
+from ..reports.reader import StoreReader
+from ..store.sessions import UnreadableSession
+from ..reports.timerange import parse_tz
+from .auth import Access, Gate, Refused
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
