@@ -16,8 +16,8 @@ from .argtypes import (
     parse, positive_float as _positive_float, positive_int as _positive, prog_name,
 )
 from . import __version__
-from .otel import options as export_args
-from .finops import monitor_hooks as finops
+from .otel import options as otel_options
+from .finops import monitor_hooks
 from .config import (
     DEFAULT_LOG_PATH, ENV_DATA_DIR, ENV_PRICING, HIGRESS_LOG_PATH, allowed_log_dirs,
     check_log_path_allowed, data_dir,
@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "DURATION (90d, 12w, 36h); their totals stay in the index and "
                         "reports (checked after each pass, hourly with --follow)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
-    finops.add_arguments(p)
-    export_args.add_arguments(p)
+    monitor_hooks.add_arguments(p)
+    otel_options.add_arguments(p)
     return p
 
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
 def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         config = config_from_args(args, err)
-        args.finops = finops.config_from_args(args)   # usage errors before the store opens
+        args.finops = monitor_hooks.config_from_args(args)   # usage errors before the store opens
         if args.reprice or args.rebuild_index:
             return _maintenance(config, args, out, err)
         return _run(config, args, out, err)
@@ -214,14 +214,14 @@ def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: Text
     with Monitor(config, err=err) as monitor:
         for note in monitor.notes:
             print(f"note: {note}", file=err)
-        fin = finops.attach(monitor, args.finops)
+        fin = monitor_hooks.attach(monitor, args.finops)
         exporter = None
-        if export_args.config_from_args(args) is not None:
+        if otel_options.config_from_args(args) is not None:
             # Imported only when exporting: HTTP and OTLP encoding cost a cron pass
             # ~70 ms of start-up otherwise.
-            from .otel import outbox as export
+            from .otel import outbox
 
-            exporter = export.attach(monitor, args)
+            exporter = outbox.attach(monitor, args)
         try:
             if not config.follow:
                 stats = monitor.poll_once()
@@ -246,7 +246,7 @@ def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: Text
 
 
 def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
-            out: TextIO, err: TextIO, fin: "finops.FinOps") -> int:
+            out: TextIO, err: TextIO, fin: "monitor_hooks.FinOps") -> int:
     live = out.isatty() and not args.quiet
     waiting_said = False
     backoff = config.refresh_interval
