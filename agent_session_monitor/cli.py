@@ -33,10 +33,9 @@ from .links import DEFAULT_BASE_URL, session_url
 from .reports.burn import burn
 from .finops.insights import session_insights
 from .pricing.table import load_price_table
-from .reports.render_text import (
-    render_burn, render_session, render_sessions, render_usage, terminal_width, write_csv,
-    write_json,
-)
+from .reports.render_text import render_burn, render_sessions, render_usage, terminal_width
+from .reports.session_text import render_session
+from .reports.json_csv import write_csv, write_json
 from .finops.focus import DEFAULT_ACCOUNT, FOCUS_VERSION, write_focus
 from .finops.report import REPORT_CSV_FIELDS, finops_report, report_csv_rows, session_what_if
 from .reports.reader import (
