@@ -21,9 +21,9 @@ import unittest
 from tests.helpers import TempDirTest, load_store, write_lines
 from tests.loggen import envoy_line, go_json
 from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
-from agent_session_monitor.ingest.parse import (
-    CLIENT_FIELDS, HIGRESS_FORMAT, BadLine, Request, parse_line,
-)
+from agent_session_monitor.ingest.forgery import CLIENT_FIELDS, HIGRESS_FORMAT
+from agent_session_monitor.ingest.parse import parse_line
+from agent_session_monitor.ingest.request import BadLine, Request
 from agent_session_monitor.ingest.state import load_state
 
 READ_TIME = "2026-03-01T00:00:00.000Z"

@@ -13,7 +13,8 @@ import random
 import unittest
 
 from tests.helpers import DATA
-from agent_session_monitor.ingest.parse import BadLine, Request, parse_line
+from agent_session_monitor.ingest.parse import parse_line
+from agent_session_monitor.ingest.request import BadLine, Request
 from agent_session_monitor.pricing.table import load_price_table
 from agent_session_monitor.ingest.rounds import build_round
 from agent_session_monitor.store.document import Session, new_document, summarise

@@ -28,7 +28,9 @@ from tests.test_fuzz import mutate
 from agent_session_monitor.store.index import Index
 from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 from agent_session_monitor.store.names import is_session_file
-from agent_session_monitor.ingest.parse import HIGRESS_FORMAT, BadLine, Request, parse_line
+from agent_session_monitor.ingest.forgery import HIGRESS_FORMAT
+from agent_session_monitor.ingest.parse import parse_line
+from agent_session_monitor.ingest.request import BadLine, Request
 from agent_session_monitor.values import canonical_time
 from agent_session_monitor.pricing.table import load_price_table
 from agent_session_monitor.ingest.rounds import build_round

@@ -11,7 +11,8 @@ import unittest
 from tests.helpers import TempDirTest, ingest, load_store, write_lines
 from tests.loggen import envoy_line, go_json
 from tests.test_forgery import FIELDS, GENUINE_TIME, READ_TIME, genuine_ai, genuine_outer
-from agent_session_monitor.ingest.parse import BadLine, Request, parse_line
+from agent_session_monitor.ingest.parse import parse_line
+from agent_session_monitor.ingest.request import BadLine, Request
 from agent_session_monitor.ingest.state import load_state
 
 CONTROL = [bytes([c]) for c in range(32) if c != 10]   # a raw newline ends the line
@@ -146,7 +147,7 @@ class ReservedBucket(TempDirTest):
         from urllib.parse import quote
         from agent_session_monitor.cli import main as cli_main
         from agent_session_monitor.store.names import UNSESSIONED_ID
-        from agent_session_monitor.ingest.parse import CLIENT_SUFFIX
+        from agent_session_monitor.ingest.ai_log import CLIENT_SUFFIX
         from agent_session_monitor.web.routes import WebApp
         rng = random.Random(9)
         sent = [UNSESSIONED_ID, UNSESSIONED_ID + CLIENT_SUFFIX,

@@ -6,7 +6,8 @@ import json
 import unittest
 
 from tests.helpers import DATA  # noqa: F401  (puts the repo on sys.path)
-from agent_session_monitor.ingest.parse import BadLine, Request, parse_line
+from agent_session_monitor.ingest.parse import parse_line
+from agent_session_monitor.ingest.request import BadLine, Request
 from agent_session_monitor.values import canonical_time
 
 READ_TIME = "2026-03-01T00:00:00.000Z"

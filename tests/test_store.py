@@ -9,7 +9,7 @@ import random
 import stat
 
 from tests.helpers import TempDirTest, load_store, write_lines
-from agent_session_monitor.ingest.parse import client_session_id
+from agent_session_monitor.ingest.ai_log import client_session_id
 from agent_session_monitor.store.names import file_name_for
 from agent_session_monitor.store.document import full_context
 

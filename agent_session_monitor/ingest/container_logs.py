@@ -38,7 +38,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .parse import BadLine
+from .request import BadLine
 
 PLAIN, CRI, DOCKER = "plain", "cri", "docker"
 _CRI = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)) "

@@ -34,7 +34,8 @@ from ..store import retention
 from .container_logs import Unwrapper
 from ..store.index import Index
 from ..store.pruned_archive import ARCHIVE_NAME, Archive
-from .parse import BadLine, Request, parse_line
+from .parse import parse_line
+from .request import BadLine, Request
 from ..values import utc_now
 from ..pricing.table import PriceTable, load_price_table
 from ..store.upgrade import upgrade_needed, upgrade_store

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 
-from .parse import Request
+from .request import Request
 from ..store.sanitize import MAX_COST
 from ..pricing.table import Buckets, PriceTable, bucket_cost, usage_buckets
 

@@ -1,0 +1,150 @@
+"""The fields of the ai_log, validated into a :class:`Request`: the session id, the token
+counts, the provider detail maps and the event time (spec: input-format.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from ..store.names import UNSESSIONED_ID
+from ..values import MAX_TOKENS, canonical_time
+from .request import BadLine, Request, _decode
+
+# Outer fields kept with the round: what a FinOps user filters or debugs by.
+GATEWAY_FIELDS = ("authority", "method", "path", "response_code", "route_name", "duration",
+                  "upstream_cluster", "user_agent")
+TOKEN_FIELDS = ("input_token", "output_token", "total_token", "cached_tokens", "reasoning_tokens")
+
+
+def _build(outer: dict, ai: dict, read_time: str, warnings: list[str]) -> Request:
+    session_id = ai.get("session_id")
+    if session_id is None or session_id == "":
+        session_id = None
+    elif not isinstance(session_id, str):
+        # Never str() it: 123 and "123" would become one session.
+        warnings.append("bad_session_id")
+        session_id = None
+    elif session_id.startswith(UNSESSIONED_ID):
+        session_id = client_session_id(session_id)
+        warnings.append("reserved_session_id")
+
+    tokens = {}
+    has_usage = False
+    for name in TOKEN_FIELDS:
+        value = ai.get(name)
+        if value is None:
+            tokens[name] = None
+            continue
+        tokens[name] = _token_count(name, value, warnings)
+        has_usage = True
+
+    timestamp, time_source = _event_time(outer, ai, read_time, warnings)
+    request_id = outer.get("request_id")
+    if not isinstance(request_id, str) or request_id in ("", "-"):
+        request_id = None
+    gateway = {k: outer[k] for k in GATEWAY_FIELDS if k in outer and outer[k] not in ("-", None)}
+    return Request(
+        ai=ai,
+        session_id=session_id,
+        request_id=request_id,
+        timestamp=timestamp,
+        time_source=time_source,
+        gateway=gateway,
+        input_token=tokens["input_token"] or 0,
+        output_token=tokens["output_token"] or 0,
+        total_token=tokens["total_token"],
+        cached_tokens=tokens["cached_tokens"],
+        reasoning_tokens=tokens["reasoning_tokens"],
+        input_details=_details(ai.get("input_token_details"), warnings),
+        output_details=_details(ai.get("output_token_details"), warnings),
+        has_usage=has_usage,
+        warnings=warnings,
+    )
+
+
+def client_session_id(session_id: str) -> str:
+    """The id a client-sent session id is stored under. Ids beginning with the reserved
+    label of the unsessioned bucket get a suffix, so that no client can write into, or
+    pass for, that bucket: the mapping is one-to-one (a suffixed id sent literally is
+    suffixed again) and never gives the bare label."""
+    if session_id.startswith(UNSESSIONED_ID):
+        return session_id + CLIENT_SUFFIX
+    return session_id
+
+
+CLIENT_SUFFIX = " (sent by a client)"
+
+
+def _token_count(name: str, value: object, warnings: list[str]) -> int:
+    # bool is an int subclass in Python: True must not count as one token.
+    if type(value) is int:
+        count = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
+        # Older Higress logs counts as numeric strings: a documented coercion.
+        try:
+            count = int(value)
+        except ValueError:  # more digits than int() accepts
+            raise BadLine("out_of_range", f"{name} has too many digits") from None
+    elif type(value) is float and math.isfinite(value) and value.is_integer():
+        count = int(value)
+    else:
+        raise BadLine("bad_tokens", f"{name} is {_describe(value)}")
+    if count < 0:
+        raise BadLine("bad_tokens", f"{name} is negative ({count})")
+    if count > MAX_TOKENS:
+        raise BadLine("out_of_range", f"{name} is {_describe(count)}, more than any request")
+    return count
+
+
+def _describe(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=True, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _details(value: object, warnings: list[str]) -> dict:
+    """Provider detail maps arrive as an object or as a JSON string of one."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = _decode(value)
+        except (ValueError, RecursionError):
+            warnings.append("bad_details")
+            return {}
+    if not isinstance(value, dict):
+        warnings.append("bad_details")
+        return {}
+    _check_counts(value, 0)
+    return value
+
+
+def _check_counts(details: dict, depth: int) -> None:
+    """Detail maps feed the price buckets: a count no store can hold makes the line bad."""
+    for key, value in details.items():
+        if type(value) is int:
+            count = value
+        elif isinstance(value, str) and value.isascii() and value.isdigit():
+            count = int(value) if len(value) < 30 else MAX_TOKENS + 1
+        elif isinstance(value, dict) and depth < 2:
+            _check_counts(value, depth + 1)
+            continue
+        else:
+            continue
+        if count > MAX_TOKENS:
+            raise BadLine("out_of_range", f"{key} is {_describe(count)}, more than any request")
+
+
+def _event_time(outer: dict, ai: dict, read_time: str, warnings: list[str]) -> tuple[str, str]:
+    for source, value in (("start_time", outer.get("start_time")),
+                          ("timestamp", outer.get("timestamp")),
+                          ("ai_log", ai.get("start_time") or ai.get("timestamp"))):
+        if isinstance(value, str) and value not in ("", "-"):
+            canonical = canonical_time(value)
+            if canonical is not None:
+                if canonical[1]:
+                    warnings.append("naive_time")
+                return canonical[0], source
+            warnings.append("bad_time")
+    warnings.append("time_from_read")
+    return read_time, "read"

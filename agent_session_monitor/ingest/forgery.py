@@ -1,0 +1,210 @@
+"""Forgery through raw headers (input-format.md, "Fields a client controls").
+
+Envoy pastes some request headers into the line unescaped, so a client can end a value
+with ``"`` and write keys of its own after it. Here: the fast check that a line holds
+none (:func:`_is_trusted`), the choice of each genuine field by its place in Higress's
+fixed key order (:func:`_genuine_fields`), and the salvage of the ai_log from a line a
+header broke (:func:`_salvage`).
+"""
+
+from __future__ import annotations
+
+import json
+from json.decoder import scanstring
+
+from .request import _finite_float, _reject_constant
+
+# Envoy's TEXT access-log format of the Higress Helm chart: the keys, in their fixed order.
+HIGRESS_FORMAT = (
+    "ai_log", "authority", "bytes_received", "bytes_sent", "downstream_local_address",
+    "downstream_remote_address", "duration", "istio_policy_status", "method", "path",
+    "protocol", "request_id", "requested_server_name", "response_code", "response_flags",
+    "route_name", "start_time", "trace_id", "upstream_cluster", "upstream_host",
+    "upstream_local_address", "upstream_service_time", "upstream_transport_failure_reason",
+    "user_agent", "x_forwarded_for", "response_code_details")
+# Pasted in raw from request headers: a client can end the value with `"` and write keys
+# of its own after it, so injected keys can only sit right after one of these.
+CLIENT_FIELDS = frozenset(("authority", "path", "request_id", "user_agent", "x_forwarded_for"))
+# The outer keys whose value decides a round, its time or its identity.
+SENSITIVE_FIELDS = ("ai_log", "start_time", "timestamp", "request_id")
+
+
+class _Duplicated(dict):
+    """An object in which some key occurred more than once; ``pairs`` keeps them all."""
+
+    __slots__ = ("pairs",)
+
+
+def _pairs_hook(pairs: list) -> dict:
+    # Python keeps the last of duplicate keys; a forged key placed after the genuine one
+    # would win. Keep every pair when that happens, so the caller can choose by place.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        obj = _Duplicated(obj)
+        obj.pairs = pairs
+    return obj
+
+
+_OUTER_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float,
+                                  object_pairs_hook=_pairs_hook)
+_decode_outer = _OUTER_DECODER.decode
+_GAP_AFTER = frozenset(i for i, k in enumerate(HIGRESS_FORMAT) if k in CLIENT_FIELDS)
+
+
+_AI_LOG_END = b'","authority":"'
+# Quotes after the ai_log string of a clean line: its closing one, then a quoted key and
+# a quoted value for each of the other fields.
+_TAIL_QUOTES = 1 + 4 * (len(HIGRESS_FORMAT) - 1)
+
+
+def _is_trusted(raw: bytes, outer: dict) -> bool:
+    """The fast path, true for a line no client wrote keys into.
+
+    A line in Higress's format has exactly a quoted key and a quoted string value per
+    field after its ai_log string (where the bulk is, and where every quote is escaped).
+    Any key a client adds brings quotes of its own, and so does one that hides a genuine
+    key inside an object; a quote it escapes with a trailing backslash leaves the next
+    genuine key bare, which is not JSON. So one count of the quotes after the ai_log
+    decides; escaped quotes in a header value (``\\"``) are not structure and are
+    subtracted. A format without any raw header field has nothing a client writes into.
+    """
+    keys = tuple(outer)
+    if keys != HIGRESS_FORMAT:
+        return CLIENT_FIELDS.isdisjoint(keys)
+    tail = raw.find(_AI_LOG_END)
+    if tail < 0:
+        return False
+    quotes = raw.count(b'"', tail)
+    return quotes == _TAIL_QUOTES or quotes - raw.count(b'\\"', tail) == _TAIL_QUOTES
+
+
+def _genuine_fields(outer: dict) -> tuple[dict, bool]:
+    """The outer fields a client cannot have written, and whether the line was forged.
+
+    For a line in Higress's format, each field is taken by its place in the fixed key
+    order (:func:`_align`); keys a client added are dropped, and a field whose place is
+    ambiguous (a client copied whole runs of the format) is dropped too, so that the
+    event time falls back to the read time. For another format, a sensitive field is
+    kept only when it occurs once; ``ai_log`` only when no client-controlled field
+    precedes it.
+    """
+    pairs = outer.pairs if isinstance(outer, _Duplicated) else list(outer.items())
+    keys = [k for k, _ in pairs]
+    nested = any(type(v) is not str for k, v in pairs if k != "ai_log")
+    first_client = next((i for i, k in enumerate(keys) if k in CLIENT_FIELDS), len(keys))
+    if first_client == len(keys) and not nested and not isinstance(outer, _Duplicated):
+        return outer, False   # no raw header field in this format: nothing to forge with
+    if not nested:
+        fmt = HIGRESS_FORMAT if keys[0] == "ai_log" else HIGRESS_FORMAT[1:]
+        places = _align(keys, fmt)
+        if places is not None:
+            genuine = {}
+            forged = len(pairs) != len(fmt)
+            for name, where in zip(fmt, places):
+                if len(where) == 1:
+                    genuine[name] = pairs[next(iter(where))][1]
+                else:
+                    forged = True
+            return genuine, forged
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    forged = nested or len(counts) != len(keys)
+    genuine = {}
+    for i, (k, v) in enumerate(pairs):
+        if k in genuine:
+            continue
+        if k == "ai_log":
+            # Before any raw header it cannot be forged; after one, only a lone ai_log
+            # in an unsuspicious line is taken (a custom format may put it there).
+            if i > first_client and (nested or counts[k] > 1):
+                continue
+        elif k in SENSITIVE_FIELDS and (nested or counts[k] > 1):
+            continue
+        genuine[k] = v
+    return genuine, forged
+
+
+def _align(keys: list[str], fmt: tuple[str, ...]) -> list[set[int]] | None:
+    """For each key of ``fmt``, the positions in ``keys`` it can hold in a reading of
+    the line as ``fmt`` with extra keys only right after a client-controlled field; None
+    when the line cannot be read so (another format). Forward and backward reachability
+    over the fixed order: a position on both sides lies on a complete reading."""
+    n, m = len(keys), len(fmt)
+    if n < m or keys[0] != fmt[0] or keys[-1] != fmt[-1]:
+        return None
+    gap = [k in CLIENT_FIELDS for k in fmt]
+    fwd: list[set[int]] = [{0}]
+    for j in range(1, m):
+        want, prev = fmt[j], fwd[-1]
+        if gap[j - 1]:
+            lo = min(prev) + 1
+            here = {i for i in range(lo, n) if keys[i] == want}
+        else:
+            here = {i + 1 for i in prev if i + 1 < n and keys[i + 1] == want}
+        if not here:
+            return None
+        fwd.append(here)
+    bwd: list[set[int]] = [set()] * m
+    bwd[m - 1] = {n - 1} & fwd[m - 1]
+    for j in range(m - 2, -1, -1):
+        want, nxt = fmt[j], bwd[j + 1]
+        if not nxt:
+            return None
+        if gap[j]:
+            hi = max(nxt)
+            bwd[j] = {i for i in fwd[j] if i < hi}
+        else:
+            bwd[j] = {i - 1 for i in nxt if i - 1 in fwd[j]}
+    if not bwd[0]:
+        return None
+    return bwd
+
+
+
+def _salvage(text: str) -> tuple[dict, bool] | None:
+    """Recover ai_log (and times, ids) from a line that is not valid JSON, and whether
+    it was forged.
+
+    Envoy's TEXT format does not escape other fields, so a User-Agent holding ``"``
+    breaks the line while the ai_log, which the plugin escaped, is intact. The ai_log is
+    taken when it precedes every raw header field (its place in Higress's format) or
+    occurs once; a time or id only when its key occurs exactly once, so it cannot come
+    from hostile text.
+    """
+    first_client = min((i for i in (text.find(f'"{k}":"') for k in CLIENT_FIELDS) if i >= 0),
+                       default=len(text))
+    ai_at = text.find('"ai_log":"')
+    if ai_at < 0:
+        return None
+    repeated = text.find('"ai_log":"', ai_at + 1) >= 0
+    if ai_at > first_client and repeated:
+        return None
+    ai = _string_at(text, ai_at + len('"ai_log":"'))
+    if ai is None:
+        return None
+    outer = {"ai_log": ai}
+    forged = repeated
+    for key in ("start_time", "timestamp", "request_id"):
+        value = _unique_string_value(text, key)
+        if value is not None:
+            outer[key] = value
+        elif text.count(f'"{key}":') > 1:
+            forged = True
+    return outer, forged
+
+
+def _string_at(text: str, at: int) -> str | None:
+    try:
+        value, _end = scanstring(text, at, True)
+    except ValueError:
+        return None
+    return value
+
+
+def _unique_string_value(text: str, key: str) -> str | None:
+    marker = f'"{key}":"'
+    start = text.find(marker)
+    if start < 0 or text.find(marker, start + 1) >= 0:
+        return None
+    return _string_at(text, start + len(marker))
