@@ -14,7 +14,7 @@ from datetime import timezone
 
 from tests.helpers import ROOT, TempDirTest, make_line, write_lines
 
-from agent_session_monitor.web import views
+from agent_session_monitor.web import session_view
 from agent_session_monitor.cli import main as cli_main
 from agent_session_monitor.ingest.monitor import PassStats, summary
 
@@ -54,7 +54,7 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather",
 
 class SessionPageWords(unittest.TestCase):
     def view(self, rounds: list[dict]) -> list[dict]:
-        return views.session_page(_doc(rounds), timezone.utc)["rounds"]
+        return session_view.session_page(_doc(rounds), timezone.utc)["rounds"]
 
     def test_a_tool_call_of_the_last_round_waits_for_its_result(self):
         r = self.view([_round(1, tool_calls=[CALL], has_tool_calls=True)])[0]
@@ -89,7 +89,7 @@ class SessionPageWords(unittest.TestCase):
 
     def test_short_reasoning_is_open_and_long_reasoning_folded(self):
         rounds = [_round(1, reasoning="Check the city first."),
-                  _round(2, reasoning="x" * (views.SHORT_REASONING + 1))]
+                  _round(2, reasoning="x" * (session_view.SHORT_REASONING + 1))]
         short, long = self.view(rounds)
         self.assertTrue(short["reasoning_open"])
         self.assertFalse(long["reasoning_open"])
@@ -103,7 +103,7 @@ class SessionPageWords(unittest.TestCase):
     def test_an_unpriced_cost_card_is_a_warning_with_a_short_note(self):
         doc = _doc([_round(1, cost_usd=None)])
         doc.update(unpriced_rounds=1, unpriced_models=["my-private-model"], total_cost_usd=None)
-        card = [c for c in views.session_page(doc, timezone.utc)["cards"] if c["id"] == "cost"][0]
+        card = [c for c in session_view.session_page(doc, timezone.utc)["cards"] if c["id"] == "cost"][0]
         self.assertEqual((card["value"], card["tone"]), ("unpriced", "warn"))
         self.assertEqual(card["note"], "no price for: my-private-model")
 

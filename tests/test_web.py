@@ -33,7 +33,7 @@ from tests.helpers import DATA, ROOT, TempDirTest
 
 from agent_session_monitor.store import index as index_module
 from agent_session_monitor import links
-from agent_session_monitor.web import views, server as web
+from agent_session_monitor.web import session_view, views, server as web
 from agent_session_monitor.reports import reader as report
 from agent_session_monitor.errors import MonitorError
 
@@ -278,7 +278,7 @@ class Routes(StoreCase):
                                "explanation": "same <call> 3 times"}],
                 "suggestions": [], "suggestions_basis": "", "caveat": ""}
         doc = self.open.json("/api/session?id=" + quote(AGENT))[1]
-        view = views.session_page(doc, insights=fake)
+        view = session_view.session_page(doc, insights=fake)
         self.assertEqual([r["badges"] for r in view["rounds"]], [[], ["<LOOP>"]])
         from agent_session_monitor.web import render_html
         html = render_html.session_page(render_html.PageContext(), view)

@@ -25,7 +25,7 @@ from typing import Iterator, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
 from ..finops import insights
-from . import metrics, render_html, views
+from . import metrics, render_html, session_view, views
 from ..errors import MonitorError
 from ..store.index import INDEX_NAME
 from ..store.names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
@@ -337,11 +337,11 @@ class WebApp:
             html = render_html.unknown_session_page(self._ctx(access), e.session_id, e.matches)
             return Response(404, html_bytes(html), HTML)
         found = insights.session_insights(doc, self.table)
-        view = views.session_page(doc, self.tz, insights=found, family=self._family(doc))
+        view = session_view.session_page(doc, self.tz, insights=found, family=self._family(doc))
         context = None
         if "context" in params:
             n = _int_param(params, "context", 0, 0, 10**7)
-            context = views.context_view(doc, n)
+            context = session_view.context_view(doc, n)
         html = render_html.session_page(self._ctx(access), view, context=context)
         return Response(200, html_bytes(html), HTML)
 
@@ -352,14 +352,14 @@ class WebApp:
             raise Refused(404, "Unknown session",
                           f"No session with id {e.session_id!r} in this store.") from None
         if "context" in params:
-            context = views.context_view(doc, _int_param(params, "context", 0, 0, 10**7))
+            context = session_view.context_view(doc, _int_param(params, "context", 0, 0, 10**7))
             if context is None:
                 raise Refused(404, "Unknown round", "This session has no such round.")
             return Response(200, json_bytes({"context": context}), JSON)
         if params.get("view"):
             after = _int_param(params, "after", 0, 0, 10**7)
             found = insights.session_insights(doc, self.table)
-            view = views.session_page(doc, self.tz, after, found, self._family(doc))
+            view = session_view.session_page(doc, self.tz, after, found, self._family(doc))
             return Response(200, json_bytes({"view": view}), JSON)
         headers = []
         if params.get("download"):
