@@ -27,7 +27,7 @@ from tests.test_web import (AGENT, FIXTURE_HOSTILE_MODEL, HOSTILE_ID, HOSTILE_MO
                             SCRIPT_PROMPT, TOOL_RESULT, Markup, OWN_TAGS, Running, build_store,
                             session_path)
 
-from agent_session_monitor.web import render_html
+from agent_session_monitor.web import render_session
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -139,13 +139,13 @@ class Pages(BrowserCase):
         self.assertEqual(console(log), [])
 
     def test_session_page_of_hostile_content_renders_rounds_context_and_new_rounds(self):
-        real = render_html.session_page
+        real = render_session.session_page
 
         def one_round_behind(ctx, view, **kw):
             # The page as rendered just before round 2 arrived: the refresh must add it.
             return real(ctx, {**view, "rounds": view["rounds"][:1]}, **kw)
 
-        with mock.patch.object(render_html, "session_page", one_round_behind):
+        with mock.patch.object(render_session, "session_page", one_round_behind):
             dom, log = self.load(session_path(HOSTILE_ID) + "#r2-context")
         self.assertEqual(self.body_attrs(dom).get("data-refreshed"), "1")
         self.assertEqual(dom.count('<article class="round"'), 2)

@@ -280,8 +280,8 @@ class Routes(StoreCase):
         doc = self.open.json("/api/session?id=" + quote(AGENT))[1]
         view = session_view.session_page(doc, insights=fake)
         self.assertEqual([r["badges"] for r in view["rounds"]], [[], ["<LOOP>"]])
-        from agent_session_monitor.web import render_html
-        html = render_html.session_page(render_html.PageContext(), view)
+        from agent_session_monitor.web import render_html, render_session
+        html = render_session.session_page(render_html.PageContext(), view)
         self.assertIn('<span class="tag warn">&lt;LOOP&gt;</span>', html)
         self.assertIn('<a href="#r2">round 2</a> same &lt;call&gt; 3 times', html)
         assert_inert(self, html)

@@ -25,7 +25,7 @@ from typing import Iterator, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
 from ..finops import insights
-from . import metrics, render_html, session_view, views
+from . import metrics, render_html, render_session, session_view, views
 from ..errors import MonitorError
 from ..store.index import INDEX_NAME
 from ..store.names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
@@ -342,7 +342,7 @@ class WebApp:
         if "context" in params:
             n = _int_param(params, "context", 0, 0, 10**7)
             context = session_view.context_view(doc, n)
-        html = render_html.session_page(self._ctx(access), view, context=context)
+        html = render_session.session_page(self._ctx(access), view, context=context)
         return Response(200, html_bytes(html), HTML)
 
     def api_session(self, params: dict, access: Access) -> Response:

@@ -4,7 +4,7 @@
 // Data only ever enters the DOM as text (createTextNode / textContent) or as attributes
 // set one by one from an allow-list; never through innerHTML or markup strings. The
 // server sends the same view dicts it renders the page from (?view=1), so the structure
-// built here mirrors render_html.py.
+// built here mirrors render_html.py and render_session.py.
 "use strict";
 
 (function () {
