@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 from agent_session_monitor.store.durable import ensure_dir  # noqa: E402
 from agent_session_monitor.store.index import INDEX_VERSION, Index  # noqa: E402
 from agent_session_monitor.store.names import file_name_for  # noqa: E402
-from agent_session_monitor.pricing.table import Buckets, load_price_table  # noqa: E402
+from agent_session_monitor.pricing.cost import Buckets  # noqa: E402
+from agent_session_monitor.pricing.table import load_price_table  # noqa: E402
 from agent_session_monitor.store.document import new_document, summarise  # noqa: E402
 from agent_session_monitor.store.sessions import dump_document  # noqa: E402
 

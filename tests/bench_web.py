@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from agent_session_monitor.store.index import Index  # noqa: E402
 from agent_session_monitor.store.names import file_name_for  # noqa: E402
-from agent_session_monitor.pricing.table import Buckets, load_price_table  # noqa: E402
+from agent_session_monitor.pricing.cost import Buckets  # noqa: E402
+from agent_session_monitor.pricing.table import load_price_table  # noqa: E402
 from agent_session_monitor.store.document import new_document  # noqa: E402
 from tests.bench_cli import prepare_store, store_marker, write_store  # noqa: E402
 

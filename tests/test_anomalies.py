@@ -13,9 +13,8 @@ from tests.helpers import TempDirTest, ingest, load_store
 
 from agent_session_monitor.finops import anomalies
 from agent_session_monitor.finops.anomalies import Settings, detect
-from agent_session_monitor.pricing.table import (
-    Buckets, Price, PriceTable, bucket_cost, load_price_table,
-)
+from agent_session_monitor.pricing.cost import Buckets, Price, bucket_cost
+from agent_session_monitor.pricing.table import PriceTable, load_price_table
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 TABLE = PriceTable({"m": Price(input=1.0, output=2.0, cache_read=0.5),

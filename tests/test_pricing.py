@@ -18,10 +18,10 @@ SNAPSHOT = ROOT.parent / "shared" / "data" / "model-prices.json"
 sys.path.insert(0, str(ROOT))
 
 from agent_session_monitor.errors import MonitorError  # noqa: E402
-from agent_session_monitor.pricing.table import (
-    Buckets, Price, PriceTable, Tier, bucket_cost, cache_savings, load_price_table,
-    provider_of, usage_buckets, what_if,
+from agent_session_monitor.pricing.cost import (
+    Buckets, Price, Tier, bucket_cost, cache_savings, usage_buckets,
 )
+from agent_session_monitor.pricing.table import PriceTable, load_price_table, provider_of, what_if
 
 ENV = "AGENT_SESSION_MONITOR_PRICING"
 GPT_4O = Price(input=2.5, output=10.0, cache_read=1.25)

@@ -17,9 +17,8 @@ from tests.test_budgets import NOW, line
 
 from agent_session_monitor import cli
 from agent_session_monitor.finops.insights import overview_burn, session_insights
-from agent_session_monitor.pricing.table import (
-    Buckets, Price, PriceTable, Tier, bucket_cost, load_price_table,
-)
+from agent_session_monitor.pricing.cost import Buckets, Price, Tier, bucket_cost
+from agent_session_monitor.pricing.table import PriceTable, load_price_table
 from agent_session_monitor.reports.reader import StoreReader
 from agent_session_monitor.finops.suggestions import (
     CAVEAT, _Rounds, best_per_model, candidates, index_suggestions, suggest,

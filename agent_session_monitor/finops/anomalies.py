@@ -25,7 +25,8 @@ from datetime import datetime
 
 from ..pricing import tokens
 from ..fmt import content_text, fmt_int, fmt_usd, tool_call_parts
-from ..pricing.table import Buckets, PriceTable, bucket_cost
+from ..pricing.cost import Buckets, bucket_cost
+from ..pricing.table import PriceTable
 
 KINDS = ("tool_loop", "runaway_context", "cost_outlier", "idle_burst")
 BADGES = {"tool_loop": "LOOP", "runaway_context": "CONTEXT", "cost_outlier": "COST",

@@ -35,7 +35,7 @@ from .budgets import (
 from ..fmt import fmt_pct, fmt_usd
 from ..links import session_url
 from ..reports.live import budget_line
-from ..pricing.table import Buckets
+from ..pricing.cost import Buckets
 from ..ingest.state import save_state
 
 ANOMALY_TITLES = {"tool_loop": "tool-call loop", "runaway_context": "runaway context",

@@ -10,7 +10,8 @@ from datetime import date, datetime, timezone, tzinfo
 from ..pricing import tokens
 from ..store.index import BUCKET_FIELDS
 from .insights import export_insights
-from ..pricing.table import Buckets, PriceTable, bucket_cost, cache_savings
+from ..pricing.cost import Buckets, bucket_cost, cache_savings
+from ..pricing.table import PriceTable
 from ..reports.reader import (
     SORTS, StoreReader, day_range, key_group_record, key_group_rows, range_totals,
     usage_record,

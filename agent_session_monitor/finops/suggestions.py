@@ -17,7 +17,8 @@ import weakref
 from dataclasses import dataclass, fields, replace
 
 from ..reports import window
-from ..pricing.table import Buckets, Price, PriceTable, bucket_cost, provider_of
+from ..pricing.cost import Buckets, Price, bucket_cost
+from ..pricing.table import PriceTable, provider_of
 
 CAVEAT = ("Same tokens at another model's prices: a cheaper model may need more rounds or "
           "tokens, or not manage the task, so try it on a sample first.")

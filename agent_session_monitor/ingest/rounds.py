@@ -11,7 +11,8 @@ import math
 
 from .request import Request
 from ..store.sanitize import MAX_COST
-from ..pricing.table import Buckets, PriceTable, bucket_cost, usage_buckets
+from ..pricing.cost import Buckets, bucket_cost, usage_buckets
+from ..pricing.table import PriceTable
 
 # ai_log keys that become round fields of their own; any other key (cache_status,
 # safecheck_* from other plugins) is kept verbatim under "extra".

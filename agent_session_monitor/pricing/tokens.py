@@ -13,7 +13,7 @@ after the OpenTelemetry GenAI conventions:
 
 from __future__ import annotations
 
-from .table import usage_buckets
+from .cost import usage_buckets
 
 # The columns, in the order tables show them; also the keys of a session's "tokens".
 COLUMNS = ("input", "cached", "cache_write", "output", "reasoning", "total")

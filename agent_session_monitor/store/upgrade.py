@@ -20,7 +20,8 @@ from typing import Callable
 
 from .index import Index
 from .names import is_session_file
-from ..pricing.table import Buckets, PriceTable, bucket_cost, usage_buckets
+from ..pricing.cost import Buckets, bucket_cost, usage_buckets
+from ..pricing.table import PriceTable
 from .document import SCHEMA, summarise
 from .sessions import dump_document, read_document
 from .durable import atomic_write_many
