@@ -4,7 +4,8 @@ stats-consumer, stats-agent, stats-channel, export, url.
 
     python3 scripts/cli.py --data-dir ./sessions list
 
-Works from a checkout with nothing installed; the logic is in agent_session_monitor/cli.py.
+Works from a checkout with nothing installed; the logic is in agent_session_monitor/cli.py
+(arguments) and cli_commands.py (the commands).
 """
 
 import os

@@ -26,7 +26,8 @@ LAYERS = {
     "finops": 5,
     "otel": 5,
     "web": 6,
-    "monitor_cli": 7, "cli": 7, "mcp_server": 7,
+    "monitor_cli": 7, "cli_commands": 7, "mcp_server": 7,
+    "cli": 8,        # the query CLI's arguments and entry point, over its commands
 }
 
 
