@@ -34,11 +34,12 @@ from .reports.session_text import render_session
 from .reports.json_csv import write_csv, write_json
 from .finops.focus import FOCUS_VERSION, write_focus
 from .finops.report import REPORT_CSV_FIELDS, finops_report, report_csv_rows, session_what_if
-from .reports.reader import (
-    KEY_GROUPS, StoreReader, day_range, key_group_record, key_group_rows, latest_round,
-    range_totals, recent_days, session_record, totals_of, unpriced_between, unpriced_of_days,
-    usage_record,
+from .reports.reader import KEY_GROUPS, StoreReader
+from .reports.aggregates import (
+    day_range, latest_round, range_totals, recent_days, totals_of, unpriced_between,
+    unpriced_of_days,
 )
+from .reports.records import key_group_record, key_group_rows, session_record, usage_record
 from .store import fulltext
 from .reports import window
 from .reports.timerange import duration, parse_since, parse_tz

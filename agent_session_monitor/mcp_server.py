@@ -36,10 +36,9 @@ from .argtypes import Parser, parse
 from .config import DEFAULT_DATA_DIR, ENV_BASE_URL, ENV_DATA_DIR, ENV_LINK_SECRET, data_dir, resolve
 from .errors import MonitorError
 from .links import DEFAULT_BASE_URL, session_url
-from .reports.reader import (
-    StoreReader, day_range, key_group_record, key_group_rows, range_totals, recent_days,
-    session_record, usage_record,
-)
+from .reports.reader import StoreReader
+from .reports.aggregates import day_range, range_totals, recent_days
+from .reports.records import key_group_record, key_group_rows, session_record, usage_record
 from .session_keys import parse_session_key
 from .reports.timerange import parse_since, parse_tz
 

@@ -23,7 +23,9 @@ from tests.openclaw_logs import mix, scenario
 
 from agent_session_monitor import cli
 from agent_session_monitor.web.html_parts import url
-from agent_session_monitor.reports.reader import StoreReader, key_group_rows, range_totals
+from agent_session_monitor.reports.reader import StoreReader
+from agent_session_monitor.reports.aggregates import range_totals
+from agent_session_monitor.reports.records import key_group_rows
 from agent_session_monitor.session_keys import KINDS, SessionKey, parse_session_key
 from agent_session_monitor.store.subagents import resolve_parents, spawn_claims
 

@@ -29,7 +29,8 @@ from tests.helpers import DATA, ROOT
 from agent_session_monitor.cli import main
 from agent_session_monitor.links import verify
 from agent_session_monitor.monitor_cli import main as monitor_main
-from agent_session_monitor.reports.reader import StoreReader, range_totals
+from agent_session_monitor.reports.reader import StoreReader
+from agent_session_monitor.reports.aggregates import range_totals
 from agent_session_monitor.reports.timerange import parse_tz
 
 GOLDEN = DATA / "golden"

@@ -15,7 +15,8 @@ from tests.helpers import DATA, TempDirTest, ingest, load_store, write_lines
 from tests import loggen
 
 from agent_session_monitor.cli import main as cli_main
-from agent_session_monitor.reports.reader import StoreReader, range_totals
+from agent_session_monitor.reports.reader import StoreReader
+from agent_session_monitor.reports.aggregates import range_totals
 
 SPEC = json.loads((DATA / "focus-1.2-columns.json").read_text())
 BY_NAME = {c["column"]: c for c in SPEC["columns"]}

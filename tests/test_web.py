@@ -34,7 +34,7 @@ from tests.helpers import DATA, ROOT, TempDirTest
 from agent_session_monitor.store import index as index_module
 from agent_session_monitor import links
 from agent_session_monitor.web import session_view, views, server as web
-from agent_session_monitor.reports import reader as report
+from agent_session_monitor.reports import reader as report, records
 from agent_session_monitor.errors import MonitorError
 
 AGENT = "agent:main:discord:channel:1465367993012981988"
@@ -324,7 +324,7 @@ class Routes(StoreCase):
         self.assertEqual(status, 200)
         self.assertEqual(data["total"], 8)
         self.assertEqual(len(data["sessions"]), 8)
-        self.assertEqual(set(data["sessions"][0]), {*report.session_record(
+        self.assertEqual(set(data["sessions"][0]), {*records.session_record(
             {k: None for k in report.SESSION_COLUMNS}).keys(), "url"})
         _, page2 = self.open.json("/api/sessions?per_page=25&page=2")
         self.assertEqual(page2["page"], 1)   # clamped to the last page
@@ -371,8 +371,8 @@ class Routes(StoreCase):
         self.assertEqual(status, 200)
         reader = report.StoreReader.open(self.store)
         try:
-            totals = report.usage_record(reader.totals(), "")
-            models = [report.usage_record(r, "model") for r in reader.aggregate("model")]
+            totals = records.usage_record(reader.totals(), "")
+            models = [records.usage_record(r, "model") for r in reader.aggregate("model")]
         finally:
             reader.close()
         self.assertEqual(data["totals"], totals)

@@ -12,10 +12,9 @@ from ..store.index import BUCKET_FIELDS
 from .insights import export_insights
 from ..pricing.cost import Buckets, bucket_cost, cache_savings
 from ..pricing.table import PriceTable
-from ..reports.reader import (
-    SORTS, StoreReader, day_range, key_group_record, key_group_rows, range_totals,
-    usage_record,
-)
+from ..reports.reader import SORTS, StoreReader
+from ..reports.aggregates import day_range, range_totals
+from ..reports.records import key_group_record, key_group_rows, usage_record
 
 
 def finops_report(reader: StoreReader, table: PriceTable, *, tz: tzinfo = timezone.utc,

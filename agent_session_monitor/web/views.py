@@ -16,10 +16,9 @@ from . import charts
 from ..pricing import tokens
 from ..fmt import fmt_cost, fmt_int, fmt_pct, fmt_time, fmt_usd, plural
 from .html_parts import url
-from ..reports.reader import (
-    SORTS, StoreReader, day_range, key_group_record, key_group_rows, recent_days,
-    session_record, usage_record,
-)
+from ..reports.reader import SORTS, StoreReader
+from ..reports.aggregates import day_range, recent_days
+from ..reports.records import key_group_record, key_group_rows, session_record, usage_record
 
 PAGE_SIZES = (25, 50, 100, 200)
 SESSION_COLUMNS = ("Session", "Model", "Rounds", "Input", "Output", "Cached", "Cost", "Updated")
