@@ -1,6 +1,6 @@
 """Test support for the OTLP export: the official proto classes (test-only dependency), a
 fake OTLP/HTTP collector on 127.0.0.1 whose answers a test scripts, and a protobuf walker
-independent of agent_session_monitor.otel.spans (so the fake does not trust the code it tests)."""
+independent of agent_session_monitor.otel.wire (so the fake does not trust the code it tests)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from tests.helpers import require_tool
 from tests.otlp_support import load_proto
 
 from agent_session_monitor import __version__
-from agent_session_monitor.otel import spans as otlp
+from agent_session_monitor.otel import spans as otlp, wire
 from agent_session_monitor.store.names import UNSESSIONED_ID
 
 pb = load_proto()
@@ -50,7 +50,7 @@ def full_round(**changes) -> dict:
 
 
 def decode(spans: list[otlp.Span], resource: dict | None = None):
-    data = otlp.encode_request([otlp.encode_span(s) for s in spans],
+    data = wire.encode_request([wire.encode_span(s) for s in spans],
                                resource or otlp.resource_attributes("agent-session-monitor"))
     request = pb.ExportTraceServiceRequest()
     request.ParseFromString(data)
@@ -278,11 +278,11 @@ class Encoding(unittest.TestCase):
         response = pb.ExportTraceServiceResponse()
         response.partial_success.rejected_spans = 3
         response.partial_success.error_message = "span too large"
-        self.assertEqual(otlp.decode_partial_success(response.SerializeToString()),
+        self.assertEqual(wire.decode_partial_success(response.SerializeToString()),
                          (3, "span too large"))
-        self.assertEqual(otlp.decode_partial_success(pb.ExportTraceServiceResponse()
+        self.assertEqual(wire.decode_partial_success(pb.ExportTraceServiceResponse()
                                                      .SerializeToString()), (0, ""))
-        self.assertEqual(otlp.decode_partial_success(b"<html>proxy error</html>"), (0, ""))
+        self.assertEqual(wire.decode_partial_success(b"<html>proxy error</html>"), (0, ""))
 
 
 class Times(unittest.TestCase):

@@ -41,7 +41,8 @@ from .options import ExportConfig, add_arguments, config_from_args  # noqa: F401
 from ..fmt import safe_text
 from ..store.names import UNSESSIONED_ID
 from ..store.index import sql_text
-from .spans import decode_partial_success, encode_request, encode_span, round_to_span
+from .spans import round_to_span
+from .wire import decode_partial_success, encode_request, encode_span
 from ..values import utc_now
 from ..pricing.table import provider_of
 
