@@ -21,7 +21,7 @@ from tests.helpers import ROOT, TempDirTest, load_store, write_lines
 from tests.loggen import generate
 from tests.otlp_support import FakeCollector
 
-from agent_session_monitor.otel import outbox as export, spans as otlp
+from agent_session_monitor.otel import outbox as export, sender, spans as otlp
 from agent_session_monitor.pricing import tokens
 from agent_session_monitor.errors import MonitorError
 from agent_session_monitor.otel.outbox import ExportConfig, Exporter
@@ -42,9 +42,10 @@ class ExportTest(TempDirTest):
     def setUp(self) -> None:
         super().setUp()
         # Retries in milliseconds, not minutes.
-        for name, value in (("BACKOFF_FIRST", 0.01), ("BACKOFF_CAP", 0.05),
-                            ("CONFIG_RETRY", 0.05), ("IDLE_POLL", 0.02)):
-            patcher = mock.patch.object(export, name, value)
+        for module, name, value in ((sender, "BACKOFF_FIRST", 0.01), (sender, "BACKOFF_CAP", 0.05),
+                                    (export, "BACKOFF_CAP", 0.05), (sender, "CONFIG_RETRY", 0.05),
+                                    (export, "IDLE_POLL", 0.02)):
+            patcher = mock.patch.object(module, name, value)
             patcher.start()
             self.addCleanup(patcher.stop)
         self.log = self.tmp / "access.log"
@@ -254,7 +255,7 @@ class Outages(ExportTest):
         received = [i for i in order if i.hex() in server.received]
         self.assertEqual(len(received), 40)
         newest = set(order[-40:])
-        self.assertGreaterEqual(len(newest.intersection(received)), 40 - export.PROBE_SPANS)
+        self.assertGreaterEqual(len(newest.intersection(received)), 40 - sender.PROBE_SPANS)
         self.assertEqual(self.otlp_state()["dropped"], {"backlog_full": stats.rounds - 40})
         self.assertIn("dropped the", self.err.getvalue())
         self.assertEqual(self.err.getvalue().count("over its bound"), 1)   # once a minute
