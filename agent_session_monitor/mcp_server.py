@@ -40,7 +40,8 @@ from .reports.reader import StoreReader
 from .reports.aggregates import day_range, range_totals, recent_days
 from .reports.records import key_group_record, key_group_rows, session_record, usage_record
 from .session_keys import parse_session_key
-from .reports.timerange import parse_since, parse_tz
+from .reports.timerange import parse_tz
+from .mcp_schema import TOOLS, ToolError, _choice, _integer, _only, _text, _when
 
 PROG = "mcp_server.py"
 SERVER_NAME = "agent-session-monitor"
@@ -51,52 +52,6 @@ MAX_LINE = 4 * 2**20              # a request is a few hundred bytes; never buff
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
     -32700, -32600, -32601, -32602, -32603)
-
-_WHEN = ("a date (2026-03-02), an ISO time, or a duration back from now (90m, 24h, 7d)")
-TOOLS = [
-    {"name": "session_cost",
-     "title": "One session's cost and link",
-     "description": "Cost, tokens, models and rounds of one session (an OpenClaw session key "
-                    "such as agent:main:main, or any session id the gateway logged), its "
-                    "sub-agents with their cost and its cost with them, its parent, and the "
-                    "web page link to paste for the user.",
-     "inputSchema": {"type": "object", "additionalProperties": False,
-                     "required": ["session_id"],
-                     "properties": {"session_id": {"type": "string",
-                                                   "description": "the session id / key"}}},
-     "annotations": {"readOnlyHint": True, "openWorldHint": False}},
-    {"name": "top_sessions",
-     "title": "Top sessions",
-     "description": "The sessions that cost the most (or used the most tokens, had the most "
-                    "rounds, or were updated last), with their cost, cost with sub-agents and "
-                    "link.",
-     "inputSchema": {"type": "object", "additionalProperties": False, "properties": {
-         "sort_by": {"type": "string", "default": "cost",
-                     "enum": ["cost", "cost-with-subagents", "tokens", "rounds", "updated"]},
-         "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
-         "since": {"type": "string", "description": "only sessions updated since: " + _WHEN},
-         "search": {"type": "string", "description": "only ids or models containing this"}}},
-     "annotations": {"readOnlyHint": True, "openWorldHint": False}},
-    {"name": "usage_stats",
-     "title": "Usage and cost by model, agent, channel, kind, consumer or day",
-     "description": "Rounds, tokens and cost grouped by model, OpenClaw agent, channel, session "
-                    "kind, gateway consumer or day, with the totals (each round counted once). "
-                    "Agent and channel rows say what sub-agents spent.",
-     "inputSchema": {"type": "object", "additionalProperties": False, "properties": {
-         "by": {"type": "string", "default": "model",
-                "enum": ["model", "agent", "channel", "kind", "consumer", "day"]},
-         "since": {"type": "string", "description": "from: " + _WHEN + " (not with by=day)"},
-         "until": {"type": "string", "description": "before: same forms (not with by=day)"},
-         "days": {"type": "integer", "minimum": 1, "maximum": 366, "default": 7,
-                  "description": "by=day: how many days back, today included"},
-         "tz": {"type": "string", "default": "UTC",
-                "description": "time zone of days and dates: UTC, an IANA name or +08:00"}}},
-     "annotations": {"readOnlyHint": True, "openWorldHint": False}},
-]
-
-
-class ToolError(Exception):
-    """A tool cannot answer: returned as a result with isError (the model reads it)."""
 
 
 class Server:
@@ -275,54 +230,6 @@ class Server:
                 window = {"since": since, "until": until}
             totals = usage_record(range_totals(reader, since, until), "")
         return {"by": by, "range": window, "rows": rows, "totals": totals}
-
-
-# -- argument checks (the schema says the same; a model may still send anything) -----
-
-def _only(args: dict, *names: str) -> None:
-    extra = sorted(set(args) - set(names))
-    if extra:
-        raise ToolError(f"unknown argument{'s' if len(extra) > 1 else ''}: "
-                        f"{', '.join(str(e)[:50] for e in extra)} (expected: {', '.join(names)})")
-
-
-def _text(args: dict, name: str, required: bool = False) -> str | None:
-    value = args.get(name)
-    if value is None or value == "":
-        if required:
-            raise ToolError(f"{name} is required")
-        return None
-    if not isinstance(value, str):
-        raise ToolError(f"{name} must be a string")
-    if len(value) > 4096 or "\x00" in value:
-        raise ToolError(f"{name} is not a plausible value")
-    return value
-
-
-def _choice(args: dict, name: str, choices: tuple, default: str) -> str:
-    value = args.get(name, default)
-    if value not in choices:
-        raise ToolError(f"{name} must be one of: {', '.join(choices)}")
-    return value
-
-
-def _integer(args: dict, name: str, low: int, high: int, default: int) -> int:
-    value = args.get(name, default)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if type(value) is not int or not low <= value <= high:
-        raise ToolError(f"{name} must be an integer from {low} to {high}")
-    return value
-
-
-def _when(args: dict, name: str, tz=None) -> str | None:
-    text = _text(args, name)
-    if text is None:
-        return None
-    try:
-        return parse_since(text, tz) if tz is not None else parse_since(text)
-    except (MonitorError, ValueError, OverflowError) as e:
-        raise ToolError(f"{name}: {e}") from None
 
 
 class _closing:

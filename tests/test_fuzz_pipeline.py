@@ -228,7 +228,8 @@ class ReaderSweep:
                     calls += 1
         # The MCP server's tools, called as a client would (errors are answers, not
         # crashes; an exception here is a bug).
-        from agent_session_monitor.mcp_server import Server, ToolError
+        from agent_session_monitor.mcp_schema import ToolError
+        from agent_session_monitor.mcp_server import Server
         server = Server(self.store, "http://127.0.0.1:8765", None)
         mcp_calls = [(server.top_sessions, {"sort_by": sort}) for sort in ("cost", "tokens", "rounds")]
         mcp_calls += [(server.usage_stats, {"by": by, "tz": tz, "days": 366})

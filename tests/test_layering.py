@@ -26,6 +26,7 @@ LAYERS = {
     "finops": 5,
     "otel": 5,
     "web": 6,
+    "mcp_schema": 6,   # the MCP tools' schemas and argument checks, under mcp_server
     "monitor_cli": 7, "cli_commands": 7, "mcp_server": 7,
     "cli": 8,        # the query CLI's arguments and entry point, over its commands
 }

@@ -24,7 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 from tests.helpers import ROOT, TempDirTest, ingest, require_tool, venv_python
 from tests.openclaw_logs import scenario
 
-from agent_session_monitor.mcp_server import MAX_LINE, PROTOCOL_VERSIONS, Server, TOOLS, serve
+from agent_session_monitor.mcp_schema import TOOLS
+from agent_session_monitor.mcp_server import MAX_LINE, PROTOCOL_VERSIONS, Server, serve
 
 SERVER = ROOT / "scripts" / "mcp_server.py"
 
