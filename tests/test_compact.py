@@ -32,7 +32,7 @@ class CompactRoundTrip(TempDirTest):
         docs = load_store(self.out)
         refs = {"answer": 0, "tool_calls": 0, "answer+tool_calls": 0, "question": 0,
                 "answer_block": 0}
-        systems = 0
+        systems = short_keys = derived = shared_file = 0
         for doc in docs.values():
             disk = json.loads(json.dumps(compact(doc)))
             for i, (rnd, mem) in enumerate(zip(disk["rounds"], doc["rounds"])):
@@ -44,12 +44,21 @@ class CompactRoundTrip(TempDirTest):
                 for kind in (rnd.get("messages_refs") or {}).values():
                     refs[kind] += 1
             systems += sum(1 for r in disk["rounds"] if "system_ref" in r)
+            short_keys += sum(1 for r in disk["rounds"] if "k" in r)
+            derived += sum(1 for r in disk["rounds"] if "buckets" not in r)
+            shared_file += sum(1 for r in disk["rounds"] if "src" in r)
+            self.assertNotIn('"sha256:', json.dumps(disk["rounds"]))
             self.assertEqual(roundtrip(doc), doc)
         self.assertGreater(refs["question"], 500)
         self.assertGreater(refs["answer"] + refs["answer+tool_calls"], 100)
         self.assertGreater(refs["tool_calls"] + refs["answer+tool_calls"], 20)
         self.assertGreater(refs["answer_block"], 20)   # Claude's answer as a text block
         self.assertGreater(systems, 50)
+        # Layout 3: the bytes every round repeated (line keys, buckets, the log file).
+        rounds = sum(len(doc["rounds"]) for doc in docs.values())
+        self.assertEqual(short_keys, rounds)
+        self.assertGreater(derived, rounds * 0.9)
+        self.assertGreater(shared_file, rounds - len(docs) * 2)
 
 
 class CompactEdgeCases(unittest.TestCase):
@@ -124,6 +133,58 @@ class CompactEdgeCases(unittest.TestCase):
         doc = expand(disk)
         self.assertEqual(doc["rounds"][0]["messages"], [{"role": "user", "content": "q"}])
         self.assertEqual(doc["rounds"][1]["messages"], [None, {"role": "assistant"}])
+
+    def test_layout_3_respells_line_keys_derives_buckets_and_names_the_log_file_once(self):
+        key = "sha256:" + "0123456789abcdef" * 2
+        rounds = [{"key": key, "request_id": "r1", "input_tokens": 10, "output_tokens": 5,
+                   "reasoning_tokens": 0, "cached_tokens": 4, "buckets": {"input": 6,
+                   "cache_read": 4, "output": 5}, "input_token_details": {},
+                   "output_token_details": {}, "source": {"fp": "f1", "offset": 0}},
+                  # buckets a later version split otherwise: kept as they are
+                  {"key": "sha256:" + "f" * 32, "input_tokens": 10, "output_tokens": 5,
+                   "buckets": {"input": 7, "output": 5}, "source": {"fp": "f1", "offset": 9}},
+                  # another log file, then a source of another shape
+                  {"key": "not-a-line-hash", "buckets": {}, "source": {"fp": "f2", "offset": 7}},
+                  {"key": "sha256:" + "A" * 32, "buckets": {}, "source": {"offset": 8, "fp": "f2"}}]
+        for rnd in rounds:
+            rnd["cache_write_tokens"] = 0   # as every round built since schema 2 says
+        doc = {**self.doc(rounds), "context_tip": "sha256:" + "A" * 32}
+        disk = json.loads(json.dumps(compact(doc)))
+        self.assertEqual(disk["layout"], 3)
+        self.assertNotIn("context_tip", disk)
+        first, second, third, fourth = disk["rounds"]
+        self.assertEqual(first["k"], "ASNFZ4mrze8BI0VniavN7w")
+        self.assertNotIn("key", first)
+        self.assertNotIn("buckets", first)
+        self.assertEqual(second["buckets"], {"input": 7, "output": 5})
+        self.assertEqual((second["src"], "source" in second), (9, False))
+        self.assertEqual((third["key"], third["source"]), ("not-a-line-hash", {"fp": "f2", "offset": 7}))
+        self.assertEqual(fourth["key"], "sha256:" + "A" * 32)   # not hex: as it is
+        self.assertEqual(fourth["source"], {"offset": 8, "fp": "f2"})
+        self.assertEqual(roundtrip(doc), doc)
+
+    def test_a_store_written_before_layout_3_keeps_its_keys_and_buckets(self):
+        """Keys are matched against new lines (idempotency): an older file's spelling and
+        a layout-3 file's must read back as the same key, and no buckets are invented."""
+        key = "sha256:" + "0123456789abcdef" * 2
+        old = {"session_id": "s", "schema": 2, "context_tip": key, "rounds": [
+            {"round": 1, "key": key, "input_tokens": 3, "source": {"fp": "f", "offset": 1}}]}
+        doc = expand(copy.deepcopy(old))
+        self.assertEqual(doc["rounds"][0]["key"], key)
+        self.assertNotIn("buckets", doc["rounds"][0])
+        self.assertEqual(roundtrip(doc), doc)   # no buckets to derive: written as it was
+        self.assertNotIn("layout", compact(doc))
+
+    def test_hand_edited_layout_3_fields_never_crash_the_reader(self):
+        for k in ("zz", 123, None, "!" * 22, "A" * 21 + "=", [1]):
+            for src in ("9", None, 1.5, 7, [1]):
+                disk = {"session_id": "s", "layout": 3, "rounds": [
+                    {"k": k, "request_id": "r", "src": src, "buckets": "x"},
+                    {"k": k, "src": src, "input_tokens": "many"}]}
+                doc = expand(copy.deepcopy(disk))
+                self.assertEqual(doc["rounds"][0]["key"], "r")
+                self.assertNotIn("source", doc["rounds"][0])
+                self.assertEqual(doc["rounds"][1]["buckets"], {})
 
     def test_schema_1_layout_is_read_back_whole(self):
         """What versions before schema 2 wrote: answers and tool calls moved into the next

@@ -27,6 +27,14 @@ moving a round's own fields elsewhere:
   ``provider_cost`` are left out (the rounds say them).
 - A Claude answer re-sent as the first text block of the next request's assistant turn:
   that block's ``text`` is ``null`` and ``messages_refs`` says ``"answer_block"``.
+- Layout 3 (the document says ``"layout": 3``), bytes every round repeated:
+  ``buckets`` is left out when the logged token fields and detail maps give it again
+  (``usage_buckets``; a round whose buckets were split otherwise keeps them);
+  a line-hash ``key`` (``sha256:`` + 32 hex) is written as ``"k"``, the same 16 bytes
+  in base64url (22 characters: a lossless re-spelling, so keys of every older store
+  still match and nothing about collisions changes); ``source`` is written as
+  ``"src": <offset>`` when its log file (``fp``) is the previous round's; and the
+  session's ``context_tip`` is left out when it is its last round's key.
 
 A placeholder ``null`` keeps the message's key order; only positions listed in
 ``messages_refs`` are references, so a message whose content really is ``null`` stays
@@ -38,12 +46,19 @@ questions and round numbers left out), which :mod:`upgrade` rewrites.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
+import re
+
+from ..pricing.table import usage_buckets
 
 REFS = "messages_refs"
 _ANSWER, _CALLS, _BOTH, _QUESTION = "answer", "tool_calls", "answer+tool_calls", "question"
 _BLOCK = "answer_block"
+LAYOUT = 3
+_LINE_KEY = re.compile(r"sha256:[0-9a-f]{32}")
 
 
 def compact(doc: dict) -> dict:
@@ -90,17 +105,31 @@ def compact(doc: dict) -> dict:
             rnd["messages"] = messages
             rnd[REFS] = refs
     default = _usual_price(rounds)
+    # Layout 3's omissions need every round to have buckets and the session a tip to
+    # give back; a document that lacks them is written as it is.
+    layout = "context_tip" in doc and all(isinstance(r.get("buckets"), dict) for r in rounds)
     previous = None
+    fp = None
     for rnd in rounds:
         key = rnd["key"]
+        source = rnd.get("source")
+        if _plain_source(source) and source["fp"] == fp:
+            del rnd["source"]
+            rnd["src"] = source["offset"]
+        fp = source.get("fp") if isinstance(source, dict) else None
         if rnd.get("context_key") is not None and rnd["context_key"] == previous \
                 and rnd.get("messages_offset"):
             del rnd["context_key"]
         previous = key
         if key == rnd.get("request_id"):
             del rnd["key"]
+        elif isinstance(key, str) and _LINE_KEY.fullmatch(key):
+            del rnd["key"]
+            rnd["k"] = base64.urlsafe_b64encode(bytes.fromhex(key[7:])).decode()[:22]
         if rnd.get("cache_write_tokens") == 0 and "buckets" in rnd:
             del rnd["cache_write_tokens"]
+        if layout and _derived_buckets(rnd) == rnd["buckets"]:
+            del rnd["buckets"]
         if default is not None and rnd.get("cost_usd") is not None:
             if rnd.get("priced_by") == default:
                 del rnd["priced_by"]
@@ -111,13 +140,48 @@ def compact(doc: dict) -> dict:
     skip = {"rounds", "systems", "priced_by"}
     if doc.get("provider_cost") is None:
         skip.add("provider_cost")
+    if layout and rounds and doc.get("context_tip") is not None \
+            and doc["context_tip"] == doc["rounds"][-1].get("key"):
+        skip.add("context_tip")
     out = {k: v for k, v in doc.items() if k not in skip}
     if systems:
         out["systems"] = systems
     if default is not None:
         out["price_default"] = default
+    if layout:
+        out["layout"] = LAYOUT
     out["rounds"] = rounds
     return out
+
+
+def _plain_source(source: object) -> bool:
+    return isinstance(source, dict) and list(source) == ["fp", "offset"] \
+        and isinstance(source["fp"], str) and type(source["offset"]) is int
+
+
+def _derived_buckets(rnd: dict) -> dict:
+    """The round's buckets as its logged token fields and detail maps give them
+    (rounds.build_round, only the non-zero ones)."""
+    details = [rnd.get(name) for name in ("input_token_details", "output_token_details")]
+    buckets = usage_buckets(*(_count(rnd.get(name)) for name in (
+        "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")),
+        *(d if isinstance(d, dict) else None for d in details))
+    return {k: v for k, v in buckets.as_dict().items() if v}
+
+
+def _count(value: object) -> int:
+    return value if type(value) is int else 0
+
+
+def _line_key(short: object) -> str | None:
+    """``sha256:`` + hex of a key written as 22 base64url characters (layout 3)."""
+    if not isinstance(short, str) or len(short) != 22:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(short + "==")
+    except (binascii.Error, ValueError):
+        return None
+    return "sha256:" + raw.hex() if len(raw) == 16 else None
 
 
 def _usual_price(rounds: list) -> str | None:
@@ -133,12 +197,23 @@ def expand(doc: dict) -> dict:
     """Turn an on-disk document (schema 1 or 2) back into the plain form, in place."""
     systems = doc.pop("systems", None) or {}
     default = doc.pop("price_default", None)
+    layout = doc.pop("layout", None) == LAYOUT
     rounds = doc.get("rounds") or []
     previous = None
+    fp = None
     for i, rnd in enumerate(rounds):
         rnd.setdefault("round", i + 1)
+        short = rnd.pop("k", None)
         if "key" not in rnd:
-            rnd["key"] = rnd.get("request_id")
+            rnd["key"] = _line_key(short) or rnd.get("request_id")
+        if "src" in rnd:
+            offset = rnd.pop("src")
+            if fp is not None and type(offset) is int and "source" not in rnd:
+                rnd["source"] = {"fp": fp, "offset": offset}
+        source = rnd.get("source")
+        fp = source.get("fp") if isinstance(source, dict) else None
+        if layout and "buckets" not in rnd:
+            rnd["buckets"] = _derived_buckets(rnd)
         if rnd.pop("context_is_previous", False) or (
                 rnd.get("messages_offset") and "context_key" not in rnd):
             rnd["context_key"] = previous
@@ -177,6 +252,8 @@ def expand(doc: dict) -> dict:
                     if kind in (_CALLS, _BOTH):
                         msg["tool_calls"] = _without_index(base.get("tool_calls"))
     _expand_schema_1(rounds, by_key)
+    if layout and "context_tip" not in doc and rounds:
+        doc["context_tip"] = rounds[-1]["key"]
     if doc.get("schema", 1) >= 2:
         doc.setdefault("provider_cost", None)
         doc["priced_by"] = price_summary(rounds)
