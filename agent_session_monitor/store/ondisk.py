@@ -52,7 +52,7 @@ import hashlib
 import json
 import re
 
-from ..pricing.table import usage_buckets
+from ..pricing.cost import usage_buckets
 
 REFS = "messages_refs"
 _ANSWER, _CALLS, _BOTH, _QUESTION = "answer", "tool_calls", "answer+tool_calls", "question"
