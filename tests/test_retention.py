@@ -198,7 +198,9 @@ class Retention(TempDirTest):
         from agent_session_monitor.store import fulltext
         if not fulltext.available():
             self.skipTest("this Python's SQLite has no FTS5")
-        old_sids = "SELECT sid FROM sessions WHERE updated_at < ?"
+        # The full-text rows of those sessions (one per round, fulltext.ROUNDS maps them).
+        old_sids = (f"SELECT rowid FROM {fulltext.ROUNDS} WHERE sid IN "
+                    "(SELECT sid FROM sessions WHERE updated_at < ?)")
         cutoff = iso(NOW - timedelta(days=30))
         db = sqlite3.connect(self.out / INDEX_NAME)
         try:
@@ -213,7 +215,8 @@ class Retention(TempDirTest):
         db = sqlite3.connect(self.out / INDEX_NAME)
         try:
             pruned = db.execute(f"SELECT COUNT(*) FROM {fulltext.TABLE} WHERE rowid IN (SELECT "
-                                "sid FROM sessions WHERE file LIKE '.pruned/%')").fetchone()[0]
+                                f"rowid FROM {fulltext.ROUNDS} WHERE sid IN (SELECT sid FROM "
+                                "sessions WHERE file LIKE '.pruned/%'))").fetchone()[0]
             left = db.execute(f"SELECT COUNT(*) FROM {fulltext.TABLE}").fetchone()[0]
         finally:
             db.close()

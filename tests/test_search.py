@@ -214,10 +214,13 @@ class ContentSearch(TempDirTest):
         reader = StoreReader.open(self.out)
         try:
             count = reader.db.execute(f"SELECT COUNT(*) FROM {fulltext.TABLE}").fetchone()[0]
-            sessions = reader.db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+            mapped = reader.db.execute(f"SELECT COUNT(*) FROM {fulltext.ROUNDS}").fetchone()[0]
+            rounds = reader.db.execute("SELECT SUM(rounds) FROM sessions").fetchone()[0]
         finally:
             reader.close()
-        self.assertLessEqual(count, sessions)   # one row per session, never a stale copy
+        # One row per round, never a stale copy: the second pass added only new rounds.
+        self.assertEqual(mapped, rounds)
+        self.assertLessEqual(count, rounds)
         (self.out / INDEX_NAME).unlink()
         for suffix in ("-wal", "-shm"):
             (self.out / (INDEX_NAME + suffix)).unlink(missing_ok=True)
@@ -256,3 +259,61 @@ class SearchOnTheWeb(TempDirTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class IncrementalTextIndex(unittest.TestCase):
+    """A pass writes to the full-text table only what the new rounds said: the work of a
+    pass does not grow with the session's history. Counted in the rows and characters
+    each pass changes in the table's stored content (FTS5's ``_content`` shadow table),
+    not in time."""
+
+    def setUp(self):
+        if not fulltext.available():
+            self.skipTest("this Python's SQLite has no FTS5")
+
+    @staticmethod
+    def _content(db: sqlite3.Connection) -> dict:
+        return dict(db.execute(f"SELECT id, c0 FROM {fulltext.TABLE}_content"))
+
+    def test_a_pass_on_a_long_session_writes_only_its_new_rounds_text(self):
+        import tempfile
+        from pathlib import Path
+        from agent_session_monitor.store.index import Index
+        rng = random.Random(7)
+        words = ["refund", "weather", "北京", "coupon", "invoice", "déjà", "kubectl"]
+
+        def rnd(i: int) -> dict:
+            return {"key": f"k{i}", "timestamp": f"2026-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:"
+                    f"{i % 60:02d}.000Z", "model": "gpt-4o",
+                    "question": " ".join(rng.choices(words, k=50)) + f" q{i}",
+                    "answer": "answer " * 40 + f"a{i}", "reasoning": None,
+                    "tool_calls": [{"id": f"c{i}", "function": {"name": "bash",
+                                                                "arguments": f"ls t{i}"}}]}
+
+        measured = {}   # session length after the pass -> (rows changed, characters)
+        with tempfile.TemporaryDirectory() as tmp:
+            index = Index(Path(tmp))
+            index.rebuild()
+            doc = {"session_id": "long", "rounds": []}
+            for n in range(1, 501):
+                doc["rounds"].append(rnd(n - 1))
+                watch = n in (2, 50, 250, 500)
+                before = self._content(index.db) if watch else None
+                index.update([("long.json", doc, 0)])
+                if watch:
+                    after = self._content(index.db)
+                    changed = {k: v for k, v in after.items() if before.get(k) != v}
+                    gone = set(before) - set(after)
+                    measured[n] = (len(changed) + len(gone), sum(map(len, changed.values())))
+            # The index still finds words of the first and the last round, and a word
+            # of each in one search (every word somewhere in the session).
+            for words_of in (["q0"], ["q499"], ["q0", "a499"]):
+                where, params = fulltext.where(" ".join(words_of))
+                self.assertEqual(index.db.execute(f"SELECT COUNT(*) FROM sessions WHERE {where}",
+                                                  params).fetchone()[0], 1, words_of)
+            index.close()
+        self.assertEqual({n: rows for n, (rows, _) in measured.items()},
+                         {2: 1, 50: 1, 250: 1, 500: 1}, measured)
+        chars = [c for _, c in measured.values()]
+        # The 500th round's pass writes what one round said, as the 2nd round's did.
+        self.assertLess(max(chars), 2 * min(chars), measured)

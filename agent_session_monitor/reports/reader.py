@@ -104,6 +104,7 @@ class StoreReader(SubagentCosts):
         if fulltext.present(self.db) and fulltext.create(memory):
             memory.execute(f"INSERT INTO {fulltext.TABLE} (rowid, text) "
                            f"SELECT rowid, text FROM disk.{fulltext.TABLE}")
+            memory.execute(f"INSERT INTO {fulltext.ROUNDS} SELECT * FROM disk.{fulltext.ROUNDS}")
         memory.commit()   # the copy ran in an implicit transaction that holds disk
         memory.execute("DETACH DATABASE disk")
         for name in names:
@@ -177,15 +178,15 @@ class StoreReader(SubagentCosts):
             clauses.append("updated_at >= ?")
             params.append(since)
         if search:
-            match = fulltext.query(search) if self.fulltext else None
+            match = fulltext.where(search) if self.fulltext else None
             # Each model name, not the JSON text of the list: a '"' or ',' would match
             # every session, and a non-ASCII name is stored there as \u escapes.
             text = ("instr(lower(session_id), lower(?)) > 0 OR EXISTS (SELECT 1 FROM "
                     "json_each(models) WHERE instr(lower(value), lower(?)) > 0)")
             params += [search, search]
             if match:
-                text += f" OR sid IN (SELECT rowid FROM {fulltext.TABLE} WHERE {fulltext.TABLE} MATCH ?)"
-                params.append(match)
+                text += " OR " + match[0]
+                params += match[1]
             clauses.append(f"({text})")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 

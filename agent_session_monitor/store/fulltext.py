@@ -1,7 +1,13 @@
 """Full-text search over what the conversations said, in the derived index (SQLite FTS5).
 
-One row per session (its ``sid``): the question, answer and reasoning of every round and
-the names and arguments of its tool calls. With ``main.py --no-content`` the rounds hold
+One row per round: its question, answer and reasoning and the names and arguments of its
+tool calls. ``fts_rounds`` maps each row to its session (``sid``) and the round's key (the
+hash of its log line, so a round's text never changes under it): a pass indexes only the
+rounds whose keys the index has not seen and deletes those gone, so its cost follows the
+new rounds, not the length of the conversation (a row per session had to be deleted and
+written again whole, 22 MB for a 2,000-round session, on every new round). A search
+still matches sessions: every word must occur somewhere in the session, each word
+looked up on its own (:func:`where`). With ``main.py --no-content`` the rounds hold
 none of that, so nothing is indexed. Each field is indexed up to ``FIELD_CHARS``
 characters: enough for what people search for, while a pasted 5 MB file does not make
 every update of its session slow.
@@ -21,8 +27,13 @@ from functools import lru_cache
 
 FIELD_CHARS = 10_000
 TABLE = "content_fts"
+ROUNDS = "fts_rounds"
 SCHEMA = (f"CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE} USING fts5(text, "
           "tokenize = 'unicode61 remove_diacritics 2')")
+# rowid = the content_fts row of the round (none when the round says nothing).
+ROUNDS_SCHEMA = (f"CREATE TABLE IF NOT EXISTS {ROUNDS} (rowid INTEGER PRIMARY KEY, "
+                 f"sid INTEGER NOT NULL, key TEXT NOT NULL); "
+                 f"CREATE INDEX IF NOT EXISTS {ROUNDS}_sid ON {ROUNDS} (sid, key)")
 MISSING = ("this Python's SQLite has no FTS5, so --search matches session ids and model "
            "names only (not what the conversations said)")
 
@@ -50,6 +61,7 @@ def create(db: sqlite3.Connection) -> bool:
     if not available():
         return False
     db.execute(SCHEMA)
+    db.executescript(ROUNDS_SCHEMA)
     return True
 
 
@@ -76,42 +88,83 @@ def _text(value: object) -> str:
     return str(value)[:FIELD_CHARS]
 
 
-def session_text(doc: dict) -> str:
-    """What a session said, as one text to index (spaced where a script has no spaces)."""
+def round_text(r: dict) -> str:
+    """What one round said, as one text to index (spaced where a script has no spaces)."""
+    return _clean(_round_text(r))
+
+
+def _round_text(r: dict) -> str:
     parts = []
-    for r in doc.get("rounds") or []:
-        for key in ("question", "answer", "reasoning"):
-            parts.append(_text(r.get(key)))
-        for call in r.get("tool_calls") or []:
-            if isinstance(call, dict):
-                fn = call.get("function") if isinstance(call.get("function"), dict) else call
-                args = fn.get("arguments") if "arguments" in fn else fn.get("input")
-                if args is None:
-                    continue   # --no-content keeps which tool ran, and indexes nothing
-                parts.append(_text(fn.get("name")))
-                parts.append(_text(args))
+    for key in ("question", "answer", "reasoning"):
+        parts.append(_text(r.get(key)))
+    for call in r.get("tool_calls") or []:
+        if isinstance(call, dict):
+            fn = call.get("function") if isinstance(call.get("function"), dict) else call
+            args = fn.get("arguments") if "arguments" in fn else fn.get("input")
+            if args is None:
+                continue   # --no-content keeps which tool ran, and indexes nothing
+            parts.append(_text(fn.get("name")))
+            parts.append(_text(args))
     text = "\n".join(p for p in parts if p)
     # " ".join of the split is _CJK.sub(r" \1 ", text) without a template expansion in
-    # Python per character (the catch-up's main thread computes this for every session).
+    # Python per character.
     return " ".join(_CJK.split(text)) if text else ""
 
 
-def replace(db: sqlite3.Connection, rows: list[tuple[int, dict]]) -> None:
-    """(sid, session document) -> its row, replacing the old one. The caller holds the
+def session_text(doc: dict) -> str:
+    """What a session said, as one text (the rounds' texts, one per line)."""
+    return "\n".join(t for t in (_round_text(r) for r in doc.get("rounds") or []
+                                  if isinstance(r, dict)) if t)
+
+
+def round_keys(doc: dict) -> list[tuple[str, dict]]:
+    """(key, round) of every round, computed when the rows are prepared: the document
+    may gain rounds afterwards while another thread writes (a round's text is fixed by
+    its key, so keeping the round itself is enough)."""
+    return [(str(r.get("key") or f"@{i}"), r)
+            for i, r in enumerate(doc.get("rounds") or []) if isinstance(r, dict)]
+
+
+def sync(db: sqlite3.Connection, sid: int, rounds: list[tuple[str, dict]]) -> int:
+    """Bring the session's rows up to ``rounds`` (from :func:`round_keys`): index the
+    rounds whose keys it has not seen, delete the rows of rounds it no longer has.
+    Returns the characters written to the full-text table. The caller holds the
     transaction and has checked :func:`present`."""
-    replace_texts(db, [(sid, row_text(doc)) for sid, doc in rows])
+    have: dict[str, list[int]] = {}
+    for rowid, key in db.execute(f"SELECT rowid, key FROM {ROUNDS} WHERE sid = ?", (sid,)):
+        have.setdefault(key, []).append(rowid)
+    new = []
+    for key, rnd in rounds:
+        rowids = have.get(key)
+        if rowids:
+            rowids.pop()
+        else:
+            new.append((key, rnd))
+    gone = [(rowid,) for rowids in have.values() for rowid in rowids]
+    if gone:
+        db.executemany(f"DELETE FROM {TABLE} WHERE rowid = ?", gone)
+        db.executemany(f"DELETE FROM {ROUNDS} WHERE rowid = ?", gone)
+    written = 0
+    for key, rnd in new:
+        rowid = db.execute(f"INSERT INTO {ROUNDS} (sid, key) VALUES (?, ?)",
+                           (sid, key)).lastrowid
+        text = round_text(rnd)
+        if text:
+            db.execute(f"INSERT INTO {TABLE} (rowid, text) VALUES (?, ?)", (rowid, text))
+            written += len(text)
+    return written
 
 
-def row_text(doc: dict) -> str:
-    """The text indexed for a session (computed apart from the write: index.prepare_rows)."""
-    return _clean(session_text(doc))
+def delete(db: sqlite3.Connection, sids_sql: str, params: tuple = ()) -> None:
+    """Delete the rows of the sessions ``sids_sql`` (a SELECT of sids) names."""
+    db.execute(f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {ROUNDS} "
+               f"WHERE sid IN ({sids_sql}))", params)
+    db.execute(f"DELETE FROM {ROUNDS} WHERE sid IN ({sids_sql})", params)
 
 
-def replace_texts(db: sqlite3.Connection, texts: list[tuple[int, str]]) -> None:
-    """(sid, :func:`row_text`) -> its row, replacing the old one (none for empty text)."""
-    db.executemany(f"DELETE FROM {TABLE} WHERE rowid = ?", [(sid,) for sid, _ in texts])
-    db.executemany(f"INSERT INTO {TABLE} (rowid, text) VALUES (?, ?)",
-                   [(sid, text) for sid, text in texts if text])
+def delete_all(db: sqlite3.Connection) -> None:
+    db.execute(f"DELETE FROM {TABLE}")
+    db.execute(f"DELETE FROM {ROUNDS}")
 
 
 def _clean(text: str) -> str:
@@ -123,13 +176,31 @@ def _clean(text: str) -> str:
         return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
-def query(text: str) -> str | None:
-    """A user's search text as an FTS5 query: every word must occur (a prefix match for
-    words, a phrase of characters for CJK). None when the text has no word at all."""
-    terms = []
+def terms(text: str) -> list[str]:
+    """A user's search text as FTS5 queries, one per word (a prefix match for words, a
+    phrase of characters for CJK); every one must match the session."""
+    out = []
     for word in _WORD.findall(text):
         if _CJK.match(word):
-            terms.append('"' + " ".join(word) + '"')
+            out.append('"' + " ".join(word) + '"')
         else:
-            terms.append('"' + word.replace('"', "") + '"*')
-    return " AND ".join(terms) if terms else None
+            out.append('"' + word.replace('"', "") + '"*')
+    return out
+
+
+def query(text: str) -> str | None:
+    """All of :func:`terms` as one FTS5 query (for a single text). None when the text
+    has no word at all."""
+    found = terms(text)
+    return " AND ".join(found) if found else None
+
+
+def where(text: str) -> tuple[str, list] | None:
+    """An SQL condition on ``sid``: the sessions whose rounds, together, hold every word
+    of ``text``. None when the text has no word at all."""
+    found = terms(text)
+    if not found:
+        return None
+    one = (f"sid IN (SELECT sid FROM {ROUNDS} WHERE rowid IN (SELECT rowid FROM {TABLE} "
+           f"WHERE {TABLE} MATCH ?))")
+    return "(" + " AND ".join([one] * len(found)) + ")", found

@@ -36,8 +36,9 @@ from .sessions import read_document, unreadable_reason
 INDEX_NAME = ".index.sqlite"
 # 4: per-round edge table; 5: agent, channel, kind, spawns; 6: full text; 7: input /
 # output / cached / cache_write / reasoning hold the normalised columns (tokens.py), not
-# the logged counts. An index of another version is rebuilt.
-INDEX_VERSION = 7
+# the logged counts; 8: full text per round (fulltext.py), so a pass writes only the new
+# rounds' text. An index of another version is rebuilt.
+INDEX_VERSION = 8
 BUCKET_FIELDS = ("input", "cache_read", "cache_write", "cache_write_1h", "output", "reasoning")
 
 _SCHEMA = f"""
@@ -176,21 +177,21 @@ def replace_rows(db: sqlite3.Connection, docs: list[tuple[str, dict, int]]) -> N
 def prepare_rows(docs: list[tuple[str, dict, int]], with_text: bool) -> list[tuple]:
     """The rows of these sessions, computed now (the documents may change afterwards,
     while another thread writes the rows): (file name, session row, then the usage,
-    per-round and spawn rows without their leading sid, and the full-text row's text
-    or None)."""
+    per-round and spawn rows without their leading sid, and the rounds to bring the
+    full-text rows up to (fulltext.round_keys), or None)."""
     prepared = []
     for name, doc, size in docs:
         rows, rounds = usage_rows(0, doc)
         prepared.append((name, session_row(name, doc, size), [r[1:] for r in rows],
                          [r[1:] for r in rounds],
                          [(sql_text(child), at) for child, at in doc_claims(doc)],
-                         fulltext.row_text(doc) if with_text else None))
+                         fulltext.round_keys(doc) if with_text else None))
     return prepared
 
 
 def replace_prepared(db: sqlite3.Connection, prepared: list[tuple]) -> None:
     usage, per_round, spawns, texts = [], [], [], []
-    for name, row, usage_of, rounds_of, spawns_of, text in prepared:
+    for name, row, usage_of, rounds_of, spawns_of, keyed in prepared:
         found = db.execute("SELECT sid FROM sessions WHERE file = ?", (name,)).fetchone()
         sid = found[0] if found else None
         if sid is not None:
@@ -202,20 +203,20 @@ def replace_prepared(db: sqlite3.Connection, prepared: list[tuple]) -> None:
         usage.extend((sid, *u) for u in usage_of)
         per_round.extend((sid, *r) for r in rounds_of)
         spawns.extend((sid, *c) for c in spawns_of)
-        if text is not None:
-            texts.append((sid, text))
+        if keyed is not None:
+            texts.append((sid, keyed))
     db.executemany(INSERT_USAGE, usage)
     db.executemany(INSERT_ROUND, per_round)
     if spawns:
         db.executemany("INSERT INTO spawns VALUES (?, ?, ?)", spawns)
-    if texts:
-        fulltext.replace_texts(db, texts)
+    for sid, keyed in texts:
+        # Only the rounds the index has not seen: the sid is kept, so are their rows.
+        fulltext.sync(db, sid, keyed)
 
 
 def delete_rows(db: sqlite3.Connection, name: str) -> None:
     if fulltext.present(db):
-        db.execute(f"DELETE FROM {fulltext.TABLE} WHERE rowid IN (SELECT sid FROM sessions "
-                   "WHERE file = ?)", (name,))
+        fulltext.delete(db, "SELECT sid FROM sessions WHERE file = ?", (name,))
     db.execute("DELETE FROM spawns WHERE sid IN (SELECT sid FROM sessions WHERE file = ?)", (name,))
     db.execute("DELETE FROM usage WHERE sid IN (SELECT sid FROM sessions WHERE file = ?)", (name,))
     db.execute("DELETE FROM round_usage WHERE sid IN (SELECT sid FROM sessions WHERE file = ?)",
@@ -317,7 +318,7 @@ class Index:
             self.db.execute("DELETE FROM usage")
             self.db.execute("DELETE FROM round_usage")
             if fulltext.present(self.db):
-                self.db.execute(f"DELETE FROM {fulltext.TABLE}")
+                fulltext.delete_all(self.db)
             self.db.execute("DELETE FROM spawns")
             batch: list[tuple[str, dict, int]] = []
             self.skipped = []

@@ -101,8 +101,7 @@ def _relabel(index_db: sqlite3.Connection, entries: list[tuple[int, str, dict]])
                 replace_rows(index_db, [(target, doc, 0)])
             elif fulltext.present(index_db):
                 # The conversation goes with the file: its searchable text too.
-                index_db.execute(f"DELETE FROM {fulltext.TABLE} WHERE rowid IN (SELECT sid "
-                                 "FROM sessions WHERE file = ?)", (target,))
+                fulltext.delete(index_db, "SELECT sid FROM sessions WHERE file = ?", (target,))
 
 
 def _unlink(directory: Path, entries: list[tuple[int, str, dict]]) -> int:
