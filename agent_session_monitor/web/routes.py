@@ -4,7 +4,7 @@ headers)`` returns a :class:`Response` (web.py feeds it requests).
 Routes: ``/`` overview, ``/session?id=ID`` one session, ``/api/sessions``,
 ``/api/session?id=ID``, ``/api/stats``, ``/api/version[?id=ID]`` (JSON), ``/metrics`` (Prometheus), ``/healthz``, ``/static/app.{js,css}``.
 The overview answers from the derived index (its aggregates cached until the index
-changes); a session page reads its one file. Access decisions are webauth.py's.
+changes: store_cache.py); a session page reads its one file. Access decisions are webauth.py's.
 """
 
 from __future__ import annotations
@@ -13,34 +13,24 @@ import hashlib
 import json
 import os
 import re
-import sqlite3
-import threading
-import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import TextIO
 from urllib.parse import parse_qsl, urlsplit
 
 from ..finops import insights
 from . import metrics, render_html, render_session, session_view, views
-from ..errors import MonitorError
-from ..store.index import INDEX_NAME
 from ..store.names import UNSESSIONED_FILE, UNSESSIONED_ID, file_name_for, is_session_file
 from ..pricing.table import load_price_table
-from ..reports.reader import StoreReader
 from ..store.sessions import UnreadableSession
 from ..reports.timerange import parse_tz
 from .auth import Access, Gate, Refused
+from .store_cache import StoreCache
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 HTML = "text/html; charset=utf-8"
-# How old /metrics' usage counters may be while newer ones are computed in the background
-# (about one scrape interval: Prometheus scrapes every 15 to 60 s).
-METRICS_LAG = 60.0
 JSON = "application/json; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
 
@@ -52,45 +42,6 @@ class Response:
     content_type: str = TEXT
     headers: list[tuple[str, str]] = field(default_factory=list)
     cache: str = "no-store"
-
-
-class IndexWatch:
-    """Tells whether the index changed: SQLite's own cross-process change detection
-    (``PRAGMA data_version`` on one long-lived connection) plus the file's identity,
-    since a rebuild replaces the file. None when there is no index to watch."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-        self._ident: tuple[int, int] | None = None
-        self._epoch = 0
-
-    def stamp(self) -> tuple | None:
-        with self._lock:
-            try:
-                st = os.stat(self.path)
-            except OSError:
-                self._close()
-                return None
-            ident = (st.st_dev, st.st_ino)
-            try:
-                if self._db is None or ident != self._ident:
-                    self._close()
-                    self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
-                                               check_same_thread=False)
-                    self._ident = ident
-                    self._epoch += 1
-                version = self._db.execute("PRAGMA data_version").fetchone()[0]
-            except sqlite3.Error:
-                self._close()
-                return None
-            return ident, self._epoch, version
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-        self._db, self._ident = None, None
 
 
 class WebApp:
@@ -114,97 +65,7 @@ class WebApp:
             self.static[name] = (data, ctype)
             versions.append(hashlib.sha256(data).hexdigest()[:10])
         self.asset = {name: f"/static/{name}?v={v}" for name, v in zip(STATIC_TYPES, versions)}
-        self._memory_lock = threading.Lock()
-        self._memory: tuple[StoreReader, int, float] | None = None
-        self.watch = IndexWatch(self.data_dir / INDEX_NAME)
-        self.max_lag = max_lag
-        self._overview: dict[tuple, tuple[tuple, dict, float]] = {}
-        self._overview_lock = threading.Lock()
-        self._refreshing_lock = threading.Lock()
-        self._refreshing = False
-        self._metrics: tuple[tuple, str, float] | None = None
-        self._metrics_lock = threading.Lock()
-
-    # -- reading the store ---------------------------------------------------------
-
-    @contextmanager
-    def reader(self) -> Iterator[StoreReader]:
-        """A fresh reader per request (the monitor writes the index concurrently; WAL
-        gives each request a consistent, current snapshot). A store without an index
-        file is indexed in memory once and shared, rebuilt when the directory changes."""
-        if (self.data_dir / INDEX_NAME).exists() or not self.data_dir.is_dir():
-            try:
-                reader = StoreReader.open(self.data_dir, progress=False)
-            except MonitorError as e:
-                raise Refused(503, "No session store", str(e)) from None
-            try:
-                yield reader
-            finally:
-                reader.close()
-            return
-        with self._memory_lock:
-            stamp = os.stat(self.data_dir).st_mtime_ns
-            cached = self._memory
-            if cached is None or (cached[1] != stamp and time.monotonic() - cached[2] > 10):
-                if cached is not None:
-                    cached[0].close()
-                self._memory = cached = (StoreReader.open(self.data_dir, progress=False), stamp,
-                                         time.monotonic())
-            yield cached[0]
-
-    def overview_data(self, days: int) -> dict:
-        """The overview's aggregates (``views.overview_data``, from the index), computed
-        again only after the index changed: with 100,000 sessions SQLite needs a second
-        or more for them, while checking for a change takes microseconds.
-
-        After a change, a result younger than ``max_lag`` seconds is still served while
-        one background thread computes the new one, so a monitor committing every second
-        does not make every page wait; the page shows the time its data is from. With
-        ``max_lag`` 0 every answer is exact."""
-        key = (days, datetime.now(self.tz).date())
-        stamp = self.watch.stamp()
-        cached = self._overview.get(key)
-        if cached is not None and stamp is not None:
-            if cached[0] == stamp:
-                return cached[1]
-            if time.monotonic() - cached[2] < self.max_lag:
-                self._refresh_later(key, days)
-                return cached[1]
-        return self._compute_overview(key, days)
-
-    def _compute_overview(self, key: tuple, days: int) -> dict:
-        with self._overview_lock:   # one computation at a time; latecomers reuse it
-            stamp = self.watch.stamp()
-            cached = self._overview.get(key)
-            if cached is not None and stamp is not None and cached[0] == stamp:
-                return cached[1]
-            started = time.monotonic()
-            with self.reader() as reader:
-                data = views.overview_data(reader, self.tz, days)
-            # Which change of the store these figures include: app.js asks again while
-            # /api/version reports a newer one (a stale answer served within max_lag).
-            data["version"] = self._store_version(stamp)
-            if stamp is not None:
-                kept = [(k, v) for k, v in self._overview.items() if k != key][-7:]
-                self._overview = {**dict(kept), key: (stamp, data, started)}
-            return data
-
-    def _refresh_later(self, key: tuple, days: int) -> None:
-        with self._refreshing_lock:
-            if self._refreshing:
-                return
-            self._refreshing = True
-
-        def run() -> None:
-            try:
-                self._compute_overview(key, days)
-            except Exception:
-                self.log_line("error: background overview refresh: "
-                              + traceback.format_exc().rstrip())
-            finally:
-                self._refreshing = False
-
-        threading.Thread(target=run, name="overview-refresh", daemon=True).start()
+        self.store = StoreCache(self.data_dir, self.tz, max_lag, self.log_line)
 
     # -- requests ------------------------------------------------------------------
 
@@ -295,8 +156,8 @@ class WebApp:
     def page_overview(self, params: dict, access: Access) -> Response:
         query = views.SessionQuery.from_params(params)
         days = _int_param(params, "days", 30, 1, 366)
-        data = self.overview_data(days)
-        with self.reader() as reader:
+        data = self.store.overview_data(days)
+        with self.store.reader() as reader:
             listing = views.session_list(reader, query)
             burn = insights.overview_burn(reader, tz=self.tz)
         view = views.overview(data, views.sessions_table(listing, self.tz), self.tz, burn)
@@ -307,7 +168,7 @@ class WebApp:
         session_id = params.get("id")
         if not session_id:
             raise Refused(400, "No session id", "Give the session as /session?id=SESSION_ID.")
-        with self.reader() as reader:
+        with self.store.reader() as reader:
             try:
                 doc = reader.load_session(session_id)
             except UnreadableSession as e:
@@ -327,7 +188,7 @@ class WebApp:
         """The session's parent and sub-agents with their cost (StoreReader.rollup)."""
         if doc.get("unsessioned") or not _is_utf8(doc.get("session_id") or ""):
             return None
-        with self.reader() as reader:
+        with self.store.reader() as reader:
             return reader.rollup(doc["session_id"])
 
     def page_session(self, params: dict, access: Access) -> Response:
@@ -371,7 +232,7 @@ class WebApp:
 
     def api_sessions(self, params: dict, access: Access) -> Response:
         query = views.SessionQuery.from_params(params)
-        with self.reader() as reader:
+        with self.store.reader() as reader:
             listing = views.session_list(reader, query)
         record = views.sessions_record(listing)
         if params.get("view"):
@@ -380,9 +241,9 @@ class WebApp:
 
     def api_stats(self, params: dict, access: Access) -> Response:
         days = _int_param(params, "days", 30, 1, 366)
-        data = self.overview_data(days)
+        data = self.store.overview_data(days)
         listing = None
-        with self.reader() as reader:
+        with self.store.reader() as reader:
             burn = insights.overview_burn(reader, tz=self.tz)
             if params.get("view"):
                 listing = views.session_list(reader, views.SessionQuery.from_params(params))
@@ -394,51 +255,10 @@ class WebApp:
         return Response(200, json_bytes(record), JSON)
 
     def page_metrics(self, params: dict, access: Access) -> Response:
-        """Prometheus exposition. The usage counters take one GROUP BY over every usage
-        row (most of a second at 100,000 sessions), so they are cached until the index
-        changes; after a change a result younger than METRICS_LAG is served while one
-        background thread computes the new one (the next scrape gets it: counters lag a
-        scrape, never go back). ``max_lag`` 0 makes every answer exact. The health part
-        is read on every request."""
-        stamp = self.watch.stamp()
-        cached = self._metrics
-        if not self.data_dir.is_dir():
-            usage = ""
-        elif cached is not None and stamp is not None and cached[0] == stamp:
-            usage = cached[1]
-        elif (cached is not None and stamp is not None and self.max_lag > 0
-              and time.monotonic() - cached[2] < METRICS_LAG):
-            usage = cached[1]
-            self._refresh_metrics_later()
-        else:
-            usage = self._compute_metrics()
-        body = metrics.render(usage, self.data_dir).encode("utf-8")
+        """Prometheus exposition: the usage counters (``StoreCache.metrics_usage``, cached
+        until the index changes) and the health part, read on every request."""
+        body = metrics.render(self.store.metrics_usage(), self.data_dir).encode("utf-8")
         return Response(200, body, metrics.CONTENT_TYPE)
-
-    def _compute_metrics(self) -> str:
-        with self._metrics_lock:   # concurrent scrapes share one computation
-            stamp = self.watch.stamp()
-            if self._metrics is not None and stamp is not None and self._metrics[0] == stamp:
-                return self._metrics[1]
-            started = time.monotonic()
-            with self.reader() as reader:
-                usage = metrics.usage_text(reader.db)
-            self._metrics = (stamp, usage, started) if stamp is not None else None
-            return usage
-
-    def _refresh_metrics_later(self) -> None:
-        if not self._metrics_lock.acquire(blocking=False):
-            return   # a computation is already running; it is the refresh
-
-        def run() -> None:
-            try:
-                self._compute_metrics()
-            except Exception:
-                self.log_line("error: background metrics refresh: "
-                              + traceback.format_exc().rstrip())
-
-        self._metrics_lock.release()
-        threading.Thread(target=run, name="metrics-refresh", daemon=True).start()
 
     def api_version(self, params: dict, access: Access) -> Response:
         """What changes when the monitor commits: the index's change stamp, or with
@@ -447,7 +267,7 @@ class WebApp:
         load the news only when it changed ("none": no such session yet)."""
         session_id = params.get("id")
         if session_id is None:
-            version = self._store_version(self.watch.stamp())
+            version = self.store.store_version(self.store.watch.stamp())
         else:
             version = "none"
             names = [file_name_for(session_id)] + (
@@ -462,15 +282,6 @@ class WebApp:
                 version = f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
                 break
         return Response(200, json_bytes({"version": version}), JSON)
-
-    def _store_version(self, stamp: tuple | None) -> str:
-        if stamp is not None:
-            (dev, ino), epoch, data_version = stamp
-            return f"{dev}-{ino}-{epoch}-{data_version}"
-        try:   # no index file: the directory changes when a session file is replaced
-            return f"dir-{os.stat(self.data_dir).st_mtime_ns}"
-        except OSError:
-            return "none"
 
     def healthz(self, params: dict, access: Access) -> Response:
         if not self.data_dir.is_dir():
