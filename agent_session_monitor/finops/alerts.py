@@ -38,7 +38,7 @@ _TELEGRAM_CHAT = re.compile(r"-?\d+|@[A-Za-z][A-Za-z0-9_]{3,}")
 @dataclass(frozen=True)
 class Alert:
     """One thing to tell people. ``key`` is its identity: the same key is never sent
-    twice (budgets.py and finops.py remember the keys sent)."""
+    twice (budgets.py and monitor_hooks.py remember the keys sent)."""
 
     key: str
     kind: str                 # "budget", "anomaly", "test"

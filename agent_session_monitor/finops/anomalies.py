@@ -9,7 +9,7 @@
   the session's usual pace.
 
 Each :class:`Anomaly` carries a one-sentence explanation for people, and the key of the
-round it is anchored to, so that an alert about it can be sent once (see finops.py).
+round it is anchored to, so that an alert about it can be sent once (see monitor_hooks.py).
 Thresholds are chosen so that ordinary agent traffic (growing contexts, tool chains,
 prompt-cache misses, model switches) is quiet: tests/test_anomalies.py runs them over a
 generated corpus and expects nothing.

@@ -1,4 +1,4 @@
-"""The monitor's budget and anomaly watch: the commit hook behind ``finops.attach``.
+"""The monitor's budget and anomaly watch: the commit hook behind ``monitor_hooks.attach``.
 
 Bookkeeping lives in ``monitor.state.alerts`` (saved in ``.state.json``):
 
@@ -268,7 +268,7 @@ class FinOps:
                                 "retry_at": 0,
                                 "sinks": list(self.delivery.sinks) if self.delivery else []})
         self._trim()
-        # Durable before anything leaves: see the module docstring of finops.py.
+        # Durable before anything leaves: see the module docstring of monitor_hooks.py.
         self._save()
         for alert in send:
             self._log(stderr_line(alert))

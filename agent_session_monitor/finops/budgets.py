@@ -7,7 +7,7 @@ token a round used: prompt, cache reads and writes, output and reasoning, i.e. t
 of its exclusive buckets) or USD (priced rounds; unpriced ones are named, never $0).
 
 A threshold fires once per (budget, subject): the keys already fired are kept in
-``state.alerts["fired"]`` (finops.py saves it before anything is sent), so a restart, a
+``state.alerts["fired"]`` (monitor_hooks.py saves it before anything is sent), so a restart, a
 re-read of the same log or a replay after a crash does not fire it again. The key holds
 the limit: raising a budget re-arms its thresholds.
 """

@@ -1,7 +1,7 @@
 """Budgets and alerts in ``main.py``: the flags, the commit hook, the live-view lines.
 
     config = finops.config_from_args(args)     # usage errors before the store is opened
-    handle = finops.attach(monitor, config)     # registers the hooks, starts the senders
+    handle = monitor_hooks.attach(monitor, config)     # registers the hooks, starts the senders
     ...  monitor.poll_once(); handle.tick()      # tick: retries and clean-up, follow mode
     handle.live_text()                          # budget and burn lines for render_live
     handle.close()                              # at exit, inside ``with Monitor``

@@ -1,5 +1,5 @@
 """The OTLP export's options: a flag, else the standard ``OTEL_*`` variable, else the default
-(the same order as config.resolve). See export.py for what they drive."""
+(the same order as config.resolve). See outbox.py for what they drive."""
 
 from __future__ import annotations
 

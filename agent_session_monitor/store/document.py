@@ -4,7 +4,7 @@ Messages are stored linearly (storage.md): each round keeps only the messages ne
 the round it extends (``context_key``), plus ``messages_offset``, the number of that
 round's context messages that precede them. The full request of any round is
 ``full(context_key round)[:messages_offset] + messages``. Every other field of a round
-stays as logged (compact.py deduplicates inside ``messages`` when it writes the file).
+stays as logged (ondisk.py deduplicates inside ``messages`` when it writes the file).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ..pricing import tokens
 from .ondisk import price_summary
 from .names import UNSESSIONED_ID
 
-# 2: every round carries the original skill's fields (compact.py); "tokens" totals.
+# 2: every round carries the original skill's fields (ondisk.py); "tokens" totals.
 SCHEMA = 2
 # The key of every round this version stores: the hash of its whole line (monitor.line_key).
 LINE_KEY_PREFIX = "sha256:"

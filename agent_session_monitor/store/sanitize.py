@@ -1,6 +1,6 @@
 """What every reader may assume of a stored session, made true on load.
 
-The monitor writes only values a reader can handle (parse.py refuses the rest), but a
+The monitor writes only values a reader can handle (ingest/parse.py refuses the rest), but a
 store outlives versions and hands: an older version kept 2**64 tokens, `NaN` costs and
 year-1 times written `1-01-01T...`; a hand edit leaves "12" where a count belongs. One
 such value used to stop `list`, the web pages and `--rebuild-index` for good. So a loaded

@@ -23,7 +23,7 @@ from .document import Session, new_document
 
 
 def dump_document(doc: dict) -> bytes:
-    """Serialise a session in its on-disk form (compact.py): compact JSON, UTF-8 (so CJK
+    """Serialise a session in its on-disk form (ondisk.py): compact JSON, UTF-8 (so CJK
     text is not inflated sixfold)."""
     try:
         text = json.dumps(compact(doc), ensure_ascii=False, separators=(",", ":"),

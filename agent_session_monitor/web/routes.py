@@ -1,10 +1,10 @@
 """The web UI's routes and pages, without sockets: ``WebApp.handle(method, target,
-headers)`` returns a :class:`Response` (web.py feeds it requests).
+headers)`` returns a :class:`Response` (server.py feeds it requests).
 
 Routes: ``/`` overview, ``/session?id=ID`` one session, ``/api/sessions``,
 ``/api/session?id=ID``, ``/api/stats``, ``/api/version[?id=ID]`` (JSON), ``/metrics`` (Prometheus), ``/healthz``, ``/static/app.{js,css}``.
 The overview answers from the derived index (its aggregates cached until the index
-changes: store_cache.py); a session page reads its one file. Access decisions are webauth.py's.
+changes: store_cache.py); a session page reads its one file. Access decisions are auth.py's.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 This module is the transport: a ThreadingHTTPServer with per-connection timeouts, a
 bound on connections, small request limits, only GET and HEAD, and the security
-headers on every response. What is answered is webapp.py's; who may see it, webauth.py's.
+headers on every response. What is answered is routes.py's; who may see it, auth.py's.
 """
 
 from __future__ import annotations
