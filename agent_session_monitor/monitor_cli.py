@@ -25,7 +25,8 @@ from .config import (
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, MonitorError, silence_stdout
 from .fmt import plural, safe_text
 from .reports.live import live_rows, render_live
-from .ingest.monitor import AlreadyRunning, Monitor, MonitorConfig, summary
+from .ingest.monitor import AlreadyRunning, Monitor, MonitorConfig
+from .ingest.pass_report import summary
 
 EXIT_ALREADY_RUNNING = 3
 

@@ -64,7 +64,7 @@ class CrashRecovery(TempDirTest):
                          f"store differs after {kills} kills (seed {SEED})")
 
     def test_crash_between_session_and_state_write_counts_nothing_twice(self):
-        with mock.patch("agent_session_monitor.ingest.monitor.save_state", side_effect=KeyboardInterrupt):
+        with mock.patch("agent_session_monitor.ingest.commit.save_state", side_effect=KeyboardInterrupt):
             self.run_monitor(self.log, extra=["--checkpoint-bytes", "100000"])
         self.assertFalse((self.out / ".state.json").exists())
         self.assertTrue(load_store(self.out))          # sessions were written, state not
@@ -211,10 +211,11 @@ class BatchedSyncCrash(TempDirTest):
         import errno
         import io
 
+        from agent_session_monitor.ingest import commit as commit_module
         from agent_session_monitor.ingest import monitor as monitor_module
         from agent_session_monitor.errors import MonitorError
 
-        real = monitor_module.atomic_write_many
+        real = commit_module.atomic_write_many
         calls = []
 
         def fill_up(directory, items):
@@ -235,7 +236,7 @@ class BatchedSyncCrash(TempDirTest):
         # The same long-lived monitor goes on after the failure (follow mode): what it
         # holds in memory for the failed commit must not survive into the next pass.
         with monitor_module.Monitor(config, err=io.StringIO()) as monitor:
-            with mock.patch.object(monitor_module, "atomic_write_many", fill_up):
+            with mock.patch.object(commit_module, "atomic_write_many", fill_up):
                 with self.assertRaisesRegex(MonitorError, "No space left on device"):
                     monitor.poll_once()
             self.assertEqual(len(calls), 3)

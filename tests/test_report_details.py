@@ -16,7 +16,7 @@ from tests.helpers import ROOT, TempDirTest, make_line, write_lines
 
 from agent_session_monitor.web import session_view
 from agent_session_monitor.cli import main as cli_main
-from agent_session_monitor.ingest.monitor import PassStats, summary
+from agent_session_monitor.ingest.pass_report import PassStats, summary
 
 
 class Grammar(unittest.TestCase):

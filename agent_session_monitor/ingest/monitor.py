@@ -1,47 +1,42 @@
 """The monitor: ``poll_once()`` reads what is new, stores it, saves the state; a thin loop
-repeats it in follow mode.
-
-Commit protocol (failure-scenarios.md, B0): changed sessions are written first (each
-atomically, then one directory fsync), then the index, then ``.state.json``. A crash
-anywhere replays from the last saved offsets, and the identity of every round (where
-its line came from: file fingerprint + byte offset, and the hash of the line's bytes;
-never the client's ``request_id``) makes the replay count nothing twice.
+repeats it in follow mode. When and in which order it writes (the commit protocol) is
+commit.py's; what a pass did and its summary, pass_report.py's.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import os
 import sqlite3
 import sys
 import threading
-import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
 
 from ..pricing import tokens
 from ..errors import MonitorError
-from ..fmt import fmt_bytes, fmt_int, fmt_usd, plural, safe_text
+from ..fmt import safe_text
 from ..store.durable import (
-    DirLock, atomic_write_many, check_store_dir, ensure_dir, refuse_symlink,
+    DirLock, check_store_dir, ensure_dir, refuse_symlink,
     remove_stale_temps,
 )
 from ..store import retention
+from .commit import CommitMixIn
 from .container_logs import Unwrapper
 from ..store.index import Index
 from ..store.pruned_archive import ARCHIVE_NAME, Archive
 from .parse import parse_line
+from .pass_report import PassStats, Progress
 from .request import BadLine, Request
 from ..values import utc_now
 from ..pricing.table import PriceTable, load_price_table
 from ..store.upgrade import upgrade_needed, upgrade_store
 from .rounds import build_round
 from ..store.document import LINE_KEY_PREFIX
-from .state import load_state, save_state
+from .state import load_state
 from ..store.sessions import SessionStore
 from ..store.subagents import note_spawns
 from .stdin_source import StreamSource
@@ -74,34 +69,7 @@ class MonitorConfig:
         return self.state_file or self.output_dir / ".state.json"
 
 
-@dataclass
-class PassStats:
-    """What one pass did: the summary line and the tests read it."""
-
-    files: int = 0
-    bytes_read: int = 0
-    lines: int = 0
-    rounds: int = 0
-    duplicates: int = 0
-    non_ai: int = 0
-    filtered: int = 0
-    forged: int = 0
-    bad: Counter = field(default_factory=Counter)
-    warnings: Counter = field(default_factory=Counter)
-    tail_events: Counter = field(default_factory=Counter)
-    sessions: set = field(default_factory=set)
-    new_sessions: set = field(default_factory=set)
-    # The normalised columns (tokens.py).
-    input_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    cached_tokens: int = 0
-    cache_write_tokens: int = 0
-    cost: float = 0.0
-    unpriced: Counter = field(default_factory=Counter)   # model -> rounds
-
-
-class Monitor:
+class Monitor(CommitMixIn):
     """One output directory, its lock, state, store, index and log files.
 
     Use as a context manager; :meth:`poll_once` is the whole unit of work.
@@ -245,7 +213,7 @@ class Monitor:
                 src.offset = _last_line_end(lf)
         stats.files = len(pairs)
         todo = sum(max((lf.size if not lf.gz else 0) - src.offset, 0) for src, lf in pairs)
-        progress = _Progress(self.err, todo) if self.progress else None
+        progress = Progress(self.err, todo) if self.progress else None
         try:
             self._read_all(pairs, stats, read_time, progress)
             if self.stream is not None:
@@ -387,126 +355,6 @@ class Monitor:
                 self._warn(("warning: " if event.kind != "data_loss" else "") + event.message)
         self.tailer.events = []
 
-    def checkpoint(self, background: bool = False) -> None:
-        """Commit: sessions, then index, then state. On failure nothing advances.
-
-        ``background`` (checkpoints inside a catch-up): the sessions are serialised now
-        and written, indexed and described by the state on a thread while the next lines
-        are parsed; file I/O and SQLite release the GIL, so the second core does it. The
-        order per commit is the same, one commit is in flight at a time, and a failure
-        surfaces at the next checkpoint, which then rewinds as a failed commit does.
-        Hooks (exporters, budgets) need the synchronous order, so they disable it."""
-        self._join_commit()
-        if background and not self.before_flush and not self.on_commit:
-            self._start_commit()
-            return
-        try:
-            if self.store.dirty_count:
-                names = [s.file_name for s in self.store._dirty.values()]
-                for hook in self.before_flush:
-                    hook(self.store.new_rounds, self)
-                self.index.mark_pending(names)
-                written = self.store.flush()
-                self.index.update([(s.file_name, s.doc, s.size) for s in written])
-                for hook in self.on_commit:
-                    hook(written, self)
-            self.state.sources = self.tailer.sources
-            save_state(self.config.state_path, self.state)
-        except (OSError, sqlite3.Error) as e:
-            self.store.discard_dirty()
-            # Rewind to what the files on disk describe: the next pass re-reads it.
-            self.tailer.sources[:] = copy.deepcopy(self._saved_sources)
-            self.state.sources = self.tailer.sources
-            reason = getattr(e, "strerror", None) or str(e)
-            raise MonitorError(f"cannot write the store in {self.config.output_dir}: "
-                               f"{reason}; nothing was lost, the same lines are "
-                               "read again once it is writable (free space?)") from e
-        self._saved_sources = copy.deepcopy(self.tailer.sources)
-
-    def _start_commit(self) -> None:
-        self.store.track_names()
-        taken = self.store.take_dirty()
-        try:
-            if taken:
-                self.index.mark_pending(session.file_name for session, _p, _d in taken)
-            prepared = self.index.prepare([(s.file_name, s.doc, len(d)) for s, _p, d in taken])
-        except (OSError, sqlite3.Error) as e:
-            self._commit_failed(e)
-        sources = copy.deepcopy(self.tailer.sources)
-        # The state as of these offsets, copied: counters change while the thread writes.
-        state = dataclasses.replace(self.state, sources=sources,
-                                    counters=copy.deepcopy(self.state.counters),
-                                    alerts=copy.deepcopy(self.state.alerts),
-                                    extra=copy.deepcopy(self.state.extra))
-        self.state.sources = self.tailer.sources
-        items = [(path, data) for _s, path, data in taken]
-        del taken
-
-        def commit() -> None:
-            try:
-                if items:
-                    atomic_write_many(self.config.output_dir, items)
-                    self.index.update_prepared(prepared)
-                save_state(self.config.state_path, state)
-            except BaseException as e:   # handed to the main thread by _join_commit
-                self._commit_error = e
-
-        self._commit_error = None
-        self._commit_sources = sources
-        self._commit_thread = threading.Thread(target=commit, name="asm-commit", daemon=True)
-        self._commit_thread.start()
-
-    def _join_commit(self) -> None:
-        """Wait for the commit in flight; on success its offsets are the saved ones."""
-        thread = self._commit_thread
-        if thread is None:
-            return
-        thread.join()
-        self._commit_thread = None
-        error, self._commit_error = self._commit_error, None
-        if error is not None:
-            if not isinstance(error, (OSError, sqlite3.Error)):
-                self.store.discard_all()
-                self._rewind()
-                raise error
-            self._commit_failed(error)
-        self._saved_sources = self._commit_sources
-        self.store.evict()
-
-    def _commit_failed(self, e: BaseException) -> None:
-        # Sessions marked clean for the failed commit hold rounds that are not on disk:
-        # forget the whole cache, and re-read from the last offsets that are.
-        self.store.discard_all()
-        self._rewind()
-        reason = getattr(e, "strerror", None) or str(e)
-        raise MonitorError(f"cannot write the store in {self.config.output_dir}: "
-                           f"{reason}; nothing was lost, the same lines are "
-                           "read again once it is writable (free space?)") from e
-
-    def _rewind(self) -> None:
-        self.tailer.sources[:] = copy.deepcopy(self._saved_sources)
-        self.state.sources = self.tailer.sources
-
-    def _count_pass(self, stats: PassStats) -> None:
-        s = self.state
-        s.count("passes")
-        s.count("lines_read", stats.lines)
-        s.count("rounds_stored", stats.rounds)
-        s.count("duplicates_skipped", stats.duplicates)
-        s.count("non_ai_lines", stats.non_ai)
-        s.count("forged_lines", stats.forged)
-        for kind, n in stats.bad.items():
-            s.count_kind("bad_lines", kind, n)
-        for kind, n in stats.warnings.items():
-            s.count_kind("warnings", kind, n)
-        for kind, n in stats.tail_events.items():
-            s.count_kind("file_events", kind, n)
-        if stats.lines or stats.bad or stats.tail_events:
-            try:
-                save_state(self.config.state_path, self.state)
-            except OSError as e:
-                raise MonitorError(f"cannot write {self.config.state_path}: {e.strerror}") from e
-
     def _index_progress(self, done: int, total: int) -> None:
         if done == total or done % 200 == 0:
             self.err.write(f"\rindexing sessions: {done:,}/{total:,}")
@@ -544,70 +392,3 @@ def _last_line_end(lf) -> int:
             return start + nl + 1
         pos = start
     return 0
-
-
-class _Progress:
-    """Catch-up progress on stderr, at most a few times a second, only on a terminal."""
-
-    def __init__(self, err: TextIO, total: int) -> None:
-        self.err, self.total = err, total
-        self.last = 0.0
-        self.shown = False
-        self.started = time.monotonic()
-
-    def update(self, name: str, stats: PassStats) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.25 or self.total < 8 * 2**20:
-            return
-        self.last = now
-        pct = 100.0 * stats.bytes_read / self.total if self.total else 100.0
-        rate = stats.bytes_read / max(now - self.started, 1e-6)
-        self.err.write(f"\rreading {safe_text(name)}: {fmt_bytes(stats.bytes_read)} of "
-                       f"{fmt_bytes(self.total)} ({pct:.0f}%), {fmt_bytes(rate)}/s, "
-                       f"{stats.rounds:,} rounds   ")
-        self.err.flush()
-        self.shown = True
-
-    def done(self) -> None:
-        if self.shown:
-            self.err.write("\n")
-            self.err.flush()
-
-
-def summary(stats: PassStats) -> str:
-    """The one-paragraph report of a pass (stdout)."""
-    if not stats.lines and not stats.bad:
-        if not stats.files:
-            return "Nothing new: the log is empty (no line written yet)."
-        return (f"Nothing new: {plural(stats.files, 'log file')} checked, all lines "
-                "already read.")
-    where = (f"{stats.files} file{'s' if stats.files != 1 else ''}" if stats.files
-             else "standard input")
-    parts = [f"Read {fmt_bytes(stats.bytes_read)} ({fmt_int(stats.lines)} lines) from {where}: "
-             f"{plural(stats.rounds, 'round')} stored in {plural(len(stats.sessions), 'session')} "
-             f"({fmt_int(len(stats.new_sessions))} new)"]
-    if stats.duplicates:
-        parts.append(f"{plural(stats.duplicates, 'already-stored round')} skipped")
-    write = (f", cache write {fmt_int(stats.cache_write_tokens)}"
-             if stats.cache_write_tokens else "")
-    parts.append(f"tokens: input {fmt_int(stats.input_tokens)} (cached "
-                 f"{fmt_int(stats.cached_tokens)}{write}), output "
-                 f"{fmt_int(stats.output_tokens)} (reasoning {fmt_int(stats.reasoning_tokens)}), "
-                 f"total {fmt_int(stats.input_tokens + stats.output_tokens)}")
-    parts.append(f"cost {fmt_usd(stats.cost)}")
-    if stats.unpriced:
-        models = sorted(stats.unpriced)
-        n = sum(stats.unpriced.values())
-        parts.append(f"{plural(n, 'round')} of {plural(len(models), 'model')} "
-                     f"{'has' if n == 1 else 'have'} no price: "
-                     + ", ".join(safe_text(m) for m in models))
-    if stats.bad:
-        parts.append("skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.bad.items())))
-    if stats.forged:
-        parts.append(f"{fmt_int(stats.forged)} forged lines (keys a client wrote through a "
-                     "header were ignored)")
-    if stats.non_ai:
-        parts.append(f"{plural(stats.non_ai, 'non-AI line')}")
-    if stats.filtered:
-        parts.append(f"{fmt_int(stats.filtered)} rounds of other sessions ignored (--session-key)")
-    return "; ".join(parts) + "."

@@ -1,0 +1,149 @@
+"""When the monitor writes, and in which order: its checkpoints, in the foreground or on
+a background thread during a catch-up, the rewind after a failed one, and the counters
+saved after a pass.
+
+Commit protocol (failure-scenarios.md, B0): changed sessions are written first (each
+atomically, then one directory fsync), then the index, then ``.state.json``. A crash
+anywhere replays from the last saved offsets, and the identity of every round (where
+its line came from: file fingerprint + byte offset, and the hash of the line's bytes;
+never the client's ``request_id``) makes the replay count nothing twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sqlite3
+import threading
+
+from ..errors import MonitorError
+from ..store.durable import atomic_write_many
+from .pass_report import PassStats
+from .state import save_state
+
+
+class CommitMixIn:
+    """The commit half of :class:`~.monitor.Monitor`, which mixes it in and holds what
+    it uses: ``config``, ``state``, ``store``, ``index``, ``tailer``, the hooks
+    (``before_flush``, ``on_commit``), ``_saved_sources`` and the ``_commit_*``
+    attributes of the background commit in flight."""
+
+    def checkpoint(self, background: bool = False) -> None:
+        """Commit: sessions, then index, then state. On failure nothing advances.
+
+        ``background`` (checkpoints inside a catch-up): the sessions are serialised now
+        and written, indexed and described by the state on a thread while the next lines
+        are parsed; file I/O and SQLite release the GIL, so the second core does it. The
+        order per commit is the same, one commit is in flight at a time, and a failure
+        surfaces at the next checkpoint, which then rewinds as a failed commit does.
+        Hooks (exporters, budgets) need the synchronous order, so they disable it."""
+        self._join_commit()
+        if background and not self.before_flush and not self.on_commit:
+            self._start_commit()
+            return
+        try:
+            if self.store.dirty_count:
+                names = [s.file_name for s in self.store._dirty.values()]
+                for hook in self.before_flush:
+                    hook(self.store.new_rounds, self)
+                self.index.mark_pending(names)
+                written = self.store.flush()
+                self.index.update([(s.file_name, s.doc, s.size) for s in written])
+                for hook in self.on_commit:
+                    hook(written, self)
+            self.state.sources = self.tailer.sources
+            save_state(self.config.state_path, self.state)
+        except (OSError, sqlite3.Error) as e:
+            self.store.discard_dirty()
+            # Rewind to what the files on disk describe: the next pass re-reads it.
+            self.tailer.sources[:] = copy.deepcopy(self._saved_sources)
+            self.state.sources = self.tailer.sources
+            reason = getattr(e, "strerror", None) or str(e)
+            raise MonitorError(f"cannot write the store in {self.config.output_dir}: "
+                               f"{reason}; nothing was lost, the same lines are "
+                               "read again once it is writable (free space?)") from e
+        self._saved_sources = copy.deepcopy(self.tailer.sources)
+
+    def _start_commit(self) -> None:
+        self.store.track_names()
+        taken = self.store.take_dirty()
+        try:
+            if taken:
+                self.index.mark_pending(session.file_name for session, _p, _d in taken)
+            prepared = self.index.prepare([(s.file_name, s.doc, len(d)) for s, _p, d in taken])
+        except (OSError, sqlite3.Error) as e:
+            self._commit_failed(e)
+        sources = copy.deepcopy(self.tailer.sources)
+        # The state as of these offsets, copied: counters change while the thread writes.
+        state = dataclasses.replace(self.state, sources=sources,
+                                    counters=copy.deepcopy(self.state.counters),
+                                    alerts=copy.deepcopy(self.state.alerts),
+                                    extra=copy.deepcopy(self.state.extra))
+        self.state.sources = self.tailer.sources
+        items = [(path, data) for _s, path, data in taken]
+        del taken
+
+        def commit() -> None:
+            try:
+                if items:
+                    atomic_write_many(self.config.output_dir, items)
+                    self.index.update_prepared(prepared)
+                save_state(self.config.state_path, state)
+            except BaseException as e:   # handed to the main thread by _join_commit
+                self._commit_error = e
+
+        self._commit_error = None
+        self._commit_sources = sources
+        self._commit_thread = threading.Thread(target=commit, name="asm-commit", daemon=True)
+        self._commit_thread.start()
+
+    def _join_commit(self) -> None:
+        """Wait for the commit in flight; on success its offsets are the saved ones."""
+        thread = self._commit_thread
+        if thread is None:
+            return
+        thread.join()
+        self._commit_thread = None
+        error, self._commit_error = self._commit_error, None
+        if error is not None:
+            if not isinstance(error, (OSError, sqlite3.Error)):
+                self.store.discard_all()
+                self._rewind()
+                raise error
+            self._commit_failed(error)
+        self._saved_sources = self._commit_sources
+        self.store.evict()
+
+    def _commit_failed(self, e: BaseException) -> None:
+        # Sessions marked clean for the failed commit hold rounds that are not on disk:
+        # forget the whole cache, and re-read from the last offsets that are.
+        self.store.discard_all()
+        self._rewind()
+        reason = getattr(e, "strerror", None) or str(e)
+        raise MonitorError(f"cannot write the store in {self.config.output_dir}: "
+                           f"{reason}; nothing was lost, the same lines are "
+                           "read again once it is writable (free space?)") from e
+
+    def _rewind(self) -> None:
+        self.tailer.sources[:] = copy.deepcopy(self._saved_sources)
+        self.state.sources = self.tailer.sources
+
+    def _count_pass(self, stats: PassStats) -> None:
+        s = self.state
+        s.count("passes")
+        s.count("lines_read", stats.lines)
+        s.count("rounds_stored", stats.rounds)
+        s.count("duplicates_skipped", stats.duplicates)
+        s.count("non_ai_lines", stats.non_ai)
+        s.count("forged_lines", stats.forged)
+        for kind, n in stats.bad.items():
+            s.count_kind("bad_lines", kind, n)
+        for kind, n in stats.warnings.items():
+            s.count_kind("warnings", kind, n)
+        for kind, n in stats.tail_events.items():
+            s.count_kind("file_events", kind, n)
+        if stats.lines or stats.bad or stats.tail_events:
+            try:
+                save_state(self.config.state_path, self.state)
+            except OSError as e:
+                raise MonitorError(f"cannot write {self.config.state_path}: {e.strerror}") from e
