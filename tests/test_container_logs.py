@@ -215,7 +215,7 @@ class ContainerLogs(TempDirTest):
 
         Lf.head, Lf.path = path.read_bytes()[:1024], str(path)
 
-        from agent_session_monitor.ingest.tail import split_lines
+        from agent_session_monitor.ingest.read_lines import split_lines
         raw = split_lines([path.read_bytes()], 0, 2**20, final=False)
         got = list(unwrapper.lines(Src, Lf, raw))
         self.assertEqual([g[2] for g in got], [forged, self.lines[1].rstrip(b"\n")])

@@ -598,7 +598,7 @@ class FollowModeOneMonitor(TempDirTest):
         import io
         from unittest import mock
 
-        from agent_session_monitor.ingest import tail
+        from agent_session_monitor.ingest import read_lines
         from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
         self.dir, self.log, self.n = self.tmp, self.tmp / "access.log", 0
@@ -615,8 +615,8 @@ class FollowModeOneMonitor(TempDirTest):
             write_lines(self.log, reqs(3, 3))
             writer.write(line[:50])
             monitor.poll_once()
-            stepped = tail.time.time() + 3600
-            with mock.patch.object(tail.time, "time", return_value=stepped):
+            stepped = read_lines.time.time() + 3600
+            with mock.patch.object(read_lines.time, "time", return_value=stepped):
                 monitor.poll_once()
             writer.write(line[50:])
             monitor.poll_once()

@@ -6,7 +6,7 @@ import os
 import select
 from typing import Iterator
 
-from .tail import CHUNK
+from .read_lines import CHUNK
 
 
 class StreamSource:
