@@ -32,7 +32,7 @@ class CompactRoundTrip(TempDirTest):
         docs = load_store(self.out)
         refs = {"answer": 0, "tool_calls": 0, "answer+tool_calls": 0, "question": 0,
                 "answer_block": 0}
-        systems = short_keys = derived = shared_file = 0
+        systems = short_keys = derived = shared_file = implied_offsets = 0
         for doc in docs.values():
             disk = json.loads(json.dumps(compact(doc)))
             for i, (rnd, mem) in enumerate(zip(disk["rounds"], doc["rounds"])):
@@ -47,6 +47,7 @@ class CompactRoundTrip(TempDirTest):
             short_keys += sum(1 for r in disk["rounds"] if "k" in r)
             derived += sum(1 for r in disk["rounds"] if "buckets" not in r)
             shared_file += sum(1 for r in disk["rounds"] if "src" in r)
+            implied_offsets += sum(1 for r in disk["rounds"] if "messages_offset" not in r)
             self.assertNotIn('"sha256:', json.dumps(disk["rounds"]))
             self.assertEqual(roundtrip(doc), doc)
         self.assertGreater(refs["question"], 500)
@@ -59,6 +60,7 @@ class CompactRoundTrip(TempDirTest):
         self.assertEqual(short_keys, rounds)
         self.assertGreater(derived, rounds * 0.9)
         self.assertGreater(shared_file, rounds - len(docs) * 2)
+        self.assertGreater(implied_offsets, rounds // 2)
 
 
 class CompactEdgeCases(unittest.TestCase):
@@ -148,6 +150,7 @@ class CompactEdgeCases(unittest.TestCase):
                   {"key": "sha256:" + "A" * 32, "buckets": {}, "source": {"offset": 8, "fp": "f2"}}]
         for rnd in rounds:
             rnd["cache_write_tokens"] = 0   # as every round built since schema 2 says
+            rnd["messages_offset"] = 0
         doc = {**self.doc(rounds), "context_tip": "sha256:" + "A" * 32}
         disk = json.loads(json.dumps(compact(doc)))
         self.assertEqual(disk["layout"], 3)
@@ -161,6 +164,23 @@ class CompactEdgeCases(unittest.TestCase):
         self.assertEqual((third["key"], third["source"]), ("not-a-line-hash", {"fp": "f2", "offset": 7}))
         self.assertEqual(fourth["key"], "sha256:" + "A" * 32)   # not hex: as it is
         self.assertEqual(fourth["source"], {"offset": 8, "fp": "f2"})
+        self.assertEqual(roundtrip(doc), doc)
+
+    def test_layout_3_leaves_out_the_offset_only_where_the_previous_request_gives_it(self):
+        def rnd(key, offset, messages, context):
+            return {"key": key, "request_id": key, "buckets": {}, "cache_write_tokens": 0,
+                    "messages": messages, "messages_offset": offset, "context_key": context}
+        user = {"role": "user", "content": "x"}
+        rounds = [rnd("a", 0, [user, user], None),
+                  rnd("b", 2, [user], "a"),          # extends a's whole request
+                  rnd("c", 2, [user, user], "b"),    # a prefix of b's only
+                  rnd("d", 4, [user], "c"),          # extends c's whole request
+                  rnd("e", 5, [user], "a"),          # extends an older round
+                  rnd("f", 0, [user], None)]         # a new chain
+        doc = {**self.doc(rounds), "context_tip": "f"}
+        disk = json.loads(json.dumps(compact(doc)))
+        self.assertEqual([r.get("messages_offset") for r in disk["rounds"]],
+                         [0, None, 2, None, 5, 0])
         self.assertEqual(roundtrip(doc), doc)
 
     def test_a_store_written_before_layout_3_keeps_its_keys_and_buckets(self):

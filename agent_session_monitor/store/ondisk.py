@@ -34,7 +34,9 @@ moving a round's own fields elsewhere:
   in base64url (22 characters: a lossless re-spelling, so keys of every older store
   still match and nothing about collisions changes); ``source`` is written as
   ``"src": <offset>`` when its log file (``fp``) is the previous round's; and the
-  session's ``context_tip`` is left out when it is its last round's key.
+  session's ``context_tip`` is left out when it is its last round's key; and
+  ``messages_offset`` is left out when the round extends the previous round's whole
+  request (its offset is that round's offset plus its messages).
 
 A placeholder ``null`` keeps the message's key order; only positions listed in
 ``messages_refs`` are references, so a message whose content really is ``null`` stays
@@ -107,8 +109,9 @@ def compact(doc: dict) -> dict:
     default = _usual_price(rounds)
     # Layout 3's omissions need every round to have buckets and the session a tip to
     # give back; a document that lacks them is written as it is.
-    layout = "context_tip" in doc and all(isinstance(r.get("buckets"), dict) for r in rounds)
-    previous = None
+    layout = "context_tip" in doc and all(isinstance(r.get("buckets"), dict)
+                                          and "messages_offset" in r for r in rounds)
+    previous, previous_end = None, None
     fp = None
     for rnd in rounds:
         key = rnd["key"]
@@ -117,9 +120,14 @@ def compact(doc: dict) -> dict:
             del rnd["source"]
             rnd["src"] = source["offset"]
         fp = source.get("fp") if isinstance(source, dict) else None
-        if rnd.get("context_key") is not None and rnd["context_key"] == previous \
-                and rnd.get("messages_offset"):
+        offset = rnd.get("messages_offset")
+        if rnd.get("context_key") is not None and rnd["context_key"] == previous and offset:
             del rnd["context_key"]
+            if layout and type(offset) is int and offset == previous_end:
+                del rnd["messages_offset"]   # extends the previous round's whole request
+        messages = rnd.get("messages")
+        previous_end = (offset or 0) + len(messages) \
+            if type(offset) in (int, type(None)) and isinstance(messages, list) else None
         previous = key
         if key == rnd.get("request_id"):
             del rnd["key"]
@@ -199,7 +207,7 @@ def expand(doc: dict) -> dict:
     default = doc.pop("price_default", None)
     layout = doc.pop("layout", None) == LAYOUT
     rounds = doc.get("rounds") or []
-    previous = None
+    previous, previous_end = None, None
     fp = None
     for i, rnd in enumerate(rounds):
         rnd.setdefault("round", i + 1)
@@ -214,6 +222,12 @@ def expand(doc: dict) -> dict:
         fp = source.get("fp") if isinstance(source, dict) else None
         if layout and "buckets" not in rnd:
             rnd["buckets"] = _derived_buckets(rnd)
+        if layout and "messages_offset" not in rnd and "context_key" not in rnd \
+                and previous_end is not None:
+            rnd["messages_offset"] = previous_end
+        offset, messages = rnd.get("messages_offset"), rnd.get("messages")
+        previous_end = (offset or 0) + len(messages) \
+            if type(offset) in (int, type(None)) and isinstance(messages, list) else None
         if rnd.pop("context_is_previous", False) or (
                 rnd.get("messages_offset") and "context_key" not in rnd):
             rnd["context_key"] = previous
