@@ -256,7 +256,7 @@ def _export_focus(args: argparse.Namespace, out: TextIO, since: str | None,
                          "unpriced_rounds_left_out": result.skipped_rounds})
     else:
         out.write(f"Wrote FOCUS {FOCUS_VERSION} CSV to {safe_text(args.file)}: "
-                  f"{fmt_int(result.rows)} rows ({args.granularity}), BilledCost "
+                  f"{plural(result.rows, 'row')} ({args.granularity}), BilledCost "
                   f"{fmt_usd(result.billed_cost)}; prices: {safe_text(table.source)}\n")
     return EXIT_OK
 

@@ -104,12 +104,12 @@ PRUNE_EVERY = 3600.0   # seconds between prunes in follow mode
 
 
 def _prune(monitor: Monitor, args: argparse.Namespace, out: TextIO) -> None:
-    from .fmt import fmt_bytes, fmt_int, fmt_usd
+    from .fmt import fmt_bytes, fmt_usd
     import math
 
     result = monitor.prune(args.keep)
     if result.sessions and not args.quiet:
-        print(f"Pruned {fmt_int(result.sessions)} sessions ({fmt_int(result.rounds)} rounds, "
+        print(f"Pruned {plural(result.sessions, 'session')} ({plural(result.rounds, 'round')}, "
               f"{fmt_usd(math.fsum(result.cost))}, {fmt_bytes(result.bytes_freed)} freed) whose "
               f"last round is older than {_keep_text(args.keep)}; their totals stay in the "
               "index and reports.", file=out, flush=True)

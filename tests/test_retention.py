@@ -17,6 +17,7 @@ import unittest
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from agent_session_monitor.fmt import plural
 from tests.helpers import ROOT, TempDirTest, load_store, write_lines
 from tests import loggen
 
@@ -98,7 +99,7 @@ class Retention(TempDirTest):
         self.assertTrue(old and len(old) < len(docs))
         code, out, err = self.main("--keep", "30d")
         self.assertEqual(code, 0, err)
-        self.assertIn(f"Pruned {len(old)} sessions", out)
+        self.assertIn(f"Pruned {plural(len(old), 'session')} (", out)
         after_docs = load_store(self.out)
         self.assertEqual(set(after_docs), set(docs) - old)
         self.assertLess(len(self.files()), len(files_before))
