@@ -55,6 +55,13 @@ def console(log: str) -> list[str]:
             if "CONSOLE" in line or "Refused to" in line or "Uncaught" in line]
 
 
+def browser_tmp(prefix: str) -> Path:
+    """A fresh folder for one browser test class (under $ASM_TEST_TMP or .test-tmp)."""
+    base = os.environ.get("ASM_TEST_TMP") or str(ROOT / ".test-tmp")
+    os.makedirs(base, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+
 class BrowserCase(unittest.TestCase):
     store: Path | None = None
 
@@ -63,9 +70,7 @@ class BrowserCase(unittest.TestCase):
         cls.tmp = None
         if not chromium_found():
             return
-        base = os.environ.get("ASM_TEST_TMP") or str(ROOT / ".test-tmp")
-        os.makedirs(base, exist_ok=True)
-        cls.tmp = Path(tempfile.mkdtemp(prefix="browser-", dir=base))
+        cls.tmp = browser_tmp("browser-")
         cls.store = cls.tmp / "sessions"
         build_store(cls.store, cls.tmp / "logs")
         cls.server = Running(cls.store)

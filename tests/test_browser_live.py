@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from tests.cdp import Browser
 from tests.helpers import ROOT, ingest, make_line, require_tool, write_lines
-from tests.test_browser import CHROMIUM, chromium_found
+from tests.test_browser import CHROMIUM, browser_tmp, chromium_found
 from tests.test_web import Running
 
 SESSION = "agent:main:discord:channel:42"
@@ -30,9 +30,7 @@ class LivePages(unittest.TestCase):
         cls.tmp = None
         if not chromium_found():
             return
-        base = os.environ.get("ASM_TEST_TMP") or str(ROOT / ".test-tmp")
-        os.makedirs(base, exist_ok=True)
-        cls.tmp = Path(tempfile.mkdtemp(prefix="live-", dir=base))
+        cls.tmp = browser_tmp("live-")
         cls.store = cls.tmp / "sessions"
         cls.log = cls.tmp / "access.log"
         cls.n = 0
@@ -136,9 +134,7 @@ class PhoneLayout(unittest.TestCase):
         cls.tmp = None
         if not chromium_found():
             return
-        base = os.environ.get("ASM_TEST_TMP") or str(ROOT / ".test-tmp")
-        os.makedirs(base, exist_ok=True)
-        cls.tmp = Path(tempfile.mkdtemp(prefix="phone-", dir=base))
+        cls.tmp = browser_tmp("phone-")
         cls.store = cls.tmp / "sessions"
         example = ROOT / "example"
         ingest(cls.store, example / "access.log")
