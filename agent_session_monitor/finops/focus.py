@@ -25,6 +25,7 @@ from typing import Iterable, TextIO
 from ..store.index import sql_text
 from ..store.names import is_session_file
 from ..store.pruned_archive import is_label, load_label
+from ..pricing import tokens
 from ..pricing.table import PriceTable, provider_of
 from ..reports import window
 from ..reports.reader import StoreReader
@@ -87,9 +88,13 @@ def _agent_column(reader: StoreReader) -> bool:
     return any(r[1] == "agent" for r in reader.db.execute("PRAGMA table_info(sessions)"))
 
 
-_TOKENS = ("SUM(u.b_input + u.b_cache_read + u.b_cache_write + u.b_cache_write_1h)",
-           "SUM(u.b_output + u.b_reasoning)", "SUM(u.b_cache_read)",
-           "SUM(u.b_cache_write + u.b_cache_write_1h)", "SUM(u.b_reasoning)")
+# The index's normalised columns (tokens.py), in the order of _round_tokens.
+_TOKENS = tuple(f"SUM(u.{c})" for c in ("input", "output", "cached", "cache_write", "reasoning"))
+
+
+def _round_tokens(rnd: dict) -> tuple:
+    t = tokens.of_round(rnd)
+    return t["input"], t["output"], t["cached"], t["cache_write"], t["reasoning"]
 
 
 def _day_groups(reader: StoreReader, since, until, agents: bool) -> Iterable[dict]:
@@ -135,16 +140,11 @@ def _rounds(reader: StoreReader, since, until, agents: bool) -> Iterable[dict]:
                 continue   # exact, as every other report (window.py)
             start = datetime.strptime(rnd["timestamp"][:19], "%Y-%m-%dT%H:%M:%S").replace(
                 tzinfo=timezone.utc)
-            b = rnd.get("buckets") or {}
-            tokens = (b.get("input", 0) + b.get("cache_read", 0) + b.get("cache_write", 0)
-                      + b.get("cache_write_1h", 0), b.get("output", 0) + b.get("reasoning", 0),
-                      b.get("cache_read", 0), b.get("cache_write", 0) + b.get("cache_write_1h", 0),
-                      b.get("reasoning", 0))
             cost = rnd.get("cost_usd")
             yield {"start": start, "end": start + timedelta(seconds=1), "model": rnd.get("model"),
                    "consumer": rnd.get("consumer"), "agent": agent_id,
                    "session": None if unsessioned else doc.get("session_id"), "rounds": 1,
-                   "unpriced": 1 if cost is None else 0, "tokens": tokens,
+                   "unpriced": 1 if cost is None else 0, "tokens": _round_tokens(rnd),
                    "cost": cost or 0.0}
 
 
@@ -154,8 +154,8 @@ def _row(g: dict, table: PriceTable, account: str) -> dict:
     provider = provider_of(*found) if found else "unknown"
     month = g["start"].replace(day=1, hour=0, minute=0, second=0)
     next_month = (month + timedelta(days=32)).replace(day=1)
-    tokens = g["tokens"]
-    consumed = tokens[0] + tokens[1]
+    counts = g["tokens"]
+    consumed = counts[0] + counts[1]
     cost = _decimal(g["cost"])
     who = f" for consumer {g['consumer']}" if g["consumer"] else ""
     return {
@@ -174,9 +174,9 @@ def _row(g: dict, table: PriceTable, account: str) -> dict:
         "SkuId": model or None,
         "x_Consumer": g["consumer"], "x_AgentId": g["agent"], "x_SessionId": g["session"],
         "x_Rounds": g["rounds"], "x_UnpricedRounds": g["unpriced"],
-        "x_InputTokens": tokens[0], "x_OutputTokens": tokens[1],
-        "x_CacheReadTokens": tokens[2], "x_CacheWriteTokens": tokens[3],
-        "x_ReasoningTokens": tokens[4],
+        "x_InputTokens": counts[0], "x_OutputTokens": counts[1],
+        "x_CacheReadTokens": counts[2], "x_CacheWriteTokens": counts[3],
+        "x_ReasoningTokens": counts[4],
     }
 
 
