@@ -102,8 +102,7 @@ def crossings(budget: Budget, usages: list[Usage], thresholds: tuple,
 
 # -- usage from the index -------------------------------------------------------------
 
-TOKENS = ("u.b_input + u.b_cache_read + u.b_cache_write + u.b_cache_write_1h + u.b_output "
-          "+ u.b_reasoning")
+TOKENS = "u.input + u.output"   # total (tokens.py): the index's normalised columns
 
 
 def session_usage(db: sqlite3.Connection, files: list[str]) -> list[Usage]:

@@ -16,10 +16,9 @@ from datetime import datetime, timedelta, timezone, tzinfo
 
 from ..fmt import fmt_int, fmt_usd, safe_text, shorten
 from . import window
-from ..store.index import BUCKET_FIELDS
 from .timerange import day_window
 
-TOKENS = " + ".join(f"b_{f}" for f in BUCKET_FIELDS)   # every token, whatever its kind
+TOKENS = "input + output"   # total (tokens.py): the index's normalised columns
 WINDOW_MINUTES = 60
 ACTIVE_MINUTES = 15
 
