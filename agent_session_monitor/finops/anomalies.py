@@ -191,10 +191,7 @@ def _loop(run: list[dict], trigger: dict, sig: tuple, has_args: bool, need: int)
 # -- runaway context ------------------------------------------------------------------
 
 def prompt_tokens(rnd: dict) -> int:
-    buckets = rnd.get("buckets")
-    if isinstance(buckets, dict):
-        return Buckets.from_dict(buckets).prompt_tokens
-    return tokens.of_round(rnd)["input"]
+    return tokens.of_round(rnd)["input"]   # uncached + cache read + cache write
 
 
 def runaway_context(rounds: list[dict], table: PriceTable | None = None,
@@ -312,10 +309,10 @@ def _outlier(r: dict, group: list[dict], median: float, model: str) -> Anomaly:
     ratio = r["cost_usd"] / median
     prompt = prompt_tokens(r)
     med_prompt = statistics.median(prompt_tokens(g) for g in group)
-    out = tokens.of_round(r)["output"]
+    mine = tokens.of_round(r)
+    out = mine["output"]
     med_out = statistics.median(tokens.of_round(g)["output"] for g in group)
-    buckets = Buckets.from_dict(r.get("buckets") or {})
-    if buckets.cache_write + buckets.cache_write_1h > prompt / 2 and prompt <= 3 * med_prompt:
+    if mine["cache_write"] > prompt / 2 and prompt <= 3 * med_prompt:
         why = "most of its prompt was written to the cache (a prompt-cache miss)"
     elif out > 3 * max(med_out, 1) and out * 3 > prompt:
         why = f"it produced {fmt_int(out)} output tokens (median {fmt_int(round(med_out))})"
