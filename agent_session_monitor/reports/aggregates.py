@@ -124,7 +124,7 @@ def _whole_store_by_key(reader: StoreReader, by: str) -> list[dict]:
     """Agent, channel or kind rows over the whole store from the sessions table (one
     row per session, its key's parts in columns) instead of every usage row: the same
     sums, read once per session. No per-bucket (b_*) sums: the sessions table has none."""
-    sums = [c for c in _SESSION_SUMS]
+    sums = _SESSION_SUMS
     sub = "CASE WHEN kind = 'subagent' THEN {} ELSE 0 END"
     sql = (f"SELECT {by}, COUNT(*), {', '.join(f'SUM({c})' for c in sums)}, "
            f"SUM({sub.format('COALESCE(cost, 0)')}), SUM({sub.format('rounds')}), "
@@ -133,13 +133,18 @@ def _whole_store_by_key(reader: StoreReader, by: str) -> list[dict]:
     for r in reader.db.execute(sql):
         row = {"key": r[0], "sessions": r[1], **dict(zip(sums, r[2:2 + len(sums)]))}
         row["cost"] = row["cost"] or 0.0
-        row.update(zip(("subagent_cost", "subagent_rounds", "subagent_sessions"),
-                       r[2 + len(sums):]))
-        if not row["subagent_rounds"]:
-            row["subagent_cost"] = 0.0
-        rows.append(row)
+        rows.append(_subagent_part(row, r[2 + len(sums):]))
     rows.sort(key=lambda r: (-r["cost"], r["key"] is not None, r["key"] or ""))
     return [_priced_or_none(r) for r in rows]
+
+
+def _subagent_part(row: dict, values) -> dict:
+    """A key group's row with the part of it spent in sub-agent sessions (cost, rounds,
+    sessions: the grouping query's last three columns); no such rounds cost $0."""
+    row.update(zip(("subagent_cost", "subagent_rounds", "subagent_sessions"), values))
+    if not row["subagent_rounds"]:
+        row["subagent_cost"] = 0.0
+    return row
 
 
 def _sessions_per(reader: StoreReader, by: str, null_key: bool) -> list[tuple]:

@@ -31,7 +31,8 @@ from ..store.sessions import UnreadableSession, read_document, unreadable_reason
 from ..store import fulltext
 from . import window
 from .aggregates import (
-    _by_day_bounds, _priced_or_none, _whole_store_by, _whole_store_by_key, range_totals,
+    _by_day_bounds, _priced_or_none, _subagent_part, _whole_store_by, _whole_store_by_key,
+    range_totals,
 )
 from .subagent_costs import SubagentCosts
 
@@ -294,10 +295,7 @@ class StoreReader(SubagentCosts):
         for r in self.db.execute(sql, params):
             row = {"key": r[0], "sessions": r[1], **dict(zip(SUMS, r[2:2 + len(SUMS)]))}
             if by in KEY_GROUPS:
-                row.update(zip(("subagent_cost", "subagent_rounds", "subagent_sessions"),
-                               r[2 + len(SUMS):]))
-                if not row["subagent_rounds"]:
-                    row["subagent_cost"] = 0.0
+                _subagent_part(row, r[2 + len(SUMS):])
             rows.append(_priced_or_none(row))
         return rows
 
