@@ -108,18 +108,21 @@ def sql_text(value: object) -> object:
     return value
 
 
-def session_row(file_name: str, doc: dict, size: int) -> tuple:
-    rounds = doc.get("rounds") or []
+def session_row(file_name: str, doc: dict, size: int, per_round: list[tuple]) -> tuple:
+    """The session's ``sessions`` row; its token and tool-call sums come from its
+    ``round_usage`` rows (:func:`usage_rows`), not from its rounds again."""
     key = parse_session_key(None if doc.get("unsessioned") else doc.get("session_id"))
-    t = tokens.of_rounds(rounds)
+    # round_usage columns after (sid, timestamp, bucket, model, consumer): the round
+    # count, then input, output, reasoning, cached, cache write (round_sums); last, the
+    # tool-call flag.
+    t = [sum(r[i] for r in per_round) for i in range(6, 11)]
     return (
         file_name, sql_text(doc.get("session_id") or ""), 1 if doc.get("unsessioned") else 0,
-        doc.get("created_at"), doc.get("updated_at"), len(rounds),
-        t["input"], t["output"], t["reasoning"], t["cached"], t["cache_write"],
+        doc.get("created_at"), doc.get("updated_at"), len(per_round), *t,
         doc.get("total_cost_usd"),
         doc.get("unpriced_rounds") or 0, sql_text(doc.get("model")),
         json.dumps(doc.get("models") or []), json.dumps(doc.get("consumers") or []),
-        sum(1 for r in rounds if r.get("has_tool_calls")), size,
+        sum(r[-1] for r in per_round), size,
         sql_text(key.agent), sql_text(key.channel), key.kind,
     )
 
@@ -182,7 +185,7 @@ def prepare_rows(docs: list[tuple[str, dict, int]], with_text: bool) -> list[tup
     prepared = []
     for name, doc, size in docs:
         rows, rounds = usage_rows(0, doc)
-        prepared.append((name, session_row(name, doc, size), [r[1:] for r in rows],
+        prepared.append((name, session_row(name, doc, size, rounds), [r[1:] for r in rows],
                          [r[1:] for r in rounds],
                          [(sql_text(child), at) for child, at in doc_claims(doc)],
                          fulltext.round_keys(doc) if with_text else None))
