@@ -164,7 +164,10 @@ class WebApp:
         html = render_html.overview_page(self._ctx(access), view, query)
         return Response(200, html_bytes(html), HTML)
 
-    def _load(self, params: dict, access: Access) -> dict:
+    def _load(self, params: dict, access: Access,
+              family: bool = False) -> tuple[dict, dict | None]:
+        """The session and, with ``family``, its parent and sub-agents with their cost
+        (StoreReader.rollup), read with one reader."""
         session_id = params.get("id")
         if not session_id:
             raise Refused(400, "No session id", "Give the session as /session?id=SESSION_ID.")
@@ -177,28 +180,24 @@ class WebApp:
                               f"The file of this session ({e.path.name}) is corrupt or "
                               f"unreadable: {e.reason}. It is kept as it is for the operator "
                               "(main.py --rebuild-index lists every such file).") from None
-            # No suggestions for an id with a lone surrogate: SQLite cannot bind it.
-            matches = (reader.close_matches(session_id)
-                       if doc is None and access.full and _is_utf8(session_id) else [])
-        if doc is None:
-            raise _Unknown(session_id, matches)
-        return doc
-
-    def _family(self, doc: dict) -> dict | None:
-        """The session's parent and sub-agents with their cost (StoreReader.rollup)."""
-        if doc.get("unsessioned") or not _is_utf8(doc.get("session_id") or ""):
-            return None
-        with self.store.reader() as reader:
-            return reader.rollup(doc["session_id"])
+            if doc is None:
+                # No suggestions for an id with a lone surrogate: SQLite cannot bind it.
+                raise _Unknown(session_id, reader.close_matches(session_id)
+                               if access.full and _is_utf8(session_id) else [])
+            rollup = None
+            if (family and not doc.get("unsessioned")
+                    and _is_utf8(doc.get("session_id") or "")):
+                rollup = reader.rollup(doc["session_id"])
+        return doc, rollup
 
     def page_session(self, params: dict, access: Access) -> Response:
         try:
-            doc = self._load(params, access)
+            doc, family = self._load(params, access, family=True)
         except _Unknown as e:
             html = render_html.unknown_session_page(self._ctx(access), e.session_id, e.matches)
             return Response(404, html_bytes(html), HTML)
         found = insights.session_insights(doc, self.table)
-        view = session_view.session_page(doc, self.tz, insights=found, family=self._family(doc))
+        view = session_view.session_page(doc, self.tz, insights=found, family=family)
         context = None
         if "context" in params:
             n = _int_param(params, "context", 0, 0, 10**7)
@@ -208,7 +207,8 @@ class WebApp:
 
     def api_session(self, params: dict, access: Access) -> Response:
         try:
-            doc = self._load(params, access)
+            doc, family = self._load(params, access,
+                                     family=bool(params.get("view")) and "context" not in params)
         except _Unknown as e:
             raise Refused(404, "Unknown session",
                           f"No session with id {e.session_id!r} in this store.") from None
@@ -220,7 +220,7 @@ class WebApp:
         if params.get("view"):
             after = _int_param(params, "after", 0, 0, 10**7)
             found = insights.session_insights(doc, self.table)
-            view = session_view.session_page(doc, self.tz, after, found, self._family(doc))
+            view = session_view.session_page(doc, self.tz, after, found, family)
             return Response(200, json_bytes({"view": view}), JSON)
         headers = []
         if params.get("download"):
