@@ -155,7 +155,7 @@ class WebApp:
 
     def page_overview(self, params: dict, access: Access) -> Response:
         query = views.SessionQuery.from_params(params)
-        days = _int_param(params, "days", 30, 1, 366)
+        days = views.int_param(params, "days", 30, 1, 366)
         data = self.store.overview_data(days)
         with self.store.reader() as reader:
             listing = views.session_list(reader, query)
@@ -200,7 +200,7 @@ class WebApp:
         view = session_view.session_page(doc, self.tz, insights=found, family=family)
         context = None
         if "context" in params:
-            n = _int_param(params, "context", 0, 0, 10**7)
+            n = views.int_param(params, "context", 0, 0, 10**7)
             context = session_view.context_view(doc, n)
         html = render_session.session_page(self._ctx(access), view, context=context)
         return Response(200, html_bytes(html), HTML)
@@ -213,12 +213,12 @@ class WebApp:
             raise Refused(404, "Unknown session",
                           f"No session with id {e.session_id!r} in this store.") from None
         if "context" in params:
-            context = session_view.context_view(doc, _int_param(params, "context", 0, 0, 10**7))
+            context = session_view.context_view(doc, views.int_param(params, "context", 0, 0, 10**7))
             if context is None:
                 raise Refused(404, "Unknown round", "This session has no such round.")
             return Response(200, json_bytes({"context": context}), JSON)
         if params.get("view"):
-            after = _int_param(params, "after", 0, 0, 10**7)
+            after = views.int_param(params, "after", 0, 0, 10**7)
             found = insights.session_insights(doc, self.table)
             view = session_view.session_page(doc, self.tz, after, found, family)
             return Response(200, json_bytes({"view": view}), JSON)
@@ -240,7 +240,7 @@ class WebApp:
         return Response(200, json_bytes(record), JSON)
 
     def api_stats(self, params: dict, access: Access) -> Response:
-        days = _int_param(params, "days", 30, 1, 366)
+        days = views.int_param(params, "days", 30, 1, 366)
         data = self.store.overview_data(days)
         listing = None
         with self.store.reader() as reader:
@@ -325,13 +325,6 @@ def _is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _int_param(params: dict, name: str, default: int, low: int, high: int) -> int:
-    try:
-        return max(low, min(int(params.get(name, default)), high))
-    except ValueError:
-        return default
 
 
 def json_bytes(data: object, indent: int | None = None) -> bytes:

@@ -25,6 +25,14 @@ SESSION_COLUMNS = ("Session", "Model", "Rounds", "Input", "Output", "Cached", "C
 USAGE_COLUMNS = ("Sessions", "Rounds", "Input", "Output", "Reasoning", "Cached", "Cost")
 
 
+def int_param(params: dict, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter held to low..high; ``default`` if not a number."""
+    try:
+        return max(low, min(int(params.get(name, default)), high))
+    except ValueError:
+        return default
+
+
 @dataclass(frozen=True)
 class SessionQuery:
     """The overview's session list state, as it appears in the URL."""
@@ -39,14 +47,8 @@ class SessionQuery:
     @classmethod
     def from_params(cls, params: dict[str, str]) -> "SessionQuery":
         sort = params.get("sort", "updated")
-        try:
-            page = max(1, min(int(params.get("page", "1")), 10**7))
-        except ValueError:
-            page = 1
-        try:
-            per_page = int(params.get("per_page", "25"))
-        except ValueError:
-            per_page = 25
+        page = int_param(params, "page", 1, 1, 10**7)
+        per_page = int_param(params, "per_page", 25, 0, 10**7)
         return cls(q=params.get("q", "")[:200], sort=sort if sort in SORTS else "updated",
                    model=params.get("model", "")[:300], consumer=params.get("consumer", "")[:300],
                    page=page, per_page=per_page if per_page in PAGE_SIZES else 25)
