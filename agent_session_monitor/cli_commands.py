@@ -25,7 +25,7 @@ from .config import DEFAULT_DATA_DIR, ENV_BASE_URL, ENV_DATA_DIR, ENV_LINK_SECRE
 from .errors import EXIT_OK, EXIT_USAGE, MonitorError
 from .fmt import fmt_int, fmt_usd, plural, safe_text
 from .store.durable import atomic_write
-from .links import DEFAULT_BASE_URL, session_url
+from .links import DEFAULT_BASE_URL, DEFAULT_LINK_TTL, parse_ttl, session_url
 from .reports.burn import burn
 from .finops.insights import session_insights
 from .pricing.table import load_price_table
@@ -290,10 +290,7 @@ def cmd_url(args: argparse.Namespace, out: TextIO) -> int:
     if not re.match(r"https?://[^/?#\s]+", base):
         raise MonitorError(f"--base-url {safe_text(base)!r} is not an http(s) URL "
                            "(e.g. http://127.0.0.1:8888)", EXIT_USAGE)
-    ttl = _duration(args.expires_in) if args.expires_in else None
-    if ttl is not None and not secret:
-        raise MonitorError(f"--expires-in needs a link secret (--secret or ${ENV_LINK_SECRET}): "
-                           "an unsigned link cannot expire", EXIT_USAGE)
+    ttl = _link_ttl(args.expires_in, bool(secret))
     if not args.no_check:
         # The agent asks for its link before the monitor's next pass has seen the
         # session: the link is still right, and its page waits for the first round.
@@ -402,18 +399,19 @@ def _day(text: str) -> date:
         raise MonitorError(f"--end {safe_text(text)!r} is not a date (YYYY-MM-DD)", EXIT_USAGE) from None
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _duration(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d{1,15})\s*([smhdw]?)\s*", text)
-    if not m or int(m.group(1)) <= 0:
-        raise MonitorError(f"--expires-in {safe_text(text)[:40]!r}: use a duration such as 3600, "
-                           "90m, 24h or 7d", EXIT_USAGE)
-    seconds = int(m.group(1)) * _UNITS[m.group(2) or "s"]
-    if seconds > MAX_DAYS * 86400:   # its expiry must be a date (years 1..9999)
-        raise MonitorError(f"--expires-in {safe_text(text)!r}: at most {MAX_DAYS}d", EXIT_USAGE)
-    return seconds
+def _link_ttl(text: str | None, signed: bool) -> int | None:
+    """--expires-in: a duration or ``never``; signed links expire after 30 days unless
+    told otherwise (links.DEFAULT_LINK_TTL)."""
+    if text is None:
+        return DEFAULT_LINK_TTL if signed else None
+    try:
+        ttl = parse_ttl(text)
+    except ValueError as e:
+        raise MonitorError(f"--expires-in {safe_text(text)[:40]!r}: {e}", EXIT_USAGE) from None
+    if ttl is not None and not signed:
+        raise MonitorError(f"--expires-in needs a link secret (--secret or ${ENV_LINK_SECRET}): "
+                           "an unsigned link cannot expire", EXIT_USAGE)
+    return ttl
 
 
 # Beyond these a count or a span is a typo, and SQLite (64-bit) or datetime (years

@@ -5,10 +5,32 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from urllib.parse import quote, urlencode
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8888"
+
+# A signed link is a credential for one conversation, and it is pasted into chats that
+# keep their history for years: unless asked otherwise it stops working after this long.
+DEFAULT_LINK_TTL = 30 * 86400
+# Its expiry must stay a date (datetime's years end at 9999).
+MAX_LINK_TTL = 36500 * 86400
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_ttl(text: str) -> int | None:
+    """Seconds a signed link stays valid: ``3600``, ``90m``, ``24h``, ``7d``, ``2w``, or
+    ``never`` (None). ValueError, with a message to show, for anything else."""
+    if text.strip().lower() == "never":
+        return None
+    m = re.fullmatch(r"\s*(\d{1,15})\s*([smhdw]?)\s*", text)
+    if not m or int(m.group(1)) <= 0:
+        raise ValueError("use a duration such as 3600, 90m, 24h or 7d, or never")
+    seconds = int(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if seconds > MAX_LINK_TTL:
+        raise ValueError(f"at most {MAX_LINK_TTL // 86400}d")
+    return seconds
 
 
 def sign(session_id: str, secret: str, expires: int | None = None) -> str:

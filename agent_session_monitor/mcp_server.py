@@ -35,7 +35,7 @@ from . import __version__
 from .argtypes import Parser, parse
 from .config import DEFAULT_DATA_DIR, ENV_BASE_URL, ENV_DATA_DIR, ENV_LINK_SECRET, data_dir, resolve
 from .errors import MonitorError
-from .links import DEFAULT_BASE_URL, session_url
+from .links import DEFAULT_BASE_URL, DEFAULT_LINK_TTL, parse_ttl, session_url
 from .reports.reader import StoreReader
 from .reports.aggregates import day_range, range_totals, recent_days
 from .reports.records import key_group_record, key_group_rows, session_record, usage_record
@@ -57,10 +57,14 @@ PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR =
 class Server:
     """The protocol state of one stdio connection and the tools' configuration."""
 
-    def __init__(self, directory: Path, base_url: str, secret: str | None) -> None:
+    def __init__(self, directory: Path, base_url: str, secret: str | None,
+                 link_ttl: int | None = DEFAULT_LINK_TTL) -> None:
         self.directory = directory
         self.base_url = base_url
         self.secret = secret
+        # Anyone who can chat with the agent can ask for a link to any session id: a
+        # signed link is a credential, so it expires (--link-expires-in, default 30d).
+        self.link_ttl = link_ttl
         self.version: str | None = None   # negotiated protocol revision
         self.handlers: dict[str, Callable[[dict], dict]] = {
             "session_cost": self.session_cost, "top_sessions": self.top_sessions,
@@ -154,7 +158,7 @@ class Server:
         return StoreReader.open(self.directory, progress=False)
 
     def url(self, session_id: str) -> str:
-        return session_url(session_id, self.base_url, self.secret)
+        return session_url(session_id, self.base_url, self.secret, self.link_ttl)
 
     def session_cost(self, args: dict) -> dict:
         _only(args, "session_id")
@@ -286,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", metavar="URL",
                    help=f"web UI address for session links (default ${ENV_BASE_URL} or "
                         f"{DEFAULT_BASE_URL})")
+    p.add_argument("--link-expires-in", metavar="DURATION", default=None,
+                   help="signed session links (with $" + ENV_LINK_SECRET + ") expire after "
+                        "this long: 3600, 90m, 24h, 7d, or never (default 30d)")
     return p
 
 
@@ -299,8 +306,14 @@ def main(argv: list[str] | None = None, stdin: BinaryIO | None = None,
     if not re.match(r"https?://[^/?#\s]+", base):
         err.write(f"{PROG}: error: --base-url {base[:200]!r} is not an http(s) URL\n")
         return 2
+    try:
+        ttl = (DEFAULT_LINK_TTL if args.link_expires_in is None
+               else parse_ttl(args.link_expires_in))
+    except ValueError as e:
+        err.write(f"{PROG}: error: --link-expires-in {args.link_expires_in[:40]!r}: {e}\n")
+        return 2
     secret = resolve(None, ENV_LINK_SECRET)
-    server = Server(data_dir(args.data_dir), base, str(secret) if secret else None)
+    server = Server(data_dir(args.data_dir), base, str(secret) if secret else None, ttl)
     if stdout is None:
         # The protocol owns stdout: anything else printed (a stray print, a warning)
         # goes to stderr instead of corrupting the stream.

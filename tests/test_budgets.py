@@ -11,12 +11,13 @@ import json
 import shutil
 import time
 from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlsplit
 
 from tests.helpers import TempDirTest, write_lines
 from tests.webhook_server import WebhookServer
 
 from agent_session_monitor.finops import monitor_hooks as finops
-from agent_session_monitor import monitor_cli
+from agent_session_monitor import links, monitor_cli
 from agent_session_monitor.finops.alerts import parse_sink
 from agent_session_monitor.finops.budget_watch import FinOpsConfig
 from agent_session_monitor.finops.budgets import Budget
@@ -252,9 +253,9 @@ class OutboxTest(BudgetStore):
 
 
 class AnomalyAlertTest(BudgetStore):
-    def test_a_tool_loop_is_alerted_once_with_a_link(self) -> None:
+    def tool_loop_alert(self, **config) -> dict:
         config = self.config(anomaly_kinds=frozenset({"tool_loop"}),
-                             base_url="https://mon.example")
+                             base_url="https://mon.example", **config)
         call = [{"id": "c1", "type": "function",
                  "function": {"name": "read_file", "arguments": '{"path": "a.py"}'}}]
         history = [{"role": "user", "content": "fix it"}]
@@ -268,12 +269,26 @@ class AnomalyAlertTest(BudgetStore):
         self.run_monitor(config, *lines[2:4])
         self.run_monitor(config, *lines[4:])
         (alert,) = self.alerts()
+        return alert
+
+    def test_a_tool_loop_is_alerted_once_with_a_link(self) -> None:
+        alert = self.tool_loop_alert()
         self.assertEqual(alert["title"], "Agent anomaly: tool-call loop")
         self.assertEqual(alert["url"], "https://mon.example/session?id=s1")
         # Seen in the second run, once round 4 brought round 3's result back.
         self.assertIn('read_file({"path": "a.py"}) was called in 4 rounds in a row (1-4)',
                       alert["text"])
         self.assertEqual(alert["data"]["kind"], "tool_loop")
+
+    def test_a_signed_link_in_an_alert_expires_after_30_days(self) -> None:
+        # Alerts land in shared channels that keep their history: the link they carry
+        # is a credential for the conversation, so it expires like cli.py url's.
+        before = time.time()
+        alert = self.tool_loop_alert(link_secret="k")
+        q = {k: v[0] for k, v in parse_qs(urlsplit(alert["url"]).query).items()}
+        self.assertAlmostEqual(int(q["exp"]) - before, 30 * 86400, delta=60)
+        self.assertTrue(links.verify("s1", q["sig"], q["exp"], "k"))
+        self.assertFalse(links.verify("s1", q["sig"], q["exp"], "k", now=int(q["exp"]) + 1))
 
 
 class FlagsTest(TempDirTest):

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -292,6 +293,26 @@ class ExampleStoreTest(CliTest):
         expires = datetime.fromisoformat(data["expires_at"].replace("Z", "+00:00"))
         self.assertAlmostEqual((expires - datetime.now(timezone.utc)).total_seconds(), 86400, delta=60)
         self.assertEqual(int(q["exp"]), int(expires.timestamp()))
+
+    def test_url_signed_link_expires_after_30_days_unless_told_never(self) -> None:
+        # A signed link is a credential pasted into chats that keep years of history.
+        before = time.time()
+        data = json.loads(self.ok("--json", "url", "s-quote", "--secret", "k", store=self.store))
+        q = {k: v[0] for k, v in parse_qs(urlsplit(data["url"]).query).items()}
+        self.assertAlmostEqual(int(q["exp"]) - before, 30 * 86400, delta=30)
+        self.assertTrue(verify("s-quote", q["sig"], q["exp"], "k"))
+        self.assertFalse(verify("s-quote", q["sig"], q["exp"], "k", now=int(q["exp"]) + 1))
+        self.assertEqual(data["expires_at"], datetime.fromtimestamp(int(q["exp"]), timezone.utc)
+                         .strftime("%Y-%m-%dT%H:%M:%SZ"))
+        data = json.loads(self.ok("--json", "url", "s-quote", "--secret", "k", "--expires-in",
+                                  "never", store=self.store))
+        q = {k: v[0] for k, v in parse_qs(urlsplit(data["url"]).query).items()}
+        self.assertNotIn("exp", q)
+        self.assertIsNone(data["expires_at"])
+        self.assertTrue(verify("s-quote", q["sig"], None, "k"))
+        # Unsigned links cannot expire: "never" is accepted there, a duration is not.
+        link = self.ok("url", "s-quote", "--expires-in", "never", store=self.store).strip()
+        self.assertEqual(link, "http://127.0.0.1:8888/session?id=s-quote")
 
     def test_url_usage_errors(self) -> None:
         code, out, err = self.cli("url", "s-quote", "--expires-in", "7d", store=self.store)

@@ -18,6 +18,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import time
 import unittest
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,6 +26,7 @@ from tests.helpers import ROOT, TempDirTest, ingest, require_tool, venv_python
 from tests.openclaw_logs import scenario
 
 from agent_session_monitor.mcp_schema import TOOLS
+from agent_session_monitor.links import verify
 from agent_session_monitor.mcp_server import MAX_LINE, PROTOCOL_VERSIONS, Server, serve
 
 SERVER = ROOT / "scripts" / "mcp_server.py"
@@ -47,10 +49,11 @@ class StoreTest(TempDirTest):
 class StdioProtocol(StoreTest):
     """The server as a subprocess, spoken to in raw JSON-RPC lines."""
 
-    def exchange(self, *lines: bytes | dict, env: dict | None = None) -> list[dict]:
+    def exchange(self, *lines: bytes | dict, env: dict | None = None,
+                 args: tuple = ()) -> list[dict]:
         data = b"".join((json.dumps(m).encode() if isinstance(m, dict) else m) + b"\n"
                         for m in lines)
-        proc = subprocess.run([sys.executable, str(SERVER), "--data-dir", str(self.out)],
+        proc = subprocess.run([sys.executable, str(SERVER), "--data-dir", str(self.out), *args],
                               input=data, capture_output=True, timeout=60,
                               env={**os.environ, **(env or {})})
         self.assertEqual(proc.returncode, 0, proc.stderr)
@@ -111,6 +114,34 @@ class StdioProtocol(StoreTest):
         url = got[1]["result"]["structuredContent"]["url"]
         self.assertTrue(url.startswith("https://asm.example.org/session?id="))
         self.assertIn("&sig=", url)
+
+    def test_a_signed_link_asked_for_in_a_chat_expires_after_30_days_unless_configured(self):
+        # Whoever can chat with the agent can ask for any session's link: a link that
+        # never expired would be a standing credential for that conversation.
+        secret = {"AGENT_SESSION_MONITOR_LINK_SECRET": "s3cret"}
+        ask = self.request(1, "tools/call", {"name": "session_cost",
+                                             "arguments": {"session_id": self.main}})
+        for args, ttl in (((), 30 * 86400), (("--link-expires-in", "2h"), 7200),
+                          (("--link-expires-in", "never"), None)):
+            with self.subTest(args=args):
+                before = time.time()
+                url = self.exchange(self.initialize(), ask, env=secret, args=args
+                                    )[1]["result"]["structuredContent"]["url"]
+                q = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+                self.assertTrue(verify(self.main, q["sig"], q.get("exp"), "s3cret"))
+                if ttl is None:
+                    self.assertNotIn("exp", q)
+                else:
+                    self.assertAlmostEqual(int(q["exp"]) - before, ttl, delta=30)
+                    self.assertFalse(verify(self.main, q["sig"], q["exp"], "s3cret",
+                                            now=int(q["exp"]) + 1))
+        for bad in ("soon", "0", "-5m", "36501d", "9" * 5000):
+            proc = subprocess.run([sys.executable, str(SERVER), "--data-dir", str(self.out),
+                                   "--link-expires-in", bad], input=b"", capture_output=True,
+                                  timeout=60)
+            self.assertEqual((proc.returncode, proc.stdout), (2, b""), bad[:20])
+            self.assertEqual(len(proc.stderr.decode().strip().splitlines()), 1, proc.stderr)
+            self.assertNotIn(b"Traceback", proc.stderr)
 
     def test_version_negotiation_keeps_a_known_version_and_offers_the_latest_otherwise(self):
         for asked, agreed in [*((v, v) for v in PROTOCOL_VERSIONS), ("1999-01-01", PROTOCOL_VERSIONS[-1]),

@@ -33,7 +33,7 @@ from .budgets import (
     session_usage, total_tokens,
 )
 from ..fmt import fmt_pct, fmt_usd
-from ..links import session_url
+from ..links import DEFAULT_LINK_TTL, session_url
 from ..reports.live import budget_line
 from ..pricing.cost import Buckets
 from ..ingest.state import save_state
@@ -235,7 +235,10 @@ class FinOps:
     def _link(self, session_id: str) -> str | None:
         if not self.config.base_url:
             return None
-        return session_url(session_id, self.config.base_url, self.config.link_secret)
+        # Alerts land in shared channels: a signed link in one expires like any other,
+        # counted from the wall clock (self.clock may follow the log's event times).
+        return session_url(session_id, self.config.base_url, self.config.link_secret,
+                           DEFAULT_LINK_TTL)
 
     # -- recording and sending -----------------------------------------------------
 
