@@ -15,6 +15,7 @@ from .request import BadLine, Request, _decode
 GATEWAY_FIELDS = ("authority", "method", "path", "response_code", "route_name", "duration",
                   "upstream_cluster", "user_agent")
 TOKEN_FIELDS = ("input_token", "output_token", "total_token", "cached_tokens", "reasoning_tokens")
+_NO_COUNTS = [None] * len(TOKEN_FIELDS)
 
 
 def _build(outer: dict, ai: dict, read_time: str, warnings: list[str]) -> Request:
@@ -29,21 +30,23 @@ def _build(outer: dict, ai: dict, read_time: str, warnings: list[str]) -> Reques
         session_id = client_session_id(session_id)
         warnings.append("reserved_session_id")
 
-    tokens = {}
-    has_usage = False
+    # TOKEN_FIELDS, in order (a bad one makes the line bad: the first is reported). A
+    # plain count in range is taken inline: this runs for every line.
+    counts = []
     for name in TOKEN_FIELDS:
         value = ai.get(name)
-        if value is None:
-            tokens[name] = None
-            continue
-        tokens[name] = _token_count(name, value, warnings)
-        has_usage = True
+        if value is not None and (type(value) is not int or not 0 <= value <= MAX_TOKENS):
+            value = _token_count(name, value, warnings)
+        counts.append(value)
+    input_token, output_token, total_token, cached_tokens, reasoning_tokens = counts
+    has_usage = counts != _NO_COUNTS
 
     timestamp, time_source = _event_time(outer, ai, read_time, warnings)
     request_id = outer.get("request_id")
     if not isinstance(request_id, str) or request_id in ("", "-"):
         request_id = None
-    gateway = {k: outer[k] for k in GATEWAY_FIELDS if k in outer and outer[k] not in ("-", None)}
+    get = outer.get
+    gateway = {k: v for k in GATEWAY_FIELDS if (v := get(k)) not in ("-", None)}
     return Request(
         ai=ai,
         session_id=session_id,
@@ -51,11 +54,11 @@ def _build(outer: dict, ai: dict, read_time: str, warnings: list[str]) -> Reques
         timestamp=timestamp,
         time_source=time_source,
         gateway=gateway,
-        input_token=tokens["input_token"] or 0,
-        output_token=tokens["output_token"] or 0,
-        total_token=tokens["total_token"],
-        cached_tokens=tokens["cached_tokens"],
-        reasoning_tokens=tokens["reasoning_tokens"],
+        input_token=input_token or 0,
+        output_token=output_token or 0,
+        total_token=total_token,
+        cached_tokens=cached_tokens,
+        reasoning_tokens=reasoning_tokens,
         input_details=_details(ai.get("input_token_details"), warnings),
         output_details=_details(ai.get("output_token_details"), warnings),
         has_usage=has_usage,
@@ -107,16 +110,38 @@ def _details(value: object, warnings: list[str]) -> dict:
     if value is None or value == "":
         return {}
     if isinstance(value, str):
+        # Most lines carry one of a few maps ('{"cached_tokens":0}'): a map of plain
+        # counts decoded and checked before is copied, not decoded again.
+        known = _DETAILS_MEMO.get(value)
+        if known is not None:
+            return dict(known)
+        text = value
         try:
-            value = _decode(value)
+            value = _decode(text)
         except (ValueError, RecursionError):
             warnings.append("bad_details")
             return {}
+        if not isinstance(value, dict):
+            warnings.append("bad_details")
+            return {}
+        _check_counts(value, 0)
+        if len(text) <= _DETAILS_MEMO_CHARS and all(type(v) is int for v in value.values()):
+            if len(_DETAILS_MEMO) >= _DETAILS_MEMO_LIMIT:
+                _DETAILS_MEMO.clear()   # hostile logs can send endless distinct maps
+            _DETAILS_MEMO[text] = dict(value)
+        return value
     if not isinstance(value, dict):
         warnings.append("bad_details")
         return {}
     _check_counts(value, 0)
     return value
+
+
+# Detail-map text -> its decoded map, for maps of plain counts only (a copy of one is a
+# whole copy): nothing the caller does to its map reaches the memo.
+_DETAILS_MEMO: dict[str, dict] = {}
+_DETAILS_MEMO_LIMIT = 4096
+_DETAILS_MEMO_CHARS = 512
 
 
 def _check_counts(details: dict, depth: int) -> None:
@@ -136,9 +161,12 @@ def _check_counts(details: dict, depth: int) -> None:
 
 
 def _event_time(outer: dict, ai: dict, read_time: str, warnings: list[str]) -> tuple[str, str]:
-    for source, value in (("start_time", outer.get("start_time")),
-                          ("timestamp", outer.get("timestamp")),
-                          ("ai_log", ai.get("start_time") or ai.get("timestamp"))):
+    # The sources in order of trust; each looked up only when the previous one failed.
+    for source in _TIME_SOURCES:
+        if source == "ai_log":
+            value = ai.get("start_time") or ai.get("timestamp")
+        else:
+            value = outer.get(source)
         if isinstance(value, str) and value not in ("", "-"):
             canonical = canonical_time(value)
             if canonical is not None:
@@ -148,3 +176,6 @@ def _event_time(outer: dict, ai: dict, read_time: str, warnings: list[str]) -> t
             warnings.append("bad_time")
     warnings.append("time_from_read")
     return read_time, "read"
+
+
+_TIME_SOURCES = ("start_time", "timestamp", "ai_log")

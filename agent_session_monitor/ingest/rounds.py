@@ -34,8 +34,12 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
                 store_content: bool = True) -> dict:
     """The stored form of one request, before its messages are reduced to the new ones
     (the session does that: it knows the previous round)."""
+    # Runs once per line: fields are added in their stored order and an optional one
+    # only when it has a value, rather than written then deleted (the order is the
+    # file's bytes: keep it).
     ai = req.ai
-    model = ai.get("model")
+    get = ai.get
+    model = get("model")
     if not isinstance(model, str) or model in ("", "-"):
         model = None
     buckets = usage_buckets(req.input_token, req.output_token, req.cached_tokens,
@@ -47,7 +51,7 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
             priced_as = found[0]
             cost = _finite_cost(bucket_cost(buckets, found[1]), req.warnings)
             priced_by = table.provenance(priced_as) if cost is not None else None
-    tool_calls = ai.get("tool_calls")
+    tool_calls = get("tool_calls")
     cut_calls = isinstance(tool_calls, str) and tool_calls not in ("", "-")
     if not isinstance(tool_calls, list) and not cut_calls:
         tool_calls = []
@@ -64,42 +68,47 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
         # cache-read count whichever way the provider reported it.
         "cached_tokens": buckets.cache_read if req.cached_tokens is None else req.cached_tokens,
         "cache_write_tokens": buckets.cache_write + buckets.cache_write_1h,
-        "total_tokens": req.total_token,
-        # Only the non-zero buckets: absent means 0 (Buckets.from_dict).
-        "buckets": {k: v for k, v in buckets.as_dict().items() if v},
-        "cost_usd": cost,
-        "priced_as": priced_as,
-        "priced_by": priced_by,
-        "provider_cost_usd": provider_cost(ai),
-        "has_tool_calls": bool(tool_calls),
-        "response_type": _text(ai.get("response_type")),
-        "chat_round": _int_or_none(ai.get("chat_round")),
-        "chat_id": _text(ai.get("chat_id")),
-        "consumer": _text(ai.get("consumer")),
-        "api": _text(ai.get("api")),
-        "api_type": _text(ai.get("api_type")),
-        "llm_first_token_duration": _int_or_none(ai.get("llm_first_token_duration")),
-        "llm_service_duration": _int_or_none(ai.get("llm_service_duration")),
-        "messages": [],
-        "messages_offset": 0,
-        "context_key": None,
-        "input_token_details": _nonzero(req.input_details),
-        "output_token_details": _nonzero(req.output_details),
-        "source": source,
     }
-    if priced_as == model:
-        del rnd["priced_as"]   # only said when the price came from another table name
-    # Optional additions are left out when empty: a long session has hundreds of
-    # rounds, and their metadata must not outweigh the conversation.
-    for name in OPTIONAL_FIELDS:
-        if rnd[name] is None or rnd[name] == {}:
-            del rnd[name]
+    # Optional additions (OPTIONAL_FIELDS) are left out when empty: a long session has
+    # hundreds of rounds, and their metadata must not outweigh the conversation.
+    if req.total_token is not None:
+        rnd["total_tokens"] = req.total_token
+    # Only the non-zero buckets: absent means 0 (Buckets.from_dict).
+    b = buckets
+    rnd["buckets"] = {k: v for k, v in (
+        ("input", b.input), ("cache_read", b.cache_read), ("cache_write", b.cache_write),
+        ("cache_write_1h", b.cache_write_1h), ("output", b.output),
+        ("reasoning", b.reasoning)) if v}
+    rnd["cost_usd"] = cost
+    if priced_as != model:
+        rnd["priced_as"] = priced_as   # only said when the price came from another table name
+    if priced_by is not None:
+        rnd["priced_by"] = priced_by
+    reported = provider_cost(ai) if not _PROVIDER_COST_FIELDS.isdisjoint(ai) else None
+    if reported is not None:
+        rnd["provider_cost_usd"] = reported
+    rnd["has_tool_calls"] = bool(tool_calls)
+    rnd["response_type"] = _text(get("response_type"))
+    for name in _OPTIONAL_AI_TEXT:
+        value = get(name)
+        if value is None:
+            continue
+        value = _int_or_none(value) if name in _INT_FIELDS else _text(value)
+        if value is not None:
+            rnd[name] = value
+    rnd["messages"] = []
+    rnd["messages_offset"] = 0
+    # context_key: set by the session when the round extends another (document.py).
+    rnd["input_token_details"] = _nonzero(req.input_details)
+    rnd["output_token_details"] = _nonzero(req.output_details)
+    rnd["source"] = source
     # The original skill's fields are on every round, as logged: a key the ai_log
     # lacked gets the original's default ("" / []), a logged null stays null.
     if store_content:
-        for name in ORIGINAL_TEXT_FIELDS:
-            rnd[name] = ai.get(name, "")
-        if ai.get("system") is not None:
+        rnd["question"] = get("question", "")
+        rnd["answer"] = get("answer", "")
+        rnd["reasoning"] = get("reasoning", "")
+        if get("system") is not None:
             rnd["system"] = ai["system"]
         rnd["tool_calls"] = tool_calls
     else:
@@ -111,8 +120,10 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
     # The plugin's value_length_limit cuts any attribute into a Go-formatted string
     # "head [truncated] tail": kept as logged (never dropped or nulled), and said so.
     cut = ["tool_calls"] if cut_calls else []
-    cut += [name for name in TRUNCATABLE_FIELDS
-            if isinstance(ai.get(name), str) and TRUNCATED_MARK in ai[name]]
+    for name in TRUNCATABLE_FIELDS:
+        value = get(name)
+        if isinstance(value, str) and TRUNCATED_MARK in value:
+            cut.append(name)
     for name in cut:
         rnd[f"{name}_truncated"] = True
     if cut:
@@ -127,10 +138,16 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
         rnd["warnings"] = sorted(set(req.warnings))
     if not req.has_usage:
         rnd["usage_missing"] = True
-    extra = {k: v for k, v in ai.items() if k not in KNOWN_AI_KEYS}
-    if extra and store_content:
-        rnd["extra"] = extra
+    if store_content and not KNOWN_AI_KEYS.issuperset(ai):
+        rnd["extra"] = {k: v for k, v in ai.items() if k not in KNOWN_AI_KEYS}
     return rnd
+
+
+# build_round's optional ai_log fields, in their stored order (OPTIONAL_FIELDS), and
+# which of them are whole numbers (the others are text).
+_OPTIONAL_AI_TEXT = ("chat_round", "chat_id", "consumer", "api", "api_type",
+                     "llm_first_token_duration", "llm_service_duration")
+_INT_FIELDS = frozenset(("chat_round", "llm_first_token_duration", "llm_service_duration"))
 
 
 # What helps a FinOps user debug a round (which route, did it fail); the rest of the
@@ -172,6 +189,8 @@ def _finite_cost(cost: float, warnings: list) -> float | None:
 # request (OpenRouter's usage.cost, LiteLLM's response cost), logged through a Higress
 # custom attribute. Kept beside our own cost, never instead of it.
 PROVIDER_COST_KEYS = ("cost", "usage_cost", "response_cost", "provider_cost")
+# Any of them, or "usage": without one of these keys there is no provider cost to read.
+_PROVIDER_COST_FIELDS = frozenset(PROVIDER_COST_KEYS + ("usage",))
 
 
 def provider_cost(ai: dict) -> float | None:

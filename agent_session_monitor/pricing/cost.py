@@ -95,31 +95,50 @@ def usage_buckets(input_token: int, output_token: int, cached_tokens: int | None
     A source reporting 0 falls through to the next one: Higress writes 0 for counts the
     provider reports elsewhere.
     """
-    ind = input_details if isinstance(input_details, dict) else {}
-    outd = output_details if isinstance(output_details, dict) else {}
-    input_token, output_token = _nonneg(input_token), _nonneg(output_token)
+    # Runs for every round ingested and every round written (ondisk.py): a detail key
+    # that is absent is 0, so it is looked up only when present (_count's answer for an
+    # absent key), and a count is checked inline (_nonneg).
+    ind = input_details if isinstance(input_details, dict) else _EMPTY
+    outd = output_details if isinstance(output_details, dict) else _EMPTY
+    if type(input_token) is not int or input_token < 0:
+        input_token = 0
+    if type(output_token) is not int or output_token < 0:
+        output_token = 0
     # Gemini's prompt count includes its cached content (cached_content_token_count).
-    cache_read = (_nonneg(cached_tokens) or _count(ind, "cached_tokens")
-                  or _count(ind, "cache_read_input_tokens")
-                  or _count(ind, "cached_content_token_count"))
-    write_5m, write_1h = _count(ind, "cache_creation_input_tokens"), 0
-    split = ind.get("cache_creation")
-    if isinstance(split, dict) and ("ephemeral_1h_input_tokens" in split
-                                    or "ephemeral_5m_input_tokens" in split):
-        write_1h = _count(split, "ephemeral_1h_input_tokens")
-        five = _count(split, "ephemeral_5m_input_tokens")
-        # Writes the split does not account for are billed as the default 5-minute kind.
-        write_5m = max(five, write_5m - write_1h)
-    # Anthropic's input_token already excludes cache reads and writes.
-    anthropic = any(ind.get(k) is not None
-                    for k in ("cache_read_input_tokens", "cache_creation_input_tokens"))
+    cache_read = cached_tokens if type(cached_tokens) is int and cached_tokens > 0 else 0
+    write_5m = write_1h = 0
+    anthropic = False
+    if ind:
+        if not cache_read:
+            cache_read = (_count(ind, "cached_tokens")
+                          or _count(ind, "cache_read_input_tokens")
+                          or _count(ind, "cached_content_token_count"))
+        if "cache_creation_input_tokens" in ind:
+            write_5m = _count(ind, "cache_creation_input_tokens")
+        split = ind.get("cache_creation")
+        if isinstance(split, dict) and ("ephemeral_1h_input_tokens" in split
+                                        or "ephemeral_5m_input_tokens" in split):
+            write_1h = _count(split, "ephemeral_1h_input_tokens")
+            five = _count(split, "ephemeral_5m_input_tokens")
+            # Writes the split does not account for are billed as the default 5-minute kind.
+            write_5m = max(five, write_5m - write_1h)
+        # Anthropic's input_token already excludes cache reads and writes.
+        anthropic = (ind.get("cache_read_input_tokens") is not None
+                     or ind.get("cache_creation_input_tokens") is not None)
     if anthropic or cache_read > input_token:
         uncached = input_token
     else:
         uncached = max(input_token - cache_read - write_5m - write_1h, 0)
-    thoughts = _count(outd, "thoughts_token_count")
-    detail_reasoning = _count(outd, "reasoning_tokens")
-    reasoning = _nonneg(reasoning_tokens) or detail_reasoning or thoughts
+    thoughts = detail_reasoning = 0
+    if outd:
+        if "thoughts_token_count" in outd:
+            thoughts = _count(outd, "thoughts_token_count")
+        if "reasoning_tokens" in outd:
+            detail_reasoning = _count(outd, "reasoning_tokens")
+    if type(reasoning_tokens) is int and reasoning_tokens > 0:
+        reasoning = reasoning_tokens
+    else:
+        reasoning = detail_reasoning or thoughts
     # Gemini's output excludes thinking; a top-level count copied from
     # thoughts_token_count still has that meaning.
     from_thoughts = reasoning > 0 and reasoning == thoughts and not detail_reasoning
@@ -128,6 +147,9 @@ def usage_buckets(input_token: int, output_token: int, cached_tokens: int | None
     else:
         text_output = output_token - reasoning
     return Buckets(uncached, cache_read, write_5m, write_1h, text_output, reasoning)
+
+
+_EMPTY: dict = {}
 
 
 def _rates(price: Price, prompt_tokens: int) -> dict[str, float]:
@@ -143,10 +165,40 @@ def _rates(price: Price, prompt_tokens: int) -> dict[str, float]:
     return r
 
 
+# id(price) -> (price, {id(tier): its rates in PRICE_FIELDS order}). Every round is
+# priced, with one of a handful of prices: the fallbacks are resolved once per price and
+# tier, not per round. The entry holds the price, so its id is not reused meanwhile.
+_RATE_MEMO: dict[int, tuple[Price, dict[int, tuple[float, ...]]]] = {}
+_RATE_MEMO_LIMIT = 4096
+
+
+def _rate_tuple(price: Price, prompt_tokens: int) -> tuple[float, ...]:
+    tier = None
+    for t in reversed(price.tiers):
+        if t.above_input_tokens < prompt_tokens:
+            tier = t
+            break
+    entry = _RATE_MEMO.get(id(price))
+    if entry is None or entry[0] is not price:
+        if len(_RATE_MEMO) >= _RATE_MEMO_LIMIT:
+            _RATE_MEMO.clear()
+        entry = _RATE_MEMO[id(price)] = (price, {})
+    rates = entry[1].get(id(tier))
+    if rates is None:
+        by_name = _rates(price, prompt_tokens)
+        rates = entry[1][id(tier)] = tuple(by_name[f] for f in PRICE_FIELDS)
+    return rates
+
+
 def bucket_cost(buckets: Buckets, price: Price) -> float:
     """USD for ``buckets``; the size tier is chosen by this request's prompt tokens."""
-    rates = _rates(price, buckets.prompt_tokens)
-    return math.fsum(getattr(buckets, f) * rates[f] for f in PRICE_FIELDS) / 1e6
+    b = buckets
+    r_in, r_out, r_read, r_write, r_write_1h, r_reasoning = _rate_tuple(
+        price, b.input + b.cache_read + b.cache_write + b.cache_write_1h)
+    # PRICE_FIELDS order (fsum is exact whatever the order; kept for clarity).
+    return math.fsum((b.input * r_in, b.output * r_out, b.cache_read * r_read,
+                      b.cache_write * r_write, b.cache_write_1h * r_write_1h,
+                      b.reasoning * r_reasoning)) / 1e6
 
 
 def cache_savings(buckets: Buckets, price: Price) -> float:

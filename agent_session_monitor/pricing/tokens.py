@@ -25,19 +25,25 @@ LEGEND = ("Tokens: input = uncached + cached + cache write; output = text + reas
 def from_buckets(buckets: dict | None) -> dict[str, int]:
     """The normalised columns of one round (or a sum) from its exclusive buckets
     (``rnd["buckets"]``: only the non-zero ones are stored, absent means 0)."""
-    b = buckets if isinstance(buckets, dict) else {}
-
-    def n(name: str) -> int:
-        value = b.get(name)
-        return value if type(value) is int and value > 0 else 0
-
-    cached = n("cache_read")
-    cache_write = n("cache_write") + n("cache_write_1h")
-    reasoning = n("reasoning")
-    inp = n("input") + cached + cache_write
-    out = n("output") + reasoning
+    # Runs for every round at ingestion, summary and indexing: one check that all six
+    # are plain counts (stored buckets always are), else each is cleaned (a count that is
+    # not a positive int is 0).
+    get = buckets.get if isinstance(buckets, dict) else _EMPTY.get
+    counts = (get("input", 0), get("cache_read", 0), get("cache_write", 0),
+              get("cache_write_1h", 0), get("output", 0), get("reasoning", 0))
+    uncached, cached, write, write_1h, text, reasoning = counts
+    if not (type(uncached) is type(cached) is type(write) is type(write_1h) is type(text)
+            is type(reasoning) is int and min(counts) >= 0):
+        uncached, cached, write, write_1h, text, reasoning = [
+            v if type(v) is int and v > 0 else 0 for v in counts]
+    cache_write = write + write_1h
+    inp = uncached + cached + cache_write
+    out = text + reasoning
     return {"input": inp, "cached": cached, "cache_write": cache_write, "output": out,
             "reasoning": reasoning, "total": inp + out}
+
+
+_EMPTY: dict = {}
 
 
 def of_round(rnd: dict) -> dict[str, int]:

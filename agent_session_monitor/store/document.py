@@ -192,22 +192,46 @@ def full_context(by_key: dict, rnd: dict) -> list:
 
 
 def summarise(doc: dict) -> None:
+    # One pass over the rounds (it runs for every session a checkpoint writes, over all
+    # of its rounds); the keys are assigned in their document order.
     rounds = doc["rounds"]
+    logged = [0] * len(SUMMARY_TOKEN_FIELDS)
+    columns = [0] * len(tokens.COLUMNS)
+    priced, unpriced, reported = [], [], []
+    models: dict = {}
+    consumers: dict = {}
+    of_round = tokens.of_round
+    for r in rounds:
+        get = r.get
+        for i, (_total, field) in enumerate(SUMMARY_TOKEN_FIELDS):
+            logged[i] += get(field) or 0
+        for i, value in enumerate(of_round(r).values()):
+            columns[i] += value
+        cost = get("cost_usd")
+        if cost is None:
+            unpriced.append(r)
+        else:
+            priced.append(cost)
+        if get("provider_cost_usd") is not None:
+            reported.append(r)
+        model = get("model")
+        if model:
+            models[model] = None
+        consumer = get("consumer")
+        if consumer:
+            consumers[consumer] = None
     doc["messages_count"] = len(rounds)
     doc["created_at"] = rounds[0]["timestamp"] if rounds else None
     doc["updated_at"] = rounds[-1]["timestamp"] if rounds else None
-    for total_name, field in SUMMARY_TOKEN_FIELDS:
-        doc[total_name] = sum(r.get(field) or 0 for r in rounds)
-    doc["tokens"] = tokens.of_rounds(rounds)
-    priced = [r["cost_usd"] for r in rounds if r.get("cost_usd") is not None]
-    unpriced = [r for r in rounds if r.get("cost_usd") is None]
+    for (total_name, _field), total in zip(SUMMARY_TOKEN_FIELDS, logged):
+        doc[total_name] = total
+    doc["tokens"] = dict(zip(tokens.COLUMNS, columns))
     # fsum: the total is the correctly rounded sum whatever the order rounds came in.
     doc["total_cost_usd"] = math.fsum(priced) if priced or not unpriced else None
     doc["unpriced_rounds"] = len(unpriced)
     # Which price data priced the rounds ("unrecorded": priced by a version that did not
     # say; --reprice records it).
     doc["priced_by"] = price_summary(rounds)
-    reported = [r for r in rounds if r.get("provider_cost_usd") is not None]
     doc["provider_cost"] = {
         "rounds": len(reported),
         "usd": math.fsum(r["provider_cost_usd"] for r in reported),
@@ -217,8 +241,8 @@ def summarise(doc: dict) -> None:
     } if reported else None
     doc["unpriced_models"] = _unique(r.get("model") or "(no model)" for r in unpriced)
     doc["model"] = rounds[-1].get("model") if rounds else None
-    doc["models"] = _unique(r.get("model") for r in rounds if r.get("model"))
-    doc["consumers"] = _unique(r.get("consumer") for r in rounds if r.get("consumer"))
+    doc["models"] = list(models)
+    doc["consumers"] = list(consumers)
 
 
 def _unique(values) -> list:

@@ -88,7 +88,14 @@ def index_path(directory: Path) -> Path:
 
 def quarter_hour(timestamp: str) -> str:
     """``2026-02-01T09:37:12.000Z`` -> ``2026-02-01T09:30`` (UTC)."""
-    return f"{timestamp[:14]}{int(timestamp[14:16]) // 15 * 15:02d}"
+    quarter = _QUARTERS.get(timestamp[14:16])
+    if quarter is None:
+        return f"{timestamp[:14]}{int(timestamp[14:16]) // 15 * 15:02d}"
+    return timestamp[:14] + quarter
+
+
+# Minute -> the minute its quarter-hour starts at (a lookup, not an int() per round).
+_QUARTERS = {f"{m:02d}": f"{m // 15 * 15:02d}" for m in range(60)}
 
 
 SESSION_FIELDS = ("file", "session_id", "unsessioned", "created_at", "updated_at", "rounds",
@@ -100,7 +107,7 @@ SESSION_FIELDS = ("file", "session_id", "unsessioned", "created_at", "updated_at
 def sql_text(value: object) -> object:
     """A string SQLite can bind: a lone surrogate (valid in JSON, so in a client-set
     session id or model name) becomes U+FFFD; other values pass through."""
-    if isinstance(value, str):
+    if isinstance(value, str) and not value.isascii():   # isascii: O(1), no copy
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
@@ -115,16 +122,34 @@ def session_row(file_name: str, doc: dict, size: int, per_round: list[tuple]) ->
     # round_usage columns after (sid, timestamp, bucket, model, consumer): the round
     # count, then input, output, reasoning, cached, cache write (round_sums); last, the
     # tool-call flag.
-    t = [sum(r[i] for r in per_round) for i in range(6, 11)]
+    columns = list(zip(*per_round)) or [()] * 21
+    t = [sum(columns[i]) for i in range(6, 11)]
     return (
         file_name, sql_text(doc.get("session_id") or ""), 1 if doc.get("unsessioned") else 0,
         doc.get("created_at"), doc.get("updated_at"), len(per_round), *t,
         doc.get("total_cost_usd"),
         doc.get("unpriced_rounds") or 0, sql_text(doc.get("model")),
-        json.dumps(doc.get("models") or []), json.dumps(doc.get("consumers") or []),
-        sum(r[-1] for r in per_round), size,
+        _json_list(doc.get("models") or []), _json_list(doc.get("consumers") or []),
+        sum(columns[-1]), size,
         sql_text(key.agent), sql_text(key.channel), key.kind,
     )
+
+
+def _json_list(values: list) -> str:
+    """``json.dumps(values)``, remembered for lists of text: a store's sessions share a
+    few model lists (only text: 1 and true are equal keys, not equal JSON)."""
+    if not isinstance(values, list) or not all(type(v) is str for v in values):
+        return json.dumps(values)
+    key = tuple(values)
+    text = _JSON_LISTS.get(key)
+    if text is None:
+        if len(_JSON_LISTS) >= 4096:
+            _JSON_LISTS.clear()
+        text = _JSON_LISTS[key] = json.dumps(values)
+    return text
+
+
+_JSON_LISTS: dict[tuple, str] = {}
 
 
 def round_sums(r: dict) -> list:
@@ -134,8 +159,10 @@ def round_sums(r: dict) -> list:
     buckets = r.get("buckets") or {}
     cost = r.get("cost_usd")
     t = tokens.of_round(r)
+    get = buckets.get
     return [1, t["input"], t["output"], t["reasoning"], t["cached"], t["cache_write"],
-            *(buckets.get(name) or 0 for name in BUCKET_FIELDS),
+            get("input") or 0, get("cache_read") or 0, get("cache_write") or 0,
+            get("cache_write_1h") or 0, get("output") or 0, get("reasoning") or 0,
             0.0 if cost is None else cost, 1 if cost is None else 0,
             1 if r.get("has_tool_calls") else 0]
 
@@ -147,19 +174,22 @@ def usage_rows(sid: int, doc: dict) -> tuple[list[tuple], list[tuple]]:
     per_round = []
     cost_at = 6 + len(BUCKET_FIELDS)
     for r in doc.get("rounds") or []:
-        bucket = quarter_hour(r["timestamp"])
+        timestamp = r["timestamp"]
+        bucket = quarter_hour(timestamp)
         model, consumer = sql_text(r.get("model")), sql_text(r.get("consumer"))
         sums = round_sums(r)
-        per_round.append((sid, r["timestamp"], bucket, model, consumer, *sums))
-        acc = groups.get((bucket, model, consumer))
-        if acc is None:
-            acc = groups[(bucket, model, consumer)] = [[0] * len(sums), []]
-        for i, v in enumerate(sums):
-            acc[0][i] += v
-        acc[1].append(sums[cost_at])
+        per_round.append((sid, timestamp, bucket, model, consumer, *sums))
+        group = groups.get((bucket, model, consumer))
+        if group is None:
+            groups[(bucket, model, consumer)] = [sums]
+        else:
+            group.append(sums)
     rows = []
-    for (bucket, model, consumer), (acc, costs) in groups.items():
-        acc[cost_at] = math.fsum(costs)   # money: independent of the order of addition
+    for (bucket, model, consumer), members in groups.items():
+        # Column sums in round order, as a running total would give them.
+        acc = [sum(column) for column in zip(*members)]
+        # money: independent of the order of addition
+        acc[cost_at] = math.fsum(sums[cost_at] for sums in members)
         rows.append((sid, bucket, model, consumer, *acc))
     return rows, per_round
 

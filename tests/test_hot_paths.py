@@ -1,0 +1,288 @@
+"""The per-line and per-session fast paths give exactly what their plain definitions give.
+
+Ingestion takes shortcuts on the common clean input (a count checked inline, a detail map
+decoded once and copied, rates resolved once per price, one pass to summarise a session,
+optional round fields inserted rather than written then deleted). Each is checked here
+against the plain statement of the rule, on many seeded random inputs that include what
+a hostile log sends (bools, negative and huge counts, numeric strings, floats, nested
+maps, absent and null keys), so a shortcut can never change a stored byte or a figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import unittest
+
+from agent_session_monitor.ingest.parse import parse_line
+from agent_session_monitor.ingest.request import BadLine, Request
+from agent_session_monitor.ingest.rounds import build_round
+from agent_session_monitor.pricing import tokens
+from agent_session_monitor.pricing.cost import (
+    PRICE_FIELDS, Buckets, Price, Tier, _count, _rates, bucket_cost, usage_buckets,
+)
+from agent_session_monitor.pricing.table import load_price_table
+from agent_session_monitor.store import document
+from agent_session_monitor.store.index import _json_list, quarter_hour, usage_rows
+
+SEED = 1616
+CASES = 3000
+READ_TIME = "2026-03-01T00:00:00.000Z"
+COUNTS = [0, 0, 1, 7, 120, 4096, 2**40, 2**40 + 1, 2**70, -1, -5, True, False, None, "12", "0",
+          "-3", "x", 2.0, 2.5, 1e308, [], {}]
+DETAIL_KEYS = ["cached_tokens", "cache_read_input_tokens", "cached_content_token_count",
+               "cache_creation_input_tokens", "reasoning_tokens", "thoughts_token_count",
+               "audio_tokens", "cache_creation"]
+BUCKET_NAMES = ["input", "cache_read", "cache_write", "cache_write_1h", "output", "reasoning"]
+# Every field a stored round can have, in the order build_round writes them.
+ROUND_ORDER = [
+    "round", "timestamp", "request_id", "key", "model", "input_tokens", "output_tokens",
+    "reasoning_tokens", "cached_tokens", "cache_write_tokens", "total_tokens", "buckets",
+    "cost_usd", "priced_as", "priced_by", "provider_cost_usd", "has_tool_calls",
+    "response_type", "chat_round", "chat_id", "consumer", "api", "api_type",
+    "llm_first_token_duration", "llm_service_duration", "messages", "messages_offset",
+    "input_token_details", "output_token_details", "source", "question", "answer",
+    "reasoning", "system", "tool_calls", "tool_calls_truncated", "question_truncated",
+    "answer_truncated", "reasoning_truncated", "system_truncated", "gateway", "time_source",
+    "warnings", "usage_missing", "extra"]
+OPTIONAL = ["total_tokens", "priced_by", "provider_cost_usd", "chat_round", "chat_id",
+            "consumer", "api", "api_type", "llm_first_token_duration", "llm_service_duration"]
+
+
+def plain_from_buckets(buckets: object) -> dict[str, int]:
+    """tokens.py's definition, one bucket at a time."""
+    b = buckets if isinstance(buckets, dict) else {}
+
+    def n(name: str) -> int:
+        value = b.get(name)
+        return value if type(value) is int and value > 0 else 0
+
+    inp = n("input") + n("cache_read") + n("cache_write") + n("cache_write_1h")
+    out = n("output") + n("reasoning")
+    return {"input": inp, "cached": n("cache_read"),
+            "cache_write": n("cache_write") + n("cache_write_1h"), "output": out,
+            "reasoning": n("reasoning"), "total": inp + out}
+
+
+def plain_usage_buckets(input_token, output_token, cached_tokens, reasoning_tokens,
+                        input_details, output_details) -> Buckets:
+    """pricing.md's split, reading every detail key whether or not it is there."""
+    def nonneg(v):
+        return v if type(v) is int and v > 0 else 0
+    ind = input_details if isinstance(input_details, dict) else {}
+    outd = output_details if isinstance(output_details, dict) else {}
+    input_token, output_token = nonneg(input_token), nonneg(output_token)
+    cache_read = (nonneg(cached_tokens) or _count(ind, "cached_tokens")
+                  or _count(ind, "cache_read_input_tokens")
+                  or _count(ind, "cached_content_token_count"))
+    write_5m, write_1h = _count(ind, "cache_creation_input_tokens"), 0
+    split = ind.get("cache_creation")
+    if isinstance(split, dict) and ("ephemeral_1h_input_tokens" in split
+                                    or "ephemeral_5m_input_tokens" in split):
+        write_1h = _count(split, "ephemeral_1h_input_tokens")
+        write_5m = max(_count(split, "ephemeral_5m_input_tokens"), write_5m - write_1h)
+    anthropic = any(ind.get(k) is not None
+                    for k in ("cache_read_input_tokens", "cache_creation_input_tokens"))
+    uncached = (input_token if anthropic or cache_read > input_token
+                else max(input_token - cache_read - write_5m - write_1h, 0))
+    thoughts = _count(outd, "thoughts_token_count")
+    detail = _count(outd, "reasoning_tokens")
+    reasoning = nonneg(reasoning_tokens) or detail or thoughts
+    from_thoughts = reasoning > 0 and reasoning == thoughts and not detail
+    text = output_token if from_thoughts or reasoning > output_token else output_token - reasoning
+    return Buckets(uncached, cache_read, write_5m, write_1h, text, reasoning)
+
+
+def random_details(rng: random.Random) -> object:
+    if rng.random() < 0.1:
+        return rng.choice([None, "x", 5, []])
+    details = {}
+    for key in rng.sample(DETAIL_KEYS, rng.randint(0, 4)):
+        if key == "cache_creation":
+            details[key] = {k: rng.choice(COUNTS) for k in rng.sample(
+                ["ephemeral_1h_input_tokens", "ephemeral_5m_input_tokens", "other"],
+                rng.randint(0, 3))}
+        else:
+            details[key] = rng.choice(COUNTS)
+    return details
+
+
+class HotPathsTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.rng = random.Random(SEED)
+
+    def test_normalised_columns_equal_their_definition_for_any_stored_buckets(self):
+        rng = self.rng
+        for _ in range(CASES * 5):
+            buckets = {name: rng.choice(COUNTS)
+                       for name in rng.sample(BUCKET_NAMES + ["other"], rng.randint(0, 7))}
+            self.assertEqual(tokens.from_buckets(buckets), plain_from_buckets(buckets), buckets)
+        for odd in (None, [], "buckets", 7):
+            self.assertEqual(tokens.from_buckets(odd), plain_from_buckets(odd))
+
+    def test_bucket_split_equals_the_rule_read_key_by_key(self):
+        rng = self.rng
+        for _ in range(CASES * 5):
+            args = (rng.choice(COUNTS), rng.choice(COUNTS), rng.choice(COUNTS),
+                    rng.choice(COUNTS), random_details(rng), random_details(rng))
+            self.assertEqual(usage_buckets(*args), plain_usage_buckets(*args), args)
+
+    def test_cost_equals_the_per_bucket_rates_whatever_the_tier(self):
+        rng = self.rng
+        prices = [Price(input=2.5, output=10.0, cache_read=1.25),
+                  Price(input=3.0, output=15.0, cache_read=0.3, cache_write=3.75,
+                        cache_write_1h=6.0, reasoning=20.0),
+                  Price(input=1.0, output=2.0, tiers=(
+                      Tier(1000, input=2.0), Tier(200_000, input=4.0, output=8.0,
+                                                   cache_read=0.5)))]
+        for _ in range(CASES * 3):
+            price = rng.choice(prices)
+            b = Buckets(*(rng.choice([0, 1, 999, 1000, 1001, 150_000, 2**40]) for _ in range(6)))
+            rates = _rates(price, b.prompt_tokens)
+            plain = math.fsum(getattr(b, f) * rates[f] for f in PRICE_FIELDS) / 1e6
+            self.assertEqual(bucket_cost(b, price), plain)
+        # A new price object with the same id as a dropped one is never given its rates.
+        for _ in range(50):
+            cheap = Price(input=rng.random(), output=rng.random())
+            self.assertEqual(bucket_cost(Buckets(input=10**6), cheap), 10**6 * cheap.input / 1e6)
+
+    def test_built_rounds_keep_one_field_order_and_leave_out_only_empty_optional_fields(self):
+        rng, table = self.rng, load_price_table()
+        for i in range(CASES):
+            ai = self._random_ai_log(rng)
+            line = json.dumps({"ai_log": json.dumps(ai), "start_time": rng.choice(
+                ["2026-02-01T09:37:12.000Z", "-", "2026-02-01T09:37:12+08:00"]),
+                "response_code": rng.choice(["200", "500", "-"]), "path": "/v1"}).encode()
+            try:
+                req = parse_line(line, READ_TIME)
+            except BadLine:
+                continue
+            if not isinstance(req, Request):
+                continue
+            for content in (True, False):
+                rnd = build_round(req, f"sha256:{i:032x}", {"fp": "f" * 16, "offset": i},
+                                  table, content)
+                keys = list(rnd)
+                self.assertEqual(keys, sorted(keys, key=ROUND_ORDER.index), ai)
+                for name in OPTIONAL:
+                    self.assertNotIn(rnd.get(name, "absent"), (None, {}), (name, ai))
+                self.assertEqual(rnd["has_tool_calls"], bool(rnd["tool_calls"]) or
+                                 rnd.get("tool_calls_truncated", False))
+                self.assertEqual("extra" in rnd, content and any(
+                    k not in _known_ai_keys() for k in ai))
+                found = table.lookup(rnd["model"]) if rnd["model"] is not None else None
+                self.assertEqual("priced_as" in rnd, rnd["model"] is not None
+                                 and (found is None or found[0] != rnd["model"]))
+
+    def _random_ai_log(self, rng: random.Random) -> dict:
+        ai = {"session_id": rng.choice(["s1", "s2", "", None, 5]), "model": rng.choice(
+            ["gpt-4o", "gpt-4o-2024-08-06", "claude-sonnet-4-5", "no-such-model", "", "-", None, 3])}
+        for key in ("input_token", "output_token", "total_token", "cached_tokens",
+                    "reasoning_tokens"):
+            if rng.random() < 0.7:
+                ai[key] = rng.choice([0, 5, 1200, "42", None, 2.0])
+        for key in ("input_token_details", "output_token_details"):
+            if rng.random() < 0.6:
+                details = random_details(rng)
+                ai[key] = json.dumps(details) if rng.random() < 0.6 else details
+        for key, values in (("chat_round", [1, "2", "x", None, -1]),
+                            ("chat_id", ["c1", "", "-", None, 5]),
+                            ("consumer", ["team-a", "", "-", None]),
+                            ("api", ["chat", "-"]), ("api_type", ["openai", ""]),
+                            ("llm_first_token_duration", [12, "34", None, 1.5]),
+                            ("llm_service_duration", [99, None]),
+                            ("response_type", ["stream", "-", None]),
+                            ("cost", [0.01, "$0.02", None, True]),
+                            ("usage", ['{"cost": 0.5}', {"cost": 1}, "x"]),
+                            ("question", ["hi", "cut [truncated] here", None]),
+                            ("answer", ["ok", None]), ("system", ["sys", None]),
+                            ("tool_calls", [[{"function": {"name": "f"}}], [], "a [truncated] b", "-"]),
+                            ("cache_status", ["hit"]), ("messages", [[{"role": "user", "content": "q"}]])):
+            if rng.random() < 0.5:
+                ai[key] = rng.choice(values)
+        return ai
+
+    def test_session_summary_equals_each_total_computed_on_its_own(self):
+        rng, table = self.rng, load_price_table()
+        for _ in range(CASES // 3):
+            doc = document.new_document(rng.choice(["s", None]))
+            for i in range(rng.randint(0, 6)):
+                rnd = {"round": i + 1, "timestamp": f"2026-02-01T09:{rng.randint(0, 59):02d}:00.000Z",
+                       "key": f"k{i}", "model": rng.choice(["gpt-4o", "m2", None, ""]),
+                       "consumer": rng.choice(["a", "b", None, ""]),
+                       "buckets": {n: rng.choice([1, 5, 300]) for n in rng.sample(BUCKET_NAMES, 3)},
+                       "cost_usd": rng.choice([None, 0.0, 0.1, 1e-9, 3.3]),
+                       "has_tool_calls": rng.random() < 0.5}
+                for _total, field in document.SUMMARY_TOKEN_FIELDS:
+                    if rng.random() < 0.8:
+                        rnd[field] = rng.choice([0, 3, 70, None])
+                if rng.random() < 0.3:
+                    rnd["provider_cost_usd"] = rng.choice([0.0, 0.2])
+                if rnd["cost_usd"] is not None and rng.random() < 0.7:
+                    rnd["priced_by"] = rng.choice([table.table_id, "override:1"])
+                doc["rounds"].append(rnd)
+            document.summarise(doc)
+            rounds = doc["rounds"]
+            unpriced = [r for r in rounds if r.get("cost_usd") is None]
+            for total, field in document.SUMMARY_TOKEN_FIELDS:
+                self.assertEqual(doc[total], sum(r.get(field) or 0 for r in rounds))
+            self.assertEqual(doc["tokens"], tokens.of_rounds(rounds))
+            priced = [r["cost_usd"] for r in rounds if r.get("cost_usd") is not None]
+            self.assertEqual(doc["total_cost_usd"],
+                             math.fsum(priced) if priced or not unpriced else None)
+            self.assertEqual(doc["unpriced_rounds"], len(unpriced))
+            self.assertEqual(doc["models"], list(dict.fromkeys(
+                r["model"] for r in rounds if r.get("model"))))
+            self.assertEqual(doc["consumers"], list(dict.fromkeys(
+                r["consumer"] for r in rounds if r.get("consumer"))))
+            self.assertEqual(doc["unpriced_models"], list(dict.fromkeys(
+                r.get("model") or "(no model)" for r in unpriced)))
+            self.assertEqual(list(doc), list(document.new_document(doc["session_id"]
+                                                                   if "unsessioned" not in doc
+                                                                   else None)))
+            rows, per_round = usage_rows(7, doc)
+            self.assertEqual(len(per_round), len(rounds))
+            cost_at = 5 + 12   # the cost column of a round_usage row
+            for (sid, bucket, model, consumer, *sums) in rows:
+                members = [r for r in per_round if r[2:5] == (bucket, model, consumer)]
+                for i, value in enumerate(sums):
+                    column = [m[5 + i] for m in members]
+                    expected = math.fsum(column) if 5 + i == cost_at else sum(column)
+                    self.assertEqual(value, expected)
+                    self.assertIs(type(value), type(expected))
+
+    def test_quarter_hours_and_model_lists_as_computed_directly(self):
+        for minute in range(60):
+            stamp = f"2026-02-01T09:{minute:02d}:59.999Z"
+            self.assertEqual(quarter_hour(stamp), f"2026-02-01T09:{minute // 15 * 15:02d}")
+        for values in (["gpt-4o"], [], ["a", "b"], [1], [True], [1.0], ["\ud800"], [None]):
+            self.assertEqual(_json_list(values), json.dumps(values))
+            self.assertEqual(_json_list(list(values)), json.dumps(values))
+
+    def test_a_remembered_detail_map_is_a_copy_and_still_refuses_impossible_counts(self):
+        def line(details: str) -> bytes:
+            return json.dumps({"ai_log": json.dumps({
+                "session_id": "s", "model": "gpt-4o", "input_token": 10, "output_token": 2,
+                "input_token_details": details})}).encode()
+
+        first = parse_line(line('{"cached_tokens":4}'), READ_TIME)
+        first.input_details["cached_tokens"] = 10**6   # a caller changing its map
+        again = parse_line(line('{"cached_tokens":4}'), READ_TIME)
+        self.assertEqual(again.input_details, {"cached_tokens": 4})
+        for _ in range(2):   # never remembered as good
+            with self.assertRaises(BadLine) as caught:
+                parse_line(line('{"cached_tokens":%d}' % (2**41)), READ_TIME)
+            self.assertEqual(caught.exception.kind, "out_of_range")
+        for _ in range(2):   # a bool is no count, remembered or not
+            req = parse_line(line('{"cached_tokens":true}'), READ_TIME)
+            self.assertEqual(req.input_details, {"cached_tokens": True})
+
+
+def _known_ai_keys() -> frozenset:
+    from agent_session_monitor.ingest.rounds import KNOWN_AI_KEYS
+    return KNOWN_AI_KEYS
+
+
+if __name__ == "__main__":
+    unittest.main()
