@@ -12,6 +12,7 @@ import sys
 import time
 from unittest import mock
 
+from agent_session_monitor.ingest.commit_process import DISABLE_ENV
 from agent_session_monitor.store.durable import CHUNK_FILES
 from tests.helpers import ROOT, TempDirTest, load_store, make_line, write_lines
 
@@ -64,7 +65,10 @@ class CrashRecovery(TempDirTest):
                          f"store differs after {kills} kills (seed {SEED})")
 
     def test_crash_between_session_and_state_write_counts_nothing_twice(self):
-        with mock.patch("agent_session_monitor.ingest.commit.save_state", side_effect=KeyboardInterrupt):
+        # In process, so on the commit thread (a mock does not reach a commit process;
+        # test_commit_process.py kills one at the same step).
+        with mock.patch("agent_session_monitor.ingest.commit.save_state", side_effect=KeyboardInterrupt), \
+                mock.patch.dict(os.environ, {DISABLE_ENV: "0"}):
             self.run_monitor(self.log, extra=["--checkpoint-bytes", "100000"])
         self.assertFalse((self.out / ".state.json").exists())
         self.assertTrue(load_store(self.out))          # sessions were written, state not
@@ -235,8 +239,11 @@ class BatchedSyncCrash(TempDirTest):
                                               checkpoint_bytes=30000, follow=True)
         # The same long-lived monitor goes on after the failure (follow mode): what it
         # holds in memory for the failed commit must not survive into the next pass.
+        # On the commit thread (a mock does not reach a commit process; the disk fills
+        # in one in test_commit_process.py).
         with monitor_module.Monitor(config, err=io.StringIO()) as monitor:
-            with mock.patch.object(commit_module, "atomic_write_many", fill_up):
+            with mock.patch.object(commit_module, "atomic_write_many", fill_up), \
+                    mock.patch.dict(os.environ, {DISABLE_ENV: "0"}):
                 with self.assertRaisesRegex(MonitorError, "No space left on device"):
                     monitor.poll_once()
             self.assertEqual(len(calls), 3)

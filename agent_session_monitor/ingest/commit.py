@@ -7,6 +7,12 @@ atomically, then one directory fsync), then the index, then ``.state.json``. A c
 anywhere replays from the last saved offsets, and the identity of every round (where
 its line came from: file fingerprint + byte offset, and the hash of the line's bytes;
 never the client's ``request_id``) makes the replay count nothing twice.
+
+In a catch-up the checkpoints are written in the background while the next lines are
+parsed: by a commit process (commit_process.py) forked at the start of the pass, or,
+where a fork is not possible or not safe (no ``os.fork``, other threads), by a thread.
+Either way one commit is in flight at a time, in the same order, and a failed one (an
+error, or a commit process that died) rewinds to the offsets last saved.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import sqlite3
 import threading
 
 from ..errors import MonitorError
-from ..store.durable import atomic_write_many
+from ..store.durable import atomic_write_many, fault_at, remove_stale_temps
+from .commit_process import CommitProcess, CommitProcessDied
 from .pass_report import PassStats
 from .state import save_state
 
@@ -28,13 +35,16 @@ class CommitMixIn:
     (``before_flush``, ``on_commit``), ``_saved_sources`` and the ``_commit_*``
     attributes of the background commit in flight."""
 
+    _commit_proc: CommitProcess | None = None   # during a catch-up pass
+    _index_suspect = False   # a commit failed: pending index marks to re-read first
+
     def checkpoint(self, background: bool = False) -> None:
         """Commit: sessions, then index, then state. On failure nothing advances.
 
         ``background`` (checkpoints inside a catch-up): the sessions are serialised now
-        and written, indexed and described by the state on a thread while the next lines
-        are parsed; file I/O and SQLite release the GIL, so the second core does it. The
-        order per commit is the same, one commit is in flight at a time, and a failure
+        and written, indexed and described by the state in the commit process (or on a
+        thread) while the next lines are parsed, so the second core does it. The order
+        per commit is the same, one commit is in flight at a time, and a failure
         surfaces at the next checkpoint, which then rewinds as a failed commit does.
         Hooks (exporters, budgets) need the synchronous order, so they disable it."""
         self._join_commit()
@@ -42,19 +52,23 @@ class CommitMixIn:
             self._start_commit()
             return
         try:
+            self._repair_index()
             if self.store.dirty_count:
                 names = [s.file_name for s in self.store._dirty.values()]
                 for hook in self.before_flush:
                     hook(self.store.new_rounds, self)
                 self.index.mark_pending(names)
                 written = self.store.flush()
+                fault_at("index")
                 self.index.update([(s.file_name, s.doc, s.size) for s in written])
                 for hook in self.on_commit:
                     hook(written, self)
             self.state.sources = self.tailer.sources
+            fault_at("state")
             save_state(self.config.state_path, self.state)
         except (OSError, sqlite3.Error) as e:
             self.store.discard_dirty()
+            self._index_suspect = True
             # Rewind to what the files on disk describe: the next pass re-reads it.
             self.tailer.sources[:] = copy.deepcopy(self._saved_sources)
             self.state.sources = self.tailer.sources
@@ -64,10 +78,60 @@ class CommitMixIn:
                                "read again once it is writable (free space?)") from e
         self._saved_sources = copy.deepcopy(self.tailer.sources)
 
+    def _repair_index(self) -> None:
+        # After a failed commit the index may still mark sessions of it pending, whose
+        # files were renamed or not: the next commit clears every mark, so re-read
+        # those files first (a session re-read from the log adds no round to them).
+        if self._index_suspect:
+            self.index.repair_pending()
+            self._index_suspect = False
+
+    def _begin_catch_up(self, pairs) -> None:
+        """At the start of a pass: fork the commit process if the pass has enough to read
+        for background checkpoints, now, while the monitor is small (the child's pages
+        are its parent's at the fork) and has no other thread."""
+        if (self._commit_proc is not None or self._commit_thread is not None
+                or self.before_flush or self.on_commit):
+            return
+        todo = sum(max((lf.size if not lf.gz else 0) - src.offset, 0)
+                   + (lf.size if lf.gz and not src.gz_complete else 0) for src, lf in pairs)
+        if todo < min(self.config.checkpoint_bytes, self.config.pending_bytes // 2):
+            return
+        self.index.close()   # no SQLite connection on both sides of the fork
+        try:
+            self._commit_proc = CommitProcess.start(self.config.output_dir,
+                                                    self.config.state_path)
+        finally:
+            self.index.reconnect()
+
+    def _end_catch_up(self) -> None:
+        """When a pass has read everything (or was interrupted): the commit process takes
+        no more commits. It ends now, or once the commit in flight has replied (the
+        checkpoint that waits for it reaps it; so does the monitor's exit)."""
+        proc = self._commit_proc
+        if proc is None:
+            return
+        if proc.in_flight:
+            proc.finish()
+        else:
+            self._commit_proc = None
+            proc.close()
+
+    def _finish_commits(self) -> None:
+        """On exit: let a commit in flight end (its outcome is the next run's to see),
+        and reap the commit process."""
+        thread, self._commit_thread = self._commit_thread, None
+        if thread is not None:
+            thread.join()
+        proc, self._commit_proc = self._commit_proc, None
+        if proc is not None:
+            proc.close()
+
     def _start_commit(self) -> None:
         self.store.track_names()
         taken = self.store.take_dirty()
         try:
+            self._repair_index()
             if taken:
                 self.index.mark_pending(session.file_name for session, _p, _d in taken)
             prepared = self.index.prepare([(s.file_name, s.doc, len(d)) for s, _p, d in taken])
@@ -82,23 +146,60 @@ class CommitMixIn:
         self.state.sources = self.tailer.sources
         items = [(path, data) for _s, path, data in taken]
         del taken
+        self._commit_sources = sources
+        proc = self._commit_proc
+        if proc is not None:
+            try:
+                proc.send(items, prepared, state)
+            except BaseException as e:
+                # Killed before or while it read the batch (EPIPE), or this process
+                # interrupted mid-send: the child acts only on whole messages.
+                self._commit_proc = None
+                proc.close()
+                if isinstance(e, OSError):
+                    self._commit_died(CommitProcessDied(f"it ended ({e.strerror})"))
+                self.store.discard_all()
+                self._rewind()
+                raise
+            return
 
         def commit() -> None:
             try:
                 if items:
                     atomic_write_many(self.config.output_dir, items)
+                    fault_at("index")
                     self.index.update_prepared(prepared)
+                fault_at("state")
                 save_state(self.config.state_path, state)
             except BaseException as e:   # handed to the main thread by _join_commit
                 self._commit_error = e
 
         self._commit_error = None
-        self._commit_sources = sources
         self._commit_thread = threading.Thread(target=commit, name="asm-commit", daemon=True)
         self._commit_thread.start()
 
     def _join_commit(self) -> None:
         """Wait for the commit in flight; on success its offsets are the saved ones."""
+        proc = self._commit_proc
+        if proc is not None and proc.in_flight:
+            try:
+                proc.result()
+            except CommitProcessDied as e:
+                self._commit_proc = None
+                self._commit_died(e)
+            except (OSError, sqlite3.Error) as e:
+                self._commit_failed(e)
+            except BaseException:
+                self.store.discard_all()
+                self._rewind()
+                raise
+            finally:
+                if proc.finishing and self._commit_proc is proc and not proc.in_flight:
+                    self._commit_proc = None
+                    proc.close()
+            self._saved_sources = self._commit_sources
+            self.store.evict()
+            return
         thread = self._commit_thread
         if thread is None:
             return
@@ -114,11 +215,23 @@ class CommitMixIn:
         self._saved_sources = self._commit_sources
         self.store.evict()
 
+    def _commit_died(self, e: CommitProcessDied) -> None:
+        self.store.discard_all()
+        self._rewind()
+        self._index_suspect = True
+        # Its temp files: only this monitor and its (reaped) child write the store.
+        remove_stale_temps(self.config.output_dir)
+        remove_stale_temps(self.config.state_path.parent)
+        raise MonitorError(f"the commit process writing {self.config.output_dir} ended "
+                           f"before its checkpoint did: {e}; nothing was lost, the same "
+                           "lines are read again") from None
+
     def _commit_failed(self, e: BaseException) -> None:
         # Sessions marked clean for the failed commit hold rounds that are not on disk:
         # forget the whole cache, and re-read from the last offsets that are.
         self.store.discard_all()
         self._rewind()
+        self._index_suspect = True
         reason = getattr(e, "strerror", None) or str(e)
         raise MonitorError(f"cannot write the store in {self.config.output_dir}: "
                            f"{reason}; nothing was lost, the same lines are "

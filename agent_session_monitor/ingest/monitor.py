@@ -186,9 +186,7 @@ class Monitor(CommitMixIn):
 
     def __exit__(self, *exc: object) -> None:
         try:
-            thread = self._commit_thread
-            if thread is not None:
-                thread.join()   # a pass interrupted mid catch-up: let its commit end
+            self._finish_commits()   # a pass interrupted mid catch-up: let its commit end
             self.tailer.release_all()
             if getattr(self, "_archive", None) is not None:
                 self._archive.close()
@@ -214,11 +212,13 @@ class Monitor(CommitMixIn):
         stats.files = len(pairs)
         todo = sum(max((lf.size if not lf.gz else 0) - src.offset, 0) for src, lf in pairs)
         progress = Progress(self.err, todo) if self.progress else None
+        self._begin_catch_up(pairs)
         try:
             self._read_all(pairs, stats, read_time, progress)
             if self.stream is not None:
                 self._read_stream(stats, read_time)
         finally:
+            self._end_catch_up()
             self.tailer.close_unheld(pairs)
         if progress:
             progress.done()

@@ -141,9 +141,24 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
 # Files of a batch held open at once: each chunk is written, synced and renamed before
 # the next one is opened, so a batch of 100,000 sessions never needs 100,000 descriptors.
 CHUNK_FILES = 256
-# Test hook (tests/test_crash.py): "PHASE:K" SIGKILLs this process at the K-th file of a
-# batch in that phase (write, sync, rename) or, for "dir", before the directory fsync.
+# Test hooks (tests/test_crash.py): "PHASE:K" SIGKILLs the monitor at the K-th file of a
+# batch in that phase (write, sync, rename) or, for "dir", before the directory fsync
+# (and, with fault_at, "index:0" / "state:0" at those steps of a commit).
+# Inside a commit process (ingest/commit_process.py) "the monitor" is both processes, so
+# a kill means what it says wherever the batch is written. FAULT_SCOPE_ENV arms the
+# fault only inside a commit process and kills just that process ("child") or just the
+# monitor that forked it ("parent"). FAULT_ERRNO_ENV ("ENOSPC", "EACCES") raises that
+# OSError at the point instead of a kill: a disk that fills in the middle of a batch.
 FAULT_ENV = "ASM_FAULT_BATCH"
+FAULT_SCOPE_ENV = "ASM_FAULT_BATCH_SCOPE"
+FAULT_ERRNO_ENV = "ASM_FAULT_BATCH_ERRNO"
+_fault_parent: int | None = None   # set in a commit process: the monitor that forked it
+
+
+def in_commit_process(parent: int) -> None:
+    """Called by a commit process after its fork: fault hooks kill ``parent`` too."""
+    global _fault_parent
+    _fault_parent = parent
 
 
 def atomic_write_many(directory: Path, items: Iterable[tuple[Path, bytes]], workers: int = 8) -> None:
@@ -212,8 +227,8 @@ def _commit_chunk(chunk: list[tuple[int, str, Path]], pool: ThreadPoolExecutor |
     for fd, _tmp, _path in chunk:
         os.close(fd)
     for i, (fd, tmp, path) in enumerate(chunk):
-        _maybe_fault(fault, done, "rename")
         try:
+            _maybe_fault(fault, done, "rename")
             os.replace(tmp, path)
         except BaseException:
             for _fd, later, _p in chunk[i:]:
@@ -237,9 +252,19 @@ def _close_quietly(fd: int) -> None:
         pass
 
 
+def fault_at(step: str) -> None:
+    """Test hook between the steps of a commit: "index:0" before the index rows are
+    written, "state:0" before ``.state.json`` is (the batch's files are durable)."""
+    fault = _fault_point()
+    if fault is not None and fault[0] == step:
+        _kill_self()
+
+
 def _fault_point() -> tuple[str, int] | None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
+        return None
+    if os.environ.get(FAULT_SCOPE_ENV) and _fault_parent is None:
         return None
     phase, _, k = spec.partition(":")
     return phase, int(k or 0)
@@ -261,6 +286,15 @@ def _maybe_fault(fault: tuple[str, int] | None, done: dict, phase: str) -> None:
 def _kill_self() -> None:
     import signal
 
+    name = os.environ.get(FAULT_ERRNO_ENV)
+    if name:
+        code = getattr(errno, name)
+        raise OSError(code, os.strerror(code))
+    scope = os.environ.get(FAULT_SCOPE_ENV)
+    if _fault_parent is not None and scope != "child":
+        os.kill(_fault_parent, signal.SIGKILL)
+        if scope == "parent":
+            return
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -247,6 +247,14 @@ def replace_prepared(db: sqlite3.Connection, prepared: list[tuple]) -> None:
         fulltext.sync(db, sid, keyed)
 
 
+def commit_prepared(db: sqlite3.Connection, prepared: list[tuple]) -> None:
+    """Replace the rows of these prepared sessions and clear the pending mark in one
+    transaction (on the monitor's connection, or a commit process's own)."""
+    with db:
+        replace_prepared(db, prepared)
+        db.execute("DELETE FROM meta WHERE key = 'pending'")
+
+
 def delete_rows(db: sqlite3.Connection, name: str) -> None:
     if fulltext.present(db):
         fulltext.delete(db, "SELECT sid FROM sessions WHERE file = ?", (name,))
@@ -324,9 +332,14 @@ class Index:
 
     def update_prepared(self, prepared: list[tuple]) -> None:
         """:meth:`update` with rows from :func:`prepare_rows` (a background commit)."""
-        with self.db:
-            replace_prepared(self.db, prepared)
-            self.db.execute("DELETE FROM meta WHERE key = 'pending'")
+        commit_prepared(self.db, prepared)
+
+    def reconnect(self) -> None:
+        """A new connection after :meth:`close`. Around a fork (a commit process,
+        ingest/commit_process.py) the monitor closes its connection first: SQLite's
+        connections and its per-process lock bookkeeping must not exist on both sides
+        of a fork; the child opens its own."""
+        self.db = connect(self.path)
 
     def _replace(self, docs: list[tuple[str, dict, int]]) -> None:
         replace_rows(self.db, docs)

@@ -1,0 +1,257 @@
+"""A commit process for a catch-up: the checkpoints' file writes, index rows and state go
+to a child process, so that the monitor's parsing and the commit's I/O use both cores.
+
+Why not a thread: every ``open``/``write``/``fsync``/``rename`` and every SQLite step of a
+commit thread releases the GIL and must win it back from the parsing thread, which holds
+it for a switch interval (5 ms) at a time. A batch of 24,000 session files then took 13 s
+instead of 3 (a GIL convoy). A child has a GIL of its own; the monitor hands it one
+message per checkpoint and waits for one reply: one blocking ``read`` per batch.
+
+Protocol (one commit in flight at a time, as with the thread):
+
+* The monitor forks the child at the start of a catch-up pass, while it is small and has
+  no other thread, after closing its SQLite connection (reopened at once): no connection
+  exists on both sides of the fork. The child inherits the store's ``.lock`` (flock is
+  on the open file), so no second monitor writes while it does.
+* Per checkpoint the monitor sends, from its main thread, the serialised session files,
+  the prepared index rows and the state as of the batch's offsets. The message is read
+  whole before anything is written: a monitor killed while sending leaves nothing half
+  applied. The child then does what a synchronous commit does, in the same order:
+  ``atomic_write_many`` -> index rows and pending mark cleared (on its own connection) ->
+  ``save_state``, and replies ``None`` or the error (type, errno, strerror).
+* A failure in the child is the monitor's failed commit (the same rewind and message).
+  A child that dies (SIGKILL, the OOM killer) is seen as end of file: a failed commit
+  too, never a traceback. A monitor that dies takes the child with it (PR_SET_PDEATHSIG
+  on Linux; elsewhere the child exits at end of file once its batch is done): a batch is
+  self-consistent, so either way ``.state.json`` never describes data not on disk.
+* The child ignores SIGINT and SIGTERM (a Ctrl-C or ``systemctl stop`` reaches the whole
+  process group): the monitor handles them, waits for the batch in flight and saves.
+* At the end of the pass the monitor closes the pipe and reaps the child.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sqlite3
+import struct
+import threading
+from pathlib import Path
+
+from ..store import durable
+from ..store.index import commit_prepared, connect, index_path
+from .state import State, save_state
+
+_HEADER = struct.Struct("<Q")
+_PIPE_BYTES = 1 << 20          # F_SETPIPE_SZ: fewer wake-ups per batch sent
+DISABLE_ENV = "ASM_COMMIT_PROCESS"   # "0": commit on a thread (benchmarks, tests)
+
+
+class CommitProcessDied(Exception):
+    """The commit process ended without replying (killed, out of memory)."""
+
+
+class CommitProcess:
+    """The monitor's handle on its commit child."""
+
+    def __init__(self, pid: int, send_fd: int, reply_fd: int) -> None:
+        self.pid = pid
+        self._send_fd: int | None = send_fd
+        self._reply_fd: int | None = reply_fd
+        self.in_flight = False
+
+    @classmethod
+    def start(cls, directory: Path, state_path: Path) -> "CommitProcess | None":
+        """Fork a commit process, or None where that is not possible or not safe (no
+        fork, or other threads: a fork copies none of them, nor what they hold)."""
+        if (not hasattr(os, "fork") or os.environ.get(DISABLE_ENV) == "0"
+                or threading.active_count() > 1):
+            return None
+        data_r, data_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        _grow_pipe(data_w)
+        parent = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (data_r, data_w, reply_r, reply_w):
+                os.close(fd)
+            return None
+        if pid == 0:   # the child: never returns into the monitor's code
+            code = 1
+            try:
+                os.close(data_w)
+                os.close(reply_r)
+                _serve(directory, state_path, data_r, reply_w, parent)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(data_r)
+        os.close(reply_w)
+        return cls(pid, data_w, reply_r)
+
+    def send(self, items: list[tuple[Path, bytes]], prepared: list[tuple], state: State) -> None:
+        """Hand one commit to the child (OSError if it is gone)."""
+        payload = pickle.dumps((items, prepared, state), protocol=pickle.HIGHEST_PROTOCOL)
+        self.in_flight = True
+        _write_message(self._send_fd, payload)
+
+    def result(self) -> None:
+        """Wait for the reply to the commit in flight and raise the error the child met:
+        OSError / sqlite3.Error as they were, CommitProcessDied without a reply."""
+        reply = _read_message(self._reply_fd)
+        self.in_flight = False
+        if reply is None:
+            raise CommitProcessDied(self._reap())
+        outcome = pickle.loads(reply)
+        if outcome is None:
+            return
+        kind, name, code, text = outcome
+        if kind == "os":
+            raise OSError(code, text)
+        if kind == "sqlite":
+            raise sqlite3.OperationalError(text)
+        raise RuntimeError(f"commit process: {name}: {text}")
+
+    def finish(self) -> None:
+        """No more commits: the child exits after replying to the one in flight."""
+        if self._send_fd is not None:
+            os.close(self._send_fd)
+            self._send_fd = None
+
+    @property
+    def finishing(self) -> bool:
+        return self._send_fd is None
+
+    def close(self) -> None:
+        """End the child (it exits at end of file, after a batch in flight) and reap it."""
+        for fd in (self._send_fd, self._reply_fd):
+            if fd is not None:
+                os.close(fd)
+        self._send_fd = self._reply_fd = None
+        self.in_flight = False
+        self._reap()
+
+    def _reap(self) -> str:
+        """Wait for the child to end; how it ended, in words."""
+        if self.pid is None:
+            return "it had ended"
+        self.finish()
+        while True:
+            try:
+                _pid, status = os.waitpid(self.pid, 0)
+                break
+            except ChildProcessError:
+                status = None
+                break
+            except InterruptedError:
+                continue
+        self.pid = None
+        if status is None:
+            return "it had ended"
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = str(sig)
+            return f"it was killed by {name}" + (" (the OOM killer?)" if sig == signal.SIGKILL else "")
+        return f"it exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def _serve(directory: Path, state_path: Path, data_fd: int, reply_fd: int, parent: int) -> None:
+    """The child's loop: one commit per message until end of file."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    _die_with(parent)
+    durable.in_commit_process(parent)
+    db: sqlite3.Connection | None = None
+    try:
+        while True:
+            message = _read_message(data_fd)
+            if message is None:
+                return
+            items, prepared, state = pickle.loads(message)
+            del message
+            try:
+                if items:
+                    durable.atomic_write_many(directory, items)
+                    del items
+                    if db is None:
+                        db = connect(index_path(directory))
+                    durable.fault_at("index")
+                    commit_prepared(db, prepared)
+                durable.fault_at("state")
+                save_state(state_path, state)
+                outcome = None
+            except OSError as e:
+                outcome = ("os", type(e).__name__, e.errno, e.strerror or str(e))
+            except sqlite3.Error as e:
+                outcome = ("sqlite", type(e).__name__, None, str(e))
+            except Exception as e:
+                outcome = ("other", type(e).__name__, None, str(e))
+            try:
+                _write_message(reply_fd, pickle.dumps(outcome))
+            except OSError:
+                return   # the monitor is gone
+    finally:
+        if db is not None:
+            db.close()
+
+
+def _die_with(parent: int) -> None:
+    """Linux: SIGKILL this process when the monitor dies, so that a killed monitor's
+    lock is free at once and no batch of it is written after its death."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError, ImportError):
+        pass   # no prctl: end of file ends the child after its batch
+    if os.getppid() != parent:   # the monitor died before prctl took effect
+        os._exit(0)
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)
+    except (OSError, ImportError):
+        pass
+
+
+def _write_message(fd: int, payload: bytes) -> None:
+    _write_all(fd, _HEADER.pack(len(payload)))
+    _write_all(fd, payload)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_message(fd: int) -> bytearray | None:
+    """One whole message, or None at end of file (also in the middle of one: a message
+    cut short by its writer's death is never acted on)."""
+    header = _read_exactly(fd, _HEADER.size)
+    if header is None:
+        return None
+    return _read_exactly(fd, _HEADER.unpack(header)[0])
+
+
+def _read_exactly(fd: int, n: int) -> bytearray | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if k == 0:
+            return None
+        got += k
+    return buf
+
