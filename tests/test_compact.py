@@ -31,8 +31,11 @@ class CompactRoundTrip(TempDirTest):
         self.assertEqual(code, 0, err)
         docs = load_store(self.out)
         refs = {"answer": 0, "tool_calls": 0, "answer+tool_calls": 0, "question": 0,
-                "answer_block": 0}
-        systems = short_keys = derived = shared_file = implied_offsets = 0
+                "answer_block": 0, "user:question": 0, "tool:question": 0,
+                "assistant:answer": 0, "assistant:tool_calls": 0,
+                "assistant:answer+tool_calls": 0}
+        systems = short_keys = derived = shared_file = implied_offsets = derived_totals = 0
+        left_out = messages_kept = 0
         for doc in docs.values():
             disk = json.loads(json.dumps(compact(doc)))
             for i, (rnd, mem) in enumerate(zip(disk["rounds"], doc["rounds"])):
@@ -43,6 +46,10 @@ class CompactRoundTrip(TempDirTest):
                 self.assertEqual(rnd["round"], i + 1)
                 for kind in (rnd.get("messages_refs") or {}).values():
                     refs[kind] += 1
+                    left_out += ":" in kind
+                messages_kept += len(rnd["messages"])
+                if "total_tokens" in mem and "total_tokens" not in rnd:
+                    derived_totals += 1
             systems += sum(1 for r in disk["rounds"] if "system_ref" in r)
             short_keys += sum(1 for r in disk["rounds"] if "k" in r)
             derived += sum(1 for r in disk["rounds"] if "buckets" not in r)
@@ -50,10 +57,18 @@ class CompactRoundTrip(TempDirTest):
             implied_offsets += sum(1 for r in disk["rounds"] if "messages_offset" not in r)
             self.assertNotIn('"sha256:', json.dumps(disk["rounds"]))
             self.assertEqual(roundtrip(doc), doc)
-        self.assertGreater(refs["question"], 500)
-        self.assertGreater(refs["answer"] + refs["answer+tool_calls"], 100)
-        self.assertGreater(refs["tool_calls"] + refs["answer+tool_calls"], 20)
+        # Layout 4: a repeat that is a whole message of a standard shape is left out of
+        # the list (its kind says the message); other shapes keep a placeholder.
+        self.assertGreater(refs["user:question"], 500)
+        self.assertGreater(refs["tool:question"], 100)
+        self.assertGreater(refs["assistant:answer"] + refs["assistant:answer+tool_calls"], 100)
+        self.assertGreater(refs["assistant:tool_calls"] + refs["assistant:answer+tool_calls"], 20)
+        # Every question, answer and tool-call repeat of this corpus is one of them.
+        self.assertEqual(refs["question"] + refs["answer"] + refs["tool_calls"], 0)
         self.assertGreater(refs["answer_block"], 20)   # Claude's answer as a text block
+        stored = sum(len(r["messages"]) if isinstance(r["messages"], list) else 1
+                     for doc in docs.values() for r in doc["rounds"])
+        self.assertEqual(messages_kept + left_out, stored)
         self.assertGreater(systems, 50)
         # Layout 3: the bytes every round repeated (line keys, buckets, the log file).
         rounds = sum(len(doc["rounds"]) for doc in docs.values())
@@ -61,6 +76,7 @@ class CompactRoundTrip(TempDirTest):
         self.assertGreater(derived, rounds * 0.9)
         self.assertGreater(shared_file, rounds - len(docs) * 2)
         self.assertGreater(implied_offsets, rounds // 2)
+        self.assertGreater(derived_totals, rounds * 0.9)   # total_tokens = the buckets' sum
 
 
 class CompactEdgeCases(unittest.TestCase):
@@ -271,10 +287,156 @@ class CompactEdgeCases(unittest.TestCase):
         self.assertEqual([r.get("cache_write_tokens") for r in disk["rounds"]], [None, 3, None, None, None])
         self.assertEqual(roundtrip(doc), doc)
 
+    def layout_doc(self, rounds, **extra):
+        """A document compact() writes in layout 4: buckets, offsets, a tip, the lists."""
+        for rnd in rounds:
+            rnd.setdefault("buckets", {})
+            rnd.setdefault("messages_offset", 0)
+            rnd.setdefault("cache_write_tokens", 0)   # as every round since schema 2
+        return {**self.doc(rounds), "context_tip": rounds[-1]["key"], "consumers": [],
+                "unpriced_models": [], **extra}
+
+    def assert_round_trip_keeps_key_order(self, doc):
+        back = roundtrip(doc)
+        self.assertEqual(back, doc)
+        for got, want in zip(back["rounds"], doc["rounds"]):
+            self.assertEqual(json.dumps(got.get("messages")), json.dumps(want.get("messages")))
+
+    def test_layout_4_leaves_whole_repeats_out_and_keeps_every_other_shape(self):
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        call2 = {**call, "id": "c2"}
+        user, system = {"content": "q", "role": "user"}, {"content": "sys", "role": "system"}
+        a = {"key": "a", "messages": [system, user], "question": "q", "answer": None,
+             "tool_calls": [{**call, "index": 0}, {**call2, "index": 1}]}
+        b = {"key": "b", "context_key": "a", "messages_offset": 2, "question": "out2",
+             "messages": [{"content": None, "role": "assistant", "tool_calls": [call, call2]},
+                          {"content": "out1", "role": "tool", "tool_call_id": "c1"},
+                          {"content": "out2", "role": "tool", "tool_call_id": "c2"}],
+             "answer": "done", "tool_calls": [{**call, "index": 0}]}
+        # c extends b: its answer as a whole message; its question a system message's
+        # content (another role: a placeholder, never "user:question")
+        c = {"key": "c", "context_key": "b", "messages_offset": 5, "question": "done",
+             "messages": [{"content": "done", "role": "assistant"},
+                          {"content": "done", "role": "system"}], "answer": "A", "tool_calls": []}
+        # d extends c: the answer re-logged one byte longer, keys in another order
+        d = {"key": "d", "context_key": "c", "messages_offset": 7, "question": "q",
+             "messages": [{"content": "A!", "role": "assistant"}, {"role": "user", "content": "q"}]}
+        # e extends b: a tool result for a call b never made (c9), with an extra key
+        e = {"key": "e", "context_key": "b", "messages_offset": 5, "question": "r",
+             "messages": [{"content": "done", "role": "assistant", "tool_calls": []},
+                          {"content": "r", "role": "tool", "tool_call_id": "c9"},
+                          {"content": "q", "role": "user", "name": "bob"}]}
+        f = {"key": "f", "context_key": "e", "messages_offset": 8, "question": "r",
+             "messages": [{"content": "r", "role": "tool", "tool_call_id": "c1"}]}
+        doc = self.layout_doc([a, b, c, d, e, f])
+        disk = json.loads(json.dumps(compact(doc)))
+        self.assertEqual(disk["layout"], 4)
+        rounds = disk["rounds"]
+        self.assertEqual(rounds[0]["messages"], [system])
+        self.assertEqual(rounds[0]["messages_refs"], {"1": "user:question"})
+        # b: the assistant turn and the result of a's last call are left out; the result
+        # of its first call stays whole (the question is the last message only)
+        self.assertEqual(rounds[1]["messages"], [{"content": "out1", "role": "tool", "tool_call_id": "c1"}])
+        self.assertEqual(rounds[1]["messages_refs"], {"0": "assistant:tool_calls", "2": "tool:question"})
+        self.assertEqual(rounds[2]["messages"], [{"content": None, "role": "system"}])
+        self.assertEqual(rounds[2]["messages_refs"], {"0": "assistant:answer", "1": "question"})
+        self.assertEqual(rounds[3]["messages"][0], {"content": "A!", "role": "assistant"})
+        self.assertEqual(rounds[3]["messages_refs"], {"1": "question"})   # not the user shape
+        self.assertEqual(rounds[4]["messages_refs"], {"0": "answer"})      # tool_calls: [] kept
+        self.assertEqual(rounds[4]["messages"][1]["content"], "r")          # c9: not a question ref
+        # e made no tool calls: a result for c1 keeps its id in a placeholder
+        self.assertEqual(rounds[5]["messages_refs"], {"0": "question"})
+        self.assertEqual(rounds[5]["messages"], [{"content": None, "role": "tool", "tool_call_id": "c1"}])
+        self.assert_round_trip_keeps_key_order(doc)
+
+    def test_layout_4_derives_totals_and_first_offsets_and_leaves_out_empty_lists(self):
+        rounds = [{"key": "a", "input_tokens": 10, "output_tokens": 5, "total_tokens": 15,
+                   "buckets": {"input": 10, "output": 5}, "messages": []},
+                  {"key": "b", "input_tokens": 10, "output_tokens": 5, "total_tokens": 99,
+                   "buckets": {"input": 10, "output": 5}, "messages": []},
+                  {"key": "c", "input_tokens": 1, "buckets": {"input": 1}, "messages": []},
+                  {"key": "d", "messages_offset": 0, "messages": [], "buckets": {}}]
+        doc = self.layout_doc(rounds, consumers=["alice"])
+        disk = json.loads(json.dumps(compact(doc)))
+        self.assertEqual([r.get("total_tokens", "-") for r in disk["rounds"]], ["-", 99, None, None])
+        self.assertNotIn("messages_offset", disk["rounds"][0])   # a chain's first request
+        self.assertEqual(disk["rounds"][3]["messages_offset"], 0)   # a new chain after c
+        self.assertNotIn("unpriced_models", disk)
+        self.assertEqual(disk["consumers"], ["alice"])
+        self.assert_round_trip_keeps_key_order(doc)
+        # A document a layout does not fit is written as it is.
+        for odd in (dict(doc, consumers=None), {k: v for k, v in doc.items() if k != "consumers"},
+                    dict(doc, rounds=[dict(rounds[0], total_tokens=None)])):
+            disk = json.loads(json.dumps(compact(odd)))
+            self.assertEqual(disk["layout"], 3)
+            self.assertEqual(roundtrip(odd), odd)
+
+    def test_hand_edited_layout_4_files_never_crash_the_reader(self):
+        from agent_session_monitor.store.sessions import parse_document
+
+        hostile_refs = [{"²": "user:question"}, {"²": "question"}, {"99": "tool:question"}, {"-1": "assistant:answer"},
+                        {"0": "assistant:tool_calls", "1": "user:question", "7": "user:question"},
+                        {"0": "nonsense"}, {"00": "user:question"}, ["0"], "0", None,
+                        {"0": "tool:question"}, {"0": ["user:question"]}]
+        for refs in hostile_refs:
+            for layout in (4, "4", 4.0, True, 10**30, -1, None):
+                for messages in ([], [None], [{"role": "user"}], "cut [truncated] text", 7):
+                    disk = {"session_id": "s", "layout": layout, "consumers": "x", "rounds": [
+                        {"k": "zz", "question": "q", "messages": messages,
+                         "messages_refs": refs, "total_tokens": "many", "messages_offset": None,
+                         "buckets": {"input": "1"}},
+                        {"request_id": "r", "context_key": "zz", "messages": messages,
+                         "messages_refs": refs, "total_tokens": None, "tool_calls": "cut"}]}
+                    raw = json.dumps(disk).encode()
+                    doc = parse_document(raw, 0)     # repaired, never an exception
+                    self.assertEqual(len(doc["rounds"]), 2)
+                    for rnd in doc["rounds"]:
+                        self.assertIsInstance(rnd["messages"], (list, str))
+
     def test_no_rounds_and_no_content(self):
         for doc in (self.doc([]), self.doc([{"key": "k", "input_tokens": 1}]),
                     self.doc([{"key": "r1", "request_id": "r1", "context_key": None}])):
             self.assertEqual(roundtrip(doc), doc)
+
+
+class ConversationBytes(TempDirTest):
+    """The denominator of issue 14's 2x bound (tests/bench.py): every message of each
+    conversation once, the model's responses included."""
+
+    def line(self, n, session, messages, answer=None, calls=None, system=None, reasoning=None):
+        ai = {"session_id": session, "model": "gpt-4o", "messages": messages,
+              "question": messages[-1]["content"], "answer": answer, "tool_calls": calls,
+              "reasoning": reasoning, "system": system, "input_token": 1, "output_token": 1}
+        return json.dumps({"start_time": f"2026-02-01T10:00:{n:02d}.000Z", "request_id": f"r{n}",
+                           "ai_log": json.dumps(ai)}) + "\n"
+
+    def test_every_message_once_the_last_answer_and_claudes_system_prompt_included(self):
+        from tests.bench import conversation_bytes
+
+        size = lambda v: len(json.dumps(v, ensure_ascii=False).encode())  # noqa: E731
+        q1, q2 = {"content": "hi 你好", "role": "user"}, {"content": "more", "role": "user"}
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        turn = {"content": None, "role": "assistant", "tool_calls": [call]}
+        result = {"content": "out", "role": "tool", "tool_call_id": "c1"}
+        last = {"content": "the end", "role": "assistant"}
+        lines = [self.line(1, "a", [q1], calls=[{**call, "index": 0}], system="sys"),
+                 self.line(2, "a", [q1, turn, result], answer="ok", system="sys"),
+                 self.line(2, "a", [q1, turn, result], answer="ok", system="sys"),  # logged twice
+                 self.line(3, "a", [q1, turn, result, {"content": "ok", "role": "assistant"}, q2],
+                           answer="the end", reasoning="hmm", system="sys"),
+                 self.line(4, "b", [q2], answer="B", system=[{"type": "text", "text": "s2"}])]
+        log = self.tmp / "access.log"
+        log.write_text("".join(lines))
+        got = conversation_bytes(log)
+        requests = size(q1) + size(turn) + size(result) + size({"content": "ok", "role": "assistant"}) \
+            + size(q2) + size(q2)
+        self.assertEqual(got["distinct_message_bytes"], requests)
+        # a's last answer (with its reasoning) and b's only answer: no request re-logs them
+        self.assertEqual(got["response_bytes"], size({**last, "reasoning_content": "hmm"})
+                         + size({"content": "B", "role": "assistant"}))
+        self.assertEqual(got["system_bytes"], size("sys") + size([{"type": "text", "text": "s2"}]))
+        self.assertEqual(got["conversation_bytes"],
+                         requests + got["response_bytes"] + got["system_bytes"])
 
 
 if __name__ == "__main__":

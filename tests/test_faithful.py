@@ -2,8 +2,9 @@
 
 - A script written only from the original skill's README schema (tests/original_reader.py)
   reads every fixture's store and gets what ``cli.py show --json`` shows.
-- Stores written by schema 1 (tests/data/legacy-schema1, made by the version before) are
-  upgraded on the next pass, and a SIGKILL at any point of the upgrade converges.
+- Stores written by schema 1 (tests/data/legacy-schema1, made by the version before) and
+  by on-disk layout 3 (tests/data/legacy-layout3) are upgraded on the next pass, and a
+  SIGKILL at any point of the upgrade converges.
 - Per provider shape, the token columns add up (input = uncached + cached + cache write,
   output = text + reasoning, total = input + output) in every command, page and export.
 - Each round says which price data priced it; a provider's own cost is kept beside ours.
@@ -30,6 +31,7 @@ from agent_session_monitor.cli import main as cli_main
 from agent_session_monitor.store.names import file_name_for
 
 LEGACY = DATA / "legacy-schema1"
+LAYOUT3 = DATA / "legacy-layout3"   # written by main of 30 Nov 2026 09:10 UTC (layout 3)
 HOST = {"Host": "127.0.0.1:8888"}
 
 
@@ -273,6 +275,96 @@ class UpgradeFromSchema1(TempDirTest):
             self.assertEqual(json.loads((big / "sessions" / name).read_text()).get("schema"), 2, name)
         self.assertEqual(cli(big / "sessions", "stats-model", "--json"),
                          cli(reference / "sessions", "stats-model", "--json"))
+
+
+class UpgradeFromLayout3(TempDirTest):
+    """Layout 4 leaves whole repeated messages, derivable totals and empty lists out of
+    the files; a store in layout 3 reads the same before, during and after its upgrade."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.root = self.tmp / "layout3"
+        shutil.copytree(LAYOUT3, self.root)
+        self.store, self.log = self.root / "sessions", self.root / "access.log"
+
+    def monitor(self, out: Path):
+        code, out_text, err = self.run_monitor(self.log, out=out,
+                                               extra=["--allow-log-dir", str(self.root)])
+        self.assertEqual(code, 0, err)
+        return out_text + err
+
+    def test_layout_3_store_is_rewritten_smaller_and_reads_the_same(self):
+        from agent_session_monitor.store.ondisk import LAYOUT
+
+        before_raw = {p.name: p.read_bytes() for p in session_files(self.store)}
+        self.assertTrue(all(json.loads(b)["layout"] == 3 for b in before_raw.values()))
+        before = load_store(self.store)
+        first = next(iter(sorted(before)))
+        shown = json.loads(cli(self.store, "show", "--json", first))
+        readme_before = original_reader(self.store)
+        self.assertIn(f"upgraded {len(before_raw)} session files", self.monitor(self.store))
+        after_raw = {p.name: p.read_bytes() for p in session_files(self.store)}
+        self.assertEqual(set(after_raw), set(before_raw))
+        for name, data in after_raw.items():
+            self.assertEqual(json.loads(data)["layout"], LAYOUT, name)
+        self.assertLess(sum(map(len, after_raw.values())), 0.95 * sum(map(len, before_raw.values())))
+        self.assertEqual(load_store(self.store), before)
+        self.assertEqual(json.loads(cli(self.store, "show", "--json", first)), shown)
+        self.assertEqual(original_reader(self.store), readme_before)
+        # ... and what a fresh ingest of the same log writes (prices aside: the bundled
+        # table may have changed since the fixture was written; an upgrade keeps costs).
+        fresh = self.tmp / "fresh"
+        self.monitor(fresh)
+        self.assertEqual(without_prices(load_store(fresh)), without_prices(before))
+        self.assertNotIn("upgraded", self.monitor(self.store))   # nothing left to do
+
+    def test_sigkill_at_random_points_of_a_layout_upgrade_converges(self):
+        big = self.tmp / "big"
+        (big / "sessions").mkdir(parents=True)
+        (big / "empty.log").write_bytes(b"")
+        raw = [p.read_bytes() for p in session_files(LAYOUT3 / "sessions")]
+        for i in range(240):
+            doc = json.loads(raw[i % len(raw)])
+            doc["session_id"] = f"copy-{i}:{doc['session_id']}"
+            (big / "sessions" / file_name_for(doc["session_id"])).write_text(json.dumps(doc))
+        reference = self.tmp / "reference"
+        shutil.copytree(big, reference)
+        cmd = lambda root: [sys.executable, str(ROOT / "main.py"), "--log-path",  # noqa: E731
+                            str(root / "empty.log"), "--output-dir", str(root / "sessions"),
+                            "--allow-log-dir", str(root), "-q"]
+        subprocess.run(cmd(reference), check=True, capture_output=True)
+        rng = random.Random(4)
+        kills = 0
+        for _ in range(12):
+            proc = subprocess.Popen(cmd(big), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.05, 0.5))
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        final = subprocess.run(cmd(big), capture_output=True, text=True)
+        self.assertEqual(final.returncode, 0, final.stderr)
+        self.assertGreater(kills, 0, "the upgrade finished before any kill: make it longer")
+        self.assertEqual([p for p in (big / "sessions").iterdir() if ".tmp" in p.name], [])
+        self.assertEqual(load_store(big / "sessions"), load_store(reference / "sessions"))
+        names = [p.name for p in session_files(reference / "sessions")]
+        self.assertEqual([p.name for p in session_files(big / "sessions")], names)
+        for name in names:
+            self.assertEqual((big / "sessions" / name).read_bytes(),
+                             (reference / "sessions" / name).read_bytes(), name)
+        self.assertEqual(cli(big / "sessions", "stats-model", "--json"),
+                         cli(reference / "sessions", "stats-model", "--json"))
+
+
+def without_prices(docs: dict) -> dict:
+    price_fields = ("cost_usd", "priced_by", "priced_as", "total_cost_usd", "unpriced_rounds",
+                    "unpriced_models", "provider_cost")
+    for doc in docs.values():
+        for part in (doc, *doc["rounds"]):
+            for name in price_fields:
+                part.pop(name, None)
+    return docs
 
 
 def original_reader_of_fresh(test: UpgradeFromSchema1) -> dict:

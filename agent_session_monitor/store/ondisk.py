@@ -37,13 +37,25 @@ moving a round's own fields elsewhere:
   session's ``context_tip`` is left out when it is its last round's key; and
   ``messages_offset`` is left out when the round extends the previous round's whole
   request (its offset is that round's offset plus its messages).
+- Layout 4 (``"layout": 4``): a placeholder that would say nothing but its role is left
+  out of the list altogether, and its position in ``messages_refs`` names the whole
+  message: ``"user:question"`` is ``{"content": <question>, "role": "user"}``,
+  ``"tool:question"`` the same with ``"role": "tool"`` and the ``tool_call_id`` of the
+  last call of the round it continues, ``"assistant:answer"`` /
+  ``"assistant:tool_calls"`` (content null) / ``"assistant:answer+tool_calls"`` the
+  previous answer's turn; positions count the whole list, and a message of any other
+  shape (another role, key order or extra key, a result for another call) keeps its
+  placeholder. ``total_tokens`` is left out when the logged total is the sum of the
+  round's buckets (``null`` when none was logged), a chain's first ``messages_offset``
+  when it is 0, and the session's ``unpriced_models`` / ``consumers`` when empty.
 
 A placeholder ``null`` keeps the message's key order; only positions listed in
 ``messages_refs`` are references, so a message whose content really is ``null`` stays
 itself. :func:`compact` is applied when a session is written and :func:`expand` when it
 is read; ``expand(compact(doc)) == doc`` for every document (tests/test_compact.py).
-:func:`expand` also reads the layout of schema 1 (answers moved into the next round,
-questions and round numbers left out), which :mod:`upgrade` rewrites.
+:func:`expand` also reads every older layout (3, the unnumbered ones before it, and schema
+1: answers moved into the next round, questions and round numbers left out), which
+:mod:`upgrade` rewrites.
 """
 
 from __future__ import annotations
@@ -59,7 +71,20 @@ from ..pricing.cost import usage_buckets
 REFS = "messages_refs"
 _ANSWER, _CALLS, _BOTH, _QUESTION = "answer", "tool_calls", "answer+tool_calls", "question"
 _BLOCK = "answer_block"
-LAYOUT = 3
+# Layout 4: a placeholder that would say nothing but its role is left out of the list
+# altogether; the kind names the whole message (``"user:question"`` is
+# ``{"content": <question>, "role": "user"}``), in the stored key order.
+_WHOLE = {
+    "user:question": (_QUESTION, ("content", "role")),
+    "tool:question": (_QUESTION, ("content", "role", "tool_call_id")),
+    "assistant:answer": (_ANSWER, ("content", "role")),
+    "assistant:tool_calls": (_CALLS, ("content", "role", "tool_calls")),
+    "assistant:answer+tool_calls": (_BOTH, ("content", "role", "tool_calls")),
+}
+_TOOL_QUESTION = "tool:question"
+# (reference kind, role, keys in order) of a placeholder -> its whole-message kind
+_WHOLE_SHAPES = {(kind, name.split(":")[0], keys): name for name, (kind, keys) in _WHOLE.items()}
+LAYOUT = 4
 _LINE_KEY = re.compile(r"sha256:[0-9a-f]{32}")
 
 
@@ -77,6 +102,9 @@ def compact(doc: dict) -> dict:
             del rnd["system"]
             rnd["system_ref"] = ref
     by_key = {r["key"]: r for r in rounds}
+    # Whole messages left out, per round: taken out of the lists only after every round's
+    # references and offsets are known (they count the messages).
+    whole: list[tuple[list, list[int]]] = []
     for rnd in rounds:
         messages = rnd.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -95,9 +123,14 @@ def compact(doc: dict) -> dict:
             refs[str(last)] = _QUESTION
         if refs:
             messages = list(messages)
+            left_out = []
             for at, kind in refs.items():
                 i = int(at)
-                if kind == _BLOCK:
+                name = _whole_kind(messages[i], kind, base)
+                if name is not None:
+                    refs[at] = name
+                    left_out.append(i)
+                elif kind == _BLOCK:
                     blocks = list(messages[i]["content"])
                     blocks[0] = {**blocks[0], "text": None}
                     messages[i] = {**messages[i], "content": blocks}
@@ -106,11 +139,20 @@ def compact(doc: dict) -> dict:
                                    for k, v in messages[i].items()}
             rnd["messages"] = messages
             rnd[REFS] = refs
+            if left_out:
+                whole.append((messages, left_out))
     default = _usual_price(rounds)
     # Layout 3's omissions need every round to have buckets and the session a tip to
     # give back; a document that lacks them is written as it is.
-    layout = "context_tip" in doc and all(isinstance(r.get("buckets"), dict)
-                                          and "messages_offset" in r for r in rounds)
+    layout = layout4 = "context_tip" in doc
+    for rnd in rounds:
+        if type(rnd.get("buckets")) is not dict or "messages_offset" not in rnd:
+            layout = layout4 = False
+            break
+        if rnd.get("total_tokens", 0) is None:
+            layout4 = False   # a null total could not be told from one never logged
+    # Layout 4 also leaves out the session's empty lists (summarise always writes them).
+    layout4 = layout4 and all(isinstance(doc.get(name), list) for name in _EMPTY_LISTS)
     previous, previous_end = None, None
     fp = None
     for rnd in rounds:
@@ -125,6 +167,9 @@ def compact(doc: dict) -> dict:
             del rnd["context_key"]
             if layout and type(offset) is int and offset == previous_end:
                 del rnd["messages_offset"]   # extends the previous round's whole request
+        elif layout4 and offset == 0 and type(offset) is int and previous_end is None \
+                and "context_key" not in rnd:
+            del rnd["messages_offset"]       # a chain's first request, with nothing before
         messages = rnd.get("messages")
         previous_end = (offset or 0) + len(messages) \
             if type(offset) in (int, type(None)) and isinstance(messages, list) else None
@@ -136,6 +181,12 @@ def compact(doc: dict) -> dict:
             rnd["k"] = base64.urlsafe_b64encode(bytes.fromhex(key[7:])).decode()[:22]
         if rnd.get("cache_write_tokens") == 0 and "buckets" in rnd:
             del rnd["cache_write_tokens"]
+        if layout4:
+            total = rnd.get("total_tokens", _ABSENT)
+            if total is _ABSENT:
+                rnd["total_tokens"] = None   # not logged (absent says: derive it)
+            elif type(total) is int and total == _bucket_total(rnd["buckets"]):
+                del rnd["total_tokens"]      # the logged total is the buckets' sum
         if layout and _derived_buckets(rnd) == rnd["buckets"]:
             del rnd["buckets"]
         if default is not None and rnd.get("cost_usd") is not None:
@@ -151,15 +202,87 @@ def compact(doc: dict) -> dict:
     if layout and rounds and doc.get("context_tip") is not None \
             and doc["context_tip"] == doc["rounds"][-1].get("key"):
         skip.add("context_tip")
+    if layout4:
+        skip.update(name for name in _EMPTY_LISTS if doc[name] == [])
     out = {k: v for k, v in doc.items() if k not in skip}
     if systems:
         out["systems"] = systems
     if default is not None:
         out["price_default"] = default
     if layout:
-        out["layout"] = LAYOUT
+        out["layout"] = LAYOUT if layout4 else 3
+    for messages, left_out in whole:
+        for i in sorted(left_out, reverse=True):
+            del messages[i]
     out["rounds"] = rounds
     return out
+
+
+_ABSENT = object()
+_EMPTY_LISTS = ("unpriced_models", "consumers")
+
+
+def _whole_kind(msg: dict, kind: str, base: dict | None) -> str | None:
+    """Layout 4: the whole-message kind of a referenced message of a standard shape
+    (only the values the reference gives, and its role), else None (a placeholder)."""
+    name = _WHOLE_SHAPES.get((kind, msg.get("role"), tuple(msg)))
+    if name is None:
+        return None
+    if kind == _CALLS and msg["content"] is not None:
+        return None   # a tool_calls reference keeps the turn's own content
+    if name == _TOOL_QUESTION and (msg["tool_call_id"] is None
+                                   or msg["tool_call_id"] != _last_call_id(base)):
+        return None   # the result of a call other than the last one base made
+    return name
+
+
+def _last_call_id(base: dict | None) -> str | None:
+    """The id of the last tool call ``base`` made: what the last tool result of the next
+    request answers."""
+    calls = base.get("tool_calls") if base is not None else None
+    if isinstance(calls, list) and calls and isinstance(calls[-1], dict):
+        call_id = calls[-1].get("id")
+        return call_id if isinstance(call_id, str) else None
+    return None
+
+
+def _bucket_total(buckets: object) -> int | None:
+    if not isinstance(buckets, dict):
+        return None
+    total = 0
+    for value in buckets.values():
+        if type(value) is not int:
+            return None
+        total += value
+    return total
+
+
+def _restore_whole(rnd: dict) -> None:
+    """Layout 4: put the whole messages a round's ``messages_refs`` names back into its
+    list as the placeholders they stand for (the references then fill them in)."""
+    refs, messages = rnd.get(REFS), rnd.get("messages")
+    if not isinstance(refs, dict) or not isinstance(messages, list):
+        return
+    found = sorted((int(at), kind) for at, kind in refs.items()
+                   if _is_whole(kind) and _position(at) is not None)
+    if not found:
+        return
+    messages = rnd["messages"] = list(messages)
+    refs = rnd[REFS] = {at: kind for at, kind in refs.items() if not _is_whole(kind)}
+    for i, kind in found:
+        if i > len(messages):
+            continue   # a hand edit pointing past the list: nothing to put back
+        role = kind.split(":", 1)[0]
+        messages.insert(i, {key: (role if key == "role" else None) for key in _WHOLE[kind][1]})
+        refs[str(i)] = kind
+
+
+def _is_whole(kind: object) -> bool:
+    return isinstance(kind, str) and kind in _WHOLE
+
+
+def _position(at: object) -> int | None:
+    return int(at) if isinstance(at, str) and at.isascii() and at.isdigit() else None
 
 
 def _plain_source(source: object) -> bool:
@@ -170,11 +293,15 @@ def _plain_source(source: object) -> bool:
 def _derived_buckets(rnd: dict) -> dict:
     """The round's buckets as its logged token fields and detail maps give them
     (rounds.build_round, only the non-zero ones)."""
-    details = [rnd.get(name) for name in ("input_token_details", "output_token_details")]
-    buckets = usage_buckets(*(_count(rnd.get(name)) for name in (
-        "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")),
-        *(d if isinstance(d, dict) else None for d in details))
-    return {k: v for k, v in buckets.as_dict().items() if v}
+    ind, outd = rnd.get("input_token_details"), rnd.get("output_token_details")
+    b = usage_buckets(_count(rnd.get("input_tokens")), _count(rnd.get("output_tokens")),
+                      _count(rnd.get("cached_tokens")), _count(rnd.get("reasoning_tokens")),
+                      ind if isinstance(ind, dict) else None,
+                      outd if isinstance(outd, dict) else None)
+    # Spelled out (runs for every round of every session written): Buckets.as_dict's order.
+    return {k: v for k, v in (("input", b.input), ("cache_read", b.cache_read),
+                              ("cache_write", b.cache_write), ("cache_write_1h", b.cache_write_1h),
+                              ("output", b.output), ("reasoning", b.reasoning)) if v}
 
 
 def _count(value: object) -> int:
@@ -202,15 +329,19 @@ def _usual_price(rounds: list) -> str | None:
 
 
 def expand(doc: dict) -> dict:
-    """Turn an on-disk document (schema 1 or 2) back into the plain form, in place."""
+    """Turn an on-disk document (schema 1 or 2, any layout) back into the plain form, in
+    place."""
     systems = doc.pop("systems", None) or {}
     default = doc.pop("price_default", None)
-    layout = doc.pop("layout", None) == LAYOUT
+    version = doc.pop("layout", None)
+    version = version if type(version) is int else 0
+    layout, layout4 = version >= 3, version >= 4
     rounds = doc.get("rounds") or []
     previous, previous_end = None, None
     fp = None
     for i, rnd in enumerate(rounds):
         rnd.setdefault("round", i + 1)
+        _restore_whole(rnd)
         short = rnd.pop("k", None)
         if "key" not in rnd:
             rnd["key"] = _line_key(short) or rnd.get("request_id")
@@ -225,6 +356,15 @@ def expand(doc: dict) -> dict:
         if layout and "messages_offset" not in rnd and "context_key" not in rnd \
                 and previous_end is not None:
             rnd["messages_offset"] = previous_end
+        elif layout4 and "messages_offset" not in rnd and "context_key" not in rnd:
+            rnd["messages_offset"] = 0
+        if layout4:
+            if "total_tokens" not in rnd:
+                total = _bucket_total(rnd.get("buckets"))
+                if total is not None:
+                    rnd["total_tokens"] = total
+            elif rnd["total_tokens"] is None:
+                del rnd["total_tokens"]
         offset, messages = rnd.get("messages_offset"), rnd.get("messages")
         previous_end = (offset or 0) + len(messages) \
             if type(offset) in (int, type(None)) and isinstance(messages, list) else None
@@ -249,10 +389,15 @@ def expand(doc: dict) -> dict:
             messages = rnd["messages"]
             base = by_key.get(rnd.get("context_key"))
             for at, kind in refs.items():
-                i = int(at) if isinstance(at, str) and at.isdigit() else -1
-                if not 0 <= i < len(messages) or not _is_message(messages[i]):
+                i = _position(at)
+                if i is None or i >= len(messages) or not _is_message(messages[i]):
                     continue
                 msg = messages[i] = dict(messages[i])
+                if kind == _TOOL_QUESTION:
+                    msg["content"] = rnd.get("question")
+                    msg["tool_call_id"] = _last_call_id(base)
+                    continue
+                kind = _WHOLE[kind][0] if _is_whole(kind) else kind
                 if kind == _BLOCK:
                     blocks = msg.get("content")
                     if base is not None and isinstance(blocks, list) and blocks \
@@ -268,6 +413,9 @@ def expand(doc: dict) -> dict:
     _expand_schema_1(rounds, by_key)
     if layout and "context_tip" not in doc and rounds:
         doc["context_tip"] = rounds[-1]["key"]
+    if layout4:
+        for name in _EMPTY_LISTS:
+            doc.setdefault(name, [])
     if doc.get("schema", 1) >= 2:
         doc.setdefault("provider_cost", None)
         doc["priced_by"] = price_summary(rounds)

@@ -1,20 +1,26 @@
-"""Bring a store written by an earlier version up to the current session schema.
+"""Bring a store written by an earlier version up to the current session schema and
+on-disk layout.
 
 Schema 1 (before the faithful layout) left fields out of rounds: the answer and tool
 calls moved into the next round, the question into the last message, round numbers
 implied. ``store.read_document`` already reads that layout back whole; this module
 rewrites such files in the current layout (every original field on disk), adds what
 schema 2 records (normalised ``tokens`` totals, ``priced_by`` summaries) and re-splits the
-usage of Gemini rounds whose cached content an earlier version did not read.
+usage of Gemini rounds whose cached content an earlier version did not read. A file of
+the current schema in an older on-disk layout (:data:`ondisk.LAYOUT`: what repeats is
+left out of each file differently) is read whole and written again as it is, in the
+current layout.
 
 It runs once, under the writer lock, before the monitor's first pass. Each file is
 replaced atomically and indexed as the monitor does (marked pending first), and a file
-already at the current schema is left alone, so a run killed at any point converges:
-the next one finishes the rest. The index records completion (``meta.store_schema``).
+already at the current schema and layout is left alone, so a run killed at any point
+converges: the next one finishes the rest. The index records completion
+(``meta.store_schema``: ``<schema>.<layout>``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable
 
@@ -23,39 +29,50 @@ from .names import is_session_file
 from ..pricing.cost import Buckets, bucket_cost, usage_buckets
 from ..pricing.table import PriceTable
 from .document import SCHEMA, summarise
-from .sessions import dump_document, read_document
-from .durable import atomic_write_many
+from .ondisk import LAYOUT
+from .sessions import dump_document, parse_document
+from .durable import atomic_write_many, open_regular
 
 BATCH = 200
 _TEXT_DEFAULT = {"question": "", "answer": "", "reasoning": ""}
 
 
+STORE_VERSION = f"{SCHEMA}.{LAYOUT}"
+
+
 def upgrade_needed(index: Index) -> bool:
-    return index.meta("store_schema") != str(SCHEMA)
+    return index.meta("store_schema") != STORE_VERSION
 
 
 def upgrade_store(directory, index: Index, table: PriceTable, store_content: bool = True,
                   progress: Callable[[int, int], None] | None = None) -> int:
-    """Rewrite every session file older than :data:`SCHEMA`; returns how many."""
+    """Rewrite every session file older than :data:`SCHEMA` or :data:`LAYOUT`; returns
+    how many."""
     names = sorted(n for n in os.listdir(directory) if is_session_file(n))
     upgraded = 0
     batch: list[tuple[str, dict, bytes]] = []
     for i, name in enumerate(names, 1):
+        if progress:
+            progress(i, len(names))
         try:
-            doc = read_document(directory / name)
+            data, mtime = _read(directory / name)
+            if _version(data) >= (SCHEMA, LAYOUT):
+                continue
+            doc = parse_document(data, mtime)
         except (OSError, ValueError):
             continue   # the monitor moves an unreadable file aside when it next needs it
         if _schema(doc) < SCHEMA:
             upgrade_document(doc, table, store_content)
-            batch.append((name, doc, dump_document(doc)))
-            upgraded += 1
+        new = dump_document(doc)
+        if new == data:
+            continue   # a document no layout fits is written as it was: nothing to do
+        batch.append((name, doc, new))
+        upgraded += 1
         if len(batch) >= BATCH:
             _commit(directory, index, batch)
             batch = []
-        if progress:
-            progress(i, len(names))
     _commit(directory, index, batch)
-    index.set_meta("store_schema", str(SCHEMA))
+    index.set_meta("store_schema", STORE_VERSION)
     return upgraded
 
 
@@ -105,3 +122,22 @@ def _commit(directory, index: Index, batch: list[tuple[str, dict, bytes]]) -> No
     index.mark_pending(name for name, _doc, _data in batch)
     atomic_write_many(directory, [(directory / name, data) for name, _doc, data in batch])
     index.update([(name, doc, len(data)) for name, doc, data in batch])
+
+
+def _read(path) -> tuple[bytes, float]:
+    """A session file's bytes and mtime (never through a symlink: store.read_document)."""
+    with os.fdopen(open_regular(path), "rb") as f:
+        return f.read(), os.fstat(f.fileno()).st_mtime
+
+
+def _version(data: bytes) -> tuple[int, int]:
+    """(schema, on-disk layout) a file says it is in (layout 0: before layouts were
+    numbered; a file that is no JSON object: (0, 0), parse_document says what is wrong)."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return 0, 0
+    if not isinstance(doc, dict):
+        return 0, 0
+    schema, layout = doc.get("schema", 1), doc.get("layout")
+    return (schema if type(schema) is int else 1), (layout if type(layout) is int else 0)
