@@ -247,24 +247,7 @@ class UpgradeFromSchema1(TempDirTest):
             (big / "sessions").mkdir(exist_ok=True)
             (big / "sessions" / file_name_for(doc["session_id"])).write_text(json.dumps(doc))
         reference = self.tmp / "reference"
-        shutil.copytree(big, reference)
-        cmd = lambda root: [sys.executable, str(ROOT / "main.py"), "--log-path",  # noqa: E731
-                            str(root / "empty.log"), "--output-dir", str(root / "sessions"),
-                            "--allow-log-dir", str(root), "-q"]
-        subprocess.run(cmd(reference), check=True, capture_output=True)
-        rng = random.Random(14)
-        kills = 0
-        for _ in range(12):
-            proc = subprocess.Popen(cmd(big), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.05, 0.5))
-            if proc.poll() is not None:
-                break
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        final = subprocess.run(cmd(big), capture_output=True, text=True)
-        self.assertEqual(final.returncode, 0, final.stderr)
-        self.assertGreater(kills, 0, "the upgrade finished before any kill: make it longer")
+        upgrade_killed_again_and_again(self, big, reference, random.Random(14))
         names = [p.name for p in session_files(reference / "sessions")]
         self.assertEqual(len(names), 200)
         self.assertEqual([p.name for p in session_files(big / "sessions")], names)
@@ -328,24 +311,7 @@ class UpgradeFromLayout3(TempDirTest):
             doc["session_id"] = f"copy-{i}:{doc['session_id']}"
             (big / "sessions" / file_name_for(doc["session_id"])).write_text(json.dumps(doc))
         reference = self.tmp / "reference"
-        shutil.copytree(big, reference)
-        cmd = lambda root: [sys.executable, str(ROOT / "main.py"), "--log-path",  # noqa: E731
-                            str(root / "empty.log"), "--output-dir", str(root / "sessions"),
-                            "--allow-log-dir", str(root), "-q"]
-        subprocess.run(cmd(reference), check=True, capture_output=True)
-        rng = random.Random(4)
-        kills = 0
-        for _ in range(12):
-            proc = subprocess.Popen(cmd(big), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.05, 0.5))
-            if proc.poll() is not None:
-                break
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        final = subprocess.run(cmd(big), capture_output=True, text=True)
-        self.assertEqual(final.returncode, 0, final.stderr)
-        self.assertGreater(kills, 0, "the upgrade finished before any kill: make it longer")
+        upgrade_killed_again_and_again(self, big, reference, random.Random(4))
         self.assertEqual([p for p in (big / "sessions").iterdir() if ".tmp" in p.name], [])
         self.assertEqual(load_store(big / "sessions"), load_store(reference / "sessions"))
         names = [p.name for p in session_files(reference / "sessions")]
@@ -355,6 +321,29 @@ class UpgradeFromLayout3(TempDirTest):
                              (reference / "sessions" / name).read_bytes(), name)
         self.assertEqual(cli(big / "sessions", "stats-model", "--json"),
                          cli(reference / "sessions", "stats-model", "--json"))
+
+
+def upgrade_killed_again_and_again(test: TempDirTest, big: Path, reference: Path,
+                                   rng: random.Random) -> None:
+    """Copy the store ``big`` to ``reference`` and upgrade that copy in one run; then
+    upgrade ``big`` with a SIGKILL at random points, again and again, and once to the end."""
+    shutil.copytree(big, reference)
+    cmd = lambda root: [sys.executable, str(ROOT / "main.py"), "--log-path",  # noqa: E731
+                        str(root / "empty.log"), "--output-dir", str(root / "sessions"),
+                        "--allow-log-dir", str(root), "-q"]
+    subprocess.run(cmd(reference), check=True, capture_output=True)
+    kills = 0
+    for _ in range(12):
+        proc = subprocess.Popen(cmd(big), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 0.5))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    final = subprocess.run(cmd(big), capture_output=True, text=True)
+    test.assertEqual(final.returncode, 0, final.stderr)
+    test.assertGreater(kills, 0, "the upgrade finished before any kill: make it longer")
 
 
 def without_prices(docs: dict) -> dict:
