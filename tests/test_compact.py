@@ -321,11 +321,12 @@ class CompactEdgeCases(unittest.TestCase):
         # d extends c: the answer re-logged one byte longer, keys in another order
         d = {"key": "d", "context_key": "c", "messages_offset": 7, "question": "q",
              "messages": [{"content": "A!", "role": "assistant"}, {"role": "user", "content": "q"}]}
-        # e extends b: a tool result for a call b never made (c9), with an extra key
+        # e extends b: a user message with an extra key, then the question: a result for
+        # a call b never made (c9)
         e = {"key": "e", "context_key": "b", "messages_offset": 5, "question": "r",
              "messages": [{"content": "done", "role": "assistant", "tool_calls": []},
-                          {"content": "r", "role": "tool", "tool_call_id": "c9"},
-                          {"content": "q", "role": "user", "name": "bob"}]}
+                          {"content": "q", "role": "user", "name": "bob"},
+                          {"content": "r", "role": "tool", "tool_call_id": "c9"}]}
         f = {"key": "f", "context_key": "e", "messages_offset": 8, "question": "r",
              "messages": [{"content": "r", "role": "tool", "tool_call_id": "c1"}]}
         doc = self.layout_doc([a, b, c, d, e, f])
@@ -342,8 +343,11 @@ class CompactEdgeCases(unittest.TestCase):
         self.assertEqual(rounds[2]["messages_refs"], {"0": "assistant:answer", "1": "question"})
         self.assertEqual(rounds[3]["messages"][0], {"content": "A!", "role": "assistant"})
         self.assertEqual(rounds[3]["messages_refs"], {"1": "question"})   # not the user shape
-        self.assertEqual(rounds[4]["messages_refs"], {"0": "answer"})      # tool_calls: [] kept
-        self.assertEqual(rounds[4]["messages"][1]["content"], "r")          # c9: not a question ref
+        self.assertEqual(rounds[4]["messages_refs"], {"0": "answer", "2": "question"})
+        self.assertEqual(rounds[4]["messages"], [   # tool_calls: [] and the c9 id kept
+            {"content": None, "role": "assistant", "tool_calls": []},
+            {"content": "q", "role": "user", "name": "bob"},
+            {"content": None, "role": "tool", "tool_call_id": "c9"}])
         # e made no tool calls: a result for c1 keeps its id in a placeholder
         self.assertEqual(rounds[5]["messages_refs"], {"0": "question"})
         self.assertEqual(rounds[5]["messages"], [{"content": None, "role": "tool", "tool_call_id": "c1"}])

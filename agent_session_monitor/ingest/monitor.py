@@ -181,7 +181,8 @@ class Monitor(CommitMixIn):
         self._archive_absent = False
         self.store.pruned_keys = self._pruned_keys
         if upgrade_needed(self.index):
-            n = upgrade_store(out, self.index, self.table, self.config.store_content)
+            n = upgrade_store(out, self.index, self.table, self.config.store_content,
+                              self._upgrade_progress if self.progress else None)
             if n:
                 self.notes.append(f"upgraded {n:,} session file{'s' if n != 1 else ''} "
                                   "written by an earlier version to the current layout")
@@ -387,8 +388,15 @@ class Monitor(CommitMixIn):
         self.tailer.events = []
 
     def _index_progress(self, done: int, total: int) -> None:
+        self._count_progress("indexing sessions", done, total)
+
+    def _upgrade_progress(self, done: int, total: int) -> None:
+        # Once per store and version, and it reads every file: minutes on a big store.
+        self._count_progress("checking session files for an upgrade", done, total)
+
+    def _count_progress(self, label: str, done: int, total: int) -> None:
         if done == total or done % 200 == 0:
-            self.err.write(f"\rindexing sessions: {done:,}/{total:,}")
+            self.err.write(f"\r{label}: {done:,}/{total:,}")
             if done == total:
                 self.err.write("\n")
             self.err.flush()

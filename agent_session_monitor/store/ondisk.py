@@ -84,6 +84,9 @@ _WHOLE = {
 _TOOL_QUESTION = "tool:question"
 # (reference kind, role, keys in order) of a placeholder -> its whole-message kind
 _WHOLE_SHAPES = {(kind, name.split(":")[0], keys): name for name, (kind, keys) in _WHOLE.items()}
+# What a left-out message is before its reference fills it in (keys in their order).
+_PLACEHOLDERS = {name: {key: (name.split(":")[0] if key == "role" else None) for key in keys}
+                 for name, (_kind, keys) in _WHOLE.items()}
 LAYOUT = 4
 _LINE_KEY = re.compile(r"sha256:[0-9a-f]{32}")
 
@@ -92,13 +95,18 @@ def compact(doc: dict) -> dict:
     """A copy of ``doc`` in its on-disk form (``doc`` itself is not changed)."""
     rounds = [dict(r) for r in doc["rounds"]]
     systems: dict[str, object] = {}
+    known: dict[str, str] = {}   # a prompt text -> its ref: every round re-sends the same one
     for rnd in rounds:
         system = rnd.get("system")
         if system is not None:
-            ref = _ref(system)
-            while ref in systems and systems[ref] != system:
-                ref += "x"   # a hash collision must never swap two prompts
-            systems.setdefault(ref, system)
+            ref = known.get(system) if type(system) is str else None
+            if ref is None:
+                ref = _ref(system)
+                while ref in systems and systems[ref] != system:
+                    ref += "x"   # a hash collision must never swap two prompts
+                systems.setdefault(ref, system)
+                if type(system) is str:
+                    known[system] = ref
             del rnd["system"]
             rnd["system_ref"] = ref
     by_key = {r["key"]: r for r in rounds}
@@ -263,18 +271,13 @@ def _restore_whole(rnd: dict) -> None:
     refs, messages = rnd.get(REFS), rnd.get("messages")
     if not isinstance(refs, dict) or not isinstance(messages, list):
         return
-    found = sorted((int(at), kind) for at, kind in refs.items()
+    found = sorted((_position(at), at) for at, kind in refs.items()
                    if _is_whole(kind) and _position(at) is not None)
-    if not found:
-        return
-    messages = rnd["messages"] = list(messages)
-    refs = rnd[REFS] = {at: kind for at, kind in refs.items() if not _is_whole(kind)}
-    for i, kind in found:
+    for i, at in found:
         if i > len(messages):
-            continue   # a hand edit pointing past the list: nothing to put back
-        role = kind.split(":", 1)[0]
-        messages.insert(i, {key: (role if key == "role" else None) for key in _WHOLE[kind][1]})
-        refs[str(i)] = kind
+            del refs[at]   # a hand edit pointing past the list: nothing to put back
+        else:
+            messages.insert(i, dict(_PLACEHOLDERS[refs[at]]))
 
 
 def _is_whole(kind: object) -> bool:
