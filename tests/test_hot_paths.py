@@ -28,7 +28,7 @@ from agent_session_monitor.pricing.cost import (
     PRICE_FIELDS, Buckets, Price, Tier, _count, _rates, bucket_cost, usage_buckets,
 )
 from agent_session_monitor.pricing.table import load_price_table
-from agent_session_monitor.store import document
+from agent_session_monitor.store import document, fulltext
 from agent_session_monitor.store.index import _json_list, quarter_hour, usage_rows
 from tests.helpers import TempDirTest, make_line, write_lines
 
@@ -265,6 +265,24 @@ class HotPathsTest(unittest.TestCase):
         for values in (["gpt-4o"], [], ["a", "b"], [1], [True], [1.0], ["\ud800"], [None]):
             self.assertEqual(_json_list(values), json.dumps(values))
             self.assertEqual(_json_list(list(values)), json.dumps(values))
+
+    def test_the_fields_sent_for_full_text_give_the_whole_rounds_text(self):
+        rng = self.rng
+        values = [None, "", "hello 北京", ["x"], [{"type": "text", "text": "块 text"}], 5,
+                  {"a": 1}, "\ud800"]
+        calls = [None, [], "cut [truncated] x", [{"function": {"name": "f", "arguments": "{}"}}],
+                 [{"name": "g", "input": {"q": 1}}], [{"function": {"name": "h"}}], ["odd"]]
+        for i in range(CASES):
+            rnd = {"key": rng.choice([f"k{i}", None, ""]), "messages": [{"content": "m"}]}
+            for name in ("question", "answer", "reasoning"):
+                if rng.random() < 0.8:
+                    rnd[name] = rng.choice(values)
+            if rng.random() < 0.8:
+                rnd["tool_calls"] = rng.choice(calls)
+            (key, fields), = fulltext.round_keys({"rounds": [rnd]})
+            self.assertEqual(key, str(rnd["key"] or "@0"))
+            self.assertNotIn("messages", fields)
+            self.assertEqual(fulltext.round_text(fields), fulltext.round_text(rnd))
 
     def test_a_remembered_detail_map_is_a_copy_and_still_refuses_impossible_counts(self):
         def line(details: str) -> bytes:

@@ -218,7 +218,12 @@ def provider_cost(ai: dict) -> float | None:
 
 def _nonzero(details: dict) -> dict:
     """Provider detail maps without their zero entries ({"audio_tokens": 0, ...})."""
-    return {k: v for k, v in details.items() if v not in (0, "0", None, "", {}, [])}
+    # A count (the usual value) is compared with 0 alone: it equals none of the others.
+    return {k: v for k, v in details.items()
+            if (v != 0 if type(v) is int else v not in _EMPTY_VALUES)}
+
+
+_EMPTY_VALUES = (0, "0", None, "", {}, [])
 
 
 def _tool_name_only(call: object) -> dict:

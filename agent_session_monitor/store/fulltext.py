@@ -118,11 +118,17 @@ def session_text(doc: dict) -> str:
 
 
 def round_keys(doc: dict) -> list[tuple[str, dict]]:
-    """(key, round) of every round, computed when the rows are prepared: the document
-    may gain rounds afterwards while another thread writes (a round's text is fixed by
-    its key, so keeping the round itself is enough)."""
-    return [(str(r.get("key") or f"@{i}"), r)
+    """(key, the fields of the round its text is made of) of every round, taken when the
+    rows are prepared: the document may gain rounds afterwards while another process
+    writes (a round's text is fixed by its key, so its fields are enough). Only those
+    fields: the rows cross a pipe to the commit process, and a round's messages, the
+    bulk of it, say nothing the index keeps."""
+    return [(str(r.get("key") or f"@{i}"), {name: r.get(name) for name in TEXT_FIELDS})
             for i, r in enumerate(doc.get("rounds") or []) if isinstance(r, dict)]
+
+
+# The round fields :func:`round_text` reads.
+TEXT_FIELDS = ("question", "answer", "reasoning", "tool_calls")
 
 
 def sync(db: sqlite3.Connection, sid: int, rounds: list[tuple[str, dict]]) -> int:
