@@ -89,6 +89,7 @@ _PLACEHOLDERS = {name: {key: (name.split(":")[0] if key == "role" else None) for
                  for name, (_kind, keys) in _WHOLE.items()}
 LAYOUT = 4
 _LINE_KEY = re.compile(r"sha256:[0-9a-f]{32}")
+_URLSAFE = bytes.maketrans(b"+/", b"-_")   # base64 -> base64url (base64.urlsafe_b64encode)
 
 
 def compact(doc: dict) -> dict:
@@ -166,7 +167,8 @@ def compact(doc: dict) -> dict:
     for rnd in rounds:
         key = rnd["key"]
         source = rnd.get("source")
-        if _plain_source(source) and source["fp"] == fp:
+        if fp is not None and type(source) is dict and source.get("fp") == fp \
+                and _plain_source(source):
             del rnd["source"]
             rnd["src"] = source["offset"]
         fp = source.get("fp") if isinstance(source, dict) else None
@@ -186,7 +188,8 @@ def compact(doc: dict) -> dict:
             del rnd["key"]
         elif isinstance(key, str) and _LINE_KEY.fullmatch(key):
             del rnd["key"]
-            rnd["k"] = base64.urlsafe_b64encode(bytes.fromhex(key[7:])).decode()[:22]
+            rnd["k"] = binascii.b2a_base64(bytes.fromhex(key[7:]), newline=False) \
+                .translate(_URLSAFE).decode()[:22]
         if rnd.get("cache_write_tokens") == 0 and "buckets" in rnd:
             del rnd["cache_write_tokens"]
         if layout4:
