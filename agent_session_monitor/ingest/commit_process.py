@@ -27,16 +27,22 @@ Protocol (one commit in flight at a time, as with the thread):
 * The child ignores SIGINT and SIGTERM (a Ctrl-C or ``systemctl stop`` reaches the whole
   process group): the monitor handles them, waits for the batch in flight and saves.
 * At the end of the pass the monitor closes the pipe and reaps the child.
+* The monitor never waits for the child forever: a child that takes nothing from the
+  pipe, sends no reply or does not exit for ``ASM_COMMIT_TIMEOUT`` seconds (default
+  600; a stopped child, a frozen mount) is killed, and that is a commit process that
+  died: the same rewind and one line, and in follow mode the next pass retries.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import sqlite3
 import struct
 import threading
+import time
 from pathlib import Path
 
 from ..store import durable
@@ -46,6 +52,8 @@ from .state import State, save_state
 _HEADER = struct.Struct("<Q")
 _PIPE_BYTES = 1 << 20          # F_SETPIPE_SZ: fewer wake-ups per batch sent
 DISABLE_ENV = "ASM_COMMIT_PROCESS"   # "0": commit on a thread (benchmarks, tests)
+TIMEOUT_ENV = "ASM_COMMIT_TIMEOUT"   # seconds without progress before the child is killed
+DEFAULT_TIMEOUT = 600.0
 
 
 class CommitProcessDied(Exception):
@@ -60,6 +68,8 @@ class CommitProcess:
         self._send_fd: int | None = send_fd
         self._reply_fd: int | None = reply_fd
         self.in_flight = False
+        self.timeout = _timeout()
+        os.set_blocking(send_fd, False)   # a write that cannot proceed waits in select()
 
     @classmethod
     def start(cls, directory: Path, state_path: Path) -> "CommitProcess | None":
@@ -95,12 +105,24 @@ class CommitProcess:
         """Hand one commit to the child (OSError if it is gone)."""
         payload = pickle.dumps((items, prepared, state), protocol=pickle.HIGHEST_PROTOCOL)
         self.in_flight = True
-        _write_message(self._send_fd, payload)
+        try:
+            _write_message(self._send_fd, payload, self.timeout)
+        except TimeoutError:
+            self._kill()
+            raise TimeoutError(0, f"it took nothing from its pipe for {self.timeout:g} s "
+                                  "(stopped or hung?) and was killed") from None
 
     def result(self) -> None:
         """Wait for the reply to the commit in flight and raise the error the child met:
         OSError / sqlite3.Error as they were, CommitProcessDied without a reply."""
-        reply = _read_message(self._reply_fd)
+        try:
+            reply = _read_message(self._reply_fd, self.timeout)
+        except TimeoutError:
+            self._kill()
+            self.in_flight = False
+            self._reap()
+            raise CommitProcessDied(f"it did not reply for {self.timeout:g} s (stopped or "
+                                    "hung?) and was killed") from None
         self.in_flight = False
         if reply is None:
             raise CommitProcessDied(self._reap())
@@ -138,15 +160,23 @@ class CommitProcess:
         if self.pid is None:
             return "it had ended"
         self.finish()
+        # It exits at end of file once its batch is written; one that does not (stopped,
+        # hung) is killed after the timeout.
+        deadline = time.monotonic() + self.timeout
+        pause = 0.0005
         while True:
             try:
-                _pid, status = os.waitpid(self.pid, 0)
-                break
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:
                 status = None
                 break
-            except InterruptedError:
-                continue
+            if pid:
+                break
+            if time.monotonic() >= deadline:
+                self._kill()
+                deadline = float("inf")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
         self.pid = None
         if status is None:
             return "it had ended"
@@ -158,6 +188,22 @@ class CommitProcess:
                 name = str(sig)
             return f"it was killed by {name}" + (" (the OOM killer?)" if sig == signal.SIGKILL else "")
         return f"it exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+    def _kill(self) -> None:
+        # SIGKILL ends a stopped process too.
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, TypeError):
+            pass
+
+
+def _timeout() -> float:
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+    except ValueError:
+        return DEFAULT_TIMEOUT
+    return value if value > 0 else DEFAULT_TIMEOUT
 
 
 def _serve(directory: Path, state_path: Path, data_fd: int, reply_fd: int, parent: int) -> None:
@@ -224,31 +270,49 @@ def _grow_pipe(fd: int) -> None:
         pass
 
 
-def _write_message(fd: int, payload: bytes) -> None:
-    _write_all(fd, _HEADER.pack(len(payload)))
-    _write_all(fd, payload)
+def _write_message(fd: int, payload: bytes, timeout: float | None = None) -> None:
+    _write_all(fd, _HEADER.pack(len(payload)), timeout)
+    _write_all(fd, payload, timeout)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes, timeout: float | None = None) -> None:
+    """Write all of ``data``; with a ``timeout`` (on a non-blocking fd), TimeoutError
+    when the reader takes nothing for that long."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        if timeout is not None:
+            _wait(fd, timeout, write=True)
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                continue
+        else:
+            n = os.write(fd, view)
+        view = view[n:]
 
 
-def _read_message(fd: int) -> bytearray | None:
+def _wait(fd: int, timeout: float, write: bool = False) -> None:
+    ready = select.select([], [fd], [], timeout) if write else select.select([fd], [], [], timeout)
+    if not any(ready):
+        raise TimeoutError
+
+
+def _read_message(fd: int, timeout: float | None = None) -> bytearray | None:
     """One whole message, or None at end of file (also in the middle of one: a message
     cut short by its writer's death is never acted on)."""
-    header = _read_exactly(fd, _HEADER.size)
+    header = _read_exactly(fd, _HEADER.size, timeout)
     if header is None:
         return None
-    return _read_exactly(fd, _HEADER.unpack(header)[0])
+    return _read_exactly(fd, _HEADER.unpack(header)[0], timeout)
 
 
-def _read_exactly(fd: int, n: int) -> bytearray | None:
+def _read_exactly(fd: int, n: int, timeout: float | None = None) -> bytearray | None:
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
+        if timeout is not None:
+            _wait(fd, timeout)
         k = os.readv(fd, [view[got:]])
         if k == 0:
             return None
