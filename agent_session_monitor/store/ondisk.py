@@ -128,7 +128,7 @@ def compact(doc: dict) -> dict:
         last = len(messages) - 1
         if str(last) not in refs and _is_message(messages[last]) \
                 and rnd.get("question") is not None \
-                and messages[last].get("content") == rnd["question"]:
+                and _same(messages[last].get("content"), rnd["question"]):
             refs[str(last)] = _QUESTION
         if refs:
             messages = list(messages)
@@ -480,13 +480,30 @@ def _answer_ref(msg: dict, base: dict) -> str | None:
     """Which of ``base``'s answer fields the assistant message ``msg`` repeats."""
     answer = base.get("answer")
     same_answer = "content" in msg and answer is not None and answer != "" \
-        and msg["content"] == answer
+        and _same(msg["content"], answer)
     calls = base.get("tool_calls")
     same_calls = isinstance(calls, list) and bool(calls) and isinstance(msg.get("tool_calls"), list) \
-        and msg["tool_calls"] == _without_index(calls)
+        and _same(msg["tool_calls"], _without_index(calls))
     if same_answer and same_calls:
         return _BOTH
     return _ANSWER if same_answer else _CALLS if same_calls else None
+
+
+def _same(a: object, b: object) -> bool:
+    """``a`` and ``b`` are the same JSON value, so that a reference gives ``a`` back as
+    it was logged. Python's ``==`` is not enough: ``False == 0 == 0.0 == -0.0`` and
+    ``[True] == [1]``, and ``question``/``answer`` are whatever JSON the log holds."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is str or type(a) is int or type(a) is bool or a is None:
+        return a == b
+    if type(a) is float:
+        return repr(a) == repr(b)   # -0.0 is not 0.0 on disk
+    if type(a) is list:
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    return a == b
 
 
 def _answer_block_ref(msg: dict, base: dict) -> str | None:
