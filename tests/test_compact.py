@@ -403,6 +403,75 @@ class CompactEdgeCases(unittest.TestCase):
             self.assertEqual(roundtrip(doc), doc)
 
 
+class CompactFuzz(unittest.TestCase):
+    """Seeded random sessions built from a tiny alphabet, so that a message's content,
+    role, key order, extra keys and tool-call ids collide with the round's question,
+    the previous answer and its calls as often as possible: every document reads back
+    equal, messages in their key order, and every left-out message is one of the
+    standard shapes."""
+
+    def test_random_collisions_round_trip_exactly(self):
+        import random
+
+        rng = random.Random(2026)
+        texts = ["a", "b", "", None, [{"type": "text", "text": "a"}]]
+        calls = [{"id": i, "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                 for i in ("c1", "c2")]
+
+        def message():
+            content, role = rng.choice(texts), rng.choice(["user", "assistant", "tool", "system"])
+            msg = {"content": content, "role": role}
+            if rng.random() < 0.3:
+                msg["tool_call_id"] = rng.choice(["c1", "c2", "c9", None])
+            if rng.random() < 0.3:
+                msg["tool_calls"] = rng.choice([None, [], calls[:1], calls])
+            if rng.random() < 0.2:
+                msg = dict(reversed(list(msg.items())))   # another key order
+            if rng.random() < 0.1:
+                msg["name"] = "x"
+            return msg
+
+        left_out = 0
+        for _ in range(400):
+            rounds, offset = [], 0
+            for n in range(rng.randint(1, 6)):
+                messages = [message() for _ in range(rng.randint(0, 4))]
+                extends = n > 0 and rng.random() < 0.8
+                question = rng.choice(texts)
+                if rng.random() < 0.5:   # the question as the last message, often standard
+                    messages.append(rng.choice([
+                        {"content": question, "role": "user"},
+                        {"content": question, "role": rng.choice(["tool", "user"]),
+                         "tool_call_id": rng.choice(["c1", "c2", "c9"])}]))
+                if extends and rng.random() < 0.6:   # the previous answer turn, re-logged
+                    turn = {"content": rounds[-1]["answer"], "role": "assistant"}
+                    if rounds[-1]["tool_calls"] and rng.random() < 0.7:
+                        turn["tool_calls"] = [{k: v for k, v in c.items() if k != "index"}
+                                              for c in rounds[-1]["tool_calls"]]
+                    messages.insert(0, turn)
+                rnd = {"key": f"k{n}", "messages": messages, "buckets": {"input": n},
+                       "messages_offset": offset if extends else 0, "cache_write_tokens": 0,
+                       "question": question, "answer": rng.choice(texts),
+                       "tool_calls": [{**c, "index": i} for i, c in
+                                      enumerate(rng.choice([[], calls[:1], calls]))]}
+                if extends:
+                    rnd["context_key"] = f"k{n - 1}"
+                if rng.random() < 0.5:
+                    rnd["total_tokens"] = rng.choice([n, n + 1])
+                rounds.append(rnd)
+                offset = rnd["messages_offset"] + len(messages)
+            doc = {**CompactEdgeCases().doc(rounds), "context_tip": rounds[-1]["key"],
+                   "consumers": [], "unpriced_models": []}
+            disk = json.loads(json.dumps(compact(doc)))
+            for rnd in disk["rounds"]:
+                left_out += sum(":" in kind for kind in (rnd.get("messages_refs") or {}).values())
+            back = expand(disk)
+            self.assertEqual(back, doc)
+            for got, want in zip(back["rounds"], doc["rounds"]):
+                self.assertEqual(json.dumps(got["messages"]), json.dumps(want["messages"]))
+        self.assertGreater(left_out, 300)
+
+
 class ConversationBytes(TempDirTest):
     """The denominator of issue 14's 2x bound (tests/bench.py): every message of each
     conversation once, the model's responses included."""
