@@ -181,8 +181,16 @@ class Monitor(CommitMixIn):
         self._archive_absent = False
         self.store.pruned_keys = self._pruned_keys
         if upgrade_needed(self.index):
-            n = upgrade_store(out, self.index, self.table, self.config.store_content,
-                              self._upgrade_progress if self.progress else None)
+            try:
+                n = upgrade_store(out, self.index, self.table, self.config.store_content,
+                                  self._upgrade_progress if self.progress else None)
+            except (OSError, sqlite3.Error) as e:
+                # The upgrade rewrites every file: a disk that fills or a directory
+                # another user owns shows here first. Each file is replaced atomically.
+                reason = getattr(e, "strerror", None) or str(e)
+                raise MonitorError(f"cannot upgrade the store in {out}: {reason}; nothing "
+                                   "was lost, the next run finishes the upgrade once it is "
+                                   "writable (free space?)") from e
             if n:
                 self.notes.append(f"upgraded {n:,} session file{'s' if n != 1 else ''} "
                                   "written by an earlier version to the current layout")
