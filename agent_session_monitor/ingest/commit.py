@@ -151,6 +151,11 @@ class CommitMixIn:
         if proc is not None:
             try:
                 proc.send(items, prepared, state)
+            except RecursionError:
+                # A value nested too deeply to pickle (a hostile message list): nothing
+                # was sent, the process is idle; this commit goes on a thread instead,
+                # or one line would stop every pass at the same place.
+                proc = None
             except BaseException as e:
                 # Killed before or while it read the batch (EPIPE), or this process
                 # interrupted mid-send: the child acts only on whole messages.
@@ -161,6 +166,7 @@ class CommitMixIn:
                 self.store.discard_all()
                 self._rewind()
                 raise
+        if proc is not None:
             return
 
         def commit() -> None:
