@@ -24,7 +24,8 @@ import threading
 
 from ..errors import MonitorError
 from ..store.durable import atomic_write_many, fault_at, remove_stale_temps
-from .commit_process import CommitProcess, CommitProcessDied
+from ..store.sessions import dump_document
+from .commit_process import CommitProcess, CommitProcessDied, signals_held
 from .pass_report import PassStats
 from .state import save_state
 
@@ -36,6 +37,7 @@ class CommitMixIn:
     attributes of the background commit in flight."""
 
     _commit_proc: CommitProcess | None = None   # during a catch-up pass
+    _commit_taken: list = []   # the sessions of its commit in flight
     _index_suspect = False   # a commit failed: pending index marks to re-read first
 
     def checkpoint(self, background: bool = False) -> None:
@@ -114,8 +116,8 @@ class CommitMixIn:
         if proc.in_flight:
             proc.finish()
         else:
+            proc.close()   # (interrupted, it is closed again on exit)
             self._commit_proc = None
-            proc.close()
 
     def _finish_commits(self) -> None:
         """On exit: let a commit in flight end (its outcome is the next run's to see),
@@ -123,12 +125,15 @@ class CommitMixIn:
         thread, self._commit_thread = self._commit_thread, None
         if thread is not None:
             thread.join()
-        proc, self._commit_proc = self._commit_proc, None
-        if proc is not None:
-            proc.close()
+        if self._commit_proc is not None:
+            self._commit_proc.close()
+            self._commit_proc = None
 
     def _start_commit(self) -> None:
         self.store.track_names()
+        if self._commit_proc is not None:
+            self._send_commit()
+            return
         taken = self.store.take_dirty()
         try:
             self._repair_index()
@@ -137,37 +142,11 @@ class CommitMixIn:
             prepared = self.index.prepare([(s.file_name, s.doc, len(d)) for s, _p, d in taken])
         except (OSError, sqlite3.Error) as e:
             self._commit_failed(e)
-        sources = copy.deepcopy(self.tailer.sources)
-        # The state as of these offsets, copied: counters change while the thread writes.
-        state = dataclasses.replace(self.state, sources=sources,
-                                    counters=copy.deepcopy(self.state.counters),
-                                    alerts=copy.deepcopy(self.state.alerts),
-                                    extra=copy.deepcopy(self.state.extra))
-        self.state.sources = self.tailer.sources
-        items = [(path, data) for _s, path, data in taken]
-        del taken
+        sources, state = self._state_snapshot()
+        self._thread_commit([(path, data) for _s, path, data in taken], prepared, sources, state)
+
+    def _thread_commit(self, items: list, prepared: list, sources: list, state) -> None:
         self._commit_sources = sources
-        proc = self._commit_proc
-        if proc is not None:
-            try:
-                proc.send(items, prepared, state)
-            except RecursionError:
-                # A value nested too deeply to pickle (a hostile message list): nothing
-                # was sent, the process is idle; this commit goes on a thread instead,
-                # or one line would stop every pass at the same place.
-                proc = None
-            except BaseException as e:
-                # Killed before or while it read the batch (EPIPE), or this process
-                # interrupted mid-send: the child acts only on whole messages.
-                self._commit_proc = None
-                proc.close()
-                if isinstance(e, OSError):
-                    self._commit_died(CommitProcessDied(f"it ended ({e.strerror})"))
-                self.store.discard_all()
-                self._rewind()
-                raise
-        if proc is not None:
-            return
 
         def commit() -> None:
             try:
@@ -184,27 +163,77 @@ class CommitMixIn:
         self._commit_thread = threading.Thread(target=commit, name="asm-commit", daemon=True)
         self._commit_thread.start()
 
+    def _send_commit(self) -> None:
+        """:meth:`_start_commit` in the commit process: it gets the documents and the
+        state, serialises, writes, indexes and saves (commit_process.py)."""
+        taken = self.store.take_dirty_docs()
+        try:
+            self._repair_index()
+            if taken:
+                self.index.mark_pending(session.file_name for session in taken)
+        except (OSError, sqlite3.Error) as e:
+            self._commit_failed(e)
+        sources, state = self._state_snapshot()
+        proc = self._commit_proc
+        try:
+            proc.send([(session.file_name, session.doc) for session in taken], state)
+        except RecursionError:
+            # A value nested too deeply to pickle (a hostile message list): nothing was
+            # sent, the process is idle; this commit goes on a thread instead, or one
+            # line would stop every pass at the same place.
+            self._thread_commit_of(taken, sources, state)
+            return
+        except BaseException as e:
+            # Killed before or while it read the batch (EPIPE), hung (the timeout), or
+            # this process interrupted mid-send: the child acts only on whole messages.
+            self._commit_proc = None
+            proc.close()
+            if isinstance(e, OSError):
+                self._commit_died(CommitProcessDied(f"it ended ({e.strerror})"))
+            self.store.discard_all()
+            self._rewind()
+            raise
+        self._commit_sources = sources
+        self._commit_taken = taken
+
+    def _thread_commit_of(self, taken: list, sources: list, state) -> None:
+        """The sessions ``taken`` for the commit process, serialised and committed on a
+        thread instead (their pending marks are set)."""
+        items, docs = [], []
+        try:
+            for session in taken:
+                session.summarise()
+                data = dump_document(session.doc)
+                self.store.sized([session], [len(data)])
+                items.append((self.config.output_dir / session.file_name, data))
+                docs.append((session.file_name, session.doc, len(data)))
+            prepared = self.index.prepare(docs)
+        except (OSError, sqlite3.Error) as e:
+            self._commit_failed(e)
+        self._thread_commit(items, prepared, sources, state)
+
+    def _state_snapshot(self):
+        """The offsets read so far and the state as of them, copied: the counters change
+        while the commit in flight writes it."""
+        sources = copy.deepcopy(self.tailer.sources)
+        state = dataclasses.replace(self.state, sources=sources,
+                                    counters=copy.deepcopy(self.state.counters),
+                                    alerts=copy.deepcopy(self.state.alerts),
+                                    extra=copy.deepcopy(self.state.extra))
+        self.state.sources = self.tailer.sources
+        return sources, state
+
     def _join_commit(self) -> None:
         """Wait for the commit in flight; on success its offsets are the saved ones."""
         proc = self._commit_proc
         if proc is not None and proc.in_flight:
             try:
-                proc.result()
+                proc.wait()   # a Ctrl-C here leaves the commit in flight, to join later
             except CommitProcessDied as e:
-                self._commit_proc = None
-                self._commit_died(e)
-            except (OSError, sqlite3.Error) as e:
-                self._commit_failed(e)
-            except BaseException:
-                self.store.discard_all()
-                self._rewind()
-                raise
-            finally:
-                if proc.finishing and self._commit_proc is proc and not proc.in_flight:
-                    self._commit_proc = None
-                    proc.close()
-            self._saved_sources = self._commit_sources
-            self.store.evict()
+                self._process_died(proc, e)
+            # Once the reply is there, a Ctrl-C waits until it is read and applied.
+            with signals_held():
+                self._join_process(proc)
             return
         thread = self._commit_thread
         if thread is None:
@@ -220,6 +249,31 @@ class CommitMixIn:
             self._commit_failed(error)
         self._saved_sources = self._commit_sources
         self.store.evict()
+
+    def _join_process(self, proc: CommitProcess) -> None:
+        taken, self._commit_taken = self._commit_taken, []
+        try:
+            self.store.sized(taken, proc.result())
+        except CommitProcessDied as e:
+            self._process_died(proc, e)
+        except (OSError, sqlite3.Error) as e:
+            self._commit_failed(e)
+        except BaseException:
+            self.store.discard_all()
+            self._rewind()
+            raise
+        finally:
+            if proc.finishing and self._commit_proc is proc:
+                proc.close()
+                self._commit_proc = None
+        self._saved_sources = self._commit_sources
+        self.store.evict()
+
+    def _process_died(self, proc: CommitProcess, e: CommitProcessDied) -> None:
+        self._commit_proc = None
+        self._commit_taken = []
+        proc.close()
+        self._commit_died(e)
 
     def _commit_died(self, e: CommitProcessDied) -> None:
         self.store.discard_all()

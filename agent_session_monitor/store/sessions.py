@@ -267,6 +267,27 @@ class SessionStore:
         self.new_rounds = []
         return taken
 
+    def take_dirty_docs(self) -> list[Session]:
+        """:meth:`take_dirty` for a commit process, which summarises and serialises the
+        documents itself (it gets them pickled, a snapshot): the changed sessions, now
+        marked clean. :meth:`sized` gives them their new file sizes once written."""
+        taken = list(self._dirty.values())
+        for session in taken:
+            session.dirty = False
+            if self._names is not None:
+                self._names.add(session.file_name)
+        self._dirty.clear()
+        self.pending_bytes = 0
+        self.new_rounds = []
+        return taken
+
+    def sized(self, sessions: list[Session], sizes: list[int]) -> None:
+        """The file sizes of sessions written by a commit process (cache accounting)."""
+        for session, size in zip(sessions, sizes):
+            if self._sessions.get(session.file_name) is session:
+                self._cached_bytes += size - session.size
+            session.size = size
+
     def discard_all(self) -> None:
         """Forget every cached session (after a failed background commit, sessions
         marked clean may hold rounds that are not on disk): they are re-read from disk."""
