@@ -186,8 +186,9 @@ def usage_rows(sid: int, doc: dict) -> tuple[list[tuple], list[tuple]]:
             group.append(sums)
     rows = []
     for (bucket, model, consumer), members in groups.items():
-        # Column sums in round order, as a running total would give them.
-        acc = [sum(column) for column in zip(*members)]
+        # Column sums in round order, as a running total would give them (the counts
+        # are ints: one round's are its sums).
+        acc = list(members[0]) if len(members) == 1 else [sum(c) for c in zip(*members)]
         # money: independent of the order of addition
         acc[cost_at] = math.fsum(sums[cost_at] for sums in members)
         rows.append((sid, bucket, model, consumer, *acc))
