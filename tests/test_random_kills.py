@@ -112,3 +112,35 @@ class RandomKills(CommitProcessTest):
                 self.assertEqual(run.returncode, 0, (what, run.stderr))
                 self.assert_converged()
                 self.assertEqual(self.reports(self.out), expected, what)
+
+    def test_sigterm_to_a_follower_at_random_moments_of_its_catch_up_saves_and_converges(self):
+        """systemctl stop (the whole group) or kill (the monitor only) at a random moment:
+        exit 130 after saving, no child left, and a restart converges."""
+        start = time.monotonic()
+        self.assertEqual(self.main_py(*SMALL_BATCHES).returncode, 0)
+        duration = time.monotonic() - start
+        env = {k: v for k, v in os.environ.items() if k not in FAULT_VARS}
+        for seed in range(SEEDS):
+            rng = random.Random(SEED * 2000 + seed)
+            with self.subTest(seed=seed):
+                self.fresh_store()
+                proc = subprocess.Popen(
+                    [sys.executable, str(ROOT / "main.py"), "--log-path", str(self.log),
+                     "--output-dir", str(self.out), "--allow-log-dir", str(self.tmp), "-q",
+                     "--follow", *SMALL_BATCHES],
+                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                    start_new_session=True)
+                time.sleep(rng.uniform(0.1, duration))
+                group = rng.random() < 0.5
+                if group:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                else:
+                    proc.send_signal(signal.SIGTERM)
+                _out, err = proc.communicate(timeout=120)
+                self.assertEqual(proc.returncode, 130, (group, err))
+                self.assertEqual(err.strip().splitlines()[-1:], ["stopped; state saved."], err)
+                self.wait_until_free()
+                self.assert_state_not_ahead()
+                run = self.main_py(*SMALL_BATCHES)
+                self.assertEqual(run.returncode, 0, run.stderr)
+                self.assert_converged()
