@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import unittest
 from pathlib import Path
 from unittest import mock
 
@@ -123,3 +124,21 @@ class HungCommitProcess(CommitProcessTest):
         run = self.main_py(*SMALL_BATCHES)
         self.assertEqual(run.returncode, 0, run.stderr)
         self.assert_converged()
+
+
+class TimeoutSetting(unittest.TestCase):
+    def test_any_timeout_setting_is_a_wait_select_accepts(self):
+        import select
+
+        for value in ("inf", "1e309", "-inf", "nan", "-1", "0", "", "abc", "1e300", "5"):
+            with self.subTest(value=value), mock.patch.dict(os.environ, {commit_process.TIMEOUT_ENV: value}):
+                timeout = commit_process._timeout()
+                self.assertGreater(timeout, 0)
+                r, w = os.pipe()
+                try:
+                    self.assertEqual(select.select([], [w], [], timeout)[1], [w])
+                finally:
+                    os.close(r)
+                    os.close(w)
+        with mock.patch.dict(os.environ, {commit_process.TIMEOUT_ENV: "5"}):
+            self.assertEqual(commit_process._timeout(), 5)

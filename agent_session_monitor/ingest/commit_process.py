@@ -65,6 +65,7 @@ _PIPE_BYTES = 1 << 20          # F_SETPIPE_SZ: fewer wake-ups per batch sent
 DISABLE_ENV = "ASM_COMMIT_PROCESS"   # "0": commit on a thread (benchmarks, tests)
 TIMEOUT_ENV = "ASM_COMMIT_TIMEOUT"   # seconds without progress before the child is killed
 DEFAULT_TIMEOUT = 600.0
+MAX_TIMEOUT = 1e7
 
 
 @contextlib.contextmanager
@@ -249,7 +250,8 @@ def _timeout() -> float:
         value = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
     except ValueError:
         return DEFAULT_TIMEOUT
-    return value if value > 0 else DEFAULT_TIMEOUT
+    # "inf" (wait for ever, say) is ~4 months: select() refuses a larger timeout.
+    return min(value, MAX_TIMEOUT) if value > 0 else DEFAULT_TIMEOUT
 
 
 def _serve(directory: Path, state_path: Path, data_fd: int, reply_fd: int, parent: int) -> None:
