@@ -326,3 +326,35 @@ class FollowMode(CommitProcessTest):
         self.assertEqual(code, 0, err)
         self.assertEqual(started, [None])
         self.assert_converged()
+
+    def test_commit_process_ends_when_told_even_if_another_fork_holds_its_pipe(self):
+        # A process the monitor forks later without exec (a parser process, say) holds a
+        # copy of the pipe's writing end: end of file never comes, so the monitor says
+        # "no more commits" in the pipe, and reaping the child does not wait.
+        holders: list[int] = []
+        real = CommitProcess.start.__func__
+
+        def start(cls, *args):
+            proc = real(cls, *args)
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(60)
+                os._exit(0)
+            holders.append(pid)
+            return proc
+
+        def end_holders():
+            for pid in holders:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+
+        self.addCleanup(end_holders)
+        with mock.patch.object(CommitProcess, "start", classmethod(start)), \
+                mock.patch.dict(os.environ, {commit_process.TIMEOUT_ENV: "30"}):
+            began = time.monotonic()
+            code, _out, err = self.run_monitor(self.log, extra=SMALL_BATCHES)
+            elapsed = time.monotonic() - began
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(holders), 1)
+        self.assertLess(elapsed, 20, "the monitor waited for its child's end of file")
+        self.assert_converged()

@@ -184,9 +184,15 @@ class CommitProcess:
 
     def finish(self) -> None:
         """No more commits: the child exits after replying to the one in flight."""
-        if self._send_fd is not None:
-            os.close(self._send_fd)
-            self._send_fd = None
+        fd, self._send_fd = self._send_fd, None
+        if fd is not None:
+            try:
+                # Said, not only implied by end of file: a process forked later by the
+                # monitor (and not exec'd) would hold a copy of this end of the pipe.
+                os.write(fd, _HEADER.pack(0))
+            except OSError:
+                pass   # a full pipe (the child is reading a batch) or a dead child
+            os.close(fd)
 
     @property
     def finishing(self) -> bool:
@@ -195,10 +201,10 @@ class CommitProcess:
     def close(self) -> None:
         """End the child (it exits at end of file, after a batch in flight) and reap it."""
         # Idempotent, also when interrupted half way (the monitor's exit calls it again).
-        fds, self._send_fd, self._reply_fd = (self._send_fd, self._reply_fd), None, None
-        for fd in fds:
-            if fd is not None:
-                os.close(fd)
+        self.finish()
+        fd, self._reply_fd = self._reply_fd, None
+        if fd is not None:
+            os.close(fd)
         self.in_flight = False
         self._reap()
 
@@ -264,7 +270,7 @@ def _serve(directory: Path, state_path: Path, data_fd: int, reply_fd: int, paren
     try:
         while True:
             message = _read_message(data_fd)
-            if message is None:
+            if not message:   # end of file, or the monitor's "no more commits"
                 return
             docs, state = pickle.loads(message)
             del message
