@@ -127,7 +127,7 @@ def _round(rnd: dict, i: int) -> set:
         problems.add("bad_stored_value")
     calls = rnd.get("tool_calls")
     if calls is not None and not isinstance(calls, (list, str)):
-        del rnd["tool_calls"]
+        rnd["tool_calls"] = []   # an original field: a script reads it from every round
         problems.add("bad_stored_value")
     flag = rnd.get("has_tool_calls")
     if flag is not None and type(flag) is not bool:
