@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import select
 import signal
 import sqlite3
@@ -133,6 +132,8 @@ class CommitProcess:
         """Hand one commit to the child: (file name, session document) of the changed
         sessions, pickled now (a snapshot: they change again while the child writes),
         and the state that describes them. OSError if the child is gone."""
+        import pickle   # here, not at the top: a cron pass that forks nothing skips it
+
         payload = pickle.dumps((docs, state), protocol=pickle.HIGHEST_PROTOCOL)
         self.in_flight = True
         try:
@@ -172,6 +173,8 @@ class CommitProcess:
         self.in_flight = False
         if reply is None:
             raise CommitProcessDied(self._reap())
+        import pickle
+
         outcome = pickle.loads(reply)
         if outcome[0] == "ok":
             return outcome[1]
@@ -262,6 +265,8 @@ def _timeout() -> float:
 
 def _serve(directory: Path, state_path: Path, data_fd: int, reply_fd: int, parent: int) -> None:
     """The child's loop: one commit per message until end of file."""
+    import pickle
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     _die_with(parent)
