@@ -8,12 +8,11 @@ from __future__ import annotations
 import copy
 import functools
 import gc
-import hashlib
 import os
 import sqlite3
 import sys
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
@@ -31,13 +30,15 @@ from .container_logs import Unwrapper
 from ..store.index import Index
 from ..store.pruned_archive import ARCHIVE_NAME, Archive
 from .parse import parse_line
+from .parse_ahead import (
+    BAD, BATCH_BYTES, FILTERED, MAX_IN_FLIGHT, NON_AI, REDO, REQUEST, ROUND, ParseWorker,
+    WorkerGone, build_record, parse_record, position_key,
+)
 from .pass_report import PassStats, Progress
-from .request import BadLine, Request
+from .request import BadLine
 from ..values import utc_now
 from ..pricing.table import PriceTable, load_price_table
 from ..store.upgrade import upgrade_needed, upgrade_store
-from .rounds import build_round
-from ..store.document import LINE_KEY_PREFIX
 from .state import load_state
 from ..store.sessions import SessionStore
 from ..store.subagents import note_spawns
@@ -65,6 +66,9 @@ class MonitorConfig:
     pending_bytes: int = 24 * 2**20        # content held in memory before a flush
     # Real directories log files may be read from (confine.py); None: any.
     allowed_log_dirs: list[Path] | None = None
+    # Behind by this many bytes, a pass parses in a second process (parse_ahead.py);
+    # None: never.
+    parse_ahead_bytes: int | None = 4 * 2**20
 
     @property
     def state_path(self) -> Path:
@@ -124,6 +128,10 @@ class Monitor(CommitMixIn):
         self._commit_thread: threading.Thread | None = None
         self._commit_error: BaseException | None = None
         self._commit_sources: list = []
+        # Parsing ahead (parse_ahead.py): session file -> (id of its Session, key of the
+        # round whose messages are its context tip), for rounds linked this pass.
+        self._ahead_tips: dict | None = None
+        self.ahead_redecoded = 0   # lines decoded again here (tests, measurements)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -253,7 +261,8 @@ class Monitor(CommitMixIn):
         progress = Progress(self.err, todo) if self.progress else None
         self._begin_catch_up(pairs)
         try:
-            self._read_all(pairs, stats, read_time, progress)
+            todo_all = todo + sum(lf.size for src, lf in pairs if lf.gz and not src.gz_complete)
+            self._read_all(pairs, stats, read_time, progress, todo_all)
             if self.stream is not None:
                 self._read_stream(stats, read_time)
         finally:
@@ -266,13 +275,30 @@ class Monitor(CommitMixIn):
         return stats
 
     @_young_collections_only
-    def _read_all(self, pairs, stats: PassStats, read_time: str, progress) -> None:
+    def _read_all(self, pairs, stats: PassStats, read_time: str, progress, todo: int = 0) -> None:
+        ahead, forced = self._parse_ahead_bytes()
+        if ahead is not None and todo >= ahead and (forced or threading.active_count() == 1):
+            # A catch-up: lines are parsed in a second process (parse_ahead.py), forked
+            # now, while this process has no other thread (a thread holding a lock at
+            # the fork, the allocator's or OpenSSL's, would leave it held in the child).
+            try:
+                worker = ParseWorker(read_time, self.config.session_key, self.table,
+                                     self.config.store_content)
+            except OSError as e:   # no process or pipe to spare: parse here
+                self._warn(f"warning: cannot start a parse worker ({e.strerror}); "
+                           "parsing in this process")
+                worker = None
+            if worker is not None:
+                try:
+                    self._read_ahead(pairs, stats, read_time, progress, worker)
+                except BaseException:
+                    worker.close(kill=True)
+                    raise
+                worker.close()
+                return
         since_checkpoint = 0
         reported: Counter = Counter()
-        # A background commit holds its batch serialised while the next one fills:
-        # half-size batches keep the peak memory where synchronous commits had it.
-        pending_limit = (self.config.pending_bytes if self.before_flush or self.on_commit
-                         else self.config.pending_bytes // 2)
+        pending_limit = self._pending_limit()
         for src, lf in pairs:
             name = os.path.basename(lf.path)
             # Container runtime wrappers (CRI, Docker json-file) come off here; a plain
@@ -298,6 +324,50 @@ class Monitor(CommitMixIn):
                     progress.update(name, stats)
             self._report_tail_events(stats)
 
+    def _pending_limit(self) -> int:
+        # A background commit holds its batch serialised while the next one fills:
+        # half-size batches keep the peak memory where synchronous commits had it.
+        return (self.config.pending_bytes if self.before_flush or self.on_commit
+                else self.config.pending_bytes // 2)
+
+    def _parse_ahead_bytes(self) -> tuple[int | None, bool]:
+        """Bytes behind from which a pass parses in a second process (None: never), and
+        whether a test forces the choice: ASM_PARSE_AHEAD_BYTES overrides the
+        configuration (0: every pass, -1: none) so each suite can run either path."""
+        value = os.environ.get("ASM_PARSE_AHEAD_BYTES")
+        n, forced = self.config.parse_ahead_bytes, False
+        if value is not None:
+            try:
+                n, forced = int(value), True
+            except ValueError:
+                pass
+        return (None if n is None or n < 0 else n), forced
+
+    def _read_ahead(self, pairs, stats: PassStats, read_time: str, progress,
+                    worker: "ParseWorker") -> None:
+        """_read_all with the lines parsed by ``worker``, handled here in file order.
+
+        Each source's offset moves as its lines are *read* (the reader and the
+        unwrapper see exactly what they see in _read_all), but a checkpoint records the
+        end of the last line *handled*; a file's reader is drained before the next
+        file is read, and no checkpoint falls inside that drain (the reader has then
+        already described the file's end: its size and tail hash)."""
+        run = _AheadRun(worker, stats, read_time, progress, self.config.checkpoint_bytes)
+        self._ahead_tips = {}
+        try:
+            for src, lf in pairs:
+                run.begin(src, lf)
+                for start, end, line in self.unwrapper.lines(src, lf, self.tailer.lines(src, lf)):
+                    src.offset = end
+                    run.add(self, start, end, line)
+                run.finish(self)
+                self._report_tail_events(stats)
+        except BaseException:
+            run.rewind()
+            raise
+        finally:
+            self._ahead_tips = None
+
     def _read_stream(self, stats: PassStats, read_time: str) -> None:
         reported: Counter = Counter()
         since_checkpoint = 0
@@ -316,24 +386,38 @@ class Monitor(CommitMixIn):
 
     def _handle(self, line: bytes, fp: str | None, start: int, read_time: str, stats: PassStats,
                 reported: Counter, path: str) -> None:
-        try:
-            req = parse_line(line, read_time)
-        except BadLine as bad:
-            self._bad(stats, reported, bad.kind, path, start, bad.detail)
+        record = parse_record(line, read_time, self.config.session_key)
+        self._take(record, line, fp, start, read_time, stats, reported, path)
+
+    def _take(self, record: tuple, line: bytes, fp: str | None, start: int, read_time: str,
+              stats: PassStats, reported: Counter, path: str) -> None:
+        """The store's half of a line (parse_ahead.py has the other): count it, skip a
+        duplicate, add its round to its session."""
+        kind = record[0]
+        if kind == REQUEST:
+            _k, req, key = record
+            session_id, warnings, rnd = req.session_id, req.warnings, None
+        elif kind == ROUND:
+            _k, session_id, warnings, key, rnd, messages, pred, shared, spawn = record
+        elif kind == BAD:
+            self._bad(stats, reported, record[1], path, start, record[2])
             return
-        if not isinstance(req, Request):
-            if req == "non_ai":
-                stats.non_ai += 1
-            elif req == "forged_non_ai":
-                stats.non_ai += 1
+        elif kind == NON_AI:
+            stats.non_ai += 1
+            if record[1]:
                 self._forged(stats, reported, path, start)
             return
-        if self.config.session_key is not None and req.session_id != self.config.session_key:
+        elif kind == FILTERED:
             stats.filtered += 1
             return
-        for w in req.warnings:
+        elif kind == REDO:   # the worker could not: the same line, parsed here
+            self._handle(line, fp, start, read_time, stats, reported, path)
+            return
+        else:   # BLANK
+            return
+        for w in warnings:
             stats.warnings[w] += 1
-        if "forged" in req.warnings:
+        if "forged" in warnings:
             self._forged(stats, reported, path, start)
         # Idempotency (storage.md): a round is where its line came from, never the
         # request_id a client may repeat. The place (file fingerprint + offset) survives
@@ -341,21 +425,24 @@ class Monitor(CommitMixIn):
         # catch the same line delivered twice (a shipper's retry, a log copied to a
         # second pod): byte-identical lines cannot be two requests, since the provider's
         # response id, the timings and the ports differ.
-        key = line_key(line)
-        session = self.store.get(req.session_id)
+        session = self.store.get(session_id)
         place = position_key(fp, start) if fp is not None else None
         if key in session.keys or (place is not None and place in session.keys):
             stats.duplicates += 1
             return
-        source = {"fp": fp[:16], "offset": start} if fp is not None else {"stream": "stdin"}
-        rnd = build_round(req, key, source, self.table,
-                          self.config.store_content)
+        if rnd is None:
+            record = build_record(record, line, fp, start, self.table, self.config.store_content)
+            _k, session_id, warnings, key, rnd, messages, pred, shared, spawn = record
+        elif pred is not None:
+            messages = self._rejoin(session, pred, shared, messages, line, read_time)
         if b"childSessionKey" in line:   # a sub-agent spawn result (cheap test first)
-            note_spawns(session.doc, rnd, req.ai.get("messages"))
-        messages = req.ai.get("messages") if self.config.store_content else None
+            note_spawns(session.doc, rnd, spawn)
         # No rounds yet: neither on disk nor earlier in this pass (no stat per round).
         created = not session.doc["rounds"]
-        self.store.add_round(req.session_id, rnd, messages, len(line), session)
+        self.store.add_round(session_id, rnd, messages, len(line), session)
+        tips = self._ahead_tips
+        if tips is not None and isinstance(messages, (list, str)):
+            tips[session.file_name] = (id(session), key)
         stats.rounds += 1
         name = session.file_name
         if created:
@@ -371,6 +458,20 @@ class Monitor(CommitMixIn):
             stats.unpriced[rnd["model"] or "(no model)"] += 1
         else:
             stats.cost += rnd["cost_usd"]
+
+    def _rejoin(self, session, pred: str, shared: int, new: list, line: bytes,
+                read_time: str) -> object:
+        """A request's whole message list from the worker's ``shared`` first messages of
+        the line keyed ``pred`` and the ``new`` ones: from this session's context tip
+        when that is the round of line ``pred`` as linked in this pass, else decoded
+        again from the line."""
+        mark = self._ahead_tips.get(session.file_name)
+        if mark == (id(session), pred) and session.doc.get("context_tip") == pred:
+            base = session.tip_context()
+            if len(base) >= shared:
+                return base[:shared] + new
+        self.ahead_redecoded += 1
+        return parse_line(line, read_time).ai.get("messages")
 
     def _bad(self, stats: PassStats, reported: Counter, kind: str, path: str, offset: int,
              detail: str) -> None:
@@ -410,15 +511,142 @@ class Monitor(CommitMixIn):
             self.err.flush()
 
 
-def line_key(line: bytes) -> str:
-    """The idempotency key of a round: a hash of its whole line."""
-    return LINE_KEY_PREFIX + hashlib.sha256(line).hexdigest()[:32]
+class _AheadRun:
+    """The lines of one pass between reading and handling (Monitor._read_ahead): every
+    item read, in order, each handled once its record is back from the worker (or at
+    once when it needs none: an oversized or malformed line)."""
 
+    def __init__(self, worker: ParseWorker, stats: PassStats, read_time: str, progress,
+                 mon_checkpoint_bytes: int) -> None:
+        self.worker: ParseWorker | None = worker
+        self.stats, self.read_time, self.progress = stats, read_time, progress
+        self.reported: Counter = Counter()
+        self.since_checkpoint = 0
+        self.items: deque = deque()   # [start, end, line, record], read, not handled
+        self.batch: list = []         # items of lines not yet sent
+        self.batch_bytes = 0
+        self.sent: deque = deque()    # batches sent whose records are not back
+        self.src = self.lf = None
+        # Lines per message: small enough that checkpoints fall where they fall when
+        # the lines are parsed here (checkpoint_bytes, in tests a few KB).
+        self.batch_limit = min(BATCH_BYTES, max(mon_checkpoint_bytes // 4, 4096))
 
-def position_key(fp: str, offset: int) -> str:
-    """Where a line of a file starts; equal to what a stored round's ``source`` gives
-    (session.round_keys), so rounds of older versions are recognised too."""
-    return f"{fp[:16]}:{offset}"
+    def begin(self, src, lf) -> None:
+        self.src, self.lf, self.name = src, lf, os.path.basename(lf.path)
+        self.handled_end = src.offset
+        # What the reader changes when it reaches the file's end: put back if this pass
+        # stops before the lines read are handled.
+        self.before_end = (src.tail, src.size, src.mtime, src.gz_complete)
+
+    def add(self, mon: "Monitor", start: int, end: int, line) -> None:
+        item = [start, end, line, None]
+        self.items.append(item)
+        if self.worker is not None and isinstance(line, bytes):
+            self.batch.append(item)
+            self.batch_bytes += len(line)
+            if self.batch_bytes >= self.batch_limit:
+                self._send(mon)
+        self._handle_ready(mon)
+
+    def finish(self, mon: "Monitor") -> None:
+        """The file's reader is done (it has described the file's end): handle every
+        line read."""
+        self._send(mon)
+        while self.sent:
+            self._receive(mon)
+            self._handle_ready(mon)
+        self._handle_ready(mon)
+        self.src = None
+
+    def _as_handled(self) -> tuple:
+        """Make the source describe the lines handled, as the sequential loop has it
+        while it handles them (the reader may have gone further, even to the file's end:
+        its size and tail hash); returns what to put back."""
+        src = self.src
+        now = (src.offset, src.tail, src.size, src.mtime, src.gz_complete)
+        src.offset = self.handled_end
+        src.tail, src.size, src.mtime, src.gz_complete = self.before_end
+        return now
+
+    def rewind(self) -> None:
+        """This pass stops (an error, an interrupt): the source describes the lines
+        handled, as the sequential loop leaves it."""
+        if self.src is not None:
+            self._as_handled()
+
+    def _send(self, mon: "Monitor") -> None:
+        batch, self.batch, self.batch_bytes = self.batch, [], 0
+        if not batch or self.worker is None:
+            return
+        try:
+            self.worker.send(self.src.fp, [(item[0], item[2]) for item in batch])
+        except WorkerGone:
+            self._gone(mon)
+            return
+        self.sent.append(batch)
+        while len(self.sent) > MAX_IN_FLIGHT:
+            self._receive(mon)
+            self._handle_ready(mon)
+
+    def _receive(self, mon: "Monitor") -> None:
+        try:
+            records = self.worker.receive()
+        except WorkerGone:
+            self._gone(mon)
+            return
+        batch = self.sent.popleft()
+        if len(records) != len(batch):
+            self._gone(mon)
+            return
+        for item, record in zip(batch, records):
+            item[3] = record
+
+    def _gone(self, mon: "Monitor") -> None:
+        how = self.worker.close(kill=True) or "it exited"
+        mon._warn(f"warning: the parse worker process ended ({how}); this pass parses "
+                  "its remaining lines itself")
+        self.worker = None
+        self.sent.clear()
+        self.batch, self.batch_bytes = [], 0
+
+    def _checkpoint_due(self, mon: "Monitor") -> bool:
+        return (self.since_checkpoint >= mon.config.checkpoint_bytes
+                or mon.store.pending_bytes >= mon._pending_limit())
+
+    def _handle_ready(self, mon: "Monitor") -> None:
+        items, stats, path = self.items, self.stats, self.lf.path
+        src = self.src
+        while items:
+            start, end, line, record = items[0]
+            if record is None and self.worker is not None and isinstance(line, bytes):
+                return   # its record is not back yet
+            items.popleft()
+            length = end - start
+            stats.bytes_read += length
+            self.since_checkpoint += length
+            if line is None:
+                mon._bad(stats, self.reported, "oversized_line", path, start,
+                         f"line of {length:,} bytes exceeds --max-line-bytes")
+            elif isinstance(line, BadLine):
+                mon._bad(stats, self.reported, line.kind, path, start, line.detail)
+            else:
+                stats.lines += 1
+                if record is None:   # no worker (any more)
+                    mon._handle(line, src.fp, start, self.read_time, stats, self.reported, path)
+                else:
+                    mon._take(record, line, src.fp, start, self.read_time, stats,
+                              self.reported, path)
+            self.handled_end = end
+            if self._checkpoint_due(mon):
+                # The offsets saved are those of the lines handled, not of those read.
+                now = self._as_handled()
+                try:
+                    mon.checkpoint(background=True)
+                finally:
+                    src.offset, src.tail, src.size, src.mtime, src.gz_complete = now
+                self.since_checkpoint = 0
+            if self.progress:
+                self.progress.update(self.name, stats)
 
 
 class AlreadyRunning(MonitorError):

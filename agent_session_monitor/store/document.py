@@ -17,7 +17,7 @@ from .names import UNSESSIONED_ID
 
 # 2: every round carries the original skill's fields (ondisk.py); "tokens" totals.
 SCHEMA = 2
-# The key of every round this version stores: the hash of its whole line (monitor.line_key).
+# The key of every round this version stores: the hash of its whole line (ingest/parse_ahead.line_key).
 LINE_KEY_PREFIX = "sha256:"
 SUMMARY_TOKEN_FIELDS = (
     ("total_input_tokens", "input_tokens"),
@@ -139,7 +139,7 @@ class Session:
 def round_keys(rnd: dict) -> tuple:
     """The identities a stored round answers to: its key (the hash of its whole line)
     and, for a round of an older version, whose key was the client's request_id, where
-    its line was in a file (``fingerprint:offset``, monitor.position_key), which its
+    its line was in a file (``fingerprint:offset``, parse_ahead.position_key), which its
     ``source`` still says. A round keyed by its line's hash answers to that alone: a
     place is not a line (a file truncated and regrown can hold a new line at an old
     offset under an unchanged first KiB), and re-reading the same place gives the same

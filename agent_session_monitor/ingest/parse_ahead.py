@@ -1,0 +1,335 @@
+"""Parsing ahead: what can be known of a line without the store, in a second process
+during a catch-up, so that the JSON decoding runs on the other core.
+
+A line becomes a round in two halves. The first needs nothing but the line: decode the
+outer and the inner JSON, check for forgery, validate the ai_log (parse.py), hash the
+line for its idempotency key, build and price the round (rounds.py). The second needs
+the store and stays in the monitor's process, in file order: the duplicate check, linking
+the round's messages to its session, the pass's counts, the checkpoints.
+:func:`parse_record` and :func:`build_record` are the first half, used by both paths;
+the monitor's ``_take`` is the second.
+
+A catch-up with more than ``parse_ahead_bytes`` behind (monitor.py) forks one
+:class:`ParseWorker` at the start of its pass, while the monitor has no other thread.
+The monitor still reads and frames the lines (rotation, truncation, container
+unwrapping, the oversized-line rule and the allow-list, which is checked on the open
+descriptor, stay where they are: the worker opens nothing, it closes every descriptor it
+inherited but its two pipes) and sends them, about 1 MiB at a time with their offsets;
+the worker sends back one record per line, in order. The monitor handles a record only
+in file order, and the offsets it saves in a checkpoint are those of the lines handled,
+never of lines only read (monitor.py), so a crash of either process anywhere replays
+from offsets whose lines are all in the store.
+
+What crosses the pipe is what the monitor needs and no more: for a round, its session
+id, warnings, key and built round, and its messages *relative to the previous request of
+its session*: a long conversation re-logs its whole history on every request, and
+unpickling that history costs the monitor as much as decoding it. The worker keeps the
+last request's messages per session (an LRU bounded by line bytes) and sends the length
+of the common prefix, the key of the line it was shared with, and the new messages. The
+monitor rebuilds the whole list from its own copy only when that session's context tip
+is the round of that very key, which this monitor linked itself this pass (the same line
+bytes, hence the same messages); else (a duplicate, a session reloaded from disk) it
+decodes the line once more itself. The rebuilt list equals the logged one, so the
+stored session is the same byte for byte.
+
+Failure: a worker that dies (SIGKILL, out of memory) leaves end-of-file on its pipe;
+the monitor warns once, reaps it and parses the rest of the pass itself. A line the
+worker cannot parse or pickle comes back as "redo" and is parsed by the monitor, so an
+unexpected error is raised where it always was. The worker exits on end-of-file of its
+input (the monitor finished, or was killed) and ignores Ctrl-C (the monitor decides);
+the monitor always reaps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import select
+import signal
+import struct
+from collections import OrderedDict
+
+from ..pricing.table import PriceTable
+from ..store.document import LINE_KEY_PREFIX, common_prefix
+from .parse import parse_line
+from .request import BadLine, Request
+from .rounds import build_round
+
+# Record kinds (first item of each record tuple: cheap to pickle, in order).
+BAD, NON_AI, BLANK, FILTERED, REQUEST, ROUND, REDO = range(7)
+
+BATCH_BYTES = 1 * 2**20      # lines per message to the worker
+MAX_IN_FLIGHT = 3            # batches sent and not yet handled
+TIP_BYTES = 32 * 2**20       # line bytes of the per-session tips the worker keeps
+_HEADER = struct.Struct("<Q")
+_PIPE_SIZE = 1 * 2**20
+
+
+def line_key(line: bytes) -> str:
+    """The idempotency key of a round: a hash of its whole line."""
+    return LINE_KEY_PREFIX + hashlib.sha256(line).hexdigest()[:32]
+
+
+def position_key(fp: str, offset: int) -> str:
+    """Where a line of a file starts; equal to what a stored round's ``source`` gives
+    (session.round_keys), so rounds of older versions are recognised too."""
+    return f"{fp[:16]}:{offset}"
+
+
+def parse_record(line: bytes, read_time: str, session_key: str | None) -> tuple:
+    """The store-independent verdict on one line: ``(BAD, kind, detail)``,
+    ``(NON_AI, forged)``, ``(BLANK,)``, ``(FILTERED,)`` or ``(REQUEST, req, key)``."""
+    try:
+        req = parse_line(line, read_time)
+    except BadLine as bad:
+        return (BAD, bad.kind, bad.detail)
+    if not isinstance(req, Request):
+        if req == "blank":
+            return (BLANK,)
+        return (NON_AI, req == "forged_non_ai")
+    if session_key is not None and req.session_id != session_key:
+        return (FILTERED,)
+    return (REQUEST, req, line_key(line))
+
+
+def build_record(record: tuple, line: bytes, fp: str | None, start: int, table: PriceTable,
+                 store_content: bool, tips: "_Tips | None" = None) -> tuple:
+    """A ``REQUEST`` record built into ``(ROUND, session_id, warnings, key, rnd, messages,
+    pred, shared, spawn)``: ``messages`` is the request's whole list, or with ``pred``
+    (the key of the session's previous line) its part after the ``shared`` first
+    messages; ``spawn`` is the whole list when the line reports a sub-agent spawn."""
+    _kind, req, key = record
+    warnings = list(req.warnings)   # counted as parsed: build_round may add to them
+    source = {"fp": fp[:16], "offset": start} if fp is not None else {"stream": "stdin"}
+    rnd = build_round(req, key, source, table, store_content)
+    messages = req.ai.get("messages")
+    spawn = messages if b"childSessionKey" in line else None
+    pred, shared = None, 0
+    sent = messages if store_content else None
+    if store_content and tips is not None:
+        if isinstance(messages, list):
+            tip = tips.get(req.session_id)
+            if tip is not None and tip[1]:
+                shared = common_prefix(tip[1], messages)
+                if shared:
+                    pred, sent = tip[0], messages[shared:]
+            tips.put(req.session_id, key, messages, len(line))
+        elif isinstance(messages, str):
+            tips.put(req.session_id, key, [], len(line))
+    return (ROUND, req.session_id, warnings, key, rnd, sent, pred, shared, spawn)
+
+
+class _Tips:
+    """session id -> (key, messages) of its latest request, least recently used first."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.items: OrderedDict = OrderedDict()
+
+    def get(self, session_id):
+        return self.items.get(session_id)
+
+    def put(self, session_id, key: str, messages: list, size: int) -> None:
+        old = self.items.pop(session_id, None)
+        if old is not None:
+            self.size -= old[2]
+        self.items[session_id] = (key, messages, size)
+        self.size += size
+        while self.size > self.limit and self.items:
+            _sid, (_k, _m, n) = self.items.popitem(last=False)
+            self.size -= n
+
+
+class WorkerGone(Exception):
+    """The worker process ended (killed, out of memory): parse in this process."""
+
+
+class ParseWorker:
+    """A forked process that turns batches of lines into records, in order."""
+
+    def __init__(self, read_time: str, session_key: str | None, table: PriceTable,
+                 store_content: bool) -> None:
+        to_r, to_w = os.pipe()
+        try:
+            from_r, from_w = os.pipe()
+        except OSError:
+            os.close(to_r)
+            os.close(to_w)
+            raise
+        for fd in (to_w, from_w):
+            _grow_pipe(fd)
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (to_r, to_w, from_r, from_w):
+                os.close(fd)
+            raise
+        if pid == 0:   # the worker: never returns
+            code = 1
+            try:
+                os.close(to_w)
+                os.close(from_r)
+                _serve(to_r, from_w, read_time, session_key, table, store_content)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(to_r)
+        os.close(from_w)
+        self.pid = pid
+        self.wfd, self.rfd = to_w, from_r
+        os.set_blocking(self.wfd, False)
+        self.buf = bytearray()
+        self.status: int | None = None
+
+    def send(self, fp: str | None, lines: list) -> None:
+        """Send one batch ``[(start, line), ...]``; results read meanwhile are kept."""
+        payload = pickle.dumps((fp, lines), protocol=pickle.HIGHEST_PROTOCOL)
+        data = memoryview(_HEADER.pack(len(payload)) + payload)
+        while data:
+            try:
+                n = os.write(self.wfd, data)
+            except BlockingIOError:
+                # The pipe is full while the worker writes results: read them, so
+                # neither waits for the other.
+                readable, _w, _x = select.select([self.rfd], [self.wfd], [])
+                if readable:
+                    self._fill()
+                continue
+            except OSError as e:   # BrokenPipeError: it died
+                raise WorkerGone(str(e)) from None
+            data = data[n:]
+
+    def receive(self) -> list:
+        """The records of the oldest batch not yet received."""
+        need = _HEADER.size
+        while True:
+            if len(self.buf) >= need:
+                size = _HEADER.unpack_from(self.buf)[0]
+                need = _HEADER.size + size
+                if len(self.buf) >= need:
+                    records = pickle.loads(memoryview(self.buf)[_HEADER.size:need])
+                    del self.buf[:need]
+                    return records
+            self._fill()
+
+    def _fill(self) -> None:
+        try:
+            chunk = os.read(self.rfd, _PIPE_SIZE)
+        except OSError as e:
+            raise WorkerGone(str(e)) from None
+        if not chunk:
+            raise WorkerGone("end of file")
+        self.buf += chunk
+
+    def close(self, kill: bool = False) -> str | None:
+        """End the worker and reap it; how it ended when that was not a clean exit."""
+        for fd in (self.wfd, self.rfd):
+            if fd >= 0:
+                os.close(fd)
+        self.wfd = self.rfd = -1
+        if self.status is None:
+            if kill:
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            _pid, self.status = _waitpid(self.pid)
+        if os.WIFSIGNALED(self.status):
+            return f"killed by signal {os.WTERMSIG(self.status)}"
+        if os.WEXITSTATUS(self.status):
+            return f"exit status {os.WEXITSTATUS(self.status)}"
+        return None
+
+
+def _waitpid(pid: int) -> tuple[int, int]:
+    while True:
+        try:
+            return os.waitpid(pid, 0)
+        except InterruptedError:
+            continue
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        import fcntl
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    except (ImportError, AttributeError, OSError):
+        pass   # the default 64 KiB: more system calls, same result
+
+
+def _serve(rfd: int, wfd: int, read_time: str, session_key: str | None, table: PriceTable,
+           store_content: bool) -> None:
+    # Ctrl-C reaches the whole process group: the monitor decides, this one follows it
+    # by end of file. Nothing inherited is ours to hold: the store's lock, the index,
+    # the log files.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    low, high = sorted((rfd, wfd))
+    os.closerange(3, low)
+    os.closerange(low + 1, high)
+    os.closerange(high + 1, 1 << 20)
+    tips = _Tips(TIP_BYTES)
+    reader = _FrameReader(rfd)
+    while True:
+        batch = reader.next()
+        if batch is None:
+            return
+        fp, lines = batch
+        records = []
+        for start, line in lines:
+            try:
+                record = parse_record(line, read_time, session_key)
+                if record[0] == REQUEST:
+                    record = build_record(record, line, fp, start, table, store_content, tips)
+            except Exception:
+                record = (REDO,)
+            records.append(record)
+        del batch, lines
+        payload = _dump(records)
+        _write_all(wfd, _HEADER.pack(len(payload)) + payload)
+
+
+def _dump(records: list) -> bytes:
+    try:
+        return pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        # One record cannot cross (nested too deeply for pickle, say): that line is
+        # parsed again by the monitor, the others are sent as built.
+        safe = []
+        for record in records:
+            try:
+                pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+                safe.append(record)
+            except Exception:
+                safe.append((REDO,))
+        return pickle.dumps(safe, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class _FrameReader:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def _exactly(self, n: int) -> bytes | None:
+        chunks, got = [], 0
+        while got < n:
+            chunk = os.read(self.fd, min(n - got, _PIPE_SIZE))
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def next(self):
+        head = self._exactly(_HEADER.size)
+        if head is None:
+            return None
+        body = self._exactly(_HEADER.unpack(head)[0])
+        return None if body is None else pickle.loads(body)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
