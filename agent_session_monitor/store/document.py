@@ -17,7 +17,7 @@ from .names import UNSESSIONED_ID
 
 # 2: every round carries the original skill's fields (ondisk.py); "tokens" totals.
 SCHEMA = 2
-# The key of every round this version stores: the hash of its whole line (ingest/parse_ahead.line_key).
+# The key of every round this version stores: the hash of its whole line (parse_ahead.line_key).
 LINE_KEY_PREFIX = "sha256:"
 SUMMARY_TOKEN_FIELDS = (
     ("total_input_tokens", "input_tokens"),
