@@ -208,6 +208,33 @@ class Continuations(ParseAheadTest):
         self.assertEqual(len(rounds), 6)
 
 
+class TooDeepToPickle(ParseAheadTest):
+    def test_a_message_list_too_deep_to_pickle_neither_stops_a_pass_nor_is_lost(self):
+        # JSON decodes 700 levels; pickle refuses far fewer. Such a line crosses neither
+        # to the parse worker's monitor nor to the commit process: it is parsed and
+        # committed in the monitor's process, and the next run has nothing new.
+        deep = ('{"ai_log":"{\\"session_id\\":\\"deep\\",\\"model\\":\\"gpt-4o\\",'
+                '\\"input_token\\":5,\\"output_token\\":1,\\"messages\\":['
+                + "[" * 700 + "]" * 700 + ']}","start_time":"2026-02-01T09:00:00Z"}').encode()
+        lines = [request(n, f"s{n % 20}", [{"role": "user", "content": "x" * 1500 + str(n)}])
+                 for n in range(600)]
+        lines.insert(100, deep)
+        log = self.tmp / "access.log"
+        write_log(log, lines)
+        for ahead in ("-1", "0"):
+            out = self.tmp / f"deep{ahead}"
+            with mock.patch.dict(os.environ, {"ASM_PARSE_AHEAD_BYTES": ahead}):
+                code, _out, err = self.run_monitor(log, out=out,
+                                                   extra=["--checkpoint-bytes", "100000"])
+                self.assertEqual(code, 0, err)
+                code, stdout, err = self.run_monitor(log, out=out)
+            self.assertEqual(code, 0, err)
+            self.assertIn("Nothing new", stdout)
+            self.assertIn("deep", load_store(out))
+            self.assertEqual(sum(len(d["rounds"]) for d in load_store(out).values()), 601)
+        self.assertSameStores(self.tmp / "deep-1", self.tmp / "deep0")
+
+
 class WorkerFailures(ParseAheadTest):
     def setUp(self) -> None:
         super().setUp()

@@ -31,8 +31,8 @@ from ..store.index import Index
 from ..store.pruned_archive import ARCHIVE_NAME, Archive
 from .parse import parse_line
 from .parse_ahead import (
-    BAD, BATCH_BYTES, FILTERED, MAX_IN_FLIGHT, NON_AI, REDO, REQUEST, ROUND, ParseWorker,
-    WorkerGone, build_record, parse_record, position_key,
+    BAD, BATCH_BYTES, FILTERED, MAX_IN_FLIGHT, NON_AI, PARSED, REDO, REQUEST, ROUND,
+    ParseWorker, WorkerGone, build_record, parse_record, position_key, round_of,
 )
 from .pass_report import PassStats, Progress
 from .request import BadLine
@@ -397,7 +397,7 @@ class Monitor(CommitMixIn):
         if kind == REQUEST:
             _k, req, key = record
             session_id, warnings, rnd = req.session_id, req.warnings, None
-        elif kind == ROUND:
+        elif kind == ROUND or kind == PARSED:
             _k, session_id, warnings, key, rnd, messages, pred, shared, spawn = record
         elif kind == BAD:
             self._bad(stats, reported, record[1], path, start, record[2])
@@ -433,7 +433,9 @@ class Monitor(CommitMixIn):
         if rnd is None:
             record = build_record(record, line, fp, start, self.table, self.config.store_content)
             _k, session_id, warnings, key, rnd, messages, pred, shared, spawn = record
-        elif pred is not None:
+        elif kind == PARSED:   # the worker left building the round to this process
+            rnd = round_of(rnd, key, fp, start, self.table, self.config.store_content)
+        if pred is not None:
             messages = self._rejoin(session, pred, shared, messages, line, read_time)
         if b"childSessionKey" in line:   # a sub-agent spawn result (cheap test first)
             note_spawns(session.doc, rnd, spawn)
@@ -579,7 +581,10 @@ class _AheadRun:
         if not batch or self.worker is None:
             return
         try:
-            self.worker.send(self.src.fp, [(item[0], item[2]) for item in batch])
+            # Who builds the rounds: the worker, unless this process had to wait for it
+            # since the last batch (then this one has the time to spare).
+            build, self.worker.waited = not self.worker.waited, False
+            self.worker.send(self.src.fp, [(item[0], item[2]) for item in batch], build)
         except WorkerGone:
             self._gone(mon)
             return

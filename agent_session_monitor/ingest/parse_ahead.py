@@ -57,7 +57,7 @@ from .request import BadLine, Request
 from .rounds import build_round
 
 # Record kinds (first item of each record tuple: cheap to pickle, in order).
-BAD, NON_AI, BLANK, FILTERED, REQUEST, ROUND, REDO = range(7)
+BAD, NON_AI, BLANK, FILTERED, REQUEST, ROUND, REDO, PARSED = range(8)
 
 BATCH_BYTES = 1 * 2**20      # lines per message to the worker
 MAX_IN_FLIGHT = 3            # batches sent and not yet handled
@@ -94,15 +94,16 @@ def parse_record(line: bytes, read_time: str, session_key: str | None) -> tuple:
 
 
 def build_record(record: tuple, line: bytes, fp: str | None, start: int, table: PriceTable,
-                 store_content: bool, tips: "_Tips | None" = None) -> tuple:
+                 store_content: bool, tips: "_Tips | None" = None, build: bool = True) -> tuple:
     """A ``REQUEST`` record built into ``(ROUND, session_id, warnings, key, rnd, messages,
     pred, shared, spawn)``: ``messages`` is the request's whole list, or with ``pred``
     (the key of the session's previous line) its part after the ``shared`` first
-    messages; ``spawn`` is the whole list when the line reports a sub-agent spawn."""
+    messages; ``spawn`` is the whole list when the line reports a sub-agent spawn.
+    Without ``build``, the same with the request (its ai_log without the messages, all
+    that :func:`round_of` reads) in place of the round: ``PARSED``, built by the
+    monitor when it has the time (the worker is the slower of the two)."""
     _kind, req, key = record
     warnings = list(req.warnings)   # counted as parsed: build_round may add to them
-    source = {"fp": fp[:16], "offset": start} if fp is not None else {"stream": "stdin"}
-    rnd = build_round(req, key, source, table, store_content)
     messages = req.ai.get("messages")
     spawn = messages if b"childSessionKey" in line else None
     pred, shared = None, 0
@@ -117,7 +118,18 @@ def build_record(record: tuple, line: bytes, fp: str | None, start: int, table: 
             tips.put(req.session_id, key, messages, len(line))
         elif isinstance(messages, str):
             tips.put(req.session_id, key, [], len(line))
+    if not build:
+        req.ai = {k: v for k, v in req.ai.items() if k != "messages"}
+        return (PARSED, req.session_id, warnings, key, req, sent, pred, shared, spawn)
+    rnd = round_of(req, key, fp, start, table, store_content)
     return (ROUND, req.session_id, warnings, key, rnd, sent, pred, shared, spawn)
+
+
+def round_of(req: Request, key: str, fp: str | None, start: int, table: PriceTable,
+             store_content: bool) -> dict:
+    """The round of a request from a log file (``fp``) or from stdin (None)."""
+    source = {"fp": fp[:16], "offset": start} if fp is not None else {"stream": "stdin"}
+    return build_round(req, key, source, table, store_content)
 
 
 class _Tips:
@@ -181,11 +193,13 @@ class ParseWorker:
         self.wfd, self.rfd = to_w, from_r
         os.set_blocking(self.wfd, False)
         self.buf = bytearray()
+        self.waited = False
         self.status: int | None = None
 
-    def send(self, fp: str | None, lines: list) -> None:
-        """Send one batch ``[(start, line), ...]``; results read meanwhile are kept."""
-        payload = pickle.dumps((fp, lines), protocol=pickle.HIGHEST_PROTOCOL)
+    def send(self, fp: str | None, lines: list, build: bool = True) -> None:
+        """Send one batch ``[(start, line), ...]``; results read meanwhile are kept.
+        ``build``: the worker builds the rounds (else it sends ``PARSED`` records)."""
+        payload = pickle.dumps((fp, build, lines), protocol=pickle.HIGHEST_PROTOCOL)
         data = memoryview(_HEADER.pack(len(payload)) + payload)
         while data:
             try:
@@ -193,6 +207,7 @@ class ParseWorker:
             except BlockingIOError:
                 # The pipe is full while the worker writes results: read them, so
                 # neither waits for the other.
+                self.waited = True
                 readable, _w, _x = select.select([self.rfd], [self.wfd], [])
                 if readable:
                     self._fill()
@@ -202,8 +217,13 @@ class ParseWorker:
             data = data[n:]
 
     def receive(self) -> list:
-        """The records of the oldest batch not yet received."""
+        """The records of the oldest batch not yet received. ``waited`` becomes true
+        when this process waits for the worker, here or in :meth:`send` (the worker is
+        the slower side; its reader resets it)."""
         need = _HEADER.size
+        if not self._complete():
+            ready, _w, _x = select.select([self.rfd], [], [], 0)
+            self.waited = self.waited or not ready
         while True:
             if len(self.buf) >= need:
                 size = _HEADER.unpack_from(self.buf)[0]
@@ -213,6 +233,11 @@ class ParseWorker:
                     del self.buf[:need]
                     return records
             self._fill()
+
+    def _complete(self) -> bool:
+        if len(self.buf) < _HEADER.size:
+            return False
+        return len(self.buf) >= _HEADER.size + _HEADER.unpack_from(self.buf)[0]
 
     def _fill(self) -> None:
         try:
@@ -276,13 +301,14 @@ def _serve(rfd: int, wfd: int, read_time: str, session_key: str | None, table: P
         batch = reader.next()
         if batch is None:
             return
-        fp, lines = batch
+        fp, build, lines = batch
         records = []
         for start, line in lines:
             try:
                 record = parse_record(line, read_time, session_key)
                 if record[0] == REQUEST:
-                    record = build_record(record, line, fp, start, table, store_content, tips)
+                    record = build_record(record, line, fp, start, table, store_content, tips,
+                                          build)
             except Exception:
                 record = (REDO,)
             records.append(record)
