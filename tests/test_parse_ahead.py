@@ -30,6 +30,7 @@ from tests.openclaw_logs import mix
 from tests.test_fuzz_pipeline import cli, generated_lines
 from agent_session_monitor.errors import MonitorError
 from agent_session_monitor.ingest import commit as commit_module
+from agent_session_monitor.ingest.commit_process import DISABLE_ENV
 from agent_session_monitor.ingest import monitor as monitor_module
 from agent_session_monitor.ingest import parse_ahead
 from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
@@ -282,7 +283,8 @@ class WorkerFailures(ParseAheadTest):
 
         config = MonitorConfig(log_paths=[str(self.log)], output_dir=self.out,
                                checkpoint_bytes=60_000, follow=True)
-        with mock.patch.dict(os.environ, {"ASM_PARSE_AHEAD_BYTES": "0"}), \
+        # Commits on the thread: a mock does not reach a commit process.
+        with mock.patch.dict(os.environ, {"ASM_PARSE_AHEAD_BYTES": "0", DISABLE_ENV: "0"}), \
                 mock.patch.object(monitor_module, "utc_now", lambda: READ_TIME), \
                 mock.patch.object(parse_ahead.ParseWorker, "__init__", counting_init), \
                 Monitor(config, err=io.StringIO(), progress=False) as monitor:
