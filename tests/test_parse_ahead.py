@@ -369,12 +369,26 @@ class WhenItForks(ParseAheadTest):
         write_log(log, lines[:-1])
         size = log.stat().st_size
         env = {k: v for k, v in os.environ.items() if k != "ASM_PARSE_AHEAD_BYTES"}
-        with mock.patch.dict(os.environ, env, clear=True):
+        with mock.patch.dict(os.environ, env, clear=True), \
+                mock.patch.object(os, "getloadavg", lambda: (0.2, 0.2, 0.2)):
             run = self.passes(self.out, [log], None,
                               config={"parse_ahead_bytes": size // 2, "follow": True},
                               steps=[None, lambda: write_log_append(log, lines[-1:])])
         self.assertEqual(run["forks"], 1, "the catch-up forks, the appended line does not")
         self.assertEqual(run["stats"][1]["lines"], 1)
+
+    def test_a_machine_without_an_idle_core_parses_in_process(self):
+        lines = hostile_log(random.Random(SEED + 5), n_real=200)
+        log = self.tmp / "access.log"
+        write_log(log, lines)
+        env = {k: v for k, v in os.environ.items() if k != "ASM_PARSE_AHEAD_BYTES"}
+        for load, cores in ((1.7, 2), (0.0, 1)):
+            with mock.patch.dict(os.environ, env, clear=True), \
+                    mock.patch.object(os, "getloadavg", lambda: (load, load, load)), \
+                    mock.patch.object(os, "cpu_count", lambda: cores):
+                run = self.passes(self.tmp / f"busy{cores}", [log], None,
+                                  config={"parse_ahead_bytes": 0})
+            self.assertEqual(run["forks"], 0, (load, cores))
 
 
 def write_log_append(path: Path, lines: list[bytes]) -> None:

@@ -33,6 +33,7 @@ from .parse import parse_line
 from .parse_ahead import (
     BAD, BATCH_BYTES, FILTERED, MAX_IN_FLIGHT, NON_AI, PARSED, REDO, REQUEST, ROUND,
     ParseWorker, WorkerGone, build_record, parse_record, position_key, round_of,
+    spare_core,
 )
 from .pass_report import PassStats, Progress
 from .request import BadLine
@@ -277,10 +278,12 @@ class Monitor(CommitMixIn):
     @_young_collections_only
     def _read_all(self, pairs, stats: PassStats, read_time: str, progress, todo: int = 0) -> None:
         ahead, forced = self._parse_ahead_bytes()
-        if ahead is not None and todo >= ahead and (forced or threading.active_count() == 1):
+        if ahead is not None and todo >= ahead and (
+                forced or threading.active_count() == 1 and spare_core()):
             # A catch-up: lines are parsed in a second process (parse_ahead.py), forked
             # now, while this process has no other thread (a thread holding a lock at
-            # the fork, the allocator's or OpenSSL's, would leave it held in the child).
+            # the fork, the allocator's or OpenSSL's, would leave it held in the child),
+            # if a core is idle.
             try:
                 worker = ParseWorker(read_time, self.config.session_key, self.table,
                                      self.config.store_content)
