@@ -301,6 +301,35 @@ class UpgradeFromLayout3(TempDirTest):
         self.assertEqual(without_prices(load_store(fresh)), without_prices(before))
         self.assertNotIn("upgraded", self.monitor(self.store))   # nothing left to do
 
+    def test_upgrade_leaves_unreadable_linked_and_odd_files_alone(self):
+        """Beside the layout-3 files: a cut file, a symlink to another store's file, one
+        that claims a future layout: the upgrade rewrites only the layout-3 ones, and
+        every other file is as it was; one that no layout fits (no context tip, no totals)
+        is written with its totals and reads as before."""
+        victim = self.tmp / "victim.json"
+        victim.write_text('{"session_id": "other", "rounds": []}')
+        odd = {"cut.json": b'{"session_id": "cut", "rounds": [{"ro',
+               "future.json": json.dumps({"session_id": "future", "schema": 2, "layout": 10**30,
+                                          "rounds": []}).encode(),
+               "no-tip.json": json.dumps({"session_id": "no-tip", "schema": 2, "rounds": [
+                   {"round": 1, "key": "r1", "timestamp": "2026-02-01T10:00:00.000Z"}]},
+                   separators=(",", ":")).encode()}
+        for name, data in odd.items():
+            (self.store / name).write_bytes(data)
+        (self.store / "linked.json").symlink_to(victim)
+        from agent_session_monitor.store.sessions import read_document
+
+        no_tip = read_document(self.store / "no-tip.json")
+        out = self.monitor(self.store)
+        self.assertIn(f"upgraded {len(session_files(LAYOUT3 / 'sessions')) + 1} session files", out)
+        self.assertIn("cut.json is corrupt or unreadable", out)
+        for name, data in odd.items():
+            if name != "no-tip.json":
+                self.assertEqual((self.store / name).read_bytes(), data, name)
+        self.assertEqual(read_document(self.store / "no-tip.json"), no_tip)
+        self.assertTrue((self.store / "linked.json").is_symlink())
+        self.assertEqual(victim.read_text(), '{"session_id": "other", "rounds": []}')
+
     def test_sigkill_at_random_points_of_a_layout_upgrade_converges(self):
         big = self.tmp / "big"
         (big / "sessions").mkdir(parents=True)
