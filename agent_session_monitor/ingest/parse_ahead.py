@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
-import select
 import signal
 import struct
 from collections import OrderedDict
@@ -177,6 +175,8 @@ class ParseWorker:
 
     def __init__(self, read_time: str, session_key: str | None, table: PriceTable,
                  store_content: bool) -> None:
+        import pickle   # here, not at start-up: a pass that never forks never needs it;
+        self.protocol = pickle.HIGHEST_PROTOCOL   # and before the fork: the worker imports nothing
         to_r, to_w = os.pipe()
         try:
             from_r, from_w = os.pipe()
@@ -213,6 +213,9 @@ class ParseWorker:
     def send(self, fp: str | None, lines: list, build: bool = True) -> None:
         """Send one batch ``[(start, line), ...]``; results read meanwhile are kept.
         ``build``: the worker builds the rounds (else it sends ``PARSED`` records)."""
+        import pickle
+        import select
+
         payload = pickle.dumps((fp, build, lines), protocol=pickle.HIGHEST_PROTOCOL)
         data = memoryview(_HEADER.pack(len(payload)) + payload)
         while data:
@@ -234,6 +237,9 @@ class ParseWorker:
         """The records of the oldest batch not yet received. ``waited`` becomes true
         when this process waits for the worker, here or in :meth:`send` (the worker is
         the slower side; its reader resets it)."""
+        import pickle
+        import select
+
         need = _HEADER.size
         if not self._complete():
             ready, _w, _x = select.select([self.rfd], [], [], 0)
@@ -332,6 +338,8 @@ def _serve(rfd: int, wfd: int, read_time: str, session_key: str | None, table: P
 
 
 def _dump(records: list) -> bytes:
+    import pickle
+
     try:
         return pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
@@ -366,6 +374,8 @@ class _FrameReader:
         if head is None:
             return None
         body = self._exactly(_HEADER.unpack(head)[0])
+        import pickle
+
         return None if body is None else pickle.loads(body)
 
 
