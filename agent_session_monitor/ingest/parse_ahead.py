@@ -47,6 +47,7 @@ import hashlib
 import os
 import signal
 import struct
+import time
 from collections import OrderedDict
 
 from ..pricing.table import PriceTable
@@ -61,6 +62,10 @@ BAD, NON_AI, BLANK, FILTERED, REQUEST, ROUND, REDO, PARSED = range(8)
 BATCH_BYTES = 1 * 2**20      # lines per message to the worker
 MAX_IN_FLIGHT = 3            # batches sent and not yet handled
 TIP_BYTES = 32 * 2**20       # line bytes of the per-session tips the worker keeps
+# Seconds without an answer after which the worker is taken for stopped or hung (kill
+# -STOP, a debugger): it is killed and the monitor parses the rest itself.
+TIMEOUT_ENV = "ASM_PARSE_TIMEOUT"
+DEFAULT_TIMEOUT = 600.0
 _HEADER = struct.Struct("<Q")
 _PIPE_SIZE = 1 * 2**20
 
@@ -209,6 +214,7 @@ class ParseWorker:
         self.buf = bytearray()
         self.waited = False
         self.status: int | None = None
+        self.timeout = _timeout()
 
     def send(self, fp: str | None, lines: list, build: bool = True) -> None:
         """Send one batch ``[(start, line), ...]``; results read meanwhile are kept.
@@ -225,7 +231,9 @@ class ParseWorker:
                 # The pipe is full while the worker writes results: read them, so
                 # neither waits for the other.
                 self.waited = True
-                readable, _w, _x = select.select([self.rfd], [self.wfd], [])
+                readable, writable, _x = select.select([self.rfd], [self.wfd], [], self.timeout)
+                if not readable and not writable:
+                    raise WorkerGone(f"no answer for {self.timeout:g} s")
                 if readable:
                     self._fill()
                 continue
@@ -260,6 +268,9 @@ class ParseWorker:
         return len(self.buf) >= _HEADER.size + _HEADER.unpack_from(self.buf)[0]
 
     def _fill(self) -> None:
+        ready, _w, _x = select.select([self.rfd], [], [], self.timeout)
+        if not ready:
+            raise WorkerGone(f"no answer for {self.timeout:g} s")
         try:
             chunk = os.read(self.rfd, _PIPE_SIZE)
         except OSError as e:
@@ -280,7 +291,7 @@ class ParseWorker:
                     os.kill(self.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            _pid, self.status = _waitpid(self.pid)
+            _pid, self.status = _waitpid(self.pid, self.timeout)
         if os.WIFSIGNALED(self.status):
             return f"killed by signal {os.WTERMSIG(self.status)}"
         if os.WEXITSTATUS(self.status):
@@ -288,12 +299,31 @@ class ParseWorker:
         return None
 
 
-def _waitpid(pid: int) -> tuple[int, int]:
+def _timeout() -> float:
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+    except ValueError:
+        return DEFAULT_TIMEOUT
+    # "inf" is ~4 months: select() refuses a larger timeout.
+    return min(value, 1e7) if value > 0 else DEFAULT_TIMEOUT
+
+
+def _waitpid(pid: int, timeout: float) -> tuple[int, int]:
+    """Reap ``pid``; one that has not exited ``timeout`` s after end of file (stopped,
+    hung) is killed first."""
+    deadline, pause = time.monotonic() + timeout, 0.0005
     while True:
-        try:
-            return os.waitpid(pid, 0)
-        except InterruptedError:
-            continue
+        found, status = os.waitpid(pid, os.WNOHANG)
+        if found:
+            return found, status
+        if time.monotonic() >= deadline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            deadline = float("inf")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _grow_pipe(fd: int) -> None:
