@@ -268,6 +268,8 @@ class ParseWorker:
         return len(self.buf) >= _HEADER.size + _HEADER.unpack_from(self.buf)[0]
 
     def _fill(self) -> None:
+        import select
+
         ready, _w, _x = select.select([self.rfd], [], [], self.timeout)
         if not ready:
             raise WorkerGone(f"no answer for {self.timeout:g} s")
