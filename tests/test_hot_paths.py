@@ -10,16 +10,11 @@ maps, absent and null keys), so a shortcut can never change a stored byte or a f
 
 from __future__ import annotations
 
-import gc
-import io
 import json
 import math
 import random
 import unittest
-from unittest import mock
 
-from agent_session_monitor.ingest import monitor as monitor_module
-from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 from agent_session_monitor.ingest.parse import parse_line
 from agent_session_monitor.ingest.request import BadLine, Request
 from agent_session_monitor.ingest.rounds import build_round
@@ -30,7 +25,6 @@ from agent_session_monitor.pricing.cost import (
 from agent_session_monitor.pricing.table import load_price_table
 from agent_session_monitor.store import document, fulltext
 from agent_session_monitor.store.index import _json_list, quarter_hour, usage_rows
-from tests.helpers import TempDirTest, make_line, write_lines
 
 SEED = 1616
 CASES = 3000
@@ -301,46 +295,6 @@ class HotPathsTest(unittest.TestCase):
         for _ in range(2):   # a bool is no count, remembered or not
             req = parse_line(line('{"cached_tokens":true}'), READ_TIME)
             self.assertEqual(req.input_details, {"cached_tokens": True})
-
-
-class CatchUpCollectionsTest(TempDirTest):
-    """A catch-up runs without full garbage collections (they scan every cached session
-    again and again); a small pass, as in follow mode, keeps them, and the collector's
-    settings are the same after a pass as before, whatever happened in it."""
-
-    def _thresholds_while_checkpointing(self, catch_up_bytes: int, fail: bool = False) -> list:
-        log = self.tmp / "access.log"
-        write_lines(log, [make_line(i) for i in range(20)])
-        seen = []
-
-        def hook(rounds, monitor):
-            seen.append(gc.get_threshold())
-            if fail:
-                raise OSError(28, "No space left on device")
-
-        before = gc.get_threshold()
-        with mock.patch.object(monitor_module, "CATCH_UP_BYTES", catch_up_bytes), \
-                Monitor(MonitorConfig(log_paths=[str(log)], output_dir=self.tmp / "out",
-                                      checkpoint_bytes=1000), err=io.StringIO()) as monitor:
-            monitor.before_flush.append(hook)
-            try:
-                monitor.poll_once()
-            except Exception:
-                self.assertTrue(fail)
-        self.assertEqual(gc.get_threshold(), before)
-        return seen
-
-    def test_a_catch_up_defers_full_collections_and_restores_the_collector(self):
-        young, middle, full = gc.get_threshold()
-        seen = self._thresholds_while_checkpointing(catch_up_bytes=1)
-        self.assertTrue(seen)
-        self.assertIn((young, middle, 2**31 - 1), seen)
-        self._thresholds_while_checkpointing(catch_up_bytes=1, fail=True)
-
-    def test_a_small_pass_keeps_full_collections(self):
-        seen = self._thresholds_while_checkpointing(catch_up_bytes=10**9)
-        self.assertTrue(seen)
-        self.assertEqual(set(seen), {gc.get_threshold()})
 
 
 def _known_ai_keys() -> frozenset:

@@ -6,8 +6,6 @@ commit.py's; what a pass did and its summary, pass_report.py's.
 from __future__ import annotations
 
 import copy
-import functools
-import gc
 import os
 import sqlite3
 import sys
@@ -74,34 +72,6 @@ class MonitorConfig:
     @property
     def state_path(self) -> Path:
         return self.state_file or self.output_dir / ".state.json"
-
-
-def _young_collections_only(read_all):
-    """Read a catch-up without the garbage collector's full collections.
-
-    A catch-up holds many thousands of live objects (cached sessions, their messages,
-    the price table), and CPython scans all of them in a full collection each time the
-    heap has grown by a quarter: 15 times, a tenth of the CPU, in a catch-up of 25,000
-    sessions. What reading creates is acyclic (decoded JSON, round dicts) and its
-    short-lived cycles (exceptions) die young, which the young collections still free.
-    The full ones resume after the catch-up; a small pass (follow mode) keeps them as
-    they are, so a long-lived monitor still collects its old cycles."""
-    @functools.wraps(read_all)
-    def run(self, pairs, *args, **kwargs):
-        behind = sum(max(lf.size - src.offset, 0) if not lf.gz
-                     else 0 if src.gz_complete else lf.size for src, lf in pairs)
-        if behind < CATCH_UP_BYTES:
-            return read_all(self, pairs, *args, **kwargs)
-        young, middle, full = gc.get_threshold()
-        gc.set_threshold(young, middle, 2**31 - 1)
-        try:
-            return read_all(self, pairs, *args, **kwargs)
-        finally:
-            gc.set_threshold(young, middle, full)
-    return run
-
-
-CATCH_UP_BYTES = 4 * 2**20   # behind by this much, a pass is a catch-up
 
 
 class Monitor(CommitMixIn):
@@ -275,7 +245,6 @@ class Monitor(CommitMixIn):
         self._count_pass(stats)
         return stats
 
-    @_young_collections_only
     def _read_all(self, pairs, stats: PassStats, read_time: str, progress, todo: int = 0) -> None:
         ahead, forced = self._parse_ahead_bytes()
         if ahead is not None and todo >= ahead and (
