@@ -228,23 +228,9 @@ class SessionStore:
     def flush(self) -> list[Session]:
         """Write every changed session atomically (one directory fsync for the batch)."""
         written = list(self._dirty.values())
-
-        def serialised():
-            for session in written:
-                session.summarise()
-                data = dump_document(session.doc)
-                self._cached_bytes += len(data) - session.size
-                session.size = len(data)
-                yield self.directory / session.file_name, data
-
-        atomic_write_many(self.directory, serialised())
-        for session in written:
-            session.dirty = False
-            if self._names is not None:
-                self._names.add(session.file_name)
-        self._dirty.clear()
-        self.pending_bytes = 0
-        self.new_rounds = []
+        atomic_write_many(self.directory, ((self.directory / session.file_name,
+                                            self._serialise(session)) for session in written))
+        self.take_dirty_docs()   # written: now clean
         self._evict()
         return written
 
@@ -252,20 +238,8 @@ class SessionStore:
         """Serialise every changed session now and mark it clean, for a commit that
         writes the bytes later (on another thread) while the sessions change again. Until
         that commit is known to have succeeded, :meth:`discard_all` must undo it."""
-        taken = []
-        for session in self._dirty.values():
-            session.summarise()
-            data = dump_document(session.doc)
-            self._cached_bytes += len(data) - session.size
-            session.size = len(data)
-            session.dirty = False
-            taken.append((session, self.directory / session.file_name, data))
-            if self._names is not None:
-                self._names.add(session.file_name)
-        self._dirty.clear()
-        self.pending_bytes = 0
-        self.new_rounds = []
-        return taken
+        return [(session, self.directory / session.file_name, self._serialise(session))
+                for session in self.take_dirty_docs()]
 
     def take_dirty_docs(self) -> list[Session]:
         """:meth:`take_dirty` for a commit process, which summarises and serialises the
@@ -280,6 +254,14 @@ class SessionStore:
         self.pending_bytes = 0
         self.new_rounds = []
         return taken
+
+    def _serialise(self, session: Session) -> bytes:
+        """A session's file as it is now; the cache's byte count follows its new size."""
+        session.summarise()
+        data = dump_document(session.doc)
+        self._cached_bytes += len(data) - session.size
+        session.size = len(data)
+        return data
 
     def sized(self, sessions: list[Session], sizes: list[int]) -> None:
         """The file sizes of sessions written by a commit process (cache accounting)."""
