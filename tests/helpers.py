@@ -123,3 +123,20 @@ def require_tool(test: unittest.TestCase, name: str, found: bool | None = None) 
     if os.environ.get("ASM_REQUIRE_ALL_TOOLS"):
         test.fail(f"{name} is required in CI (.ci/run installs it) but is missing")
     test.skipTest(f"{name} is not installed")
+
+
+def record_commit_process_starts() -> list:
+    """Patch CommitProcess.start (in a test's own interpreter) to note each catch-up's
+    fork: the child's pid, or None when it fell back to the commit thread."""
+    from agent_session_monitor.ingest.commit_process import CommitProcess
+
+    started: list = []
+    real = CommitProcess.start.__func__
+
+    def start(cls, *args):
+        proc = real(cls, *args)
+        started.append(proc.pid if proc else None)
+        return proc
+
+    CommitProcess.start = classmethod(start)
+    return started

@@ -21,22 +21,14 @@ SCRIPT = textwrap.dedent("""
     import io, json, os, sys
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
-    from agent_session_monitor.ingest.commit_process import CommitProcess
+    from tests.helpers import record_commit_process_starts
     from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
     from tests.test_commit_process import agent_lines
     from tests.helpers import write_lines
 
     tmp, passes = Path(sys.argv[2]), int(sys.argv[3])
     log = tmp / "access.log"
-    started = []
-    real = CommitProcess.start.__func__
-
-    def start(cls, *args):
-        proc = real(cls, *args)
-        started.append(proc.pid if proc else None)
-        return proc
-
-    CommitProcess.start = classmethod(start)
+    started = record_commit_process_starts()
     lines = agent_lines(1, passes * 12, 40, 3)
     config = MonitorConfig(log_paths=[str(log)], output_dir=tmp / "sessions",
                            checkpoint_bytes=8000, follow=True)

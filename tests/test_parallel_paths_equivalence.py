@@ -32,20 +32,12 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
     from agent_session_monitor.ingest import monitor as monitor_module
-    from agent_session_monitor.ingest.commit_process import CommitProcess
+    from tests.helpers import record_commit_process_starts
     from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 
     mode, log, out, seed = sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5])
     monitor_module.utc_now = lambda: "2026-02-03T04:05:06Z"
-    started = []
-    real = CommitProcess.start.__func__
-
-    def start(cls, *args):
-        proc = real(cls, *args)
-        started.append(proc.pid if proc else None)
-        return proc
-
-    CommitProcess.start = classmethod(start)
+    started = record_commit_process_starts()
     small = 20000
     if mode == "sync":
         config = MonitorConfig(log_paths=[str(log)], output_dir=out)
