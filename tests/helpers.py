@@ -140,3 +140,15 @@ def record_commit_process_starts() -> list:
 
     CommitProcess.start = classmethod(start)
     return started
+
+
+def assert_store_files_known(test: unittest.TestCase, directory: Path) -> None:
+    """Every file the store keeps for itself (a leading dot, not a temp) is one that
+    check_store_dir refuses as a symlink: it checks them by name, so a new one must be
+    added to STORE_FILES or a planted symlink of that name goes unnoticed."""
+    from agent_session_monitor.store.durable import STORE_FILES, TMP_PREFIX
+
+    own = {name for name in os.listdir(directory)
+           if name.startswith(".") and not name.startswith(TMP_PREFIX)}
+    test.assertTrue(own, f"no store file in {directory}")
+    test.assertEqual(own - set(STORE_FILES), set(), "add them to durable.STORE_FILES")

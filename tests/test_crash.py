@@ -13,7 +13,7 @@ import time
 from unittest import mock
 
 from agent_session_monitor.ingest.commit_process import DISABLE_ENV
-from agent_session_monitor.store.durable import CHUNK_FILES
+from agent_session_monitor.store.durable import CHUNK_FILES, WRITING_MARK
 from tests.helpers import ROOT, TempDirTest, load_store, make_line, write_lines
 
 SEED = int(os.environ.get("ASM_CRASH_SEED", "20261124"))
@@ -91,12 +91,54 @@ class CrashRecovery(TempDirTest):
         self.assertEqual(reader.count_sessions(), len(load_store(self.reference)))
         reader.close()
 
-    def test_stray_temp_files_are_cleaned_at_start(self):
+    def test_a_killed_writers_temp_files_are_cleaned_by_the_next_cron_pass(self):
+        # What a writer killed mid-batch leaves: its temp files and its mark.
+        self.out.mkdir(mode=0o700)
+        (self.out / ".tmp-abc123").write_bytes(b'{"half": ')
+        (self.out / WRITING_MARK).write_bytes(b"")
+        code, _out, err = self.run_monitor(self.log)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sorted(n for n in os.listdir(self.out) if n.startswith(".tmp-")), [])
+
+    def test_a_cron_pass_after_a_clean_one_does_not_list_the_store(self):
+        code, _out, err = self.run_monitor(self.log)
+        self.assertEqual(code, 0, err)
+        self.assertFalse((self.out / WRITING_MARK).exists(), "a clean exit leaves no mark")
+        listed = []
+        real_listdir, real_scandir = os.listdir, os.scandir
+
+        def listdir(path="."):
+            listed.append(os.path.realpath(path))
+            return real_listdir(path)
+
+        def scandir(path="."):
+            listed.append(os.path.realpath(path))
+            return real_scandir(path)
+
+        write_lines(self.log, [make_line(9000)])
+        with mock.patch("os.listdir", listdir), mock.patch("os.scandir", scandir):
+            code, _out, err = self.run_monitor(self.log)
+        self.assertEqual(code, 0, err)
+        self.assertNotIn(os.path.realpath(self.out), listed)
+        self.assertEqual(len(load_store(self.out)["s1"]["rounds"]), 1)   # and it was stored
+
+    def test_stray_temp_files_without_a_mark_are_left_by_cron_and_removed_by_follow(self):
+        # A version before the mark, killed, left a temp file and no mark: a cron pass does
+        # not list the store for it; a long-lived monitor lists it once at its start.
+        from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
+
         self.out.mkdir(mode=0o700)
         (self.out / ".tmp-abc123").write_bytes(b'{"half": ')
         code, _out, err = self.run_monitor(self.log)
         self.assertEqual(code, 0, err)
-        self.assertFalse((self.out / ".tmp-abc123").exists())
+        self.assertTrue((self.out / ".tmp-abc123").exists())
+        config = MonitorConfig(log_paths=[str(self.log)], output_dir=self.out, follow=True,
+                               allowed_log_dirs=[str(self.tmp)])
+        with Monitor(config, progress=False) as m:
+            self.assertFalse((self.out / ".tmp-abc123").exists())
+            self.assertTrue((self.out / WRITING_MARK).exists(), "set while it runs")
+            m.poll_once()
+        self.assertEqual(sorted(n for n in os.listdir(self.out) if n.startswith(".tmp-")), [])
 
     def test_second_monitor_exits_cleanly_while_first_holds_lock(self):
         from agent_session_monitor.store.durable import DirLock

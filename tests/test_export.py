@@ -17,7 +17,7 @@ import sys
 import time
 from unittest import mock
 
-from tests.helpers import ROOT, TempDirTest, load_store, write_lines
+from tests.helpers import ROOT, TempDirTest, assert_store_files_known, load_store, write_lines
 from tests.loggen import generate
 from tests.otlp_support import FakeCollector
 
@@ -140,6 +140,7 @@ class Delivery(ExportTest):
                                  None if doc.get("unsessioned") else doc["session_id"])
                 self.assertEqual(attrs["agent_session_monitor.key"], rnd["key"])
         self.assertTrue(any("input.value" in a for a in server.attrs.values()))
+        assert_store_files_known(self, self.out)    # the outbox is one of them
 
     def test_no_content_store_sends_no_content(self):
         self.write_log(sessions=10)

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from agent_session_monitor.fmt import plural
-from tests.helpers import ROOT, TempDirTest, load_store, write_lines
+from tests.helpers import ROOT, TempDirTest, assert_store_files_known, load_store, write_lines
 from tests import loggen
 
 from agent_session_monitor.web import views
@@ -102,6 +102,7 @@ class Retention(TempDirTest):
         self.assertIn(f"Pruned {plural(len(old), 'session')} (", out)
         after_docs = load_store(self.out)
         self.assertEqual(set(after_docs), set(docs) - old)
+        assert_store_files_known(self, self.out)    # .pruned.sqlite is one of them
         self.assertLess(len(self.files()), len(files_before))
         self.assertEqual(reports(self.out), before)
         # The pruned conversations are gone from listings and show.

@@ -22,11 +22,11 @@ from tests.helpers import TempDirTest, load_store, make_line, write_lines
 
 from agent_session_monitor import cli, monitor_cli
 from agent_session_monitor.reports import reader as report
+from agent_session_monitor.store.durable import STORE_FILES, WRITING_MARK
 
-# Every file the monitor (or a component it runs) writes in the store, by name.
-WRITTEN = (".lock", ".state.json", ".state.json.bak", ".index.sqlite", ".index.sqlite-wal",
-           ".index.sqlite-shm", ".index.sqlite-journal", ".otlp-outbox.sqlite",
-           ".otlp-outbox.sqlite-wal", ".pruned.sqlite")
+# Every file the monitor (or a component it runs) writes in the store, by name
+# (test_retention and test_export check that a run writes no other).
+WRITTEN = STORE_FILES
 
 
 def digest(path: Path) -> str | None:
@@ -142,10 +142,12 @@ class PlantedSymlinks(TempDirTest):
         before = digest(plain)
         self.out.mkdir(mode=0o700)
         (self.out / ".tmp-planted").symlink_to(plain)
+        (self.out / WRITING_MARK).symlink_to(plain)   # what a killed writer leaves, planted
         code, err = self.monitor()
         self.assertEqual(code, 0, err)
         self.assertEqual(digest(plain), before)
         self.assertFalse(os.path.lexists(self.out / ".tmp-planted"))
+        self.assertFalse(os.path.lexists(self.out / WRITING_MARK))
 
     def test_a_symlinked_index_is_not_read_by_the_cli(self) -> None:
         code, err = self.monitor()

@@ -19,8 +19,7 @@ from ..pricing import tokens
 from ..errors import MonitorError
 from ..fmt import safe_text
 from ..store.durable import (
-    DirLock, check_store_dir, ensure_dir, refuse_symlink,
-    remove_stale_temps,
+    DirLock, begin_writing, check_store_dir, end_writing, ensure_dir, refuse_symlink,
 )
 from ..store import retention
 from .commit import CommitMixIn
@@ -133,10 +132,12 @@ class Monitor(CommitMixIn):
 
     def _open(self) -> None:
         out = self.config.output_dir
-        remove_stale_temps(out)
+        # A long-lived monitor lists the directory once at its start in any case; a cron
+        # pass only when the mark says the previous writer did not end cleanly.
+        begin_writing(out, sweep=self.config.follow)
         if self.config.state_path.parent != out:
             ensure_dir(self.config.state_path.parent)
-            remove_stale_temps(self.config.state_path.parent)
+            begin_writing(self.config.state_path.parent, sweep=self.config.follow)
         self.state, note = load_state(self.config.state_path, self.config.reset_from)
         if note:
             self.notes.append(note)
@@ -209,6 +210,9 @@ class Monitor(CommitMixIn):
             if getattr(self, "_archive", None) is not None:
                 self._archive.close()
             self.index.close()
+            # Not in the finally: after an error nobody vouches for the temp files.
+            end_writing(self.config.output_dir)
+            end_writing(self.config.state_path.parent)
         finally:
             if self.lock:
                 self.lock.release()
