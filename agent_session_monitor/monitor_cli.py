@@ -215,7 +215,7 @@ def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: Text
     with Monitor(config, err=err) as monitor:
         for note in monitor.notes:
             print(f"note: {note}", file=err)
-        fin = monitor_hooks.attach(monitor, args.finops)
+        fin = monitor_hooks.attach_for_pass(monitor, args.finops, config.follow)
         exporter = None
         if otel_options.config_from_args(args) is not None:
             # Imported only when exporting: HTTP and OTLP encoding cost a cron pass

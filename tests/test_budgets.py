@@ -9,11 +9,13 @@ import argparse
 import io
 import json
 import shutil
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs, urlsplit
 
-from tests.helpers import TempDirTest, write_lines
+from tests.helpers import ROOT, TempDirTest, write_lines
 from tests.webhook_server import WebhookServer
 
 from agent_session_monitor.finops import monitor_hooks as finops
@@ -361,6 +363,53 @@ class BurnTest(BudgetStore):
         self.assertEqual([s["session_id"] for s in data["active_sessions"]], ["s2"])
         s2 = data["active_sessions"][0]
         self.assertAlmostEqual(s2["usd_per_hour"], cost * 60 / 5)   # since it began, 5 min ago
+
+
+class WatchImportedOnlyWhereItHasWork(TempDirTest):
+    """A cron pass without budget or alert flags neither imports nor starts the watch
+    (its start-up is what a cron pass pays for every appended line); with a flag, or
+    with --follow, it is there and alerts."""
+
+    SCRIPT = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+              "from agent_session_monitor import monitor_cli; "
+              "code = monitor_cli.main(sys.argv[2:]); "
+              "print(json.dumps([code, sorted(m for m in sys.modules if '.finops.' in m)]))")
+
+    def run_pass(self, *flags: str) -> tuple[int, list, str]:
+        log = self.tmp / "access.log"
+        if not log.exists():
+            write_lines(log, [line(n, inp=100, out=20) for n in range(1, 4)])
+        proc = subprocess.run(
+            [sys.executable, "-c", self.SCRIPT, str(ROOT), "--log-path", str(log),
+             "--output-dir", str(self.out), "--allow-log-dir", str(self.tmp), "-q", *flags],
+            capture_output=True, text=True, timeout=120)
+        code, modules = json.loads(proc.stdout)
+        return code, modules, proc.stderr
+
+    def test_a_plain_pass_imports_no_watch_and_a_budget_flag_does(self) -> None:
+        code, modules, err = self.run_pass()
+        self.assertEqual((code, err), (0, ""))
+        self.assertNotIn("agent_session_monitor.finops.budget_watch", modules)
+        self.assertNotIn("agent_session_monitor.finops.anomalies", modules)
+        state = json.loads((self.out / ".state.json").read_text())
+        self.assertEqual(state["counters"]["rounds_stored"], 3)
+        self.assertEqual(state["alerts"], {})
+        # The same store, the same rounds, a budget: the watch runs and says so.
+        write_lines(self.tmp / "access.log", [line(4, inp=100, out=20)])
+        code, modules, err = self.run_pass("--session-budget-tokens", "300",
+                                           "--alert-max-age", "0", "--alert-on-anomaly")
+        self.assertEqual(code, 0)
+        self.assertIn("agent_session_monitor.finops.budget_watch", modules)
+        self.assertIn("agent_session_monitor.finops.anomalies", modules)
+        self.assertIn("Session budget exceeded", err)
+        self.assertTrue(json.loads(json.loads(
+            (self.out / ".state.json").read_text())["alerts"]["fired"]))
+
+    def test_an_unknown_anomaly_kind_is_still_a_usage_error(self) -> None:
+        code, modules, err = self.run_pass("--alert-on-anomaly", "loop,nonsense")
+        self.assertEqual(code, EXIT_USAGE)
+        self.assertEqual(err.count("\n"), 1)
+        self.assertIn("unknown kind 'nonsense'", err)
 
 
 if __name__ == "__main__":

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone, tzinfo
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from typing import TextIO
 
 from . import anomalies
 from ..reports import burn
 from .alerts import Alert, stderr_line
-from .budgets import (
-    DEFAULT_THRESHOLDS, Usage, budget_alert, crossings, day_usage, local_day, now_stamp,
+from .budgets import (  # FinOpsConfig: where it always was, for importers
+    FinOpsConfig, Usage, budget_alert, crossings, day_usage, local_day, now_stamp,
     session_usage, total_tokens,
 )
 from ..fmt import fmt_pct, fmt_usd
@@ -46,26 +46,6 @@ OUTBOX_TTL = 24 * 3600.0     # and given up on after this long
 OUTBOX_MAX = 100
 FIRED_MAX = 10_000
 FIRED_DAYS = 14
-
-
-@dataclass
-class FinOpsConfig:
-    budgets: list = field(default_factory=list)
-    thresholds: tuple = DEFAULT_THRESHOLDS
-    tz: tzinfo = timezone.utc
-    sinks: list = field(default_factory=list)
-    anomaly_kinds: frozenset = frozenset()
-    max_age: float = 24 * 3600.0      # older data is recorded without alerting; 0 = any age
-    timeout: float = 5.0
-    retries: int = 3
-    backoff: float = 1.0
-    base_url: str | None = None
-    link_secret: str | None = None
-    max_alerts: int = 20              # per commit; the rest go into one summary alert
-
-    @property
-    def active(self) -> bool:
-        return bool(self.budgets or self.sinks or self.anomaly_kinds)
 
 
 class FinOps:

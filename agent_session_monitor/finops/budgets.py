@@ -15,7 +15,7 @@ the limit: raising a budget re-arms its thresholds.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone, tzinfo
 
 from .alerts import Alert
@@ -26,6 +26,26 @@ from ..reports.timerange import day_window
 DEFAULT_THRESHOLDS = (50, 80, 100)
 SCOPE_TITLES = {"total": "Token budget", "session": "Session budget", "day": "Daily budget",
                 "consumer_day": "Consumer daily budget"}
+
+
+@dataclass
+class FinOpsConfig:
+    budgets: list = field(default_factory=list)
+    thresholds: tuple = DEFAULT_THRESHOLDS
+    tz: tzinfo = timezone.utc
+    sinks: list = field(default_factory=list)
+    anomaly_kinds: frozenset = frozenset()
+    max_age: float = 24 * 3600.0      # older data is recorded without alerting; 0 = any age
+    timeout: float = 5.0
+    retries: int = 3
+    backoff: float = 1.0
+    base_url: str | None = None
+    link_secret: str | None = None
+    max_alerts: int = 20              # per commit; the rest go into one summary alert
+
+    @property
+    def active(self) -> bool:
+        return bool(self.budgets or self.sinks or self.anomaly_kinds)
 
 
 @dataclass(frozen=True)
