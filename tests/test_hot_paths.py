@@ -15,8 +15,11 @@ import math
 import random
 import unittest
 
+from unittest import mock
+
+from agent_session_monitor.ingest import history, parse
 from agent_session_monitor.ingest.parse import parse_line
-from agent_session_monitor.ingest.request import BadLine, Request
+from agent_session_monitor.ingest.request import BadLine, Request, _decode
 from agent_session_monitor.ingest.rounds import build_round
 from agent_session_monitor.pricing import tokens
 from agent_session_monitor.pricing.cost import (
@@ -295,6 +298,182 @@ class HotPathsTest(unittest.TestCase):
         for _ in range(2):   # a bool is no count, remembered or not
             req = parse_line(line('{"cached_tokens":true}'), READ_TIME)
             self.assertEqual(req.input_details, {"cached_tokens": True})
+
+
+def same_json(a: object, b: object) -> bool:
+    """Equal as JSON values of the same types, keys in the same order (== takes 1 for
+    1.0 and True); iterative, for values nested to the recursion limit."""
+    todo = [(a, b)]
+    while todo:
+        x, y = todo.pop()
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, dict):
+            if list(x) != list(y):
+                return False
+            todo.extend((x[k], y[k]) for k in x)
+        elif isinstance(x, list):
+            if len(x) != len(y):
+                return False
+            todo.extend(zip(x, y))
+        elif x != y:
+            return False
+    return True
+
+
+def _text_message(rng: random.Random) -> str:
+    pick = rng.random()
+    if pick < 0.1:
+        return "x" * rng.randint(0, 3)
+    if pick < 0.2:
+        return "引用 \u2028 \\ \" 🙏 " + str(rng.randint(0, 9))
+    return f"message {rng.randint(0, 10**6)}"
+
+
+def random_message(rng: random.Random) -> object:
+    pick = rng.random()
+    if pick < 0.55:
+        return {"role": rng.choice(["user", "assistant", "tool"]), "content": _text_message(rng)}
+    if pick < 0.7:
+        return {"role": "user", "content": [{"type": "text", "text": _text_message(rng)},
+                                           {"type": "tool_result", "content": rng.randint(0, 99)}]}
+    # Values whose text a longer one begins with: 12 / 123, 1 / 1.5 / 1e5, "ab" / "abc".
+    return rng.choice([12, 123, 1, 1.5, 1e5, -1, -12, 0, True, False, None, "ab", "abc", [], {},
+                       {"session_id": "s0"}, {"messages": [1]}, [[["deep"]]], 2**80,
+                       {"a": 1, "a": 2}])
+
+
+def _mutate(rng: random.Random, messages: list) -> list:
+    """The next request's list: usually the same plus new messages; sometimes a client
+    rewrites it (an edit of the same length, a cut, a summary, an extended last value)."""
+    messages = list(messages)
+    pick = rng.random()
+    if pick < 0.6 or not messages:
+        messages += [random_message(rng) for _ in range(rng.randint(0, 3))]
+    elif pick < 0.7:
+        i = rng.randrange(len(messages))
+        text = json.dumps(messages[i])
+        j = rng.randrange(len(text))
+        edited = text[:j] + ("7" if text[j] != "7" else "8") + text[j + 1:]
+        try:
+            messages[i] = json.loads(edited)
+        except ValueError:
+            messages[i] = random_message(rng)
+    elif pick < 0.8:
+        messages = messages[:rng.randrange(len(messages))]
+    elif pick < 0.9:
+        last = messages[-1]
+        messages[-1] = {12: 123, 1: 1.5, "ab": "abc", -1: -12, 0: 0.5}.get(
+            last if type(last) in (int, str) else None, random_message(rng))
+    else:
+        messages = [{"role": "user", "content": "Summary of the conversation so far"}]
+    return messages
+
+
+def _ai_log_text(rng: random.Random, session: object, messages: object) -> str:
+    """An ai_log as a producer (or a hostile client) writes it: usually Go's compact
+    sorted form; sometimes whitespace, a duplicate key, broken JSON, extra data, a
+    constant Python's json would take, a nested session_id to mislead the guess."""
+    ai = {"answer": "a", "input_token": rng.randint(0, 50), "messages": messages,
+          "model": "gpt-4o", "output_token": 3}
+    if session is not ...:
+        ai["session_id"] = session
+    if rng.random() < 0.1:
+        ai["tool_calls"] = [{"session_id": "s" + str(rng.randint(0, 4))}]
+    seps = (",", ":") if rng.random() < 0.85 else rng.choice([(", ", ": "), (",", ": "), (" ,", ":")])
+    text = json.dumps(ai, ensure_ascii=rng.random() < 0.5, separators=seps)
+    pick = rng.random()
+    if pick < 0.03:
+        text = text[:-1] + ',"messages":' + json.dumps(messages) + "}"
+    elif pick < 0.06:
+        text = text[:rng.randrange(len(text))]
+    elif pick < 0.08:
+        text += rng.choice([" ", "\n", "x", "{}", " \t"])
+    elif pick < 0.1:
+        text = text.replace('"output_token":3', '"output_token":' + rng.choice(
+            ["NaN", "Infinity", "-Infinity", "1e999", "0x1", "01", "1.", "9" * 5000]))
+    elif pick < 0.12:
+        text = text.replace('"messages":[', '"messages":[' + "[" * 600 + "]" * 600 + ",", 1)
+    elif pick < 0.13:
+        text = text.replace('"a"', '"\\ud800"', 1)
+    return text
+
+
+class HistoryFastPathTest(unittest.TestCase):
+    """history.py: the ai_log with the re-logged history taken from the previous request
+    of the session equals the whole decode of it, whatever the text."""
+
+    def test_the_history_fast_path_decodes_exactly_what_a_whole_decode_does(self):
+        rng = random.Random(SEED)
+        cache = history.HistoryCache(limit=64 * 2**10)   # small: evictions happen too
+        lists = {f"s{i}": [] for i in range(5)}
+        fast = hits = 0
+        for _ in range(CASES * 2):
+            sid = rng.choice(list(lists) + [None, 7, ..., "s\"1", "s0 "])
+            key = sid if isinstance(sid, str) and sid in lists else rng.choice(list(lists))
+            lists[key] = _mutate(rng, lists[key])
+            messages = lists[key] if rng.random() < 0.95 else rng.choice(
+                ["cut [truncated] here", None, {"role": "user"}, 5])
+            text = _ai_log_text(rng, sid if sid is not ... else ..., messages)
+            before = cache.get(sid) if isinstance(sid, str) else None
+            got = history.decode_ai_log(text, cache)
+            try:
+                want = _decode(text)
+            except (ValueError, RecursionError):
+                self.assertIsNone(got, text[:200])
+                continue
+            if got is None:
+                continue
+            fast += 1
+            if before is not None and before[1] and isinstance(got.get("messages"), list) \
+                    and got["messages"] and got["messages"][0] is before[1][0]:
+                hits += 1
+            self.assertTrue(same_json(got, want), text[:300])
+        # The cases exercise the shortcut, not only the fallback.
+        self.assertGreater(fast, CASES)
+        self.assertGreater(hits, CASES // 4)
+
+    def test_a_line_decodes_the_same_through_parse_line_at_any_nesting_depth(self):
+        """Near the recursion limit the fast path gives up where the whole decode
+        would (it scans from a stack at least as deep), so a line too deeply nested is
+        the same bad line, and one that is not is the same request."""
+        def line(messages: str, calls: str = "[]") -> bytes:
+            ai = ('{"input_token":1,"messages":' + messages + ',"model":"gpt-4o",'
+                  '"output_token":2,"session_id":"deep","tool_calls":' + calls + "}")
+            return json.dumps({"ai_log": ai}).encode()
+
+        def outcome(raw: bytes, fast: bool):
+            try:
+                if fast:
+                    return parse_line(raw, READ_TIME).ai
+                with mock.patch.object(parse, "decode_ai_log", lambda text: None):
+                    return parse_line(raw, READ_TIME).ai
+            except BadLine as e:
+                return e.kind
+
+        limit = 1000
+        for depth in list(range(limit - 40, limit + 5)) + [5000]:
+            nested = "[" * depth + "]" * depth
+            hi = '[{"role":"user","content":"hi"}'
+            for messages, calls in ((f"[{nested}]", "[]"), (hi + "," + nested + "]", "[]"),
+                                    (hi + "]", nested)):
+                history.CACHE.clear()
+                outcome(line(hi + "]"), True)   # the session's previous request, cached
+                raw = line(messages, calls)
+                fast, plain = outcome(raw, True), outcome(raw, False)
+                self.assertTrue(fast == plain if isinstance(plain, str)
+                                else same_json(fast, plain), (depth, messages[:30]))
+
+    def test_reused_messages_are_not_changed_by_the_caller_of_an_earlier_line(self):
+        cache = history.HistoryCache()
+        first = history.decode_ai_log('{"messages":[{"role":"user","content":"a"}],'
+                                      '"session_id":"s"}', cache)
+        first["messages"].append({"role": "assistant", "content": "changed"})
+        second = history.decode_ai_log('{"messages":[{"role":"user","content":"a"},'
+                                       '{"role":"user","content":"b"}],"session_id":"s"}', cache)
+        self.assertEqual(second["messages"], [{"role": "user", "content": "a"},
+                                              {"role": "user", "content": "b"}])
+        self.assertIs(second["messages"][0], first["messages"][0])   # taken, not decoded
 
 
 def _known_ai_keys() -> frozenset:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .ai_log import _build
 from .forgery import _decode_outer, _genuine_fields, _is_trusted, _salvage
+from .history import decode_ai_log
 from .request import BadLine, Request, _decode
 
 BOM = b"\xef\xbb\xbf"
@@ -68,7 +69,8 @@ def parse_line(raw: bytes, read_time: str) -> Request | str:
         outer = _without_bad_bytes(outer)
     if isinstance(ai, str):
         try:
-            ai = _decode(ai)
+            # The history this request re-logs is not decoded again (history.py).
+            ai = decode_ai_log(ai) or _decode(ai)
         except RecursionError:
             raise BadLine("bad_ai_log", "nested too deeply") from None
         except ValueError as e:
