@@ -380,6 +380,8 @@ def _ai_log_text(rng: random.Random, session: object, messages: object) -> str:
         ai["session_id"] = session
     if rng.random() < 0.1:
         ai["tool_calls"] = [{"session_id": "s" + str(rng.randint(0, 4))}]
+    if rng.random() < 0.05:   # a nested "messages" list before the top-level one
+        ai["answer"] = {"k": 1, "messages": [rng.randint(0, 3)]}
     seps = (",", ":") if rng.random() < 0.85 else rng.choice([(", ", ": "), (",", ": "), (" ,", ":")])
     text = json.dumps(ai, ensure_ascii=rng.random() < 0.5, separators=seps)
     pick = rng.random()
@@ -396,6 +398,10 @@ def _ai_log_text(rng: random.Random, session: object, messages: object) -> str:
         text = text.replace('"messages":[', '"messages":[' + "[" * 600 + "]" * 600 + ",", 1)
     elif pick < 0.13:
         text = text.replace('"a"', '"\\ud800"', 1)
+    elif pick < 0.16:   # the key twice, the first time not a list
+        text = '{"messages":' + rng.choice(["null", "[1]", '"x"']) + "," + text[1:]
+    elif pick < 0.18 and ',"model"' in text:   # a trailing comma after the messages
+        text = text[:text.index(',"model"')] + ",}"
     return text
 
 

@@ -9,14 +9,14 @@ the ``messages`` text and list of the latest request per session id and, when a 
 messages for it and decodes only what follows. Which entry is tried is only a guess (the
 ``session_id`` found from the end of the text): it decides the speed, never the value.
 
-The result equals ``request._decode(text)``. The top-level object is read here only in
-the form every producer writes (Go's json.Marshal: ``{"key":value,...}`` without
-whitespace); for anything else (whitespace, an empty object, an error, a value nested
-too deeply) :func:`decode_ai_log` gives None and the caller decodes the text whole as
+The result equals ``request._decode(text)``: the members before and after ``messages``
+are decoded by the same decoder as two objects and merged as it merges duplicate keys.
+Where the text has no top-level ``"messages":[`` as Go writes it, or anything does not
+decode, :func:`decode_ai_log` gives None and the caller decodes the text whole as
 before, from where it always did, so errors and their messages are unchanged. Called
-from where the caller would call ``_decode``, the values are scanned from at least as
-deep a stack as the whole decode scans them from (the ``_value`` frames): a value too
-deeply nested for it is too deeply nested here, and then decoded whole.
+from where the caller would call ``_decode``, every value is scanned from at least as
+deep a stack as the whole decode scans it from: a value too deeply nested for it is too
+deeply nested here, and then decoded whole.
 
 The messages reused are the very objects of the previous request's list: nothing
 downstream changes a decoded message in place (the session links them, ondisk.py
@@ -30,7 +30,7 @@ import sys
 from collections import OrderedDict
 from json.decoder import scanstring
 
-from .request import _DECODER
+from .request import _DECODER, _decode
 
 _scan = _DECODER.scan_once
 _SESSION_KEY = '"session_id":"'
@@ -77,53 +77,60 @@ CACHE = HistoryCache()
 
 def decode_ai_log(text: str, cache: HistoryCache | None = CACHE) -> object:
     """``request._decode(text)``, with the re-logged history of a session taken from
-    ``cache`` where the text repeats it; None when the text is not in the plain form or
-    does not decode (the caller then decodes it whole, and reports its error)."""
-    if cache is None or not text.startswith('{"'):
+    ``cache`` where the text repeats it; None when the text has no top-level messages
+    list in the plain form or does not decode (the caller then decodes it whole, and
+    reports its error)."""
+    if cache is None:
         return None
     try:
-        return _walk(text, cache)
+        return _split(text, cache)
     except (ValueError, StopIteration, IndexError, RecursionError):
         return None   # _Irregular, or an error the whole decode reports in its words
 
 
-def _walk(text: str, cache: HistoryCache) -> dict | None:
-    obj: dict = {}
-    idx = 1
-    opening = None
-    while True:
-        if text[idx] != '"':
+def _split(text: str, cache: HistoryCache) -> dict | None:
+    """The object as three parts: the members before ``"messages"`` (decoded as one
+    object: that decode succeeds only if the key found is a top-level one, since one
+    closing brace cannot close a nested object), the messages list, the members after
+    it (one object again), merged as json merges duplicate keys (first place, last
+    value)."""
+    if text.startswith(_FIRST):
+        obj: dict = {}
+        start = len(_FIRST) - 1
+    else:
+        at = text.find(_MEMBER)
+        if at < 0:
             return None
-        key, idx = scanstring(text, idx + 1, True)
-        if text[idx] != ":":
+        obj = _decode(text[:at] + "}")
+        start = at + len(_MEMBER) - 1
+    messages, idx = _messages(text, start, cache)
+    c = text[idx]
+    if c == ",":
+        if text[idx + 1] != '"':
             return None
-        start = idx + 1
-        if key == "messages" and text[start] == "[":
-            value, idx = _messages(text, start, cache)
-            opening = text[start:idx - 1] if type(value) is list else None
-        else:
-            value, idx = _value(text, start)
-            if key == "messages":
-                opening = None
-        obj[key] = value
-        c = text[idx]
-        idx += 1
-        if c == ",":
-            continue
-        if c == "}":
-            break
+        rest = _decode("{" + text[idx + 1:])
+    elif c == "}" and idx + 1 == len(text):
+        rest = None
+    else:
         return None
-    if idx != len(text):
-        return None
+    obj["messages"] = messages
+    if rest:
+        obj.update(rest)
     sid = obj.get("session_id")
-    if opening is not None and type(sid) is str:
-        cache.put(sid, opening, list(obj["messages"]))   # its own list: callers keep theirs
+    if type(sid) is str and obj["messages"] is messages:
+        cache.put(sid, text[start:idx - 1], list(messages))   # its own list: callers keep theirs
     return obj
+
+
+# The messages member as Go writes it, first or after another member.
+_FIRST = '{"messages":['
+_MEMBER = ',"messages":['
 
 
 def _messages(text: str, start: int, cache: HistoryCache) -> tuple[list, int]:
     """The list at ``start`` and the index after it: the cached list of the session's
-    previous request where this text begins with its text, plus what follows."""
+    previous request where this text begins with its text, plus what follows. Scanned
+    from as deep a stack as a whole decode scans it (decode, raw_decode, the object)."""
     entry = cache.get(_session_hint(text))
     if entry is not None:
         opening, previous, _size = entry
@@ -134,14 +141,14 @@ def _messages(text: str, start: int, cache: HistoryCache) -> tuple[list, int]:
                 return list(previous), end + 1
             if c == ",":
                 return _rest(text, end + 1, list(previous))
-    return _value(text, start)
+    return _scan(text, start)
 
 
 def _rest(text: str, idx: int, items: list) -> tuple[list, int]:
     """The remaining elements of a list whose first ones are ``items``; ``idx`` is just
     after a comma."""
     while True:
-        value, idx = _value(text, idx)
+        value, idx = _scan(text, idx)
         items.append(value)
         c = text[idx]
         idx += 1
@@ -150,11 +157,6 @@ def _rest(text: str, idx: int, items: list) -> tuple[list, int]:
         if c == "]":
             return items, idx
         raise _Irregular
-
-
-def _value(text: str, idx: int) -> tuple[object, int]:
-    # A frame of its own: values are scanned from as deep a stack as a whole decode's.
-    return _scan(text, idx)
 
 
 def _session_hint(text: str) -> str | None:
