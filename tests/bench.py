@@ -208,8 +208,17 @@ def _response_size(response: tuple, relogged: dict | None) -> int:
     return size
 
 
-def run_child(cmd: list[str], sample_tree: bool = False) -> tuple[float, int, str, int]:
-    """(wall seconds, peak RSS in MB, stdout, peak PSS of the process tree in MB) of one
+@dataclass
+class Run:
+    wall: float     # seconds
+    rss: int        # peak RSS, MB
+    out: str        # stdout
+    pss: int        # peak PSS of the process tree, MB (0: not sampled)
+    cpu: float      # user + system seconds of the child and the children it reaped
+
+
+def run_child(cmd: list[str], sample_tree: bool = False) -> Run:
+    """Wall seconds, peak RSS, stdout, peak PSS of the process tree and CPU seconds of one
     child process, reaped with wait4 so the RSS is that child's own (the largest of it and
     the children it reaped: wait4 reports a maximum, not a sum).
 
@@ -245,7 +254,8 @@ def run_child(cmd: list[str], sample_tree: bool = False) -> tuple[float, int, st
         err.seek(0)
         if proc.returncode != 0:
             raise SystemExit(f"{cmd[1]} failed: {err.read().decode().strip()}")
-        return wall, usage.ru_maxrss // 1024, out.read().decode(), peak_pss[0] // 1024
+        return Run(wall, usage.ru_maxrss // 1024, out.read().decode(), peak_pss[0] // 1024,
+                   usage.ru_utime + usage.ru_stime)
 
 
 def tree_pss_kb(pid: int) -> int:
@@ -297,6 +307,7 @@ class Result:
     sessions: int
     bare: list[float]
     main: list[float]
+    cpu: list[float]     # CPU seconds of each main.py run (its children included)
     rss: int             # largest single process (main.py or a child it reaped)
     pss: int             # largest sampled sum of PSS over main.py and its children
     store_bytes: int
@@ -320,7 +331,7 @@ class Result:
 def bench_shape(shape: Shape, seed: int, fraction: float, repeat: int) -> tuple[Result, Path]:
     log, meta = make_log(shape, seed, fraction)
     store = BENCH / f"store-{shape.name}"
-    bare, main, rss, pss = [], [], 0, 0
+    bare, main, cpu, rss, pss = [], [], [], 0, 0
     # Each run catches up into a directory of its own; the stores it replaces are moved
     # aside and deleted only after the measuring (remove_trash). ext4 without a journal
     # (this machine's disk) skips the inodes deleted in the last 60-360 s when it
@@ -329,19 +340,19 @@ def bench_shape(shape: Shape, seed: int, fraction: float, repeat: int) -> tuple[
     # instead of 0.5 s. A catch-up on a gateway does not follow a mass deletion of its
     # own making, so a benchmark that deletes right before each run measures itself.
     for i in range(repeat):
-        wall, _rss, _out, _pss = run_child([sys.executable, "-c", BARE, str(log)])
-        bare.append(wall)
+        bare.append(run_child([sys.executable, "-c", BARE, str(log)]).wall)
         run_store = BENCH / f"store-{shape.name}.run{i}-{time.time_ns()}"
-        wall, peak, _out, tree = run_child(main_cmd(log, run_store, "-q"), sample_tree=True)
-        main.append(wall)
-        rss = max(rss, peak)
-        pss = max(pss, tree)
+        run = run_child(main_cmd(log, run_store, "-q"), sample_tree=True)
+        main.append(run.wall)
+        cpu.append(run.cpu)
+        rss = max(rss, run.rss)
+        pss = max(pss, run.pss)
         move_to_trash(store)
         run_store.rename(store)
     state = json.loads((store / ".state.json").read_text())
     names = [p for p in os.scandir(store) if p.name.endswith(".json") and not p.name.startswith(".")]
     result = Result(shape, log.stat().st_size / 2**20, state["counters"]["lines_read"],
-                    state["counters"]["rounds_stored"], len(names), bare, main, rss, pss,
+                    state["counters"]["rounds_stored"], len(names), bare, main, cpu, rss, pss,
                     sum(p.stat().st_size for p in names), meta["distinct_message_bytes"],
                     meta["conversation_bytes"], required_floor(names))
     return result, store
@@ -384,16 +395,17 @@ def required_floor(files: list) -> int:
 def print_table(results: list[Result]) -> None:
     print()
     print(f"{'shape':<24} {'log':>9} {'lines':>9} {'sessions':>9} {'bare floor':>11} "
-          f"{'main.py':>9} {'ratio':>6} {'peak RSS':>9} {'tree PSS':>9} {'store/conv.':>12} {'(old)':>6} "
+          f"{'main.py':>9} {'CPU':>8} {'ratio':>6} {'peak RSS':>9} {'tree PSS':>9} {'store/conv.':>12} {'(old)':>6} "
           f"{'floor':>6}")
     for r in results:
         ok = r.ratio >= RATIO_TARGET and max(r.rss, r.pss) < RSS_TARGET_MB
         print(f"{r.shape.title:<24} {r.mb:>6,.0f} MB {r.lines:>9,} {r.sessions:>9,} "
               f"{statistics.median(r.bare):>9.2f} s {statistics.median(r.main):>7.2f} s "
-              f"{r.ratio:>6.2f} {r.rss:>6} MB {r.pss:>6} MB {r.per_conversation:>12.2f} {r.per_distinct:>6.2f} "
+              f"{statistics.median(r.cpu):>6.1f} s {r.ratio:>6.2f} {r.rss:>6} MB {r.pss:>6} MB {r.per_conversation:>12.2f} {r.per_distinct:>6.2f} "
               f"{r.floor_bytes / max(r.conversation, 1):>6.2f}"
               f"{'' if ok else '  MISSED'}", flush=True)
-    print(f"(medians of {len(results[0].bare)} alternating runs; ratio target >= {RATIO_TARGET}, "
+    print(f"(medians of {len(results[0].bare)} alternating runs; CPU = user + system seconds of "
+          f"main.py and the children it forks (2 cores: at most twice its wall time); ratio target >= {RATIO_TARGET}, "
           f"peak RSS (one process) and tree PSS (main.py + its forked children, sampled every "
           f"100 ms) < {RSS_TARGET_MB} MB; store/conv. = session files / conversation bytes "
           f"<= 2.0; (old) = / request messages only; floor = required_floor / conversation "
@@ -463,9 +475,9 @@ def _append_figures(log: Path, store: Path, outer: dict, config, Monitor) -> Non
         outer["request_id"] = f"bench-append-{time.time_ns()}-cron-{i}"
         with open(log, "ab") as f:
             f.write(json.dumps(outer).encode() + b"\n")
-        walls.append(run_child(main_cmd(log, store, "-q"))[0] * 1000)
+        walls.append(run_child(main_cmd(log, store, "-q")).wall * 1000)
         # What the machine's load does to any process: an interpreter that does nothing.
-        starts.append(run_child([sys.executable, "-c", "pass"])[0] * 1000)
+        starts.append(run_child([sys.executable, "-c", "pass"]).wall * 1000)
     p50 = statistics.median(walls)
     figure("appended line: whole cron-style process", f"p50 {p50:.0f} ms, max {max(walls):.0f} ms",
            "< 250 ms", p50 < 250)
