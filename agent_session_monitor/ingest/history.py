@@ -102,6 +102,8 @@ def _split(text: str, cache: HistoryCache) -> dict | None:
         if at < 0:
             return None
         obj = _decode(text[:at] + "}")
+        if not obj:
+            return None   # "{," (nothing before the comma) is not JSON: the whole decode says so
         start = at + len(_MEMBER) - 1
     messages, idx = _messages(text, start, cache)
     c = text[idx]
