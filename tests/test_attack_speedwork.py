@@ -11,7 +11,7 @@ import json
 import random
 import unittest
 
-from helpers import ROOT  # noqa: F401  (puts the checkout on sys.path)
+from tests.helpers import ROOT  # noqa: F401
 
 from agent_session_monitor.ingest import history
 from agent_session_monitor.ingest.parse import parse_line
