@@ -36,7 +36,6 @@ from ..fmt import fmt_pct, fmt_usd
 from ..links import DEFAULT_LINK_TTL, session_url
 from ..reports.live import budget_line
 from ..pricing.cost import Buckets
-from ..ingest.state import save_state
 
 ANOMALY_TITLES = {"tool_loop": "tool-call loop", "runaway_context": "runaway context",
                   "cost_outlier": "a round far costlier than usual",
@@ -335,7 +334,7 @@ class FinOps:
     def _save(self) -> None:
         self._store()
         try:
-            save_state(self.monitor.config.state_path, self.monitor.state)
+            self.monitor.save_committed_state()
         except OSError as e:
             # Still send: the marks are in memory, so this process will not repeat them.
             self._log(f"warning: cannot save alert state to {self.monitor.config.state_path}: "

@@ -50,6 +50,9 @@ class CommitMixIn:
         surfaces at the next checkpoint, which then rewinds as a failed commit does.
         Hooks (exporters, budgets) need the synchronous order, so they disable it."""
         self._join_commit()
+        if self._pass_cut:
+            self._abandon_cut_pass()
+        self._fold_counts()
         if background and not self.before_flush and not self.on_commit:
             self._start_commit()
             return
@@ -72,13 +75,13 @@ class CommitMixIn:
             self.store.discard_dirty()
             self._index_suspect = True
             # Rewind to what the files on disk describe: the next pass re-reads it.
-            self.tailer.sources[:] = copy.deepcopy(self._saved_sources)
-            self.state.sources = self.tailer.sources
+            self._rewind()
             reason = getattr(e, "strerror", None) or str(e)
             raise MonitorError(f"cannot write the store in {self.config.output_dir}: "
                                f"{reason}; nothing was lost, the same lines are "
                                "read again once it is writable (free space?)") from e
         self._saved_sources = copy.deepcopy(self.tailer.sources)
+        self._saved_counters = copy.deepcopy(self.state.counters)
 
     def _repair_index(self) -> None:
         # After a failed commit the index may still mark sessions of it pending, whose
@@ -146,7 +149,7 @@ class CommitMixIn:
         self._thread_commit([(path, data) for _s, path, data in taken], prepared, sources, state)
 
     def _thread_commit(self, items: list, prepared: list, sources: list, state) -> None:
-        self._commit_sources = sources
+        self._commit_sources, self._commit_counters = sources, state.counters
 
         def commit() -> None:
             try:
@@ -193,7 +196,7 @@ class CommitMixIn:
             self.store.discard_all()
             self._rewind()
             raise
-        self._commit_sources = sources
+        self._commit_sources, self._commit_counters = sources, state.counters
         self._commit_taken = taken
 
     def _thread_commit_of(self, taken: list, sources: list, state) -> None:
@@ -248,6 +251,7 @@ class CommitMixIn:
                 raise error
             self._commit_failed(error)
         self._saved_sources = self._commit_sources
+        self._saved_counters = self._commit_counters
         self.store.evict()
 
     def _join_process(self, proc: CommitProcess) -> None:
@@ -267,6 +271,7 @@ class CommitMixIn:
                 proc.close()
                 self._commit_proc = None
         self._saved_sources = self._commit_sources
+        self._saved_counters = self._commit_counters
         self.store.evict()
 
     def _process_died(self, proc: CommitProcess, e: CommitProcessDied) -> None:
@@ -298,25 +303,63 @@ class CommitMixIn:
                            "read again once it is writable (free space?)") from e
 
     def _rewind(self) -> None:
+        """Back to what the state on disk describes: its offsets, and its counters (the
+        lines after them are read, and counted, again); rounds the failed commit did
+        write are recognised there as this state's, not as duplicates."""
         self.tailer.sources[:] = copy.deepcopy(self._saved_sources)
         self.state.sources = self.tailer.sources
+        self.state.counters = copy.deepcopy(self._saved_counters)
+        self._recover_from = {src.fp: src.offset for src in self._saved_sources}
+        self._round_places = {}
 
-    def _count_pass(self, stats: PassStats) -> None:
-        s = self.state
-        s.count("passes")
-        s.count("lines_read", stats.lines)
-        s.count("rounds_stored", stats.rounds)
-        s.count("duplicates_skipped", stats.duplicates)
-        s.count("non_ai_lines", stats.non_ai)
-        s.count("forged_lines", stats.forged)
-        for kind, n in stats.bad.items():
-            s.count_kind("bad_lines", kind, n)
-        for kind, n in stats.warnings.items():
-            s.count_kind("warnings", kind, n)
-        for kind, n in stats.tail_events.items():
-            s.count_kind("file_events", kind, n)
-        if stats.lines or stats.bad or stats.tail_events:
-            try:
-                save_state(self.config.state_path, self.state)
-            except OSError as e:
-                raise MonitorError(f"cannot write {self.config.state_path}: {e.strerror}") from e
+    def save_committed_state(self) -> None:
+        """Save the state as of the last commit, with the alerts and the exporters'
+        progress as they are now (budget alerts between passes, or at exit after a pass
+        cut short, whose offsets and counts run ahead of what was committed)."""
+        save_state(self.config.state_path, dataclasses.replace(
+            self.state, sources=self._saved_sources, counters=self._saved_counters))
+
+    def _abandon_cut_pass(self) -> None:
+        """A pass cut short (Ctrl-C, SIGTERM, an error) left its last line half handled:
+        counted perhaps, its round added perhaps, its offset not advanced. Nothing of it
+        after the last checkpoint is saved: the state stays the last one committed,
+        offsets and counters together, and those lines are read (and counted) again.
+        Rounds of them already on disk are recognised as this state's, not duplicates."""
+        self._pass_cut = False
+        self._pass_stats = None
+        self.store.discard_all()
+        self._rewind()
+
+    def _fold_counts(self, final: bool = False) -> None:
+        """Add to the state's counters what the pass counted since the last checkpoint:
+        a state carries the counts of exactly the lines whose offsets it records, so a
+        kill after any checkpoint neither loses the counts of the lines it committed nor
+        counts them again when the next run reads what follows. ``final``: the pass has
+        read everything (``passes`` counts the passes that ran to their end)."""
+        stats = self._pass_stats
+        if stats is None:
+            return
+        s, done = self.state, self._folded
+        now = pass_counts(stats)
+        for name, n in now.items():
+            if isinstance(name, tuple):
+                if n != done.get(name, 0):
+                    s.count_kind(name[0], name[1], n - done.get(name, 0))
+            else:
+                s.count(name, n - done.get(name, 0))
+        self._folded = now
+        if final:
+            s.count("passes")
+            self._pass_stats = None
+
+
+def pass_counts(stats: PassStats) -> dict:
+    """The pass's counts as the state keeps them: a count by name, or by (group, kind)."""
+    counts: dict = {"lines_read": stats.lines, "rounds_stored": stats.rounds + stats.recovered,
+                    "duplicates_skipped": stats.duplicates, "non_ai_lines": stats.non_ai,
+                    "forged_lines": stats.forged}
+    for group, by_kind in (("bad_lines", stats.bad), ("warnings", stats.warnings),
+                           ("file_events", stats.tail_events)):
+        for kind, n in by_kind.items():
+            counts[(group, kind)] = n
+    return counts

@@ -44,6 +44,7 @@ from .stdin_source import StreamSource
 from .tail import Tailer
 
 REPORT_PER_KIND = 3   # bad lines reported in full per kind and pass; the rest are counted
+_NEVER = 2**63        # an offset past any file's end
 
 
 @dataclass
@@ -102,6 +103,12 @@ class Monitor(CommitMixIn):
         # round whose messages are its context tip), for rounds linked this pass.
         self._ahead_tips: dict | None = None
         self.ahead_redecoded = 0   # lines decoded again here (tests, measurements)
+        # The pass in progress: its counts, those of them already in self.state.counters
+        # (commit.py, _fold_counts), and whether it was cut short.
+        self._pass_stats: PassStats | None = None
+        self._folded: dict = {}
+        self._pass_cut = False
+        self._round_places: dict = {}   # file name -> {key: (fp, offset)} (_stored_from)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -182,6 +189,12 @@ class Monitor(CommitMixIn):
                              max_line=self.config.max_line_bytes,
                              allowed=self.config.allowed_log_dirs)
         self._saved_sources = copy.deepcopy(self.state.sources)
+        self._saved_counters = copy.deepcopy(self.state.counters)
+        # Where the saved state stopped in each file (by fingerprint): a round found
+        # stored from a line at or after it was written by a commit whose state was
+        # never saved (a kill, a failed commit): stored, not a duplicate. (A file not in
+        # the state: from its start.)
+        self._recover_from = {src.fp: src.offset for src in self.state.sources}
         self.unwrapper = Unwrapper(self.config.max_line_bytes, self.config.rotate_wait)
 
     def _pruned_keys(self, file_name: str) -> set:
@@ -224,9 +237,28 @@ class Monitor(CommitMixIn):
 
     def poll_once(self) -> PassStats:
         """Read every new complete line of every log file, store it, save the state."""
+        if self._pass_cut:   # the last pass was cut short: back to its last checkpoint
+            self._join_commit()
+            self._abandon_cut_pass()
         stats = PassStats()
+        self._pass_stats, self._folded = stats, {}
+        self._round_places = {}
+        try:
+            self._pass(stats)
+        except BaseException:
+            self._pass_cut = True
+            raise
+        return stats
+
+    def _pass(self, stats: PassStats) -> None:
         read_time = utc_now()
+        before = {id(src): src.offset for src in self.tailer.sources}
         pairs = self.tailer.poll_files()
+        for src, _lf in pairs:
+            if src.offset < before.get(id(src), 0):
+                # Truncated or rewritten (tail.py moved it back): rounds found stored
+                # from its lines are the old lines' (a real re-read), not a lost commit's.
+                self._recover_from[src.fp] = _NEVER
         self._report_tail_events(stats)
         if self.state.extra.pop("reset_to_end", False):
             for src, lf in pairs:
@@ -245,9 +277,8 @@ class Monitor(CommitMixIn):
             self.tailer.close_unheld(pairs)
         if progress:
             progress.done()
+        self._fold_counts(final=True)
         self.checkpoint()
-        self._count_pass(stats)
-        return stats
 
     def _read_all(self, pairs, stats: PassStats, read_time: str, progress, todo: int = 0) -> None:
         ahead, forced = self._parse_ahead_bytes()
@@ -404,7 +435,13 @@ class Monitor(CommitMixIn):
         session = self.store.get(session_id)
         place = position_key(fp, start) if fp is not None else None
         if key in session.keys or (place is not None and place in session.keys):
-            stats.duplicates += 1
+            if (place is not None and start >= self._recover_from.get(fp, 0)
+                    and self._stored_from(session, key) == (fp[:16], start)):
+                # This very line, stored by a commit killed (or failed) before it saved
+                # the state, whose counts were lost with it: a round stored, counted now.
+                stats.recovered += 1
+            else:
+                stats.duplicates += 1
             return
         if rnd is None:
             record = build_record(record, line, fp, start, self.table, self.config.store_content)
@@ -436,6 +473,20 @@ class Monitor(CommitMixIn):
             stats.unpriced[rnd["model"] or "(no model)"] += 1
         else:
             stats.cost += rnd["cost_usd"]
+
+    def _stored_from(self, session, key: str) -> tuple | None:
+        """(file fingerprint, offset) of the line of the round ``key`` of ``session``.
+        Asked only for lines past the saved offsets: the places of a session's rounds
+        are mapped once (rounds added after that are this run's, never a lost commit's;
+        the maps are dropped with the cache at a rewind)."""
+        places = self._round_places.get(session.file_name)
+        if places is None:
+            places = self._round_places[session.file_name] = {}
+            for rnd in session.doc["rounds"]:
+                source = rnd.get("source")
+                if isinstance(source, dict):
+                    places[rnd.get("key")] = (source.get("fp"), source.get("offset"))
+        return places.get(key)
 
     def _rejoin(self, session, pred: str, shared: int, new: list, line: bytes,
                 read_time: str) -> object:

@@ -20,6 +20,11 @@ class PassStats:
     lines: int = 0
     rounds: int = 0
     duplicates: int = 0
+    # Rounds found on disk from the very lines read, past the offsets the state had
+    # saved: written by a commit killed before its state was, or before the state was
+    # deleted (counted as stored, since their counts were lost with that state; not in
+    # ``rounds`` or the tokens below).
+    recovered: int = 0
     non_ai: int = 0
     filtered: int = 0
     forged: int = 0
@@ -80,6 +85,9 @@ def summary(stats: PassStats) -> str:
              f"({fmt_int(len(stats.new_sessions))} new)"]
     if stats.duplicates:
         parts.append(f"{plural(stats.duplicates, 'already-stored round')} skipped")
+    if stats.recovered:
+        parts.append(f"{plural(stats.recovered, 'round')} found stored from these very lines "
+                     "by a run whose state was lost (killed, or the state deleted): counted now")
     write = (f", cache write {fmt_int(stats.cache_write_tokens)}"
              if stats.cache_write_tokens else "")
     parts.append(f"tokens: input {fmt_int(stats.input_tokens)} (cached "
