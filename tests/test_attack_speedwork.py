@@ -3,15 +3,22 @@
 - history.py (the re-logged messages taken from the session's previous request): its
   result must be the whole decode's, type for type, for any text, and an ai_log that is
   not JSON must stay a bad line whatever the cache holds.
+- the writing mark (durable.begin_writing): a cron pass sweeps temp files only when the
+  mark says the last writer did not end cleanly, so the mark must be there for as long
+  as a writer writes, through everything that writer survives.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
 import unittest
 
-from tests.helpers import ROOT  # noqa: F401
+from tests.helpers import ROOT, TempDirTest, make_line, write_lines
 
 from agent_session_monitor.ingest import history
 from agent_session_monitor.ingest.parse import parse_line
@@ -158,6 +165,53 @@ class HistoryCacheAttack(unittest.TestCase):
                           f"{got!r:.200}")
             self.assertTrue(same_json(got, want), text[:300])
         self.assertGreater(fast, 2000)   # the shortcut ran, not only the fallback
+
+
+# A --follow monitor whose commit process is killed in a catch-up (the OOM killer; the
+# fault hook kills it at its third file), goes on following, then dies by SIGKILL (or a
+# power cut) with a temp file of a commit in flight. Run in a fresh interpreter: the
+# commit process is forked only where the monitor has no other thread.
+_FOLLOWER = """
+import io, os, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from agent_session_monitor.errors import MonitorError
+from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
+from agent_session_monitor.store import durable
+log, out = sys.argv[2], Path(sys.argv[3])
+config = MonitorConfig(log_paths=[log], output_dir=out, checkpoint_bytes=30000, follow=True)
+with Monitor(config, err=io.StringIO()) as monitor:
+    os.environ.update({durable.FAULT_ENV: "write:3", durable.FAULT_SCOPE_ENV: "child"})
+    try:
+        monitor.poll_once()
+        sys.exit("the commit process was not killed")
+    except MonitorError as e:
+        assert "commit process" in str(e), e
+    del os.environ[durable.FAULT_ENV], os.environ[durable.FAULT_SCOPE_ENV]
+    monitor.poll_once()   # follow mode goes on: the next pass commits
+    durable._open_temp(out, b"half a session file")   # a commit in flight...
+    os.kill(os.getpid(), signal.SIGKILL)                # ...when the power goes
+"""
+
+
+class WritingMarkAttack(TempDirTest):
+    def test_a_follower_that_outlived_its_commit_process_leaves_the_mark_when_killed(self):
+        """The commit process's death is cleaned up by a sweep of the temp files, which
+        took the writing mark with them (a temp name) while the monitor went on
+        writing: killed later, it left temp files with no mark, and every cron pass
+        after it skipped the sweep, so they stayed for good (fails before: one .tmp-
+        file left after the cron pass)."""
+        log = self.tmp / "access.log"
+        write_lines(log, [make_line(n, session=f"s{n % 150}", history=1 + n // 150, pad=150)
+                          for n in range(600)])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ASM_")}
+        run = subprocess.run([sys.executable, "-c", _FOLLOWER, str(ROOT), str(log), str(self.out)],
+                             env=env, capture_output=True, text=True, timeout=120)
+        self.assertEqual(run.returncode, -signal.SIGKILL, run.stderr)
+        self.assertTrue([n for n in os.listdir(self.out) if n.startswith(".tmp-") and n != ".tmp-writing"])
+        code, _out, err = self.run_monitor(log)   # the next cron pass
+        self.assertEqual(code, 0, err)
+        self.assertEqual([n for n in os.listdir(self.out) if n.startswith(".tmp-")], [])
 
 
 if __name__ == "__main__":

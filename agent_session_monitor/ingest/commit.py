@@ -23,7 +23,7 @@ import sqlite3
 import threading
 
 from ..errors import MonitorError
-from ..store.durable import atomic_write_many, fault_at, remove_stale_temps
+from ..store.durable import atomic_write_many, begin_writing, fault_at
 from ..store.sessions import dump_document
 from .commit_process import CommitProcess, CommitProcessDied, signals_held
 from .pass_report import PassStats
@@ -284,9 +284,12 @@ class CommitMixIn:
         self.store.discard_all()
         self._rewind()
         self._index_suspect = True
-        # Its temp files: only this monitor and its (reaped) child write the store.
-        remove_stale_temps(self.config.output_dir)
-        remove_stale_temps(self.config.state_path.parent)
+        # Its temp files: only this monitor and its (reaped) child write the store. The
+        # sweep takes the writing mark too (a temp name): set again, since this monitor
+        # goes on writing (--follow), and a kill later must leave it for the next start.
+        begin_writing(self.config.output_dir, sweep=True)
+        if self.config.state_path.parent != self.config.output_dir:
+            begin_writing(self.config.state_path.parent, sweep=True)
         raise MonitorError(f"the commit process writing {self.config.output_dir} ended "
                            f"before its checkpoint did: {e}; nothing was lost, the same "
                            "lines are read again") from None
