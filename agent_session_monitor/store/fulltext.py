@@ -161,6 +161,57 @@ def sync(db: sqlite3.Connection, sid: int, rounds: list[tuple[str, dict]]) -> in
     return written
 
 
+def sync_many(db: sqlite3.Connection, sessions: list[tuple[int, list[tuple[str, dict]]]]) -> int:
+    """:func:`sync` for many sessions (sid, rounds), in that order: the rows they have
+    read in a few queries and the new ones written with one ``executemany`` per table,
+    with the row ids one-by-one inserts would have got. Returns the characters written."""
+    have: dict[int, dict[str, list[int]]] = {}
+    sids = [sid for sid, _rounds in sessions]
+    for i in range(0, len(sids), _SIDS_PER_QUERY):
+        part = sids[i:i + _SIDS_PER_QUERY]
+        # In any order: which of a key's rows is kept matters only when one is deleted,
+        # and then every session goes through sync.
+        for rowid, sid, key in db.execute(
+                f"SELECT rowid, sid, key FROM {ROUNDS} WHERE sid IN "
+                f"({','.join('?' * len(part))})", part):
+            have.setdefault(sid, {}).setdefault(key, []).append(rowid)
+    new = []
+    for sid, rounds in sessions:
+        seen = have.get(sid)
+        if not seen:
+            new.extend((sid, key, rnd) for key, rnd in rounds)
+            continue
+        for key, rnd in rounds:
+            rowids = seen.get(key)
+            if rowids:
+                rowids.pop()
+            else:
+                new.append((sid, key, rnd))
+        if any(seen.values()):
+            # Rows of rounds gone: deleted between one session's inserts and the next's,
+            # they free row ids SQLite would hand out again. Rare (a repair, a prune):
+            # session by session, as SQLite would.
+            return sum(sync(db, sid, rounds) for sid, rounds in sessions)
+    top = db.execute(f"SELECT max(rowid) FROM {ROUNDS}").fetchone()[0] or 0
+    if top + len(new) >= 2**62:   # near the largest row id, where SQLite picks at random
+        return sum(sync(db, sid, rounds) for sid, rounds in sessions)
+    keyed, texts = [], []
+    written = 0
+    for sid, key, rnd in new:
+        top += 1   # the row id an insert without one gets: the largest so far, plus one
+        keyed.append((top, sid, key))
+        text = round_text(rnd)
+        if text:
+            texts.append((top, text))
+            written += len(text)
+    db.executemany(f"INSERT INTO {ROUNDS} (rowid, sid, key) VALUES (?, ?, ?)", keyed)
+    db.executemany(f"INSERT INTO {TABLE} (rowid, text) VALUES (?, ?)", texts)
+    return written
+
+
+_SIDS_PER_QUERY = 500   # below SQLite's oldest limit on bound values (999)
+
+
 def delete(db: sqlite3.Connection, sids_sql: str, params: tuple = ()) -> None:
     """Delete the rows of the sessions ``sids_sql`` (a SELECT of sids) names."""
     db.execute(f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {ROUNDS} "

@@ -224,6 +224,67 @@ def prepare_rows(docs: list[tuple[str, dict, int]], with_text: bool) -> list[tup
 
 
 def replace_prepared(db: sqlite3.Connection, prepared: list[tuple]) -> None:
+    """Write the rows of these prepared sessions (the caller holds the transaction):
+    one ``executemany`` per table, not a handful of single-row statements per session
+    (181,000 of them for a catch-up of 25,000 short sessions). The rows, and the ids
+    SQLite would have given them one by one, are the same (tests/test_index_batch.py)."""
+    names = [p[0] for p in prepared]
+    top = db.execute("SELECT max(sid) FROM sessions").fetchone()[0] or 0
+    if len(set(names)) != len(names) or top >= _LAST_ID:
+        # A name twice in one batch, or ids near the end of their range (SQLite then
+        # picks them at random): row by row, as SQLite would.
+        _replace_prepared_each(db, prepared)
+        return
+    found = _sids_of(db, names)
+    old = [(sid,) for sid in found.values()]
+    if old:
+        db.executemany("DELETE FROM usage WHERE sid = ?", old)
+        db.executemany("DELETE FROM round_usage WHERE sid = ?", old)
+        db.executemany("DELETE FROM spawns WHERE sid = ?", old)
+        db.executemany("DELETE FROM sessions WHERE sid = ?", old)
+    sessions, usage, per_round, spawns, texts = [], [], [], [], []
+    for name, row, usage_of, rounds_of, spawns_of, keyed in prepared:
+        sid = found.get(name)
+        if sid is None:
+            # What SQLite gives a row inserted without an id: one more than the largest
+            # in the table (a session replaced in place keeps its own, below ``top``).
+            top += 1
+            sid = top
+        sessions.append((sid, *row))
+        usage.extend((sid, *u) for u in usage_of)
+        per_round.extend((sid, *r) for r in rounds_of)
+        spawns.extend((sid, *c) for c in spawns_of)
+        if keyed is not None:
+            texts.append((sid, keyed))
+    db.executemany(INSERT_SESSION, sessions)
+    db.executemany(INSERT_USAGE, usage)
+    db.executemany(INSERT_ROUND, per_round)
+    if spawns:
+        db.executemany("INSERT INTO spawns VALUES (?, ?, ?)", spawns)
+    if texts:
+        fulltext.sync_many(db, texts)
+
+
+# Row ids from here on are near SQLite's largest (2**63 - 1), where it picks new ones at
+# random: never in practice, handled row by row.
+_LAST_ID = 2**62
+
+
+def _sids_of(db: sqlite3.Connection, names: list[str]) -> dict[str, int]:
+    """file name -> sid of those of ``names`` the index has, a few hundred per query."""
+    found: dict[str, int] = {}
+    for i in range(0, len(names), _NAMES_PER_QUERY):
+        part = names[i:i + _NAMES_PER_QUERY]
+        found.update(db.execute(f"SELECT file, sid FROM sessions WHERE file IN "
+                                f"({','.join('?' * len(part))})", part))
+    return found
+
+
+_NAMES_PER_QUERY = 500   # below SQLite's oldest limit on bound values (999)
+
+
+def _replace_prepared_each(db: sqlite3.Connection, prepared: list[tuple]) -> None:
+    """:func:`replace_prepared` one session at a time."""
     usage, per_round, spawns, texts = [], [], [], []
     for name, row, usage_of, rounds_of, spawns_of, keyed in prepared:
         found = db.execute("SELECT sid FROM sessions WHERE file = ?", (name,)).fetchone()
