@@ -149,6 +149,39 @@ class PlantedSymlinks(TempDirTest):
         self.assertFalse(os.path.lexists(self.out / ".tmp-planted"))
         self.assertFalse(os.path.lexists(self.out / WRITING_MARK))
 
+    def test_temp_names_taken_by_links_and_files_are_skipped(self) -> None:
+        # Temp files are named by process and a counter (durable._open_temp): planted
+        # on the very names the next writes will pick, a symlink of every kind and a
+        # plain file are neither followed, written nor truncated; the batch takes the
+        # next free names and is whole.
+        from agent_session_monitor.store import durable
+
+        targets = self.targets()
+        files = {kind: path for kind, path in targets.items() if kind != "directory"}
+        before = {kind: digest(path) for kind, path in files.items()}
+        self.out.mkdir(mode=0o700)
+        first = next(durable._temp_numbers) + 1
+        planted = []
+        for i, path in enumerate([*targets.values(), None]):
+            name = self.out / f"{durable.TMP_PREFIX}{os.getpid()}-{first + i}"
+            if path is None:
+                name.write_bytes(b"someone else's")
+            else:
+                name.symlink_to(path)
+            planted.append(name)
+        items = [(self.out / f"s{i}.json", f"{{\"n\": {i}}}".encode()) for i in range(12)]
+        durable.atomic_write_many(self.out, items)
+        for path, data in items:
+            self.assertEqual(path.read_bytes(), data)
+            self.assertFalse(path.is_symlink())
+        self.assertEqual({kind: digest(path) for kind, path in files.items()}, before)
+        self.assertFalse(targets["dangling"].exists())
+        self.assertEqual(os.listdir(targets["directory"]), [])
+        self.assertEqual(planted[-1].read_bytes(), b"someone else's")
+        self.assertTrue(all(os.path.lexists(name) for name in planted))
+        self.assertEqual(sorted(n for n in os.listdir(self.out) if n.startswith(".tmp-")),
+                         sorted(name.name for name in planted))
+
     def test_a_symlinked_index_is_not_read_by_the_cli(self) -> None:
         code, err = self.monitor()
         self.assertEqual(code, 0, err)

@@ -311,13 +311,14 @@ def _serve(directory: Path, state_path: Path, data_fd: int, reply_fd: int, paren
 def _write_sessions(directory: Path, docs: list[tuple[str, dict]]) -> list[int]:
     """Summarise, serialise and write the sessions as one durable batch; their sizes."""
     sizes: list[int] = []
+    folder = os.fspath(directory)   # joined as text: a Path per file costs more than its name
 
     def files():
         for name, doc in docs:
             summarise(doc)
             data = dump_document(doc)
             sizes.append(len(data))
-            yield directory / name, data
+            yield os.path.join(folder, name), data
 
     if docs:
         durable.atomic_write_many(directory, files())
