@@ -8,7 +8,7 @@ import os
 import stat
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterable
 
@@ -163,9 +163,10 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
         fsync_path(path.parent)
 
 
-# Files of a batch held open at once: each chunk is written, synced and renamed before
-# the next one is opened, so a batch of 100,000 sessions never needs 100,000 descriptors.
-CHUNK_FILES = 256
+# Files of a chunk: a chunk's fsyncs run while the next one is written (_Syncing), so a
+# batch holds at most two chunks open, and a batch of 100,000 sessions never needs
+# 100,000 descriptors (256 at most, as when chunks of 256 were synced one at a time).
+CHUNK_FILES = 128
 # Test hooks (tests/test_crash.py): "PHASE:K" SIGKILLs the monitor at the K-th file of a
 # batch in that phase (write, sync, rename) or, for "dir", before the directory fsync
 # (and, with fault_at, "index:0" / "state:0" at those steps of a commit).
@@ -199,14 +200,16 @@ def atomic_write_many(directory: Path, items: Iterable[tuple[Path | str, bytes]]
 
     The fsyncs of a chunk run on a few threads: they release the GIL and ext4 commits
     concurrent fsyncs in one journal transaction, so a chunk of hundreds of files costs a
-    few journal commits instead of hundreds.
+    few journal commits instead of hundreds. They run while the next chunk is serialised
+    and written (its renames wait for them), not while this thread waits.
 
     ``items`` may be a generator: each file's bytes are written to its temp file as they
     come, so a batch never holds more than one serialised file in memory.
     """
     fault = _fault_point()
     done = {"write": 0, "sync": 0, "rename": 0}
-    chunk: list[tuple[int, str, Path]] = []
+    chunk: list[tuple[int, str, Path | str]] = []
+    syncing: _Syncing | None = None   # the chunk before, its fsyncs running
     pool: ThreadPoolExecutor | None = None
     renamed = 0
     folder = os.fspath(directory)
@@ -216,14 +219,23 @@ def atomic_write_many(directory: Path, items: Iterable[tuple[Path | str, bytes]]
             chunk.append((fd, tmp, path))
             _maybe_fault(fault, done, "write")
             if len(chunk) >= CHUNK_FILES:
-                pool = _commit_chunk(chunk, pool, workers, fault, done)
-                renamed += len(chunk)
-                chunk = []
+                if syncing is not None:
+                    renamed += syncing.rename(fault, done)
+                if pool is None:
+                    pool = ThreadPoolExecutor(max_workers=workers)
+                syncing, chunk = _Syncing(chunk, pool, workers, fault, done), []
+        if syncing is not None:
+            renamed += syncing.rename(fault, done)
+            syncing = None
         if chunk:
-            pool = _commit_chunk(chunk, pool, workers, fault, done)
-            renamed += len(chunk)
-            chunk = []
+            if len(chunk) > 1 and pool is None:
+                pool = ThreadPoolExecutor(max_workers=workers)
+            syncing, chunk = _Syncing(chunk, pool, workers, fault, done), []
+            renamed += syncing.rename(fault, done)
+            syncing = None
     except BaseException:
+        if syncing is not None:
+            syncing.abandon()
         for fd, tmp, _path in chunk:
             _close_quietly(fd)
             _unlink_quietly(tmp)
@@ -237,32 +249,57 @@ def atomic_write_many(directory: Path, items: Iterable[tuple[Path | str, bytes]]
         fsync_path(directory)
 
 
-def _commit_chunk(chunk: list[tuple[int, str, Path]], pool: ThreadPoolExecutor | None,
-                  workers: int, fault, done: dict) -> ThreadPoolExecutor | None:
-    """fsync the open temp files of ``chunk`` (concurrently), close and rename them."""
-    fds = [fd for fd, _tmp, _path in chunk]
-    synced = (lambda: _maybe_fault(fault, done, "sync")) if fault else None
-    if len(fds) == 1:
-        _fsync_all(fds, synced)
-    else:
-        if pool is None:
-            pool = ThreadPoolExecutor(max_workers=workers)
-        # One task per worker over a slice, not one per file: a Future per file costs
-        # more than its fsync's Python side.
+class _Syncing:
+    """The open temp files of a chunk whose fsyncs run on the pool's threads (one task
+    per worker over a slice, not a Future per file: that costs more than the fsync's
+    Python side) while the next chunk is serialised and written: a batch's creates no
+    longer wait for its fsyncs. Each file is still renamed only after its own fsync
+    has returned, and the directory is fsynced after every rename."""
+
+    def __init__(self, chunk: list[tuple[int, str, Path | str]], pool: ThreadPoolExecutor | None,
+                 workers: int, fault, done: dict) -> None:
+        self.chunk = chunk
+        fds = [fd for fd, _tmp, _path in chunk]
+        synced = (lambda: _maybe_fault(fault, done, "sync")) if fault else None
+        self.tasks: list = []
+        if len(fds) == 1 or pool is None:
+            _fsync_all(fds, synced)   # on failure the caller still holds the chunk
+            return
         n = min(workers, len(fds))
-        list(pool.map(_fsync_all, [fds[i::n] for i in range(n)], [synced] * n))
-    for fd, _tmp, _path in chunk:
-        os.close(fd)
-    for i, (fd, tmp, path) in enumerate(chunk):
         try:
-            _maybe_fault(fault, done, "rename")
-            os.replace(tmp, path)
+            for i in range(n):
+                self.tasks.append(pool.submit(_fsync_all, fds[i::n], synced))
         except BaseException:
-            for _fd, later, _p in chunk[i:]:
-                _unlink_quietly(later)
-            chunk.clear()   # every descriptor is closed already
+            wait(self.tasks)   # the caller closes the files: not while one is synced
             raise
-    return pool
+
+    def rename(self, fault, done: dict) -> int:
+        """Wait for the chunk's fsyncs, close its files and rename them; how many."""
+        wait(self.tasks)
+        for task in self.tasks:
+            if task.exception() is not None:
+                self.abandon()
+                raise task.exception()
+        chunk, self.chunk = self.chunk, []
+        for fd, _tmp, _path in chunk:
+            os.close(fd)
+        for i, (fd, tmp, path) in enumerate(chunk):
+            try:
+                _maybe_fault(fault, done, "rename")
+                os.replace(tmp, path)
+            except BaseException:
+                for _fd, later, _p in chunk[i:]:
+                    _unlink_quietly(later)
+                raise
+        return len(chunk)
+
+    def abandon(self) -> None:
+        """After a failure: once no fsync uses them, close and delete the temp files."""
+        wait(self.tasks)
+        chunk, self.chunk = self.chunk, []
+        for fd, tmp, _path in chunk:
+            _close_quietly(fd)
+            _unlink_quietly(tmp)
 
 
 def _fsync_all(fds: list[int], synced=None) -> None:
