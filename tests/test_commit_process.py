@@ -379,3 +379,44 @@ class FollowMode(CommitProcessTest):
         self.assertEqual(len(holders), 1)
         self.assertLess(elapsed, 20, "the monitor waited for its child's end of file")
         self.assert_converged()
+
+
+_SIGNAL_AT_FORK = r"""
+import os, signal, sys
+from pathlib import Path
+from agent_session_monitor.ingest import commit_process
+
+def handler(signum, frame):   # as monitor_cli's: SIGTERM ends the monitor like Ctrl-C
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGTERM, handler)
+# systemctl stop at the worst moment: the signal reaches both sides right at the fork.
+os.register_at_fork(after_in_child=lambda: os.kill(os.getpid(), signal.SIGTERM),
+                    after_in_parent=lambda: os.kill(os.getpid(), signal.SIGTERM))
+store = Path(sys.argv[1])
+try:
+    proc = commit_process.CommitProcess.start(store, store / ".state.json")
+except KeyboardInterrupt:
+    print("interrupted after the fork")
+else:
+    print("not interrupted", proc)
+me = os.getpid()
+print("children", Path(f"/proc/{me}/task/{me}/children").read_text().split())
+"""
+
+
+class SignalAtTheFork(TempDirTest):
+    def test_sigterm_at_the_fork_interrupts_the_monitor_not_the_child(self) -> None:
+        # Without the signals held across the fork, the monitor's handler ran in the
+        # child before it ignored them (a KeyboardInterrupt traceback from threading's
+        # after-fork hook on the monitor's stderr) and the monitor's own interrupt was
+        # lost in its after-fork hook.
+        if not hasattr(signal, "pthread_sigmask") or not Path("/proc/self/task").exists():
+            self.skipTest("needs pthread_sigmask and /proc (Linux)")
+        self.out.mkdir(mode=0o700)
+        env = {k: v for k, v in os.environ.items() if k != commit_process.DISABLE_ENV}
+        run = subprocess.run([sys.executable, "-c", _SIGNAL_AT_FORK, str(self.out)], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertEqual(run.stderr, "")
+        self.assertEqual(run.stdout.splitlines(), ["interrupted after the fork", "children []"])

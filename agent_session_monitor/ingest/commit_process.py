@@ -109,9 +109,15 @@ class CommitProcess:
         reply_r, reply_w = os.pipe()
         _grow_pipe(data_w)
         parent = os.getpid()
+        # SIGINT and SIGTERM wait while the child is born: a ``systemctl stop`` reaching
+        # the group at the fork would otherwise run the monitor's handler in the child
+        # before it ignores them (a KeyboardInterrupt inside threading's after-fork
+        # hook, its traceback on the monitor's stderr). The parent gets them after.
+        held = _hold_signals()
         try:
             pid = os.fork()
         except OSError:
+            _release_signals(held)
             for fd in (data_r, data_w, reply_r, reply_w):
                 os.close(fd)
             return None
@@ -120,13 +126,19 @@ class CommitProcess:
             try:
                 os.close(data_w)
                 os.close(reply_r)
-                _serve(directory, state_path, data_r, reply_w, parent)
+                _serve(directory, state_path, data_r, reply_w, parent, held)
                 code = 0
             finally:
                 os._exit(code)
         os.close(data_r)
         os.close(reply_w)
-        return cls(pid, data_w, reply_r)
+        proc = cls(pid, data_w, reply_r)
+        try:
+            _release_signals(held)   # a signal that came meanwhile is raised here
+        except BaseException:
+            proc.close()   # the child exits at end of file: none is left behind
+            raise
+        return proc
 
     def send(self, docs: list[tuple[str, dict]], state: State) -> None:
         """Hand one commit to the child: (file name, session document) of the changed
@@ -254,6 +266,20 @@ class CommitProcess:
             pass
 
 
+def _hold_signals() -> object:
+    """Block SIGINT and SIGTERM in this thread; what :func:`_release_signals` restores
+    (None where there is no pthread_sigmask)."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:
+        return None
+    return mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _release_signals(held: object) -> None:
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def _timeout() -> float:
     try:
         value = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
@@ -263,12 +289,14 @@ def _timeout() -> float:
     return min(value, MAX_TIMEOUT) if value > 0 else DEFAULT_TIMEOUT
 
 
-def _serve(directory: Path, state_path: Path, data_fd: int, reply_fd: int, parent: int) -> None:
+def _serve(directory: Path, state_path: Path, data_fd: int, reply_fd: int, parent: int,
+           held: object = None) -> None:
     """The child's loop: one commit per message until end of file."""
     import pickle
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    _release_signals(held)   # one that came meanwhile is ignored now
     _die_with(parent)
     durable.in_commit_process(parent)
     db: sqlite3.Connection | None = None
