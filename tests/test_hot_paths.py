@@ -281,6 +281,33 @@ class HotPathsTest(unittest.TestCase):
             self.assertNotIn("messages", fields)
             self.assertEqual(fulltext.round_text(fields), fulltext.round_text(rnd))
 
+    def test_round_text_as_its_plain_definition(self):
+        # The ASCII shortcuts (no CJK to space out, no surrogate to replace) against the
+        # definition: every CJK character spaced by _CJK.sub, lone surrogates replaced.
+        def plain(rnd: dict) -> str:
+            parts = [fulltext._text(rnd.get(k)) for k in ("question", "answer", "reasoning")]
+            for call in rnd.get("tool_calls") or []:
+                fn = call.get("function") if isinstance(call.get("function"), dict) else call
+                args = fn.get("arguments") if "arguments" in fn else fn.get("input")
+                if args is not None:
+                    parts += [fulltext._text(fn.get("name")), fulltext._text(args)]
+            text = fulltext._CJK.sub(r" \1 ", "\n".join(p for p in parts if p))
+            return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+        rng = self.rng
+        alphabet = ["a", " ", "\n", "é", "北", "京", "ア", "한", "\ud800", "\udfff", "~", "\x7f",
+                    "\x80", "😀", "\u3000", "\uffff"]
+        for _ in range(CASES):
+            def text() -> str | None:
+                if rng.random() < 0.15:
+                    return None
+                return "".join(rng.choice(alphabet[:rng.choice([3, 5, len(alphabet)])])
+                               for _ in range(rng.randint(0, 12)))
+            rnd = {"question": text(), "answer": text(), "reasoning": text()}
+            if rng.random() < 0.3:
+                rnd["tool_calls"] = [{"function": {"name": text(), "arguments": text() or "{}"}}]
+            self.assertEqual(fulltext.round_text(rnd), plain(rnd), rnd)
+
     def test_a_remembered_detail_map_is_a_copy_and_still_refuses_impossible_counts(self):
         def line(details: str) -> bytes:
             return json.dumps({"ai_log": json.dumps({

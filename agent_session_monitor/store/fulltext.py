@@ -106,9 +106,11 @@ def _round_text(r: dict) -> str:
             parts.append(_text(fn.get("name")))
             parts.append(_text(args))
     text = "\n".join(p for p in parts if p)
+    if text.isascii():   # O(1): no CJK character to space out (most rounds)
+        return text
     # " ".join of the split is _CJK.sub(r" \1 ", text) without a template expansion in
     # Python per character.
-    return " ".join(_CJK.split(text)) if text else ""
+    return " ".join(_CJK.split(text))
 
 
 def session_text(doc: dict) -> str:
@@ -226,6 +228,8 @@ def delete_all(db: sqlite3.Connection) -> None:
 
 def _clean(text: str) -> str:
     """A string SQLite can bind (a lone surrogate from a client's JSON becomes U+FFFD)."""
+    if text.isascii():   # O(1), no copy: ASCII holds no surrogate
+        return text
     try:
         text.encode("utf-8")
         return text
