@@ -450,7 +450,7 @@ class Monitor(CommitMixIn):
             rnd = round_of(rnd, key, fp, start, self.table, self.config.store_content)
         if pred is not None:
             messages = self._rejoin(session, pred, shared, messages, line, read_time)
-        if b"childSessionKey" in line:   # a sub-agent spawn result (cheap test first)
+        if spawn is not None:   # the line names a sub-agent spawn (build_record looked)
             note_spawns(session.doc, rnd, spawn)
         # No rounds yet: neither on disk nor earlier in this pass (no stat per round).
         created = not session.doc["rounds"]
