@@ -509,6 +509,106 @@ class HistoryFastPathTest(unittest.TestCase):
         self.assertIs(second["messages"][0], first["messages"][0])   # taken, not decoded
 
 
+def _outer_line(rng: random.Random, ai_text: object, n: int) -> bytes:
+    """A Higress access-log line around ``ai_text`` (escaped ASCII-only or not, as
+    producers differ), sometimes with what a client sends through its headers."""
+    from agent_session_monitor.ingest.forgery import HIGRESS_FORMAT
+
+    agent = rng.choice(["curl/8", 'x\\"messages\\":[1]', "ua " + history.TOKEN,
+                        'ua","messages":"', "\u00e9t\u00e9"])
+    fields = {k: f"v{n}" for k in HIGRESS_FORMAT}
+    fields.update(ai_log=ai_text, start_time=f"2026-03-01T00:00:{n % 60:02d}.000Z",
+                  request_id=f"r{n}", response_code="200", user_agent=agent)
+    line = json.dumps(fields, ensure_ascii=rng.random() < 0.5, separators=(",", ":")).encode()
+    pick = rng.random()
+    if pick < 0.05:   # a header that breaks the line (salvaged), or forges a key
+        line = line.replace(b'"user_agent":"', b'"user_agent":"a"b', 1)
+    elif pick < 0.1:
+        line = line.replace(b'"user_agent":"', b'"user_agent":"x","ai_log":"{}","u":"', 1)
+    elif pick < 0.13:
+        line = line.replace(b'"user_agent":"', b'"user_agent":"\xff', 1)
+    elif pick < 0.16:
+        line = b"\xef\xbb\xbf" + line + b"\r"
+    elif pick < 0.18:
+        line = line[:rng.randrange(len(line))]
+    return line
+
+
+class RawHistoryFastPathTest(unittest.TestCase):
+    """history.shorten/restore: a line whose ai_log repeats, in the same bytes, the
+    messages of its session's previous request parses to exactly what the whole line
+    does, whatever the line."""
+
+    def outcome(self, raw: bytes):
+        try:
+            req = parse_line(raw, READ_TIME)
+        except BadLine as e:
+            return ("bad", e.kind, e.detail)
+        if isinstance(req, Request):
+            return ("request", [getattr(req, k) for k in req.__slots__])
+        return ("skipped", req)
+
+    def test_lines_with_their_history_replaced_parse_as_the_whole_lines_do(self):
+        rng = random.Random(SEED + 1)
+        history.CACHE.clear()
+        history.RAW.clear()
+        lists = {f"s{i}": [] for i in range(4)}
+        shortened = 0
+        original_shorten = history.shorten
+
+        def counting(raw, cache=history.RAW):
+            nonlocal shortened
+            found = original_shorten(raw, cache)
+            shortened += found is not None
+            return found
+
+        for n in range(CASES):
+            sid = rng.choice(list(lists) + ["s0"] * 3)
+            lists[sid] = _mutate(rng, lists[sid])
+            ai = _ai_log_text(rng, sid, lists[sid]) if rng.random() < 0.9 else None
+            if ai is None:   # the ai_log as an object, as some producers log it
+                ai = {"session_id": sid, "messages": lists[sid], "input_token": 1}
+            raw = _outer_line(rng, ai, n)
+            with mock.patch.object(parse, "shorten", counting):
+                fast = self.outcome(raw)
+            with mock.patch.object(parse, "shorten", lambda raw: None), \
+                    mock.patch.object(parse, "decode_ai_log", lambda text: None), \
+                    mock.patch.object(parse, "remember", lambda raw, ai: None):
+                plain = self.outcome(raw)
+            self.assertEqual(fast[0], plain[0], raw[:300])
+            if fast[0] == "request":
+                self.assertTrue(all(same_json(a, b) for a, b in zip(fast[1], plain[1])),
+                                raw[:300])
+            else:
+                self.assertEqual(fast, plain)
+        self.assertGreater(shortened, CASES // 6)   # the shortcut was taken, often
+
+    def test_a_line_holding_the_token_or_an_earlier_messages_list_is_parsed_whole(self):
+        """A client cannot make its own list stand for the history: the token is
+        random to the process, and a line that holds it anyway is parsed whole."""
+        history.CACHE.clear()
+        history.RAW.clear()
+        past = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}]
+
+        def line(ai: dict) -> bytes:
+            return json.dumps({"ai_log": json.dumps(ai, separators=(",", ":")),
+                               "start_time": "2026-03-01T00:00:00.000Z"}).encode()
+
+        parse_line(line({"messages": past, "session_id": "s"}), READ_TIME)
+        # The same bytes in a list nested before the messages, which begin with the token.
+        mine = [history.TOKEN, {"role": "user", "content": "mine"}]
+        raw = line({"answer": {"messages": past}, "messages": mine, "session_id": "s"})
+        self.assertIn(history.TOKEN.encode(), raw)
+        self.assertEqual(parse_line(raw, READ_TIME).ai["messages"], mine)
+        # Without it, the nested list is taken for the history, and the token it left is
+        # not the first message: parsed whole too.
+        raw = line({"answer": {"messages": past}, "messages": past + mine[1:],
+                    "session_id": "s"})
+        req = parse_line(raw, READ_TIME)
+        self.assertEqual(req.ai["messages"], past + mine[1:])
+        self.assertEqual(req.ai["answer"], {"messages": past})
+
+
 def _known_ai_keys() -> frozenset:
     from agent_session_monitor.ingest.rounds import KNOWN_AI_KEYS
     return KNOWN_AI_KEYS

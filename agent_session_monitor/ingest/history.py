@@ -26,6 +26,8 @@ then compares them by identity, in time proportional to the messages, not their 
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from collections import OrderedDict
 from json.decoder import scanstring
@@ -35,7 +37,7 @@ from .request import _DECODER, _decode
 _scan = _DECODER.scan_once
 _SESSION_KEY = '"session_id":"'
 # Bytes of messages text kept (the decoded lists share their objects with the sessions).
-CACHE_BYTES = 8 * 2**20
+CACHE_BYTES = 4 * 2**20
 
 
 class _Irregular(ValueError):
@@ -172,3 +174,153 @@ def _session_hint(text: str) -> str | None:
         return scanstring(text, at + len(_SESSION_KEY), True)[0]
     except ValueError:
         return None
+
+
+# -- The same one level up: the history in the line's bytes ---------------------------
+#
+# The ai_log is a JSON string inside the line, so before the inner text can be decoded
+# the whole of it is unescaped (the outer decode), history included: on large tool
+# outputs that costs each line more than anything else. When the line's bytes hold,
+# right after the ai_log's escaped ``\"messages\":[``, the very bytes of the previous
+# request's messages, :func:`shorten` gives the line with those bytes replaced by one
+# string element, a token random to this process, which the caller parses as usual;
+# its result is the line's exactly when that token comes back as the first message (so
+# the bytes replaced were the top-level messages of the ai_log, and nothing else in the
+# line holds the token), with the previous request's messages in its place. Equal bytes
+# at the same place unescape to equal text: the bytes kept end at an element's end and
+# start after the ``[``, so no escape sequence is cut. How the producer escapes is not
+# assumed: the bytes kept are the previous line's own, found by escaping the decoded
+# text both ways Python can and comparing with the line (no match: nothing is kept).
+
+TOKEN = "asm-history-" + os.urandom(16).hex()
+_TOKEN_BYTES = TOKEN.encode()
+_TOKEN_ELEMENT = b'\\"' + _TOKEN_BYTES + b'\\"'
+_TOKEN_OPENING = '["' + TOKEN + '"'
+_RAW_MEMBER = b'\\"messages\\":['
+_RAW_SESSION = b'\\"session_id\\":\\"'
+RAW_CACHE_BYTES = 4 * 2**20
+
+
+class _RawCache:
+    """session hint (the escaped bytes of its id) -> (the escaped bytes of its latest
+    request's messages, without the brackets; that list), LRU, bounded by bytes."""
+
+    def __init__(self, limit: int = RAW_CACHE_BYTES) -> None:
+        self.limit = limit
+        self.size = 0
+        self.items: OrderedDict = OrderedDict()
+
+    def get(self, hint: bytes):
+        return self.items.get(hint)
+
+    def put(self, hint: bytes, data: bytes, messages: list) -> None:
+        self.drop(hint)
+        if len(data) > self.limit:
+            return
+        self.items[hint] = (data, messages)
+        self.size += len(data)
+        while self.size > self.limit:
+            _h, (old, _m) = self.items.popitem(last=False)
+            self.size -= len(old)
+
+    def drop(self, hint: bytes) -> None:
+        old = self.items.pop(hint, None)
+        if old is not None:
+            self.size -= len(old[0])
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.size = 0
+
+
+RAW = _RawCache()
+
+
+class Shortened(tuple):
+    """(line, messages its token stands for, hint, where the messages start, length of
+    the bytes replaced)."""
+
+
+def shorten(raw: bytes, cache: _RawCache | None = RAW) -> Shortened | None:
+    """The line with the messages it repeats from the session's previous request
+    replaced by the token, or None (nothing known, or not the same bytes)."""
+    if cache is None or not cache.items:
+        return None
+    at = raw.find(_RAW_MEMBER)
+    if at < 0:
+        return None
+    hint = _raw_hint(raw)
+    entry = cache.get(hint)
+    if entry is None:
+        return None
+    data, messages = entry
+    start = at + len(_RAW_MEMBER)
+    end = start + len(data)
+    if not raw.startswith(data, start) or raw[end:end + 1] not in (b",", b"]") \
+            or _TOKEN_BYTES in raw:
+        return None
+    return Shortened((raw[:start] + _TOKEN_ELEMENT + raw[end:], messages, hint, start,
+                      len(data)))
+
+
+def restore(short: Shortened, ai: dict) -> bool:
+    """Put the messages back into the ai_log parsed from the shortened line; False when
+    the token is not its first message (then the line is parsed as it is)."""
+    messages = ai.get("messages")
+    if type(messages) is not list or not messages or type(messages[0]) is not str \
+            or messages[0] != TOKEN:
+        return False
+    line, previous, hint, start, replaced = short
+    whole = previous + messages[1:]   # a new list: the cached one is never changed
+    ai["messages"] = whole
+    # What to compare the next request with: these bytes plus the new messages' own.
+    entry = CACHE.get(ai.get("session_id")) if type(ai.get("session_id")) is str else None
+    if entry is not None and entry[0].startswith(_TOKEN_OPENING) \
+            and len(entry[1]) == len(messages) and entry[1][-1] is messages[-1]:
+        added = _escaped(entry[0][len(_TOKEN_OPENING):], line,
+                         start + len(_TOKEN_ELEMENT))
+        current = RAW.get(hint)
+        if added is not None and current is not None and current[1] is previous:
+            RAW.put(hint, current[0] + added, list(whole))
+            return True
+    RAW.drop(hint)
+    return True
+
+
+def remember(raw: bytes, ai: dict) -> None:
+    """After a line parsed whole: keep its messages' bytes for the next request of its
+    session, when they are found (the inner decode kept their text, history.CACHE)."""
+    messages, sid = ai.get("messages"), ai.get("session_id")
+    if type(messages) is not list or not messages or type(sid) is not str:
+        return
+    entry = CACHE.get(sid)
+    if entry is None or len(entry[1]) != len(messages) or entry[1][-1] is not messages[-1]:
+        return
+    at = raw.find(_RAW_MEMBER)
+    if at < 0:
+        return
+    data = _escaped(entry[0][1:], raw, at + len(_RAW_MEMBER))
+    if data is not None:
+        RAW.put(_raw_hint(raw), data, list(messages))
+
+
+def _escaped(text: str, raw: bytes, at: int) -> bytes | None:
+    """The bytes of ``raw`` at ``at`` that are ``text`` escaped into a JSON string, when
+    Python's escaping (ASCII-only, or not) gives them and a ``]`` follows; else None."""
+    for ascii_only in (False, True):
+        try:
+            data = json.dumps(text, ensure_ascii=ascii_only)[1:-1].encode("utf-8")
+        except UnicodeEncodeError:   # a lone surrogate: never in the line's bytes
+            continue
+        if raw.startswith(data, at) and raw[at + len(data):at + len(data) + 1] == b"]":
+            return data
+    return None
+
+
+def _raw_hint(raw: bytes) -> bytes:
+    at = raw.rfind(_RAW_SESSION)
+    if at < 0:
+        return b""
+    start = at + len(_RAW_SESSION)
+    end = raw.find(b'\\"', start)
+    return raw[start:end if end >= 0 else start]

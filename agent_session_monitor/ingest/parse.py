@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .ai_log import _build
 from .forgery import _decode_outer, _genuine_fields, _is_trusted, _salvage
-from .history import decode_ai_log
+from .history import decode_ai_log, remember, restore, shorten
 from .request import BadLine, Request, _decode
 
 BOM = b"\xef\xbb\xbf"
@@ -26,6 +26,29 @@ def parse_line(raw: bytes, read_time: str) -> Request | str:
     silently; raises :class:`BadLine` for lines that are counted as bad.
     ``read_time`` is the event time used, and flagged, when the line carries none.
     """
+    # The messages this request repeats from its session's previous one, in the same
+    # bytes, are neither unescaped nor decoded again (history.py); the result is the
+    # whole line's, or the whole line is parsed.
+    short = shorten(raw)
+    if short is not None:
+        try:
+            req = _parse(short[0], read_time)
+        except BadLine:
+            req = None
+        if isinstance(req, Request) and _ODD.isdisjoint(req.warnings) \
+                and restore(short, req.ai):
+            return req
+    req = _parse(raw, read_time)
+    if isinstance(req, Request):
+        remember(raw, req.ai)
+    return req
+
+
+# Lines parsed whole whatever their history: their outer fields were read another way.
+_ODD = frozenset(("salvaged", "forged", "bad_utf8"))
+
+
+def _parse(raw: bytes, read_time: str) -> Request | str:
     if raw and raw[0] in (0, 0xEF, 0x20, 0x09, 0x0D) or raw.endswith(b"\r"):
         raw = _clean_edges(raw)
     if not raw:
