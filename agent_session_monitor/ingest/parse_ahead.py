@@ -52,6 +52,7 @@ from collections import OrderedDict
 
 from ..pricing.table import PriceTable
 from ..store.document import LINE_KEY_PREFIX, common_prefix
+from .commit_process import _hold_signals, _release_signals
 from .parse import parse_line
 from .request import BadLine, Request
 from .rounds import build_round
@@ -191,9 +192,15 @@ class ParseWorker:
             raise
         for fd in (to_w, from_w):
             _grow_pipe(fd)
+        # SIGINT and SIGTERM wait while the worker is born (as for the commit process):
+        # one that came during the fork ran the monitor's handler inside an at-fork
+        # hook (logging's _releaseLock), where its KeyboardInterrupt is ignored, so a
+        # Ctrl-C or ``systemctl stop`` was lost and the monitor went on following.
+        held = _hold_signals()
         try:
             pid = os.fork()
         except OSError:
+            _release_signals(held)
             for fd in (to_r, to_w, from_r, from_w):
                 os.close(fd)
             raise
@@ -202,7 +209,7 @@ class ParseWorker:
             try:
                 os.close(to_w)
                 os.close(from_r)
-                _serve(to_r, from_w, read_time, session_key, table, store_content)
+                _serve(to_r, from_w, read_time, session_key, table, store_content, held)
                 code = 0
             finally:
                 os._exit(code)
@@ -215,6 +222,11 @@ class ParseWorker:
         self.waited = False
         self.status: int | None = None
         self.timeout = _timeout()
+        try:
+            _release_signals(held)   # a signal that came meanwhile is raised here
+        except BaseException:
+            self.close(kill=True)
+            raise
 
     def send(self, fp: str | None, lines: list, build: bool = True) -> None:
         """Send one batch ``[(start, line), ...]``; results read meanwhile are kept.
@@ -337,12 +349,13 @@ def _grow_pipe(fd: int) -> None:
 
 
 def _serve(rfd: int, wfd: int, read_time: str, session_key: str | None, table: PriceTable,
-           store_content: bool) -> None:
+           store_content: bool, held: object = None) -> None:
     # Ctrl-C reaches the whole process group: the monitor decides, this one follows it
     # by end of file. Nothing inherited is ours to hold: the store's lock, the index,
     # the log files.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _release_signals(held)   # held across the fork: from here on, as set just above
     low, high = sorted((rfd, wfd))
     os.closerange(3, low)
     os.closerange(low + 1, high)
