@@ -22,9 +22,11 @@ import unittest
 
 from tests.helpers import ROOT, TempDirTest, make_line, write_lines
 
-from agent_session_monitor.ingest import history
+from unittest import mock
+
+from agent_session_monitor.ingest import history, parse
 from agent_session_monitor.ingest.parse import parse_line
-from agent_session_monitor.ingest.request import BadLine, _decode
+from agent_session_monitor.ingest.request import BadLine, Request, _decode
 
 SEED = 16160
 READ_TIME = "2026-03-01T00:00:00.000Z"
@@ -98,6 +100,138 @@ def _mutated(rng: random.Random, text: str) -> str:
         else:
             text = text[:i] + token + text[i + rng.randint(1, 3):]
     return text
+
+
+_SESSIONS = ["agent:main:main", "agent:main:telegram:dm:42", "victim", "attacker", 's"q', "é"]
+
+
+def _agent_message(rng: random.Random, n: int) -> object:
+    k = rng.random()
+    if k < 0.35:
+        return {"role": "user", "content": f"q{n} " + rng.choice(
+            ["hi", "<b>&x</b>", "\u2028", "x" * rng.randint(0, 200), "é中文", "\\\"", "\\u006d"])}
+    if k < 0.5:
+        return {"role": "assistant", "content": f"a{n}", "tool_calls": [{"id": f"c{n}", "type": "function",
+                "function": {"name": "sessions_spawn", "arguments": go_json({"p": n})}}]}
+    if k < 0.6:
+        return {"role": "tool", "tool_call_id": f"c{n - 1}", "content": go_json(
+            {"status": "accepted", "childSessionKey": "agent:main:subagent:" + rng.choice("ab")})}
+    if k < 0.75:   # what the shortcuts look for, inside a message
+        return {"role": "user", "content": [{"type": "text", "text": go_json({"messages": [n]})},
+                                            {"session_id": rng.choice(_SESSIONS), "messages": [1]}]}
+    return {"role": "user", "content": rng.choice([None, 12, 1.5, True, [], {}]),
+            "session_id": rng.choice(_SESSIONS)}
+
+
+def _irregular(rng: random.Random, text: str) -> str:
+    """An ai_log text the producers do not write, each a trap for one assumption."""
+    at = text.find(',"messages":[')
+    if at < 0:
+        return text
+    return rng.choice([
+        text.replace(',"messages":[', ', "messages": [', 1),          # whitespace
+        text.replace(',"messages":[', ',"\\u006dessages":[', 1),      # an escaped key
+        text[:-1] + ',"messages":[{"role":"user","content":"dup"}]}',   # the key twice
+        "{" + text[at:],                                                # {,"messages"
+        text + '{"x":1}',                                               # two objects
+        text[:at] + ',"messages":[1]garbage' + text[at + 13:],          # a list then garbage
+        text[:at] + ',"messages":"[cut [truncated] x"' + text[at + 13:].split("]", 1)[-1],
+        text.replace('"messages":[', '"messages":[' + "[" * 1100 + "]" * 1100 + ",", 1),
+        text.replace('"messages":[', '"messages":[' + "[" * 40, 1),  # never closed
+    ])
+
+
+def agent_log(seed: int, n: int) -> list[bytes]:
+    """Seeded Higress lines of agents whose histories grow, are cut, edited in place,
+    and copied from another session's (an attacker re-sending a victim's history with
+    the victim's id nested in its last message); some ai_logs irregular, some lines
+    forged through the User-Agent, with invalid UTF-8, NULs, a BOM or CR, or cut."""
+    rng = random.Random(seed)
+    histories: dict[str, list] = {s: [] for s in _SESSIONS}
+    lines = []
+    for i in range(n):
+        sid = rng.choice(_SESSIONS)
+        h = histories[sid]
+        r = rng.random()
+        if r < 0.6:
+            h = h + [_agent_message(rng, i)]
+        elif r < 0.68 and h:
+            h = h[:rng.randrange(len(h))]
+        elif r < 0.78:
+            src = rng.choice(_SESSIONS)
+            h = list(histories[src]) + [{"role": "user", "content": {"session_id": src}}]
+        elif r < 0.84 and h:
+            h = list(h)
+            h[rng.randrange(len(h))] = _agent_message(rng, i)
+        histories[sid] = h
+        ai = {"input_token": rng.choice([10 + i, 2**40]), "output_token": 5,
+              "model": rng.choice(["gpt-4o", "unknown-model"]), "messages": h,
+              "answer": f"ans {i}", "session_id": sid}
+        if rng.random() < 0.08:
+            del ai["session_id"]
+        text = go_json(ai)
+        if rng.random() < 0.15:
+            text = _irregular(rng, text)
+        outer = {"ai_log": text, "authority": "llm", "path": "/v1/chat/completions",
+                 "request_id": f"r{i % 20}", "response_code": "200",
+                 "start_time": f"2026-02-01T09:{i // 60 % 60:02d}:{i % 60:02d}.000Z",
+                 "user_agent": "ua"}
+        if rng.random() < 0.1:   # the ai_log escaped ASCII-only by another producer
+            line = json.dumps(outer, separators=(",", ":")).encode()
+        else:
+            line = go_json(outer).encode()
+        k = rng.random()
+        if k < 0.03:
+            line = line.replace(b'"user_agent":"ua"', b'"user_agent":"ua\xff\xfe"')
+        elif k < 0.05:
+            line = b"\x00" * 3 + line + b"\r"
+        elif k < 0.06:
+            line = b"\xef\xbb\xbf" + line
+        elif k < 0.08:   # a forged ai_log after the genuine one, through the User-Agent
+            line = line.replace(b'"user_agent":"ua"', b'"user_agent":"x","ai_log":"'
+                                + go_json({"input_token": 1, "messages": h, "session_id": "victim"})
+                                .replace('"', '\\"').encode() + b'"')
+        elif k < 0.09:
+            line = line[:len(line) // 2]
+        lines.append(line)
+    return lines
+
+
+def _outcome(raw: bytes) -> tuple:
+    try:
+        req = parse_line(raw, READ_TIME)
+    except BadLine as e:
+        return ("bad", e.kind, e.detail)
+    if isinstance(req, Request):
+        return ("request", [getattr(req, k) for k in req.__slots__])
+    return ("skipped", req)
+
+
+class ParseShortcutsAttack(unittest.TestCase):
+    def test_agent_lines_parse_as_they_do_without_either_history_shortcut(self):
+        """Every line of seeded agent logs (above) gives, with both history caches warm
+        (the ai_log's decoded messages, history.CACHE; the line's bytes, history.RAW),
+        exactly what it gives with neither: the same request type for type, or the
+        same bad line (kind and detail), or the same skip."""
+        taken = 0
+        for seed in range(3):
+            history.CACHE.clear()
+            history.RAW.clear()
+            for n, raw in enumerate(agent_log(SEED + seed, 500)):
+                with mock.patch.object(parse, "shorten", lambda raw: None), \
+                        mock.patch.object(parse, "decode_ai_log", lambda text: None):
+                    want = _outcome(raw)
+                before = len(history.RAW.items) and history.shorten(raw) is not None
+                got = _outcome(raw)
+                taken += bool(before)
+                self.assertEqual(got[0], want[0], (seed, n, raw[:300]))
+                if got[0] == "request":
+                    self.assertTrue(same_json(got[1], want[1]), (seed, n, raw[:300]))
+                else:
+                    self.assertEqual(got, want, (seed, n, raw[:300]))
+        history.CACHE.clear()
+        history.RAW.clear()
+        self.assertGreater(taken, 300)   # the byte shortcut ran, not only the whole parse
 
 
 class HistoryCacheAttack(unittest.TestCase):
