@@ -184,3 +184,22 @@ class HostileStateFile(TempDirTest):
         err = self.run_ok()
         self.assertNotIn("loss", err)
         self.assertEqual(stored_inputs(self.out), self.expected + [100 + n for n in range(200, 250)])
+
+
+class StateBackup(TempDirTest):
+    def test_a_writer_killed_after_the_backup_leaves_no_temp_file_at_the_next_save(self):
+        """Killed between making the old state the backup (a hard link) and writing the
+        new one: the next save's rename of its link onto the backup is a no-op (the same
+        file); its temp link must still go (a cron pass lists the store only after an
+        unclean end)."""
+        from agent_session_monitor.ingest.state import State, load_state, save_state
+
+        self.out.mkdir()
+        path = self.out / ".state.json"
+        save_state(path, State(counters={"passes": 1}))
+        os.link(path, self.out / ".state.json.bak")     # the killed writer's backup
+        save_state(path, State(counters={"passes": 2}))
+        self.assertEqual(sorted(os.listdir(self.out)), [".state.json", ".state.json.bak"])
+        self.assertEqual(load_state(path)[0].counters, {"passes": 2})
+        self.assertEqual(json.loads((self.out / ".state.json.bak").read_text())["counters"],
+                         {"passes": 1})

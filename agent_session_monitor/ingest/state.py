@@ -266,6 +266,11 @@ def save_state(path: Path, state: State) -> None:
                 tmp.unlink()
             os.link(path, tmp)
             os.replace(tmp, backup)
+            # A writer killed between this and the write below left the backup a link of
+            # the state: a rename between two links of one file does nothing.
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass   # renamed, as it should be
         except OSError:
             pass
     atomic_write(path, state.to_json())
