@@ -132,7 +132,8 @@ class Monitor(CommitMixIn):
                                  "this one exits")
         try:
             self._open()
-        except BaseException:
+        except BaseException:   # e.g. an upgrade of older files that met a full disk
+            self._end_writing()
             self.lock.release()
             raise
         return self
@@ -223,12 +224,20 @@ class Monitor(CommitMixIn):
             if getattr(self, "_archive", None) is not None:
                 self._archive.close()
             self.index.close()
-            # Not in the finally: after an error nobody vouches for the temp files.
-            end_writing(self.config.output_dir)
-            end_writing(self.config.state_path.parent)
         finally:
+            self._end_writing()
             if self.lock:
                 self.lock.release()
+
+    def _end_writing(self) -> None:
+        """Remove the writing mark, unless a commit may still be writing. Every failed
+        write removes its own temp files (atomic_write_many, atomic_write) and those of a
+        dead commit process are swept (_commit_died), so an error is no reason to keep it;
+        a SIGKILL or a power cut never gets here."""
+        if getattr(self, "_commit_proc", None) is None \
+                and getattr(self, "_commit_thread", None) is None:
+            end_writing(self.config.output_dir)
+            end_writing(self.config.state_path.parent)
 
     def _warn(self, message: str) -> None:
         print(safe_text(message), file=self.err, flush=True)
