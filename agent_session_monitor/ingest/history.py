@@ -45,29 +45,35 @@ class _Irregular(ValueError):
 
 
 class HistoryCache:
-    """session id -> (messages text without its closing ``]``, decoded list), least
-    recently used first, bounded by the texts' sizes in memory."""
+    """key -> (text, decoded list, size), least recently used first, bounded by the sum
+    of the sizes. Here: session id -> (its latest request's messages text without the
+    closing ``]``, that list); and (RAW) a session hint -> (the escaped bytes of those
+    messages without the brackets, that list)."""
 
-    def __init__(self, limit: int = CACHE_BYTES) -> None:
+    def __init__(self, limit: int = CACHE_BYTES, size=sys.getsizeof) -> None:
         self.limit = limit
         self.size = 0
+        self.measure = size
         self.items: OrderedDict = OrderedDict()
 
-    def get(self, session_id: str):
-        return self.items.get(session_id)
+    def get(self, key):
+        return self.items.get(key)
 
-    def put(self, session_id: str, opening: str, messages: list) -> None:
-        old = self.items.pop(session_id, None)
-        if old is not None:
-            self.size -= old[2]
-        size = sys.getsizeof(opening)
+    def put(self, key, text, messages: list) -> None:
+        self.drop(key)
+        size = self.measure(text)
         if size > self.limit:
             return
-        self.items[session_id] = (opening, messages, size)
+        self.items[key] = (text, messages, size)
         self.size += size
         while self.size > self.limit:
-            _sid, (_text, _m, n) = self.items.popitem(last=False)
+            _k, (_text, _m, n) = self.items.popitem(last=False)
             self.size -= n
+
+    def drop(self, key) -> None:
+        old = self.items.pop(key, None)
+        if old is not None:
+            self.size -= old[2]
 
     def clear(self) -> None:
         self.items.clear()
@@ -201,39 +207,7 @@ _RAW_SESSION = b'\\"session_id\\":\\"'
 RAW_CACHE_BYTES = 4 * 2**20
 
 
-class _RawCache:
-    """session hint (the escaped bytes of its id) -> (the escaped bytes of its latest
-    request's messages, without the brackets; that list), LRU, bounded by bytes."""
-
-    def __init__(self, limit: int = RAW_CACHE_BYTES) -> None:
-        self.limit = limit
-        self.size = 0
-        self.items: OrderedDict = OrderedDict()
-
-    def get(self, hint: bytes):
-        return self.items.get(hint)
-
-    def put(self, hint: bytes, data: bytes, messages: list) -> None:
-        self.drop(hint)
-        if len(data) > self.limit:
-            return
-        self.items[hint] = (data, messages)
-        self.size += len(data)
-        while self.size > self.limit:
-            _h, (old, _m) = self.items.popitem(last=False)
-            self.size -= len(old)
-
-    def drop(self, hint: bytes) -> None:
-        old = self.items.pop(hint, None)
-        if old is not None:
-            self.size -= len(old[0])
-
-    def clear(self) -> None:
-        self.items.clear()
-        self.size = 0
-
-
-RAW = _RawCache()
+RAW = HistoryCache(RAW_CACHE_BYTES, len)
 
 
 class Shortened(tuple):
@@ -241,7 +215,7 @@ class Shortened(tuple):
     the bytes replaced)."""
 
 
-def shorten(raw: bytes, cache: _RawCache | None = RAW) -> Shortened | None:
+def shorten(raw: bytes, cache: HistoryCache | None = RAW) -> Shortened | None:
     """The line with the messages it repeats from the session's previous request
     replaced by the token, or None (nothing known, or not the same bytes)."""
     if cache is None or not cache.items:
@@ -253,7 +227,7 @@ def shorten(raw: bytes, cache: _RawCache | None = RAW) -> Shortened | None:
     entry = cache.get(hint)
     if entry is None:
         return None
-    data, messages = entry
+    data, messages, _size = entry
     start = at + len(_RAW_MEMBER)
     end = start + len(data)
     if not raw.startswith(data, start) or raw[end:end + 1] not in (b",", b"]") \
