@@ -3,6 +3,7 @@ exactly what an uninterrupted run gives (failure-scenarios.md B4: C1-C4, C10, C1
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -297,3 +298,51 @@ class BatchedSyncCrash(TempDirTest):
         self.assertEqual(code, 0, err)
         self.assertIn("Nothing new", out)
         self.assertEqual(load_store(self.out), load_store(reference))
+
+
+class KilledBetweenCheckpoints(TempDirTest):
+    """A catch-up of new lines appended to a log read before, killed after a mid-file
+    checkpoint: that checkpoint's state must describe its file (offset and the hash of the
+    bytes before it), or the next run takes the log for one rewritten in place, warns so,
+    and reads it all again from its start (everything a duplicate: time lost on a big log,
+    the counters off). Found by the attacker of 30 Nov; the same on 3b8f28f."""
+
+    def test_a_restart_after_a_kill_mid_catch_up_sees_the_same_file_not_a_rewritten_one(self):
+        log = self.tmp / "access.log"
+        lines = [make_line(n, session=f"agent:{n % 7}", history=1 + n % 5, pad=1500)
+                 for n in range(1, 241)]
+        write_lines(log, lines[:80])
+        base = self.tmp / "base"
+        self.assertEqual(self.run_monitor(log, out=base)[0], 0)
+        write_lines(log, lines[80:])
+        reference = self.tmp / "reference"
+        shutil.copytree(base, reference)
+        self.assertEqual(self.run_monitor(log, out=reference)[0], 0)
+        expected = json.loads((reference / ".state.json").read_text())["counters"]
+        # Kills at a commit's files, index or state, after zero, one or more checkpoints
+        # of the same catch-up were saved.
+        sequences = (("write:2",), ("index:0", "write:2"), ("write:3", "dir:0"),
+                     ("state:0", "write:4"), ("index:0", "index:0", "rename:3"))
+        # The commit process, the commit thread, and the parse worker's read loop.
+        for mode in ({}, {DISABLE_ENV: "0"}, {"ASM_PARSE_AHEAD_BYTES": "0"}):
+            for faults in sequences:
+                with self.subTest(faults=faults, mode=mode):
+                    shutil.rmtree(self.out, ignore_errors=True)
+                    shutil.copytree(base, self.out)
+                    for fault in faults:
+                        env = {k: v for k, v in os.environ.items() if k != "ASM_FAULT_BATCH"}
+                        env.update(mode, ASM_FAULT_BATCH=fault)
+                        killed = subprocess.run(
+                            [sys.executable, str(ROOT / "main.py"), "--log-path", str(log),
+                             "--output-dir", str(self.out), "--allow-log-dir", str(self.tmp),
+                             "-q", "--checkpoint-bytes", "40000"],
+                            env=env, capture_output=True, text=True)
+                        self.assertIn(killed.returncode, (0, -signal.SIGKILL), killed.stderr)
+                        self.assertNotIn("rewritten", killed.stderr)
+                    code, out, err = self.run_monitor(log)
+                    self.assertEqual(code, 0, err)
+                    self.assertNotIn("rewritten", err + out)
+                    counters = json.loads((self.out / ".state.json").read_text())["counters"]
+                    for name in ("lines_read", "rounds_stored", "duplicates_skipped"):
+                        self.assertEqual(counters[name], expected[name], name)
+                    self.assertEqual(load_store(self.out), load_store(reference))

@@ -41,6 +41,7 @@ from .state import load_state
 from ..store.sessions import SessionStore
 from ..store.subagents import note_spawns
 from .stdin_source import StreamSource
+from .logfile import tail_hash
 from .tail import Tailer
 
 REPORT_PER_KIND = 3   # bad lines reported in full per kind and pass; the rest are counted
@@ -334,6 +335,7 @@ class Monitor(CommitMixIn):
                 src.offset = end
                 if (since_checkpoint >= self.config.checkpoint_bytes
                         or self.store.pending_bytes >= pending_limit):
+                    _describe_offset(src, lf)
                     self.checkpoint(background=True)
                     since_checkpoint = 0
                 if progress:
@@ -682,12 +684,31 @@ class _AheadRun:
                 # The offsets saved are those of the lines handled, not of those read.
                 now = self._as_handled()
                 try:
+                    _describe_offset(src, self.lf)
                     mon.checkpoint(background=True)
                 finally:
                     src.offset, src.tail, src.size, src.mtime, src.gz_complete = now
                 self.since_checkpoint = 0
             if self.progress:
                 self.progress.update(self.name, stats)
+
+
+def _describe_offset(src, lf) -> None:
+    """Before a checkpoint in the middle of a file: the hash of the bytes before the
+    offset it saves, which the reader otherwise sets only when it reaches the file's end.
+    A state saved with the new offset and the old tail described no file: after a kill
+    the next run took the log for one rewritten in place and read it all again."""
+    if lf.gz:
+        return
+    try:
+        tail = tail_hash(lf.file, src.offset)
+    except (OSError, ValueError):
+        # Closed: the parse worker's reader went on to the file's end and let it go,
+        # leaving at most a batch to handle; the pass's last checkpoint saves the tail
+        # the reader took at the end.
+        return
+    if tail is not None:   # None: it shrank meanwhile; the next pass sees that
+        src.tail = tail
 
 
 class AlreadyRunning(MonitorError):
