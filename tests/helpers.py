@@ -152,3 +152,18 @@ def assert_store_files_known(test: unittest.TestCase, directory: Path) -> None:
            if name.startswith(".") and not name.startswith(TMP_PREFIX)}
     test.assertTrue(own, f"no store file in {directory}")
     test.assertEqual(own - set(STORE_FILES), set(), "add them to durable.STORE_FILES")
+
+
+def parse_outcome(raw: bytes, read_time: str) -> tuple:
+    """What parse_line makes of a line, comparable across code paths: the bad line's kind
+    and detail, every field of the request, or what it skipped."""
+    from agent_session_monitor.ingest.parse import parse_line
+    from agent_session_monitor.ingest.request import BadLine, Request
+
+    try:
+        req = parse_line(raw, read_time)
+    except BadLine as e:
+        return ("bad", e.kind, e.detail)
+    if isinstance(req, Request):
+        return ("request", [getattr(req, k) for k in req.__slots__])
+    return ("skipped", req)

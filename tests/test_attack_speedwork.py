@@ -20,13 +20,13 @@ import subprocess
 import sys
 import unittest
 
-from tests.helpers import ROOT, TempDirTest, make_line, write_lines
+from tests.helpers import ROOT, TempDirTest, make_line, parse_outcome, write_lines
 
 from unittest import mock
 
 from agent_session_monitor.ingest import history, parse
 from agent_session_monitor.ingest.parse import parse_line
-from agent_session_monitor.ingest.request import BadLine, Request, _decode
+from agent_session_monitor.ingest.request import BadLine, _decode
 
 SEED = 16160
 READ_TIME = "2026-03-01T00:00:00.000Z"
@@ -198,13 +198,7 @@ def agent_log(seed: int, n: int) -> list[bytes]:
 
 
 def _outcome(raw: bytes) -> tuple:
-    try:
-        req = parse_line(raw, READ_TIME)
-    except BadLine as e:
-        return ("bad", e.kind, e.detail)
-    if isinstance(req, Request):
-        return ("request", [getattr(req, k) for k in req.__slots__])
-    return ("skipped", req)
+    return parse_outcome(raw, READ_TIME)
 
 
 class ParseShortcutsAttack(unittest.TestCase):

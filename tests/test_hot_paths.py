@@ -28,6 +28,7 @@ from agent_session_monitor.pricing.cost import (
 from agent_session_monitor.pricing.table import load_price_table
 from agent_session_monitor.store import document, fulltext
 from agent_session_monitor.store.index import _json_list, quarter_hour, usage_rows
+from tests.helpers import parse_outcome
 
 SEED = 1616
 CASES = 3000
@@ -540,13 +541,7 @@ class RawHistoryFastPathTest(unittest.TestCase):
     does, whatever the line."""
 
     def outcome(self, raw: bytes):
-        try:
-            req = parse_line(raw, READ_TIME)
-        except BadLine as e:
-            return ("bad", e.kind, e.detail)
-        if isinstance(req, Request):
-            return ("request", [getattr(req, k) for k in req.__slots__])
-        return ("skipped", req)
+        return parse_outcome(raw, READ_TIME)
 
     def test_lines_with_their_history_replaced_parse_as_the_whole_lines_do(self):
         rng = random.Random(SEED + 1)
