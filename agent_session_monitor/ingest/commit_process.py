@@ -107,19 +107,11 @@ class CommitProcess:
             return None
         data_r, data_w = os.pipe()
         reply_r, reply_w = os.pipe()
-        _grow_pipe(data_w)
+        grow_pipe(data_w)
         parent = os.getpid()
-        # SIGINT and SIGTERM wait while the child is born: a ``systemctl stop`` reaching
-        # the group at the fork would otherwise run the monitor's handler in the child
-        # before it ignores them (a KeyboardInterrupt inside threading's after-fork
-        # hook, its traceback on the monitor's stderr). The parent gets them after.
-        held = _hold_signals()
         try:
-            pid = os.fork()
+            pid, held = fork_holding_signals((data_r, data_w, reply_r, reply_w))
         except OSError:
-            _release_signals(held)
-            for fd in (data_r, data_w, reply_r, reply_w):
-                os.close(fd)
             return None
         if pid == 0:   # the child: never returns into the monitor's code
             code = 1
@@ -266,6 +258,24 @@ class CommitProcess:
             pass
 
 
+def fork_holding_signals(fds: tuple[int, ...]) -> tuple[int, object]:
+    """``os.fork()`` with SIGINT and SIGTERM held across it: (pid, what to pass to
+    :func:`_release_signals`, which the child calls once its own handlers are set and
+    the parent once it is ready for a signal). A ``systemctl stop`` reaching the group at
+    the fork would otherwise run the monitor's handler inside an at-fork hook (threading's,
+    logging's _releaseLock), where its KeyboardInterrupt is ignored or printed: the stop
+    was lost or a traceback appeared. If the fork fails, the signals are released,
+    ``fds`` closed and the OSError raised."""
+    held = _hold_signals()
+    try:
+        return os.fork(), held
+    except OSError:
+        _release_signals(held)
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
 def _hold_signals() -> object:
     """Block SIGINT and SIGTERM in this thread; what :func:`_release_signals` restores
     (None where there is no pthread_sigmask)."""
@@ -368,11 +378,12 @@ def _die_with(parent: int) -> None:
         os._exit(0)
 
 
-def _grow_pipe(fd: int) -> None:
+def grow_pipe(fd: int, size: int = _PIPE_BYTES) -> None:
+    """Ask for a larger pipe buffer (Linux); the default 64 KiB only costs system calls."""
     try:
         import fcntl
 
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
     except (OSError, ImportError):
         pass
 

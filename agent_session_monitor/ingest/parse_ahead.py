@@ -52,7 +52,7 @@ from collections import OrderedDict
 
 from ..pricing.table import PriceTable
 from ..store.document import LINE_KEY_PREFIX, common_prefix
-from .commit_process import _hold_signals, _release_signals
+from .commit_process import _release_signals, fork_holding_signals, grow_pipe
 from .parse import parse_line
 from .request import BadLine, Request
 from .rounds import build_round
@@ -191,19 +191,8 @@ class ParseWorker:
             os.close(to_w)
             raise
         for fd in (to_w, from_w):
-            _grow_pipe(fd)
-        # SIGINT and SIGTERM wait while the worker is born (as for the commit process):
-        # one that came during the fork ran the monitor's handler inside an at-fork
-        # hook (logging's _releaseLock), where its KeyboardInterrupt is ignored, so a
-        # Ctrl-C or ``systemctl stop`` was lost and the monitor went on following.
-        held = _hold_signals()
-        try:
-            pid = os.fork()
-        except OSError:
-            _release_signals(held)
-            for fd in (to_r, to_w, from_r, from_w):
-                os.close(fd)
-            raise
+            grow_pipe(fd, _PIPE_SIZE)
+        pid, held = fork_holding_signals((to_r, to_w, from_r, from_w))
         if pid == 0:   # the worker: never returns
             code = 1
             try:
@@ -338,14 +327,6 @@ def _waitpid(pid: int, timeout: float) -> tuple[int, int]:
             deadline = float("inf")
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
-
-
-def _grow_pipe(fd: int) -> None:
-    try:
-        import fcntl
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-    except (ImportError, AttributeError, OSError):
-        pass   # the default 64 KiB: more system calls, same result
 
 
 def _serve(rfd: int, wfd: int, read_time: str, session_key: str | None, table: PriceTable,
