@@ -24,7 +24,8 @@ from agent_session_monitor.ingest import commit_process
 from agent_session_monitor.ingest.commit_process import CommitProcess
 from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 from agent_session_monitor.store.durable import FAULT_ENV, FAULT_ERRNO_ENV, FAULT_SCOPE_ENV, DirLock
-from tests.helpers import ROOT, TempDirTest, load_store, make_line, write_lines
+from tests.helpers import (ROOT, TempDirTest, load_store, make_line, record_commit_process_starts,
+                           write_lines)
 
 SEED = int(os.environ.get("ASM_CRASH_SEED", "20261124"))
 FAULT_VARS = (FAULT_ENV, FAULT_SCOPE_ENV, FAULT_ERRNO_ENV, commit_process.DISABLE_ENV)
@@ -285,18 +286,9 @@ class CronMode(CommitProcessTest):
 
 def spy_on_start(test) -> list:
     """Record the pid of every commit process started (None: the thread fallback)."""
-    started: list = []
-    real = CommitProcess.start.__func__
-
-    def start(cls, *args):
-        proc = real(cls, *args)
-        started.append(proc.pid if proc else None)
-        return proc
-
-    patcher = mock.patch.object(CommitProcess, "start", classmethod(start))
-    patcher.start()
-    test.addCleanup(patcher.stop)
-    return started
+    real = CommitProcess.__dict__["start"]
+    test.addCleanup(setattr, CommitProcess, "start", real)
+    return record_commit_process_starts()
 
 
 class FollowMode(CommitProcessTest):
