@@ -3,6 +3,7 @@ exactly what an uninterrupted run gives (failure-scenarios.md B4: C1-C4, C10, C1
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -14,7 +15,9 @@ import time
 from unittest import mock
 
 from agent_session_monitor.ingest.commit_process import DISABLE_ENV
-from agent_session_monitor.store.durable import CHUNK_FILES, WRITING_MARK
+from agent_session_monitor.store.durable import (
+    BATCH_SYNC_ENV, CHUNK_FILES, WRITING_MARK, _syncfs_function,
+)
 from tests.helpers import ROOT, TempDirTest, load_store, make_line, write_lines
 
 SEED = int(os.environ.get("ASM_CRASH_SEED", "20261124"))
@@ -182,7 +185,8 @@ class CrashRecovery(TempDirTest):
 
 class BatchedSyncCrash(TempDirTest):
     """A checkpoint makes a whole batch of session files durable at once (write all,
-    fsync them together, rename all, fsync the directory once). SIGKILL at any file of
+    one syncfs, or where there is none an fsync per file in chunks; rename all, fsync
+    the directory once). SIGKILL at any file of
     any phase of that batch (fsutil's ASM_FAULT_BATCH hook), resume, and the store still
     converges exactly; ``.state.json`` never describes data the batch had not made durable."""
 
@@ -206,8 +210,10 @@ class BatchedSyncCrash(TempDirTest):
         self.files = len(load_store(self.reference))
         self.assertGreater(self.files, 2 * CHUNK_FILES)
 
-    def run_child(self, fault: str | None, *extra: str) -> int:
-        env = {k: v for k, v in os.environ.items() if k != "ASM_FAULT_BATCH"}
+    def run_child(self, fault: str | None, *extra: str, sync: str | None = None) -> int:
+        env = {k: v for k, v in os.environ.items() if k not in ("ASM_FAULT_BATCH", BATCH_SYNC_ENV)}
+        if sync:
+            env[BATCH_SYNC_ENV] = sync
         if fault:
             env["ASM_FAULT_BATCH"] = fault
         proc = subprocess.run(
@@ -222,25 +228,32 @@ class BatchedSyncCrash(TempDirTest):
         points = [("write", rng.randint(1, self.files)), ("sync", rng.randint(1, self.files)),
                   ("sync", rng.randint(CHUNK_FILES + 1, self.files)), ("rename", 1),
                   ("rename", rng.randint(2, self.files)), ("rename", self.files), ("dir", 0)]
-        for phase, k in points:
-            with self.subTest(phase=phase, k=k):
+        for (phase, k), sync in itertools.product(points, ("syncfs", "fsync")):
+            with self.subTest(phase=phase, k=k, sync=sync):
+                if sync == "syncfs" and _syncfs_function() is None:
+                    self.skipTest("no syncfs(2) here (not Linux): batches fsync per chunk")
                 shutil.rmtree(self.out, ignore_errors=True)
                 # One batch for the whole log: the kill always falls inside it.
-                self.assertEqual(self.run_child(f"{phase}:{k}"), -signal.SIGKILL)
+                self.assertEqual(self.run_child(f"{phase}:{k}", sync=sync), -signal.SIGKILL)
                 self.assertFalse((self.out / ".state.json").exists(),
                                  "state saved before its batch was durable")
                 written = len(load_store(self.out))
-                # Chunks before the one killed are renamed already, except, for a kill
-                # while writing, the one whose fsyncs ran meanwhile (it is renamed once
-                # they are done); sessions ahead of the state is the safe direction
-                # (their rounds are skipped on replay).
-                whole_chunks = (k - 1) // CHUNK_FILES * CHUNK_FILES
-                expected = {"write": max(whole_chunks - CHUNK_FILES, 0), "sync": whole_chunks,
-                            "rename": k - 1, "dir": self.files}[phase]
+                if sync == "syncfs":
+                    # One sync for the whole batch: nothing is renamed before it returns.
+                    expected = {"write": 0, "sync": 0, "rename": k - 1, "dir": self.files}[phase]
+                else:
+                    # Chunks before the one killed are renamed already, except, for a kill
+                    # while writing, the one whose fsyncs ran meanwhile (it is renamed
+                    # once they are done); sessions ahead of the state is the safe
+                    # direction (their rounds are skipped on replay).
+                    whole_chunks = (k - 1) // CHUNK_FILES * CHUNK_FILES
+                    expected = {"write": max(whole_chunks - CHUNK_FILES, 0),
+                                "sync": whole_chunks, "rename": k - 1, "dir": self.files}[phase]
                 self.assertEqual(written, expected)
                 # A second kill early in the resumed run's batch, then a clean run.
-                self.run_child(f"{rng.choice(['write', 'sync', 'rename'])}:{rng.randint(1, 5)}")
-                self.assertEqual(self.run_child(None), 0)
+                self.run_child(f"{rng.choice(['write', 'sync', 'rename'])}:{rng.randint(1, 5)}",
+                               sync=sync)
+                self.assertEqual(self.run_child(None, sync=sync), 0)
                 self.assertEqual(load_store(self.out), load_store(self.reference),
                                  f"store differs after kills at {phase}:{k} (seed {SEED})")
                 self.assertEqual([n for n in os.listdir(self.out) if n.startswith(".tmp-")], [])
@@ -298,6 +311,93 @@ class BatchedSyncCrash(TempDirTest):
         self.assertEqual(code, 0, err)
         self.assertIn("Nothing new", out)
         self.assertEqual(load_store(self.out), load_store(reference))
+
+
+class WholeBatchSync(TempDirTest):
+    """The one syncfs of a batch bigger than a chunk: how many syncs each size of batch
+    costs, and what a failing or refused syncfs leaves (in process, a fake syncfs)."""
+
+    def batch(self, n: int, tag: str = "new") -> list:
+        return [(self.out / f"s{i}.json", f'{{"n": {i}, "tag": "{tag}"}}'.encode())
+                for i in range(n)]
+
+    def files(self) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in self.out.iterdir()}
+
+    def fake_syncfs(self, code: int):
+        import ctypes
+
+        calls = []
+
+        def syncfs(fd: int) -> int:
+            calls.append(fd)
+            if code:
+                ctypes.set_errno(code)
+                return -1
+            return 0
+        return syncfs, calls
+
+    def count_fsyncs(self):
+        calls = []
+        real = os.fsync
+
+        def fsync(fd):
+            calls.append(fd)
+            real(fd)
+        return mock.patch.object(os, "fsync", fsync), calls
+
+    def test_a_big_batch_syncs_its_filesystem_once_and_a_small_one_fsyncs_each_file(self):
+        from agent_session_monitor.store import durable
+
+        self.out.mkdir()
+        for n, syncfs_expected, fsyncs_expected in (
+                (3 * CHUNK_FILES + 5, 1, 1),   # only the directory after the renames
+                (CHUNK_FILES + 1, 1, 1),
+                (CHUNK_FILES - 1, 0, CHUNK_FILES),   # each file and the directory
+                (1, 0, 2)):
+            with self.subTest(n=n):
+                syncfs, calls = self.fake_syncfs(0)
+                patch, fsyncs = self.count_fsyncs()
+                with mock.patch.object(durable, "_syncfs_function", lambda: syncfs), patch:
+                    durable.atomic_write_many(self.out, self.batch(n, f"n{n}"))
+                self.assertEqual((len(calls), len(fsyncs)), (syncfs_expected, fsyncs_expected))
+                for path, data in self.batch(n, f"n{n}"):
+                    self.assertEqual(path.read_bytes(), data)
+                self.assertEqual([x for x in os.listdir(self.out) if x.startswith(".tmp-")], [])
+
+    def test_a_failing_syncfs_renames_nothing_and_leaves_no_temp_file(self):
+        import errno
+
+        from agent_session_monitor.store import durable
+
+        self.out.mkdir()
+        durable.atomic_write_many(self.out, self.batch(3 * CHUNK_FILES, "old"))
+        before = self.files()
+        syncfs, calls = self.fake_syncfs(errno.EIO)
+        with mock.patch.object(durable, "_syncfs_function", lambda: syncfs):
+            with self.assertRaises(OSError) as caught:
+                durable.atomic_write_many(self.out, self.batch(3 * CHUNK_FILES + 7, "new"))
+        self.assertEqual(caught.exception.errno, errno.EIO)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(self.files(), before)   # the old files whole, no new one
+        self.assertEqual([x for x in os.listdir(self.out) if x.startswith(".tmp-")], [])
+
+    def test_a_sandbox_refusing_syncfs_gets_an_fsync_per_file_instead(self):
+        import errno
+
+        from agent_session_monitor.store import durable
+
+        self.out.mkdir()
+        for code in (errno.ENOSYS, errno.EPERM):
+            with self.subTest(errno=errno.errorcode[code]):
+                syncfs, calls = self.fake_syncfs(code)
+                patch, fsyncs = self.count_fsyncs()
+                n = 2 * CHUNK_FILES + 3
+                with mock.patch.object(durable, "_syncfs_function", lambda: syncfs), patch:
+                    durable.atomic_write_many(self.out, self.batch(n, errno.errorcode[code]))
+                self.assertEqual((len(calls), len(fsyncs)), (1, n + 1))
+                for path, data in self.batch(n, errno.errorcode[code]):
+                    self.assertEqual(path.read_bytes(), data)
 
 
 class KilledBetweenCheckpoints(TempDirTest):

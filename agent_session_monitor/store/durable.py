@@ -6,6 +6,7 @@ import errno
 import itertools
 import os
 import stat
+import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -195,8 +196,18 @@ def atomic_write_many(directory: Path, items: Iterable[tuple[Path | str, bytes]]
     each file's data is on disk before its rename can be, and every rename is on disk
     before the caller goes on (to the index, then ``.state.json``). So the files of a
     chunk are all written first, their data is fsynced together, then they are renamed,
-    and the directory is fsynced once for the whole batch. ``os.sync()``/``syncfs`` would
-    flush every other writer's data on a shared disk too: only our own files are synced.
+    and the directory is fsynced once for the whole batch.
+
+    A batch of more than one chunk (a catch-up's checkpoint: thousands of files) is made
+    durable by one ``syncfs(2)`` of the store's filesystem where Linux has it
+    (:class:`_WholeBatch`): every file is written and closed, the filesystem synced once,
+    then every file renamed. Measured on 25,001 session files (101 MB, ext4 on this
+    virtio disk): an fsync per file 10.0 s wall and 5.1 s of CPU, one syncfs 1.1 s and
+    0.8 s; the kernel's work per fsync, not the disk, was the cost. syncfs also writes
+    whatever else is dirty on that filesystem (another program's unsynced writes): on a
+    busy shared disk that is the price of one sync, bounded by the kernel's dirty limits.
+    A smaller batch (a steady-state pass: a few sessions) keeps an fsync per file, which
+    never waits for anyone else's data.
 
     The fsyncs of a chunk run on a few threads: they release the GIL and ext4 commits
     concurrent fsyncs in one journal transaction, so a chunk of hundreds of files costs a
@@ -213,17 +224,29 @@ def atomic_write_many(directory: Path, items: Iterable[tuple[Path | str, bytes]]
     pool: ThreadPoolExecutor | None = None
     renamed = 0
     folder = os.fspath(directory)
+    whole: _WholeBatch | None = None   # past its first chunk, with syncfs: one sync
     try:
         for path, data in items:
             fd, tmp = _open_temp(folder, data)
             chunk.append((fd, tmp, path))
             _maybe_fault(fault, done, "write")
             if len(chunk) >= CHUNK_FILES:
+                if whole is None and syncing is None:
+                    whole = _WholeBatch.start(folder)
+                if whole is not None:
+                    whole.add(chunk)
+                    chunk = []
+                    continue
                 if syncing is not None:
                     renamed += syncing.rename(fault, done)
                 if pool is None:
                     pool = ThreadPoolExecutor(max_workers=workers)
                 syncing, chunk = _Syncing(chunk, pool, workers, fault, done), []
+        if whole is not None:
+            whole.add(chunk)
+            chunk = []
+            renamed += whole.sync_and_rename(fault, done)
+            whole = None
         if syncing is not None:
             renamed += syncing.rename(fault, done)
             syncing = None
@@ -234,6 +257,8 @@ def atomic_write_many(directory: Path, items: Iterable[tuple[Path | str, bytes]]
             renamed += syncing.rename(fault, done)
             syncing = None
     except BaseException:
+        if whole is not None:
+            whole.abandon()
         if syncing is not None:
             syncing.abandon()
         for fd, tmp, _path in chunk:
@@ -300,6 +325,106 @@ class _Syncing:
         for fd, tmp, _path in chunk:
             _close_quietly(fd)
             _unlink_quietly(tmp)
+
+
+class _WholeBatch:
+    """The temp files of a batch made durable by one ``syncfs`` of their filesystem:
+    each is closed once written (a batch of 100,000 files holds no descriptor but the
+    directory's), synced all at once at the end, then renamed in order. A file is
+    renamed only after the sync has returned, so on a crash at any point a session file
+    is the old one or the whole new one, as with an fsync per file."""
+
+    def __init__(self, dirfd: int, syncfs) -> None:
+        self.dirfd = dirfd
+        self.syncfs = syncfs
+        self.files: list[tuple[str, Path | str]] = []   # (temp, destination), in order
+
+    @classmethod
+    def start(cls, folder: str) -> "_WholeBatch | None":
+        """A whole batch for ``folder``, or None where there is no syncfs (then the
+        caller fsyncs per chunk)."""
+        syncfs = _syncfs_function()
+        if syncfs is None:
+            return None
+        return cls(os.open(folder, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)), syncfs)
+
+    def add(self, chunk: list[tuple[int, str, Path | str]]) -> None:
+        for i, (fd, tmp, path) in enumerate(chunk):
+            try:
+                os.close(fd)
+            except BaseException:
+                for later_fd, later, _p in chunk[i + 1:]:
+                    _close_quietly(later_fd)
+                    _unlink_quietly(later)
+                _unlink_quietly(tmp)
+                raise
+            self.files.append((tmp, path))
+
+    def sync_and_rename(self, fault, done: dict) -> int:
+        for _ in self.files:
+            _maybe_fault(fault, done, "sync")   # test hook: a kill inside the batched sync
+        if self.syncfs(self.dirfd) != 0:
+            code = _ctypes_errno()
+            if code not in (errno.ENOSYS, errno.EPERM):
+                raise OSError(code, os.strerror(code), "syncfs")
+            for tmp, _path in self.files:   # syncfs refused (a sandbox): one fsync each
+                fsync_path(tmp)
+        files, self.files = self.files, []
+        self.close()
+        for i, (tmp, path) in enumerate(files):
+            try:
+                _maybe_fault(fault, done, "rename")
+                os.replace(tmp, path)
+            except BaseException:
+                for later, _p in files[i:]:
+                    _unlink_quietly(later)
+                raise
+        return len(files)
+
+    def abandon(self) -> None:
+        files, self.files = self.files, []
+        for tmp, _path in files:
+            _unlink_quietly(tmp)
+        self.close()
+
+    def close(self) -> None:
+        if self.dirfd >= 0:
+            _close_quietly(self.dirfd)
+            self.dirfd = -1
+
+
+_syncfs = False   # not looked up yet
+# Test hook: "fsync" makes every batch fsync per chunk, the path taken where there is no
+# syncfs (tests/test_crash.py runs its kills on both).
+BATCH_SYNC_ENV = "ASM_BATCH_SYNC"
+
+
+def _syncfs_function():
+    """libc's ``syncfs`` (Linux), or None. Looked up once, on the first batch that needs
+    it: ctypes is the standard library's, and a plain cron pass never loads it."""
+    global _syncfs
+    if os.environ.get(BATCH_SYNC_ENV) == "fsync":
+        return None
+    if _syncfs is False:
+        _syncfs = None
+        if sys.platform.startswith("linux"):   # elsewhere an fsync per file
+            try:
+                import ctypes
+
+                libc = ctypes.CDLL(None, use_errno=True)
+                function = libc.syncfs
+                function.argtypes = [ctypes.c_int]
+                function.restype = ctypes.c_int
+                _syncfs = function
+            except (OSError, AttributeError, ImportError):
+                pass
+    return _syncfs
+
+
+def _ctypes_errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno() or errno.EIO
 
 
 def _fsync_all(fds: list[int], synced=None) -> None:
