@@ -42,8 +42,9 @@ def line(n: int, *, session: str = "s1", at: datetime | None = None, inp: int = 
     if tool_calls:
         ai["tool_calls"] = tool_calls
     moment = at or NOW - timedelta(minutes=30) + timedelta(seconds=n)
+    # ai_log before the raw X-Request-Id, as in Higress's format (forgery.py)
     return (json.dumps({"start_time": moment.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-                        "request_id": f"r{n}", "ai_log": json.dumps(ai)}) + "\n").encode()
+                        "ai_log": json.dumps(ai), "request_id": f"r{n}"}) + "\n").encode()
 
 
 class BudgetStore(TempDirTest):

@@ -67,9 +67,10 @@ def log_line(ts: str, session: str | None, model: str, inp: int, out: int, *, ca
         ai["answer"] = answer
     if tool_calls:
         ai["tool_calls"] = tool_calls
-    return json.dumps({"start_time": ts, "request_id": request_id, "method": "POST",
-                       "path": "/v1/chat/completions", "response_code": "200",
-                       "ai_log": json.dumps(ai)}) + "\n"
+    # ai_log before every raw header field, as in Higress's format (forgery.py)
+    return json.dumps({"start_time": ts, "ai_log": json.dumps(ai), "request_id": request_id,
+                       "method": "POST", "path": "/v1/chat/completions",
+                       "response_code": "200"}) + "\n"
 
 
 def build_store(tmp: Path, logs: list[Path], name: str = "sessions") -> Path:

@@ -480,8 +480,8 @@ class ConversationBytes(TempDirTest):
         ai = {"session_id": session, "model": "gpt-4o", "messages": messages,
               "question": messages[-1]["content"], "answer": answer, "tool_calls": calls,
               "reasoning": reasoning, "system": system, "input_token": 1, "output_token": 1}
-        return json.dumps({"start_time": f"2026-02-01T10:00:{n:02d}.000Z", "request_id": f"r{n}",
-                           "ai_log": json.dumps(ai)}) + "\n"
+        return json.dumps({"start_time": f"2026-02-01T10:00:{n:02d}.000Z",
+                           "ai_log": json.dumps(ai), "request_id": f"r{n}"}) + "\n"
 
     def test_every_message_once_the_last_answer_and_claudes_system_prompt_included(self):
         from tests.bench import conversation_bytes

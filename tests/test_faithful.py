@@ -398,8 +398,8 @@ def _line(n: int, session: str, model: str, usage: dict, cost: object = None) ->
           "answer": f"a{n}", **usage}
     if cost is not None:
         ai["cost"] = cost
-    return json.dumps({"start_time": f"2026-03-01T10:{n:02d}:00.000Z", "request_id": f"r{n}",
-                       "response_code": "200", "ai_log": json.dumps(ai)}) + "\n"
+    return json.dumps({"start_time": f"2026-03-01T10:{n:02d}:00.000Z", "ai_log": json.dumps(ai),
+                       "request_id": f"r{n}", "response_code": "200"}) + "\n"
 
 
 # Each provider's usage as Higress logs it, and what the columns must show. input =

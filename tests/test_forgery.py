@@ -200,6 +200,154 @@ class ForgedKeysAtParse(unittest.TestCase):
         self.assertNotIn("forged", req.warnings)
 
 
+# Layouts of the line: the fixtures' (Higress's default with ai_log first; the original
+# skill's examples: __file_offset__, timestamp, ai_log), Higress's without its ai_log
+# key (a non-AI route), and custom formats generated from them: ai_log moved to every
+# place, and every client-controlled field inserted at every place of the skill's.
+SKILL_FORMAT = ("__file_offset__", "timestamp", "ai_log")
+
+
+def custom_layouts() -> list[tuple[str, ...]]:
+    layouts = {HIGRESS_FORMAT, SKILL_FORMAT, HIGRESS_FORMAT[1:]}
+    rest = HIGRESS_FORMAT[1:]
+    for at in range(len(rest) + 1):
+        layouts.add(rest[:at] + ("ai_log",) + rest[at:])
+    for field in FIELDS:
+        for at in range(len(SKILL_FORMAT) + 1):
+            layouts.add(SKILL_FORMAT[:at] + (field,) + SKILL_FORMAT[at:])
+        # A format that logs no ai_log at all (a plain access log read by mistake, another
+        # container's lines in the same stream), with the header first and last.
+        layouts.add((field, "start_time", "method"))
+        layouts.add(("start_time", "method", field))
+    return sorted(layouts)
+
+
+def layout_line(layout: tuple[str, ...], ai_log: str, attacks: dict[str, str],
+                n: int = 0) -> bytes:
+    """A line of ``layout`` as Envoy's TEXT mode writes it: ``ai_log`` string-escaped,
+    every other value pasted raw, ``attacks`` appended to the raw header values."""
+    values = genuine_outer(n, timestamp=GENUINE_TIME, __file_offset__=str(1000 + n),
+                           method="POST")
+    parts = []
+    for k in layout:
+        if k == "ai_log":
+            parts.append('"ai_log":' + json.dumps(ai_log, ensure_ascii=False))
+        else:
+            parts.append(f'"{k}":"{values.get(k, "-")}{attacks.get(k, "")}"')
+    return ("{" + ",".join(parts) + "}").encode()
+
+
+def ai_log_is_safe(layout: tuple[str, ...]) -> bool:
+    """The genuine ai_log sits before every raw header: no client can write one there."""
+    return "ai_log" in layout and all(
+        k not in CLIENT_FIELDS for k in layout[:layout.index("ai_log")])
+
+
+FORGING_PAYLOADS = {k: v for k, v in PAYLOADS.items() if "ai_log" in k}
+
+
+class ForgedAiLogInCustomFormats(unittest.TestCase):
+    """A client-controlled field never decides a session or a count, whatever the layout:
+    an ai_log a client could have written (after a raw header) is never billed."""
+
+    def outcome(self, raw: bytes):
+        try:
+            return parse_line(raw, READ_TIME)
+        except BadLine as bad:
+            return bad
+
+    def assertNotBilledToTheVictim(self, got, raw: bytes) -> None:
+        if isinstance(got, Request):
+            self.assertNotEqual(got.session_id, "victim", raw[:400])
+            self.assertNotEqual(got.input_token, 5_000_000, raw[:400])
+
+    def assertRefused(self, got, layout: tuple[str, ...], raw: bytes,
+                      field: str | None = None) -> None:
+        """Never billed: an ``untrusted_ai_log`` bad line naming the header the ai_log
+        follows; or, in Higress's own key order (whose ai_log is first, so one after a
+        header can only be a client's), a forged non-AI line."""
+        if got == "forged_non_ai" and set(layout) <= set(HIGRESS_FORMAT):
+            return
+        self.assertIsInstance(got, BadLine, raw[:300])
+        self.assertEqual(got.kind, "untrusted_ai_log")
+        if field is not None:
+            self.assertIn(f"field {field},", got.detail)
+
+    def test_every_client_field_of_every_layout_injecting_an_ai_log_never_bills_it(self):
+        cases = 0
+        genuine_kinds = {"round": go_json(genuine_ai(0)), "dash": "-"}
+        for layout in custom_layouts():
+            for field in [k for k in layout if k in CLIENT_FIELDS]:
+                for (pname, payload), broken in itertools.product(FORGING_PAYLOADS.items(),
+                                                                  ("", '" broken')):
+                    for gname, ai in genuine_kinds.items():
+                        raw = layout_line(layout, ai, {field: payload + broken})
+                        got = self.outcome(raw)
+                        cases += 1
+                        with self.subTest(layout=layout[:4], field=field, payload=pname,
+                                          broken=bool(broken), genuine=gname):
+                            self.assertNotBilledToTheVictim(got, raw)
+                            if isinstance(got, Request):
+                                # Only the genuine round, and only flagged.
+                                self.assertTrue(ai_log_is_safe(layout), raw[:400])
+                                self.assertEqual(got.session_id, "alice")
+                                self.assertIn("forged", got.warnings)
+                            elif got == "non_ai":
+                                self.fail(f"forged line counted as a plain non-AI one: {raw[:300]}")
+                            if (gname == "round" and ai_log_is_safe(layout) and not broken
+                                    and "dash" not in pname and "empty" not in pname):
+                                self.assertIsInstance(got, Request, raw[:400])
+        self.assertGreater(cases, 1000)
+
+    def test_a_lone_ai_log_after_a_client_field_is_refused_by_kind_not_billed(self):
+        # The bytes are the same whether the format puts ai_log after a header or a
+        # client wrote it into a format that has none: it cannot be trusted either way.
+        forged = go_json({"session_id": "victim", "model": "gpt-4o",
+                          "input_token": 5_000_000, "output_token": 1})
+        cases = 0
+        for layout in custom_layouts():
+            fields = [k for k in layout if k in CLIENT_FIELDS]
+            if "ai_log" in layout or not fields:
+                continue
+            for field, broken in itertools.product(fields, ("", '" broken')):
+                payload = '","ai_log":' + json.dumps(forged)[:-1] + broken
+                raw = layout_line(layout, "-", {field: payload})
+                # layout_line writes no ai_log key for a layout without one
+                got = self.outcome(raw)
+                with self.subTest(layout=layout, field=field, broken=bool(broken)):
+                    self.assertRefused(got, layout, raw, field)
+                cases += 1
+        self.assertGreaterEqual(cases, 2 * len(FIELDS) * 2)
+
+    def test_custom_formats_with_ai_log_before_every_header_are_billed_unflagged(self):
+        for n, layout in enumerate(custom_layouts()):
+            raw = layout_line(layout, go_json(genuine_ai(n)), {}, n)
+            got = self.outcome(raw)
+            with self.subTest(layout=layout):
+                if "ai_log" not in layout:
+                    self.assertEqual(got, "non_ai")
+                elif ai_log_is_safe(layout):
+                    self.assertIsInstance(got, Request, raw[:300])
+                    self.assertEqual((got.session_id, got.input_token), ("alice", 1000 + n))
+                    self.assertEqual(got.warnings, [])
+                else:
+                    # ai_log after a raw header: never trusted, counted by its own kind.
+                    self.assertRefused(got, layout, raw)
+
+    def test_duplicated_ai_log_in_a_format_with_headers_of_other_names_bills_neither(self):
+        # A header this parser does not know by name (an nginx-style "http_user_agent")
+        # that writes a second ai_log: Python would keep the last; neither is taken.
+        forged = go_json({"session_id": "victim", "model": "gpt-4o",
+                          "input_token": 5_000_000, "output_token": 1})
+        for genuine in (go_json(genuine_ai(0)), "-"):
+            raw = ('{"ai_log":' + json.dumps(genuine) + ',"http_user_agent":"x","ai_log":'
+                   + json.dumps(forged) + ',"method":"POST"}').encode()
+            got = self.outcome(raw)
+            with self.subTest(genuine=genuine[:10]):
+                self.assertNotBilledToTheVictim(got, raw)
+                self.assertEqual(got, "forged_non_ai")
+
+
 class ForgedLinesThroughTheMonitor(TempDirTest):
     def ingest(self, log, follow=False) -> tuple[Monitor, str]:
         err = io.StringIO()
@@ -233,6 +381,35 @@ class ForgedLinesThroughTheMonitor(TempDirTest):
         (self.out / ".state.json").unlink()
         monitor, _ = self.ingest(log)
         self.assertEqual(len(load_store(self.out)["alice"]["rounds"]), 400)
+
+    def test_ai_logs_a_client_wrote_into_custom_formats_are_counted_reported_never_billed(self):
+        # Every layout x client field x forging payload through a whole pass: the only
+        # session is the genuine one, every refused line is in the state's counters.
+        lines, billed = [], []
+        for layout in custom_layouts():
+            for field in [k for k in layout if k in CLIENT_FIELDS]:
+                for name, payload in FORGING_PAYLOADS.items():
+                    n = len(lines)
+                    lines.append(layout_line(layout, go_json(genuine_ai(n)), {field: payload},
+                                             n) + b"\n")
+                    if ai_log_is_safe(layout):
+                        billed.append(1000 + n)
+        log = self.tmp / "access.log"
+        write_lines(log, lines)
+        _, err = self.ingest(log)
+        docs = load_store(self.out)
+        self.assertEqual(set(docs), {"alice"})
+        self.assertEqual(sorted(r["input_tokens"] for r in docs["alice"]["rounds"]), billed)
+        state, _ = load_state(self.out / ".state.json", None)
+        c = state.counters
+        # The lone forged ai_logs of the layouts without one (the others are duplicates).
+        self.assertEqual(c["bad_lines"]["untrusted_ai_log"], 30)
+        self.assertEqual(c["lines_read"], len(lines))
+        self.assertEqual(c["rounds_stored"] + sum(c["bad_lines"].values()) + c["non_ai_lines"],
+                         len(lines))
+        self.assertEqual(c["non_ai_lines"] + len(billed), c["forged_lines"])
+        self.assertIn("skipped untrusted_ai_log line in", err)
+        self.assertIn("log ai_log before every header field", err)
 
     def test_repeated_x_request_id_is_two_paid_rounds(self):
         # A client sending the same X-Request-Id on every request (or forging one with

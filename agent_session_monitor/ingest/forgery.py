@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from json.decoder import scanstring
 
-from .request import _finite_float, _reject_constant
+from .request import BadLine, _finite_float, _reject_constant
 
 # Envoy's TEXT access-log format of the Higress Helm chart: the keys, in their fixed order.
 HIGRESS_FORMAT = (
@@ -27,6 +27,7 @@ HIGRESS_FORMAT = (
 CLIENT_FIELDS = frozenset(("authority", "path", "request_id", "user_agent", "x_forwarded_for"))
 # The outer keys whose value decides a round, its time or its identity.
 SENSITIVE_FIELDS = ("ai_log", "start_time", "timestamp", "request_id")
+_SENSITIVE_KEYS = tuple(f'"{k}"'.encode() for k in SENSITIVE_FIELDS)
 
 
 class _Duplicated(dict):
@@ -70,7 +71,11 @@ def _is_trusted(raw: bytes, outer: dict) -> bool:
     """
     keys = tuple(outer)
     if keys != HIGRESS_FORMAT:
-        return CLIENT_FIELDS.isdisjoint(keys)
+        # No raw header of a known name; a sensitive key written twice still comes from
+        # one of another name (an nginx-style "http_user_agent"), and json kept the last.
+        # A quoted key is never in an escaped ai_log string: the count is of keys.
+        return CLIENT_FIELDS.isdisjoint(keys) and not any(
+            raw.count(k) > 1 for k in _SENSITIVE_KEYS)
     tail = raw.find(_AI_LOG_END)
     if tail < 0:
         return False
@@ -85,8 +90,11 @@ def _genuine_fields(outer: dict) -> tuple[dict, bool]:
     order (:func:`_align`); keys a client added are dropped, and a field whose place is
     ambiguous (a client copied whole runs of the format) is dropped too, so that the
     event time falls back to the read time. For another format, a sensitive field is
-    kept only when it occurs once; ``ai_log`` only when no client-controlled field
-    precedes it.
+    kept only when it occurs once; ``ai_log`` only when it is the one ai_log before
+    every client-controlled field. Raises :class:`BadLine` ``untrusted_ai_log`` for a
+    line whose only ai_log comes after a raw header: the same bytes are a custom format
+    that puts it there and a client writing one into a format that has none, so it can
+    never decide a bill.
     """
     pairs = outer.pairs if isinstance(outer, _Duplicated) else list(outer.items())
     keys = [k for k, _ in pairs]
@@ -110,19 +118,30 @@ def _genuine_fields(outer: dict) -> tuple[dict, bool]:
     for k in keys:
         counts[k] = counts.get(k, 0) + 1
     forged = nested or len(counts) != len(keys)
+    # The genuine ai_log can only be the one before every raw header; two there means
+    # a header of a name not known here wrote one of them: neither is taken.
+    safe_ai_logs = keys[:first_client].count("ai_log")
     genuine = {}
-    for i, (k, v) in enumerate(pairs):
+    for k, v in pairs:
         if k in genuine:
             continue
         if k == "ai_log":
-            # Before any raw header it cannot be forged; after one, only a lone ai_log
-            # in an unsuspicious line is taken (a custom format may put it there).
-            if i > first_client and (nested or counts[k] > 1):
+            if safe_ai_logs != 1:
                 continue
         elif k in SENSITIVE_FIELDS and (nested or counts[k] > 1):
             continue
         genuine[k] = v
+    if "ai_log" not in genuine and counts.get("ai_log") == 1 and not forged:
+        at = keys.index("ai_log")
+        raise _untrusted(next(k for k in reversed(keys[:at]) if k in CLIENT_FIELDS))
     return genuine, forged
+
+
+def _untrusted(header: str) -> BadLine:
+    return BadLine("untrusted_ai_log",
+                   f"its ai_log comes after the client-controlled field {header}, where a "
+                   "client can write one: log ai_log before every header field (as "
+                   "Higress's default format does)")
 
 
 def _align(keys: list[str], fmt: tuple[str, ...]) -> list[set[int]] | None:
@@ -178,8 +197,11 @@ def _salvage(text: str) -> tuple[dict, bool] | None:
     if ai_at < 0:
         return None
     repeated = text.find('"ai_log":"', ai_at + 1) >= 0
-    if ai_at > first_client and repeated:
-        return None
+    if ai_at > first_client:
+        if repeated:
+            return None
+        # A lone ai_log after a raw header: a client may have written it (_genuine_fields).
+        raise _untrusted(max(CLIENT_FIELDS, key=lambda k: text.rfind(f'"{k}":"', 0, ai_at)))
     ai = _string_at(text, ai_at + len('"ai_log":"'))
     if ai is None:
         return None
