@@ -463,9 +463,10 @@ class HistoryFastPathTest(unittest.TestCase):
                     and got["messages"] and got["messages"][0] is before[1][0]:
                 hits += 1
             self.assertTrue(same_json(got, want), text[:300])
-        # The cases exercise the shortcut, not only the fallback.
+        # The cases exercise the shortcut, not only the fallback (a key written twice,
+        # one of _mutate's cases, goes to the whole decode, which notes it).
         self.assertGreater(fast, CASES)
-        self.assertGreater(hits, CASES // 4)
+        self.assertGreater(hits, CASES // 5)
 
     def test_a_line_decodes_the_same_through_parse_line_at_any_nesting_depth(self):
         """Near the recursion limit the fast path gives up where the whole decode

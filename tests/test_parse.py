@@ -109,9 +109,13 @@ class ParseTests(unittest.TestCase):
                 if warning:
                     self.assertIn(warning, req.warnings)
 
-    def test_duplicate_keys_last_wins(self):
+    def test_a_session_id_written_twice_with_two_values_is_a_bad_line_not_the_last_one(self):
+        # json keeps the last silently; the plugin never repeats a key (ai_log.repeated_keys,
+        # tests/test_ai_log_duplicate_keys.py).
         raw = b'{"ai_log":"{\\"session_id\\":\\"a\\",\\"session_id\\":\\"b\\"}"}'
-        self.assertEqual(parse_line(raw, READ_TIME).session_id, "b")
+        with self.assertRaises(BadLine) as caught:
+            parse_line(raw, READ_TIME)
+        self.assertEqual(caught.exception.kind, "duplicate_key")
 
     def test_lone_surrogate_survives(self):
         raw = line({**AI, "question": "x\ud800y"})

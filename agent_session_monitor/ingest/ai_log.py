@@ -66,6 +66,32 @@ def _build(outer: dict, ai: dict, read_time: str, warnings: list[str]) -> Reques
     )
 
 
+# Members whose value decides a bill: whose session, which price, how many tokens, the
+# detail maps the buckets come from, a cost the provider reported (rounds.py's keys).
+BILLING_KEYS = frozenset(("session_id", "model", *TOKEN_FIELDS, "input_token_details",
+                          "output_token_details", "cost", "usage_cost", "response_cost",
+                          "provider_cost", "usage"))
+
+
+def repeated_keys(pairs: list, warnings: list[str]) -> None:
+    """An ai_log holding a key twice (failure-scenarios P9). The plugin writes it with
+    Go's json.Marshal of a map, which never repeats a key, and escapes every client text
+    inside a value: a repeat was written by something else (a hand-made or altered log,
+    a broken producer). Copies of a key that decides the bill and differ make the line
+    bad: which one was paid cannot be known, and taking either lets that writer choose.
+    Otherwise the round is kept (json's value) and flagged."""
+    first: dict = {}
+    for key, value in pairs:
+        if key in first:
+            if key in BILLING_KEYS and first[key] != value:
+                raise BadLine("duplicate_key", f"the ai_log holds {key} twice with different "
+                              f"values ({_describe(first[key])} and {_describe(value)}); the "
+                              "plugin never repeats a key: not billed")
+        else:
+            first[key] = value
+    warnings.append("duplicate_key")
+
+
 def client_session_id(session_id: str) -> str:
     """The id a client-sent session id is stored under. Ids beginning with the reserved
     label of the unsessioned bucket get a suffix, so that no client can write into, or

@@ -10,7 +10,8 @@ messages for it and decodes only what follows. Which entry is tried is only a gu
 ``session_id`` found from the end of the text): it decides the speed, never the value.
 
 The result equals ``request._decode(text)``: the members before and after ``messages``
-are decoded by the same decoder as two objects and merged as it merges duplicate keys.
+are decoded by the same decoder as two objects and merged; a key written twice (which
+the plugin never does) leaves the text to the whole decode, which notes it.
 Where the text has no top-level ``"messages":[`` as Go writes it, or anything does not
 decode, :func:`decode_ai_log` gives None and the caller decodes the text whole as
 before, from where it always did, so errors and their messages are unchanged. Called
@@ -32,7 +33,7 @@ import sys
 from collections import OrderedDict
 from json.decoder import scanstring
 
-from .request import _DECODER, _decode
+from .request import _DECODER, _decode, _decode_unique
 
 _scan = _DECODER.scan_once
 _SESSION_KEY = '"session_id":"'
@@ -109,8 +110,8 @@ def _split(text: str, cache: HistoryCache) -> dict | None:
         at = text.find(_MEMBER)
         if at < 0:
             return None
-        obj = _decode(text[:at] + "}")
-        if not obj:
+        obj = _decode_unique(text[:at] + "}")
+        if not obj or "messages" in obj:
             return None   # "{," (nothing before the comma) is not JSON: the whole decode says so
         start = at + len(_MEMBER) - 1
     messages, idx = _messages(text, start, cache)
@@ -118,7 +119,9 @@ def _split(text: str, cache: HistoryCache) -> dict | None:
     if c == ",":
         if text[idx + 1] != '"':
             return None
-        rest = _decode("{" + text[idx + 1:])
+        rest = _decode_unique("{" + text[idx + 1:])
+        if "messages" in rest or not rest.keys().isdisjoint(obj):
+            return None   # a key written twice: the whole decode notes it
     elif c == "}" and idx + 1 == len(text):
         rest = None
     else:

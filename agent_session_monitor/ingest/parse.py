@@ -11,10 +11,10 @@ validated in ``ai_log.py``.
 
 from __future__ import annotations
 
-from .ai_log import _build
+from .ai_log import _build, repeated_keys
 from .forgery import _decode_outer, _genuine_fields, _is_trusted, _salvage
 from .history import decode_ai_log, remember, restore, shorten
-from .request import BadLine, Request, _decode
+from .request import BadLine, Request, _decode, decode_noting_repeats
 
 BOM = b"\xef\xbb\xbf"
 
@@ -45,7 +45,15 @@ def parse_line(raw: bytes, read_time: str) -> Request | str:
 
 
 # Lines parsed whole whatever their history: their outer fields were read another way.
-_ODD = frozenset(("salvaged", "forged", "bad_utf8"))
+_ODD = frozenset(("salvaged", "forged", "bad_utf8", "duplicate_key"))
+
+
+def _decode_whole(text: str, warnings: list[str]) -> object:
+    """The ai_log decoded whole; a key it holds twice is checked (ai_log.repeated_keys)."""
+    ai, repeated = decode_noting_repeats(text)
+    if repeated is not None:
+        repeated_keys(repeated, warnings)
+    return ai
 
 
 def _parse(raw: bytes, read_time: str) -> Request | str:
@@ -93,7 +101,7 @@ def _parse(raw: bytes, read_time: str) -> Request | str:
     if isinstance(ai, str):
         try:
             # The history this request re-logs is not decoded again (history.py).
-            ai = decode_ai_log(ai) or _decode(ai)
+            ai = decode_ai_log(ai) or _decode_whole(ai, warnings)
         except RecursionError:
             raise BadLine("bad_ai_log", "nested too deeply") from None
         except ValueError as e:

@@ -60,3 +60,39 @@ def _finite_float(text: str) -> float:
 # ai_log it makes the line bad (raw_control_char), never a session id holding a NUL.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _decode = _DECODER.decode
+
+
+def _note_repeats(pairs: list) -> dict:
+    obj = dict(pairs)   # what json builds itself: first place, last value
+    if len(obj) != len(pairs):
+        _REPEATED.append((obj, pairs))
+    return obj
+
+
+_REPEATED: list = []
+_NOTING_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float,
+                                   object_pairs_hook=_note_repeats)
+
+
+def decode_noting_repeats(text: str) -> tuple[object, list | None]:
+    """``_decode(text)``, and the members of its top-level object when one of its keys
+    occurs more than once (json keeps the last silently), else None."""
+    _REPEATED.clear()
+    try:
+        value = _NOTING_DECODER.decode(text)
+        return value, next((pairs for obj, pairs in _REPEATED if obj is value), None)
+    finally:
+        _REPEATED.clear()
+
+
+def _unique_pairs(pairs: list) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("a key occurs twice")
+    return obj
+
+
+# For parts of a text that another decode will read whole if a key repeats in them.
+_UNIQUE_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float,
+                                   object_pairs_hook=_unique_pairs)
+_decode_unique = _UNIQUE_DECODER.decode
