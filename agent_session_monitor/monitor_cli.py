@@ -280,10 +280,11 @@ def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
             elif (stats.lines or stats.bad) and not args.quiet:
                 print(summary(stats), file=out, flush=True)
             if monitor.stream is not None and monitor.stream.eof and config.log_paths == ["-"]:
+                monitor.checkpoint(idle_save=True)   # with the idle polls' pass count
                 return EXIT_OK     # the pipe closed and there is nothing else to follow
             time.sleep(config.refresh_interval)
     except KeyboardInterrupt:
-        monitor.checkpoint()
+        monitor.checkpoint(idle_save=True)   # saves the pass count of idle polls too
         if live:
             out.write("\n")
         print("stopped; state saved.", file=err)

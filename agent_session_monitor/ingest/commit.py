@@ -40,7 +40,7 @@ class CommitMixIn:
     _commit_taken: list = []   # the sessions of its commit in flight
     _index_suspect = False   # a commit failed: pending index marks to re-read first
 
-    def checkpoint(self, background: bool = False) -> None:
+    def checkpoint(self, background: bool = False, idle_save: bool = False) -> None:
         """Commit: sessions, then index, then state. On failure nothing advances.
 
         ``background`` (checkpoints inside a catch-up): the sessions are serialised now
@@ -48,7 +48,14 @@ class CommitMixIn:
         thread) while the next lines are parsed, so the second core does it. The order
         per commit is the same, one commit is in flight at a time, and a failure
         surfaces at the next checkpoint, which then rewinds as a failed commit does.
-        Hooks (exporters, budgets) need the synchronous order, so they disable it."""
+        Hooks (exporters, budgets) need the synchronous order, so they disable it.
+
+        In ``--follow``, a commit that would save a state describing exactly what the
+        last one saved (an idle poll: only the pass count moved) writes nothing: no fsync
+        and no .bak every second. Anything else the state records (an offset, an identity
+        after a rotation with no new bytes, a truncation, a file gone, a counter, an
+        alert, an exporter's progress) is saved by the commit that changed it. The pass
+        count is saved with the next change, or by ``idle_save`` (the stop)."""
         self._join_commit()
         if self._pass_cut:
             self._abandon_cut_pass()
@@ -69,8 +76,11 @@ class CommitMixIn:
                 for hook in self.on_commit:
                     hook(written, self)
             self.state.sources = self.tailer.sources
-            fault_at("state")
-            save_state(self.config.state_path, self.state)
+            described = self.state.described() if self.config.follow else None
+            if described is None or described != self._saved_described or idle_save:
+                fault_at("state")
+                save_state(self.config.state_path, self.state)
+                self._saved_described = described
         except (OSError, sqlite3.Error) as e:
             self.store.discard_dirty()
             self._index_suspect = True
@@ -150,6 +160,7 @@ class CommitMixIn:
 
     def _thread_commit(self, items: list, prepared: list, sources: list, state) -> None:
         self._commit_sources, self._commit_counters = sources, state.counters
+        self._saved_described = None   # a state is saved that checkpoint() did not see
 
         def commit() -> None:
             try:
@@ -197,6 +208,7 @@ class CommitMixIn:
             self._rewind()
             raise
         self._commit_sources, self._commit_counters = sources, state.counters
+        self._saved_described = None   # a state is saved that checkpoint() did not see
         self._commit_taken = taken
 
     def _thread_commit_of(self, taken: list, sources: list, state) -> None:
@@ -309,6 +321,7 @@ class CommitMixIn:
         """Back to what the state on disk describes: its offsets, and its counters (the
         lines after them are read, and counted, again); rounds the failed commit did
         write are recognised there as this state's, not as duplicates."""
+        self._saved_described = None
         self.tailer.sources[:] = copy.deepcopy(self._saved_sources)
         self.state.sources = self.tailer.sources
         self.state.counters = copy.deepcopy(self._saved_counters)
@@ -319,6 +332,7 @@ class CommitMixIn:
         """Save the state as of the last commit, with the alerts and the exporters'
         progress as they are now (budget alerts between passes, or at exit after a pass
         cut short, whose offsets and counts run ahead of what was committed)."""
+        self._saved_described = None
         save_state(self.config.state_path, dataclasses.replace(
             self.state, sources=self._saved_sources, counters=self._saved_counters))
 

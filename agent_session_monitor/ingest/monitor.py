@@ -192,6 +192,9 @@ class Monitor(CommitMixIn):
                              allowed=self.config.allowed_log_dirs)
         self._saved_sources = copy.deepcopy(self.state.sources)
         self._saved_counters = copy.deepcopy(self.state.counters)
+        # What the last state this process saved describes (State.described): None until
+        # the first save (the file may be missing, or the .bak it was loaded from).
+        self._saved_described: str | None = None
         # Where the saved state stopped in each file (by fingerprint): a round found
         # stored from a line at or after it was written by a commit whose state was
         # never saved (a kill, a failed commit): stored, not a duplicate. (A file not in

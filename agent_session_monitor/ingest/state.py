@@ -74,6 +74,14 @@ class State:
         old = bucket.get(kind, 0)
         bucket[kind] = (old if _is_int(old) else 0) + n
 
+    def described(self) -> str:
+        """What a save would record, but when it was written and the pass count: equal
+        to the last save's, a save would change nothing an operator or a restart reads
+        (an idle ``--follow`` poll: monitor.checkpoint skips it)."""
+        counters = {k: v for k, v in self.counters.items() if k != "passes"}
+        return json.dumps([[asdict(s) for s in self.sources], counters, self.alerts,
+                           self.extra], sort_keys=True)
+
     def to_json(self) -> bytes:
         data = {
             "version": STATE_VERSION,
