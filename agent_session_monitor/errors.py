@@ -6,7 +6,17 @@ import sys
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+# A stop exits as the shell reports a process a signal ended: 128 + its number.
+EXIT_INTERRUPTED = 130    # SIGINT (Ctrl-C)
+EXIT_TERMINATED = 143     # SIGTERM (systemctl stop, docker stop, kill)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program was, so it stops as on Ctrl-C (state saved)."""
+
+
+def stop_status(stop: BaseException) -> int:
+    return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
 
 
 class MonitorError(Exception):

@@ -22,7 +22,8 @@ from .config import (
     DEFAULT_LOG_PATH, ENV_DATA_DIR, ENV_PRICING, HIGRESS_LOG_PATH, allowed_log_dirs,
     check_log_path_allowed, data_dir,
 )
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, MonitorError, silence_stdout
+from .errors import (EXIT_OK, EXIT_RUNTIME, MonitorError, Terminated, silence_stdout,
+                     stop_status)
 from .fmt import plural, safe_text
 from .reports.live import live_rows, render_live
 from .ingest.monitor import AlreadyRunning, Monitor, MonitorConfig
@@ -175,8 +176,8 @@ def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except MonitorError as e:
         print(f"main.py: error: {safe_text(e)}", file=err)
         return e.exit_code
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as stop:   # 130 on Ctrl-C, 143 on SIGTERM
+        return stop_status(stop)
     except BrokenPipeError:
         silence_stdout()
         return EXIT_OK
@@ -190,11 +191,12 @@ def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (systemd stop, kill) ends the monitor like Ctrl-C: state saved first.
-    The caller's handler is back when main() returns: main() may be called by a
-    program (a test runner, a wrapper) whose own handler must keep working."""
+    """SIGTERM (systemd stop, kill) ends the monitor like Ctrl-C: state saved first,
+    then exit 143 (Ctrl-C: 130). The caller's handler is back when main() returns:
+    main() may be called by a program (a test runner, a wrapper) whose own handler must
+    keep working."""
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
     try:
         previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:   # not the main thread (tests calling main() from a thread)
@@ -283,12 +285,12 @@ def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
                 monitor.checkpoint(idle_save=True)   # with the idle polls' pass count
                 return EXIT_OK     # the pipe closed and there is nothing else to follow
             time.sleep(config.refresh_interval)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         monitor.checkpoint(idle_save=True)   # saves the pass count of idle polls too
         if live:
             out.write("\n")
         print("stopped; state saved.", file=err)
-        return EXIT_INTERRUPTED
+        return stop_status(stop)
 
 
 def _any_log_exists(patterns: list[str]) -> bool:

@@ -275,7 +275,7 @@ class CronMode(CommitProcessTest):
         self.assertTrue(children, "the catch-up ended before its commit process was seen")
         os.killpg(proc.pid, signal.SIGTERM)   # systemctl stop: the whole group
         _out, err = proc.communicate(timeout=60)
-        self.assertEqual(proc.returncode, 130, err)
+        self.assertEqual(proc.returncode, 143, err)
         self.assertEqual(err.strip().splitlines(), ["stopped; state saved."])
         self.wait_until_free()
         self.assert_state_not_ahead()

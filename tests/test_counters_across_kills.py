@@ -166,9 +166,9 @@ class CountersAcrossKills(CommitProcessTest):
         _out, err = proc.communicate(timeout=120)
         self.assertNotIn("Traceback", err)
         if target == "sigterm" and follow:
-            # (130 without "stopped; state saved." when it came during the start-up,
+            # (143 without "stopped; state saved." when it came during the start-up,
             # before the follow loop: nothing read, nothing to save)
-            self.assertEqual(proc.returncode, 130, err)
+            self.assertEqual(proc.returncode, 143, err)
         self.wait_until_free()
         self.assert_state_not_ahead()
         return f"{target}@{proc.returncode}", proc.returncode == 0

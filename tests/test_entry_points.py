@@ -255,6 +255,6 @@ class MainLeavesTheProcessAsItFoundIt(EntryPointCase):
             code = monitor_cli.main(["--log-path", str(log), "--output-dir", str(self.out),
                                      "--allow-log-dir", str(self.tmp), "-q"],
                                     out=io.StringIO(), err=err)
-        self.assertEqual(code, 130, err.getvalue())
+        self.assertEqual(code, 143, err.getvalue())
         self.assertTrue((self.out / ".state.json").exists())
         self.assertEqual(signal.getsignal(signal.SIGTERM), before)

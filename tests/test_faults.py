@@ -150,7 +150,7 @@ class MissingLog(TempDirTest):
         finally:
             proc.kill()
         self.assertIn("waiting for", err)
-        self.assertEqual(proc.returncode, 130)
+        self.assertEqual(proc.returncode, 143)
         self.assertIn("state saved", err)
         self.assertEqual(stored_inputs(self.out), [101, 102])
         state = json.loads((self.out / ".state.json").read_text())

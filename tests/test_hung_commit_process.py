@@ -118,7 +118,7 @@ class HungCommitProcess(CommitProcessTest):
                 os.kill(child, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-        self.assertIn(proc.returncode, (1, 130), err)
+        self.assertIn(proc.returncode, (1, 143), err)
         self.wait_until_free()
         self.assert_state_not_ahead()
         run = self.main_py(*SMALL_BATCHES)

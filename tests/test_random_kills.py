@@ -115,7 +115,7 @@ class RandomKills(CommitProcessTest):
 
     def test_sigterm_to_a_follower_at_random_moments_of_its_catch_up_saves_and_converges(self):
         """systemctl stop (the whole group) or kill (the monitor only) at a random moment:
-        exit 130 after saving, no child left, and a restart converges."""
+        exit 143 after saving, no child left, and a restart converges."""
         start = time.monotonic()
         self.assertEqual(self.main_py(*SMALL_BATCHES).returncode, 0)
         duration = time.monotonic() - start
@@ -137,7 +137,7 @@ class RandomKills(CommitProcessTest):
                 else:
                     proc.send_signal(signal.SIGTERM)
                 _out, err = proc.communicate(timeout=120)
-                self.assertEqual(proc.returncode, 130, (group, err))
+                self.assertEqual(proc.returncode, 143, (group, err))
                 self.assertEqual(err.strip().splitlines()[-1:], ["stopped; state saved."], err)
                 self.wait_until_free()
                 self.assert_state_not_ahead()
