@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retention: remove session files whose last round is older than "
                         "DURATION (90d, 12w, 36h); their totals stay in the index and "
                         "reports (checked after each pass, hourly with --follow)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="errors only: no summary, warnings, notes or progress")
     monitor_hooks.add_arguments(p)
     otel_options.add_arguments(p)
     return p
@@ -132,8 +133,9 @@ def config_from_args(args: argparse.Namespace, err: TextIO) -> MonitorConfig:
         if (reads_logs and not os.path.exists(DEFAULT_LOG_PATH)
                 and os.path.exists(HIGRESS_LOG_PATH)):
             paths = [HIGRESS_LOG_PATH]
-            print(f"note: {DEFAULT_LOG_PATH} does not exist; reading {HIGRESS_LOG_PATH}, "
-                  "where Higress writes its access log", file=err)
+            if not args.quiet:
+                print(f"note: {DEFAULT_LOG_PATH} does not exist; reading {HIGRESS_LOG_PATH}, "
+                      "where Higress writes its access log", file=err)
     allowed = allowed_log_dirs(args.allow_log_dir)
     for path in paths if reads_logs else ():
         if path != "-":   # standard input: whatever the caller pipes in
@@ -214,8 +216,9 @@ def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: Text
         shown = ", ".join(config.log_paths)
         raise MonitorError(f"no access log at {shown} yet: nothing to read (check --log-path; "
                            "with --follow the monitor waits for it)")
-    with Monitor(config, err=err) as monitor:
-        for note in monitor.notes:
+    # -q: no summary, no warnings, no notes; errors always (Monitor(quiet=...)).
+    with Monitor(config, err=err, quiet=args.quiet) as monitor:
+        for note in monitor.notes if not args.quiet else ():
             print(f"note: {note}", file=err)
         fin = monitor_hooks.attach_for_pass(monitor, args.finops, config.follow)
         exporter = None
@@ -257,7 +260,7 @@ def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
     try:
         while True:
             if not _any_log_exists(config.log_paths):
-                if not waiting_said:
+                if not waiting_said and not args.quiet:
                     print(f"waiting for {', '.join(config.log_paths)} to appear...", file=err)
                     waiting_said = True
             else:

@@ -48,6 +48,10 @@ REPORT_PER_KIND = 3   # bad lines reported in full per kind and pass; the rest a
 _NEVER = 2**63        # an offset past any file's end
 
 
+# File events that are errors, printed even with -q: lines lost or not readable.
+ERROR_EVENTS = frozenset(("data_loss", "unreadable", "refused", "bad_gzip"))
+
+
 @dataclass
 class MonitorConfig:
     log_paths: list[str]
@@ -83,11 +87,15 @@ class Monitor(CommitMixIn):
     """
 
     def __init__(self, config: MonitorConfig, table: PriceTable | None = None,
-                 err: TextIO | None = None, progress: bool | None = None) -> None:
+                 err: TextIO | None = None, progress: bool | None = None,
+                 quiet: bool = False) -> None:
         self.config = config
         self.err = err or sys.stderr
         self.table = table or load_price_table(config.pricing)
-        self.progress = self.err.isatty() if progress is None else progress
+        # quiet (-q): errors only on stderr (lines lost, logs unreadable or refused);
+        # warnings are still counted in the state, and no progress is drawn.
+        self.quiet = quiet
+        self.progress = (self.err.isatty() and not quiet) if progress is None else progress
         # Hooks for other components (exporters, budgets). before_flush gets the rounds
         # new since the last commit, before any session file is written (a durable
         # outbox written there survives a crash that the session files do not);
@@ -243,8 +251,9 @@ class Monitor(CommitMixIn):
             end_writing(self.config.output_dir)
             end_writing(self.config.state_path.parent)
 
-    def _warn(self, message: str) -> None:
-        print(safe_text(message), file=self.err, flush=True)
+    def _warn(self, message: str, error: bool = False) -> None:
+        if error or not self.quiet:
+            print(safe_text(message), file=self.err, flush=True)
 
     # -- one pass ------------------------------------------------------------------
 
@@ -536,7 +545,8 @@ class Monitor(CommitMixIn):
             if event.amount:
                 self.state.count_kind("lost_bytes", event.kind, event.amount)
             if not event.quiet:
-                self._warn(("warning: " if event.kind != "data_loss" else "") + event.message)
+                self._warn(("warning: " if event.kind != "data_loss" else "") + event.message,
+                           error=event.kind in ERROR_EVENTS)
         self.tailer.events = []
 
     def _index_progress(self, done: int, total: int) -> None:
