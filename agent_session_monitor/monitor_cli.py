@@ -218,7 +218,7 @@ def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: Text
                            "with --follow the monitor waits for it)")
     # -q: no summary, no warnings, no notes; errors always (Monitor(quiet=...)).
     with Monitor(config, err=err, quiet=args.quiet) as monitor:
-        for note in monitor.notes if not args.quiet else ():
+        for note in monitor.problems + (monitor.notes if not args.quiet else []):
             print(f"note: {note}", file=err)
         fin = monitor_hooks.attach_for_pass(monitor, args.finops, config.follow)
         exporter = None

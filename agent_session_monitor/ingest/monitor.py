@@ -6,6 +6,7 @@ commit.py's; what a pass did and its summary, pass_report.py's.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import sqlite3
 import sys
@@ -103,7 +104,8 @@ class Monitor(CommitMixIn):
         self.before_flush: list[Callable[[list, "Monitor"], None]] = []
         self.on_commit: list[Callable[[list, "Monitor"], None]] = []
         self.lock: DirLock | None = None
-        self.notes: list[str] = []
+        self.notes: list[str] = []      # for the user at the start (not with -q)
+        self.problems: list[str] = []   # the same, about damage found: always shown
         # The background commit in flight (checkpoint(background=True)), if any.
         self._commit_thread: threading.Thread | None = None
         self._commit_error: BaseException | None = None
@@ -156,10 +158,11 @@ class Monitor(CommitMixIn):
             ensure_dir(self.config.state_path.parent)
             begin_writing(self.config.state_path.parent, sweep=self.config.follow)
         self.state, note = load_state(self.config.state_path, self.config.reset_from)
-        if note:
-            self.notes.append(note)
+        if note:   # the state was damaged: shown even with -q
+            self.problems.append(note)
+        # A session file found damaged and moved aside: an error, shown even with -q.
         self.store = SessionStore(out, store_content=self.config.store_content,
-                                  warn=self._warn)
+                                  warn=functools.partial(self._warn, error=True))
         try:
             self.index = Index(out)
         except sqlite3.Error as e:
@@ -168,8 +171,8 @@ class Monitor(CommitMixIn):
         if self.index.needs_rebuild:
             self.index.rebuild(self._index_progress if self.progress else None)
             for name, why in self.index.skipped:
-                self.notes.append(f"session file {out / name} is corrupt or unreadable ({why}); "
-                                  "left out of the index, kept as it is")
+                self.problems.append(f"session file {out / name} is corrupt or unreadable "
+                                     f"({why}); left out of the index, kept as it is")
         elif self.index.repair_pending():
             self.notes.append("re-indexed sessions an interrupted run had left pending")
         if retention.recover(out, self.index.db):
