@@ -26,6 +26,7 @@ from ..errors import MonitorError
 from ..store.durable import atomic_write_many, begin_writing, fault_at
 from ..store.sessions import dump_document
 from .commit_process import CommitProcess, CommitProcessDied, signals_held
+from .index_helper import IndexHelper, IndexHelperDied, wanted as split_wanted
 from .pass_report import PassStats
 from .state import save_state
 
@@ -66,13 +67,23 @@ class CommitMixIn:
         try:
             self._repair_index()
             if self.store.dirty_count:
-                names = [s.file_name for s in self.store._dirty.values()]
+                dirty = list(self.store._dirty.values())
                 for hook in self.before_flush:
                     hook(self.store.new_rounds, self)
-                self.index.mark_pending(names)
-                written = self.store.flush()
-                fault_at("index")
-                self.index.update([(s.file_name, s.doc, s.size) for s in written])
+                self.index.mark_pending([s.file_name for s in dirty])
+                # A large commit: its index rows are written by a child on the other core
+                # while this process writes the files (index_helper.py).
+                helper = IndexHelper.start(self.index, dirty) if split_wanted(dirty) else None
+                try:
+                    written = self.store.flush()
+                    fault_at("index")
+                    if helper is not None:
+                        helper.commit([s.file_name for s in written], [s.size for s in written])
+                    else:
+                        self.index.update([(s.file_name, s.doc, s.size) for s in written])
+                finally:
+                    if helper is not None:
+                        helper.abandon()   # after a failure: killed before it commits
                 for hook in self.on_commit:
                     hook(written, self)
             self.state.sources = self.tailer.sources
@@ -81,7 +92,7 @@ class CommitMixIn:
                 fault_at("state")
                 save_state(self.config.state_path, self.state)
                 self._saved_described = described
-        except (OSError, sqlite3.Error) as e:
+        except (OSError, sqlite3.Error, IndexHelperDied) as e:
             self.store.discard_dirty()
             self._index_suspect = True
             # Rewind to what the files on disk describe: the next pass re-reads it.
