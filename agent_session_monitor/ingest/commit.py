@@ -12,7 +12,9 @@ In a catch-up the checkpoints are written in the background while the next lines
 parsed: by a commit process (commit_process.py) forked at the start of the pass, or,
 where a fork is not possible or not safe (no ``os.fork``, other threads), by a thread.
 Either way one commit is in flight at a time, in the same order, and a failed one (an
-error, or a commit process that died) rewinds to the offsets last saved.
+error, or a commit process that died) rewinds to the offsets last saved. A large
+synchronous checkpoint (the end of such a pass) has its index rows written by a forked
+child while the files are written, committed once they are durable (index_helper.py).
 """
 
 from __future__ import annotations
