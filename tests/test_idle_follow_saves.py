@@ -194,6 +194,25 @@ class IdleFollowSaves(TempDirTest):
                 self.assertEqual(stored_inputs(self.out), stored)
                 self.assertEqual(len(stored), len(set(stored)))
 
+    def test_an_idle_monitor_still_saves_a_heartbeat_for_the_last_pass_metric(self):
+        # /metrics' asm_last_pass_timestamp_seconds is the state's written_at, and the
+        # README tells operators to alert when it is 300 s old: an idle monitor is not
+        # a dead one. It saves once every idle_save_seconds (60 s; 0.2 s here).
+        self.append(2)
+        with self.monitor() as monitor:
+            monitor.poll_once()
+            monitor.idle_save_seconds = 0.2
+            first = stamp(self.state_path), json.loads(self.state_path.read_bytes())
+            monitor.poll_once()
+            self.assertEqual(stamp(self.state_path), first[0])
+            time.sleep(0.25)
+            monitor.poll_once()
+            self.assertNotEqual(stamp(self.state_path), first[0])
+            again = json.loads(self.state_path.read_bytes())
+            self.assertGreater(again["written_at"], first[1]["written_at"])
+            self.assertEqual(again["counters"]["passes"], first[1]["counters"]["passes"] + 2)
+        self.assertEqual(Monitor.idle_save_seconds, 60.0)
+
     def test_a_stopped_follow_monitor_saves_the_passes_its_idle_polls_counted(self):
         # End to end: main.py --follow, idle for several polls (the state file is not
         # replaced), then SIGTERM: the state saved on the way out counts those passes.

@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import sqlite3
 import threading
+import time
 
 from ..errors import MonitorError
 from ..store.durable import atomic_write_many, begin_writing, fault_at
@@ -43,6 +44,11 @@ class CommitMixIn:
     _commit_taken: list = []   # the sessions of its commit in flight
     _index_suspect = False   # a commit failed: pending index marks to re-read first
 
+    # An idle --follow monitor still saves its state this often: its written_at is the
+    # heartbeat /metrics shows (asm_last_pass_timestamp_seconds: alert on > 300 s).
+    idle_save_seconds = 60.0
+    _saved_at = float("-inf")
+
     def checkpoint(self, background: bool = False, idle_save: bool = False) -> None:
         """Commit: sessions, then index, then state. On failure nothing advances.
 
@@ -58,7 +64,8 @@ class CommitMixIn:
         and no .bak every second. Anything else the state records (an offset, an identity
         after a rotation with no new bytes, a truncation, a file gone, a counter, an
         alert, an exporter's progress) is saved by the commit that changed it. The pass
-        count is saved with the next change, or by ``idle_save`` (the stop)."""
+        count is saved with the next change, by ``idle_save`` (the stop), or once every
+        ``idle_save_seconds`` (a heartbeat for /metrics' last pass)."""
         self._join_commit()
         if self._pass_cut:
             self._abandon_cut_pass()
@@ -90,10 +97,12 @@ class CommitMixIn:
                     hook(written, self)
             self.state.sources = self.tailer.sources
             described = self.state.described() if self.config.follow else None
-            if described is None or described != self._saved_described or idle_save:
+            now = time.monotonic()
+            if (described is None or described != self._saved_described or idle_save
+                    or now - self._saved_at >= self.idle_save_seconds):
                 fault_at("state")
                 save_state(self.config.state_path, self.state)
-                self._saved_described = described
+                self._saved_described, self._saved_at = described, now
         except (OSError, sqlite3.Error, IndexHelperDied) as e:
             self.store.discard_dirty()
             self._index_suspect = True
