@@ -187,6 +187,42 @@ class MetricsContent(TempDirTest):
         self.assertAlmostEqual(fam["asm_last_pass_timestamp_seconds"][0][1], time.time(), delta=120)
         self.assertEqual(fam["asm_alerts_sent_total"][0][1], 0)
 
+    def test_what_an_operator_alerts_on_comes_from_the_state_counters(self):
+        # Rounds the monitor stored and lines with no ai_log (the ai-statistics plugin
+        # switched off shows as non-AI lines rising while rounds stop), rounds stored with
+        # a flag, and file events (a log unreadable, refused, truncated, lines lost),
+        # each by kind: every one equals .state.json's counter, across passes.
+        from tests.test_forgery import PAYLOADS, inject
+        write_lines(self.log, [b'{"ai_log":"-","start_time":"2026-02-01T10:00:00Z"}\n'] * 7
+                    + [inject(n, {"user_agent": PAYLOADS["second_ai_log"]}) for n in range(3)]
+                    + [b'{"ai_log":"{\\"session_id\\":\\"x\\",\\"input_token\\":1}"}\n'])
+        ingest(self.out, self.log)
+        write_lines(self.log, [hostile_line(99, "gpt-4o", "alice", "after-truncation")], "wb")
+        ingest(self.out, self.log)
+        fam = parse_exposition(self.scrape().body.decode("utf-8"))
+        c = json.loads((self.out / ".state.json").read_text())["counters"]
+        self.assertEqual(fam["asm_rounds_stored_total"], [({}, c["rounds_stored"])])
+        self.assertEqual(fam["asm_non_ai_lines_total"], [({}, c["non_ai_lines"])])
+        self.assertGreaterEqual(c["non_ai_lines"], 7)
+        for family, group in (("asm_round_warnings_total", "warnings"),
+                              ("asm_file_events_total", "file_events")):
+            got = {labels["kind"]: v for labels, v in fam[family]}
+            self.assertEqual(got, {k: float(v) for k, v in c[group].items()}, family)
+        self.assertIn("forged", dict((l["kind"], v) for l, v in fam["asm_round_warnings_total"]))
+        self.assertIn("time_from_read",
+                      dict((l["kind"], v) for l, v in fam["asm_round_warnings_total"]))
+        self.assertTrue(c["file_events"], c)
+        # Hostile state values never become samples a scraper chokes on.
+        state = json.loads((self.out / ".state.json").read_text())
+        state["counters"].update(rounds_stored="12", non_ai_lines=True,
+                                 warnings={"a\nb\"c": 2**70, "ok": -1, "x": "3"},
+                                 file_events=[1, 2])
+        (self.out / ".state.json").write_text(json.dumps(state))
+        fam = parse_exposition(self.scrape().body.decode("utf-8"))
+        self.assertEqual(fam["asm_rounds_stored_total"], [({}, 0)])
+        self.assertEqual(fam["asm_non_ai_lines_total"], [({}, 0)])
+        self.assertNotIn("asm_file_events_total", {k for k, v in fam.items() if v})
+
     def test_alert_delivery_counts_come_from_the_state(self):
         state = json.loads((self.out / ".state.json").read_text())
         state["alerts"]["counts"] = {"sent": 5, "failed": 2}

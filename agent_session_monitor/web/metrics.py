@@ -174,10 +174,22 @@ def health_families(directory: Path, out: Exposition, state_path: Path | None = 
             ("duplicates_skipped_total", "duplicates_skipped",
              "Rounds read again (rotation, restart) and recognised as already stored."),
             ("forged_lines_total", "forged_lines",
-             "Lines where a client wrote keys of its own through a header (ignored).")):
+             "Lines where a client wrote keys of its own through a header (ignored)."),
+            ("rounds_stored_total", "rounds_stored",
+             "Rounds the monitor stored, each line counted once across restarts (alert "
+             "when it stops growing while asm_lines_read_total grows)."),
+            ("non_ai_lines_total", "non_ai_lines",
+             "Log lines without an ai_log (a rising share: the ai-statistics plugin is "
+             "off for some route).")):
         out.family(name, "counter", help_text, [({}, _int(counters.get(key)))])
     for name, key, help_text in (
             ("bad_lines_total", "bad_lines", "Log lines skipped, by kind."),
+            ("round_warnings_total", "warnings",
+             "Rounds stored with a flag, by kind (salvaged, forged, time_from_read, "
+             "duplicate_key...)."),
+            ("file_events_total", "file_events",
+             "Events of the log files, by kind (truncated, replaced, rewritten, "
+             "data_loss, unreadable, refused, bad_gzip)."),
             ("lost_bytes_total", "lost_bytes",
              "Log bytes that could not be read (truncation, a file gone), by kind.")):
         kinds = counters.get(key) if isinstance(counters.get(key), dict) else {}
