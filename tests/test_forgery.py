@@ -334,6 +334,21 @@ class ForgedAiLogInCustomFormats(unittest.TestCase):
                     # ai_log after a raw header: never trusted, counted by its own kind.
                     self.assertRefused(got, layout, raw)
 
+    def test_key_names_repeated_inside_an_ai_log_object_are_not_a_forgery(self):
+        # The skill's older examples put an object in ai_log, whose messages may hold
+        # keys named like the outer ones, and numbers elsewhere: no raw header, nothing
+        # forged, the line's own time.
+        for offset in ("1000", 1000):
+            ai = dict(genuine_ai(0), timestamp="2026-01-01T00:00:00Z", start_time="x",
+                      messages=[{"role": "user", "content": "q", "timestamp": "t",
+                                 "ai_log": "-", "request_id": "r"}])
+            raw = json.dumps({"__file_offset__": offset, "timestamp": GENUINE_TIME,
+                              "ai_log": ai}).encode()
+            got = self.outcome(raw)
+            with self.subTest(offset=type(offset).__name__):
+                self.assertIsInstance(got, Request)
+                self.assertEqual((got.timestamp, got.warnings), (GENUINE_TIME, []))
+
     def test_duplicated_ai_log_in_a_format_with_headers_of_other_names_bills_neither(self):
         # A header this parser does not know by name (an nginx-style "http_user_agent")
         # that writes a second ai_log: Python would keep the last; neither is taken.

@@ -98,8 +98,10 @@ def _genuine_fields(outer: dict) -> tuple[dict, bool]:
     """
     pairs = outer.pairs if isinstance(outer, _Duplicated) else list(outer.items())
     keys = [k for k, _ in pairs]
-    nested = any(type(v) is not str for k, v in pairs if k != "ai_log")
     first_client = next((i for i, k in enumerate(keys) if k in CLIENT_FIELDS), len(keys))
+    # A value that is not a string can hide genuine keys only where a client writes.
+    nested = first_client < len(keys) and any(
+        type(v) is not str for k, v in pairs if k != "ai_log")
     if first_client == len(keys) and not nested and not isinstance(outer, _Duplicated):
         return outer, False   # no raw header field in this format: nothing to forge with
     if not nested:
