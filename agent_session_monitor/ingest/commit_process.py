@@ -333,8 +333,10 @@ def _serve(directory: Path, state_path: Path, data_fd: int, reply_fd: int, paren
                 if docs:
                     if db is None:
                         db = connect(index_path(directory))
+                    # No snapshot: nothing changes these documents (unpickled here).
                     prepared = prepare_rows([(name, doc, size) for (name, doc), size
-                                             in zip(docs, sizes)], fulltext.present(db))
+                                             in zip(docs, sizes)], fulltext.present(db),
+                                            snapshot=False)
                     del docs
                     durable.fault_at("index")
                     commit_prepared(db, prepared)

@@ -118,19 +118,33 @@ def sql_text(value: object) -> object:
 def session_row(file_name: str, doc: dict, size: int, per_round: list[tuple]) -> tuple:
     """The session's ``sessions`` row; its token and tool-call sums come from its
     ``round_usage`` rows (:func:`usage_rows`), not from its rounds again."""
+    return _session_row(file_name, doc, size, per_round, 1)
+
+
+def _session_row(file_name: str, doc: dict, size: int, per_round: list[tuple],
+                 sid_columns: int) -> tuple:
+    """:func:`session_row` from ``round_usage`` rows that start with ``sid_columns`` sid
+    columns (1, or 0: rows prepared without their sid)."""
     key = parse_session_key(None if doc.get("unsessioned") else doc.get("session_id"))
     # round_usage columns after (sid, timestamp, bucket, model, consumer): the round
     # count, then input, output, reasoning, cached, cache write (round_sums); last, the
     # tool-call flag.
-    columns = list(zip(*per_round)) or [()] * 21
-    t = [sum(columns[i]) for i in range(6, 11)]
+    first = 5 + sid_columns
+    if len(per_round) == 1:
+        # One round (most sessions of a busy gateway): its columns are the sums (ints).
+        only = per_round[0]
+        t, tool_calls = only[first:first + 5], only[-1]
+    else:
+        columns = list(zip(*per_round)) or [()] * (20 + sid_columns)
+        t = [sum(columns[i]) for i in range(first, first + 5)]
+        tool_calls = sum(columns[-1])
     return (
         file_name, sql_text(doc.get("session_id") or ""), 1 if doc.get("unsessioned") else 0,
         doc.get("created_at"), doc.get("updated_at"), len(per_round), *t,
         doc.get("total_cost_usd"),
         doc.get("unpriced_rounds") or 0, sql_text(doc.get("model")),
         _json_list(doc.get("models") or []), _json_list(doc.get("consumers") or []),
-        sum(columns[-1]), size,
+        tool_calls, size,
         sql_text(key.agent), sql_text(key.channel), key.kind,
     )
 
@@ -170,6 +184,12 @@ def round_sums(r: dict) -> list:
 def usage_rows(sid: int, doc: dict) -> tuple[list[tuple], list[tuple]]:
     """The session's rows for ``usage`` (per quarter-hour, model, consumer) and for
     ``round_usage`` (per round)."""
+    rows, per_round = _usage_rows(doc)
+    return [(sid, *row) for row in rows], [(sid, *row) for row in per_round]
+
+
+def _usage_rows(doc: dict) -> tuple[list[tuple], list[tuple]]:
+    """:func:`usage_rows` without their leading sid (a commit adds it once it is known)."""
     groups: dict[tuple, list] = {}
     per_round = []
     cost_at = 6 + len(BUCKET_FIELDS)
@@ -178,7 +198,7 @@ def usage_rows(sid: int, doc: dict) -> tuple[list[tuple], list[tuple]]:
         bucket = quarter_hour(timestamp)
         model, consumer = sql_text(r.get("model")), sql_text(r.get("consumer"))
         sums = round_sums(r)
-        per_round.append((sid, timestamp, bucket, model, consumer, *sums))
+        per_round.append((timestamp, bucket, model, consumer, *sums))
         group = groups.get((bucket, model, consumer))
         if group is None:
             groups[(bucket, model, consumer)] = [sums]
@@ -186,12 +206,22 @@ def usage_rows(sid: int, doc: dict) -> tuple[list[tuple], list[tuple]]:
             group.append(sums)
     rows = []
     for (bucket, model, consumer), members in groups.items():
+        if len(members) == 1:
+            # One round's sums are its own: the cost as fsum gives it (a float; 0.0
+            # for -0.0).
+            sums = members[0]
+            cost = sums[cost_at]
+            if type(cost) is not float or cost == 0.0:
+                sums = list(sums)
+                sums[cost_at] = math.fsum((cost,))
+            rows.append((bucket, model, consumer, *sums))
+            continue
         # Column sums in round order, as a running total would give them (the counts
-        # are ints: one round's are its sums).
-        acc = list(members[0]) if len(members) == 1 else [sum(c) for c in zip(*members)]
+        # are ints).
+        acc = [sum(c) for c in zip(*members)]
         # money: independent of the order of addition
         acc[cost_at] = math.fsum(sums[cost_at] for sums in members)
-        rows.append((sid, bucket, model, consumer, *acc))
+        rows.append((bucket, model, consumer, *acc))
     return rows, per_round
 
 
@@ -205,21 +235,23 @@ def replace_rows(db: sqlite3.Connection, docs: list[tuple[str, dict, int]]) -> N
     """(file name, session document, file size) -> their rows, replacing old ones. A
     session keeps its integer id, which the usage rows carry (smaller than the name).
     The caller holds the transaction."""
-    replace_prepared(db, prepare_rows(docs, fulltext.present(db)))
+    replace_prepared(db, prepare_rows(docs, fulltext.present(db), snapshot=False))
 
 
-def prepare_rows(docs: list[tuple[str, dict, int]], with_text: bool) -> list[tuple]:
+def prepare_rows(docs: list[tuple[str, dict, int]], with_text: bool,
+                 snapshot: bool = True) -> list[tuple]:
     """The rows of these sessions, computed now (the documents may change afterwards,
     while another thread writes the rows): (file name, session row, then the usage,
     per-round and spawn rows without their leading sid, and the rounds to bring the
-    full-text rows up to (fulltext.round_keys), or None)."""
+    full-text rows up to (fulltext.round_keys), or None). ``snapshot=False``: the rows
+    are written before the documents can change (a synchronous commit, the commit
+    process), so the rounds' text fields need no copy."""
     prepared = []
     for name, doc, size in docs:
-        rows, rounds = usage_rows(0, doc)
-        prepared.append((name, session_row(name, doc, size, rounds), [r[1:] for r in rows],
-                         [r[1:] for r in rounds],
+        rows, rounds = _usage_rows(doc)
+        prepared.append((name, _session_row(name, doc, size, rounds, 0), rows, rounds,
                          [(sql_text(child), at) for child, at in doc_claims(doc)],
-                         fulltext.round_keys(doc) if with_text else None))
+                         fulltext.round_keys(doc, snapshot) if with_text else None))
     return prepared
 
 
