@@ -95,6 +95,16 @@ def usage_buckets(input_token: int, output_token: int, cached_tokens: int | None
     A source reporting 0 falls through to the next one: Higress writes 0 for counts the
     provider reports elsewhere.
     """
+    return Buckets(*bucket_counts(input_token, output_token, cached_tokens, reasoning_tokens,
+                                  input_details, output_details))
+
+
+def bucket_counts(input_token: int, output_token: int, cached_tokens: int | None = None,
+                  reasoning_tokens: int | None = None, input_details: dict | None = None,
+                  output_details: dict | None = None) -> tuple[int, int, int, int, int, int]:
+    """:func:`usage_buckets` as a tuple in :class:`Buckets`' field order, for a caller
+    that needs no Buckets (a frozen dataclass costs a microsecond to build; ondisk.py
+    derives every written round's buckets)."""
     # Runs for every round ingested and every round written (ondisk.py): a detail key
     # that is absent is 0, so it is looked up only when present (_count's answer for an
     # absent key), and a count is checked inline (_nonneg).
@@ -146,7 +156,7 @@ def usage_buckets(input_token: int, output_token: int, cached_tokens: int | None
         text_output = output_token
     else:
         text_output = output_token - reasoning
-    return Buckets(uncached, cache_read, write_5m, write_1h, text_output, reasoning)
+    return uncached, cache_read, write_5m, write_1h, text_output, reasoning
 
 
 _EMPTY: dict = {}

@@ -66,7 +66,7 @@ import hashlib
 import json
 import re
 
-from ..pricing.cost import usage_buckets
+from ..pricing.cost import bucket_counts
 
 REFS = "messages_refs"
 _ANSWER, _CALLS, _BOTH, _QUESTION = "answer", "tool_calls", "answer+tool_calls", "question"
@@ -300,14 +300,15 @@ def _derived_buckets(rnd: dict) -> dict:
     """The round's buckets as its logged token fields and detail maps give them
     (rounds.build_round, only the non-zero ones)."""
     ind, outd = rnd.get("input_token_details"), rnd.get("output_token_details")
-    b = usage_buckets(_count(rnd.get("input_tokens")), _count(rnd.get("output_tokens")),
-                      _count(rnd.get("cached_tokens")), _count(rnd.get("reasoning_tokens")),
-                      ind if isinstance(ind, dict) else None,
-                      outd if isinstance(outd, dict) else None)
-    # Spelled out (runs for every round of every session written): Buckets.as_dict's order.
-    return {k: v for k, v in (("input", b.input), ("cache_read", b.cache_read),
-                              ("cache_write", b.cache_write), ("cache_write_1h", b.cache_write_1h),
-                              ("output", b.output), ("reasoning", b.reasoning)) if v}
+    counts = bucket_counts(_count(rnd.get("input_tokens")), _count(rnd.get("output_tokens")),
+                           _count(rnd.get("cached_tokens")), _count(rnd.get("reasoning_tokens")),
+                           ind if isinstance(ind, dict) else None,
+                           outd if isinstance(outd, dict) else None)
+    # Runs for every round of every session written: Buckets.as_dict's order.
+    return {k: v for k, v in zip(_BUCKET_NAMES, counts) if v}
+
+
+_BUCKET_NAMES = ("input", "cache_read", "cache_write", "cache_write_1h", "output", "reasoning")
 
 
 def _count(value: object) -> int:
@@ -493,16 +494,35 @@ def _same(a: object, b: object) -> bool:
     """``a`` and ``b`` are the same JSON value, so that a reference gives ``a`` back as
     it was logged. Python's ``==`` is not enough: ``False == 0 == 0.0 == -0.0`` and
     ``[True] == [1]``, and ``question``/``answer`` are whatever JSON the log holds."""
-    if type(a) is not type(b):
+    kind = type(a)
+    if kind is not type(b):
         return False
-    if type(a) is str or type(a) is int or type(a) is bool or a is None:
+    if kind is str or kind is int or kind is bool or a is None:
         return a == b
-    if type(a) is float:
+    if kind is float:
         return repr(a) == repr(b)   # -0.0 is not 0.0 on disk
-    if type(a) is list:
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if type(a) is dict:
-        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    # Containers: a text member (most of them) is compared here, not by a call of its own.
+    if kind is list:
+        if len(a) != len(b):
+            return False
+        for x, y in zip(a, b):
+            if type(x) is str:
+                if type(y) is not str or x != y:
+                    return False
+            elif not _same(x, y):
+                return False
+        return True
+    if kind is dict:
+        if a.keys() != b.keys():
+            return False
+        for k, x in a.items():
+            y = b[k]
+            if type(x) is str:
+                if type(y) is not str or x != y:
+                    return False
+            elif not _same(x, y):
+                return False
+        return True
     return a == b
 
 

@@ -26,8 +26,7 @@ def dump_document(doc: dict) -> bytes:
     """Serialise a session in its on-disk form (ondisk.py): compact JSON, UTF-8 (so CJK
     text is not inflated sixfold)."""
     try:
-        text = json.dumps(compact(doc), ensure_ascii=False, separators=(",", ":"),
-                          allow_nan=False)
+        text = _COMPACT_JSON.encode(compact(doc))
     except (ValueError, TypeError, RecursionError):
         # The parser admits only JSON-safe values, so this is a defence: a round whose
         # content cannot be written must not wedge the store. Its tokens and cost stay.
@@ -41,6 +40,10 @@ def dump_document(doc: dict) -> bytes:
         return json.dumps(compact(doc), ensure_ascii=True, separators=(",", ":"),
                           allow_nan=False).encode("ascii")
 
+
+# json.dumps(..., ensure_ascii=False, separators=(",", ":"), allow_nan=False) without
+# building its encoder for every session written (it keeps no state between calls).
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 CONTENT_KEYS = ("messages", "question", "answer", "reasoning", "system", "tool_calls", "extra",
                 "input_token_details", "output_token_details")
