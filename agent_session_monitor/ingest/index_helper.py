@@ -191,8 +191,9 @@ def _serve(path: Path, names: list[str], docs: list[dict], data_fd: int, reply_f
         try:
             for doc in docs:
                 summarise(doc)   # the same totals the monitor computes before serialising
+            # No snapshot of the rounds' text: nothing changes them in this process.
             prepared = prepare_rows([(name, doc, 0) for name, doc in zip(names, docs)],
-                                    fulltext.present(db))
+                                    fulltext.present(db), snapshot=False)
             del docs
             # Inside a transaction, not committed: invisible to readers and to a crash.
             replace_prepared(db, prepared)
