@@ -384,13 +384,30 @@ class WhenItForks(ParseAheadTest):
         log = self.tmp / "access.log"
         write_log(log, lines)
         env = {k: v for k, v in os.environ.items() if k != "ASM_PARSE_AHEAD_BYTES"}
-        for load, cores in ((1.7, 2), (0.0, 1)):
+        # Busy on average and another task runnable now; or one core.
+        for load, running, cores in ((1.7, 2, 2), (0.0, 1, 1)):
             with mock.patch.dict(os.environ, env, clear=True), \
                     mock.patch.object(os, "getloadavg", lambda: (load, load, load)), \
+                    mock.patch.object(parse_ahead, "runnable_now", lambda: running), \
                     mock.patch.object(os, "cpu_count", lambda: cores):
                 run = self.passes(self.tmp / f"busy{cores}", [log], None,
                                   config={"parse_ahead_bytes": 0})
-            self.assertEqual(run["forks"], 0, (load, cores))
+            self.assertEqual(run["forks"], 0, (load, running, cores))
+
+    def test_an_average_raised_by_earlier_runs_forks_when_nothing_else_runs_now(self):
+        # The 1-minute average lags: runs a few seconds ago (a benchmark's, cron's) keep
+        # it above 1.5 on an idle machine.
+        lines = hostile_log(random.Random(SEED + 6), n_real=200)
+        log = self.tmp / "access.log"
+        write_log(log, lines)
+        env = {k: v for k, v in os.environ.items() if k != "ASM_PARSE_AHEAD_BYTES"}
+        with mock.patch.dict(os.environ, env, clear=True), \
+                mock.patch.object(os, "getloadavg", lambda: (1.7, 1.2, 0.8)), \
+                mock.patch.object(parse_ahead, "runnable_now", lambda: 1), \
+                mock.patch.object(os, "cpu_count", lambda: 2), \
+                mock.patch.object(monitor_module.threading, "active_count", lambda: 1):
+            run = self.passes(self.out, [log], None, config={"parse_ahead_bytes": 0})
+        self.assertEqual(run["forks"], 1)
 
 
 def write_log_append(path: Path, lines: list[bytes]) -> None:

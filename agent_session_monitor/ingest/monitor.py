@@ -291,10 +291,13 @@ class Monitor(CommitMixIn):
         stats.files = len(pairs)
         todo = sum(max((lf.size if not lf.gz else 0) - src.offset, 0) for src, lf in pairs)
         progress = Progress(self.err, todo) if self.progress else None
+        todo_all = todo + sum(lf.size for src, lf in pairs if lf.gz and not src.gz_complete)
+        # Asked before the commit process is forked: a child starting up is a task
+        # runnable now, and would take the idle core for busy.
+        spare = spare_core() if todo_all else False
         self._begin_catch_up(pairs)
         try:
-            todo_all = todo + sum(lf.size for src, lf in pairs if lf.gz and not src.gz_complete)
-            self._read_all(pairs, stats, read_time, progress, todo_all)
+            self._read_all(pairs, stats, read_time, progress, todo_all, spare)
             if self.stream is not None:
                 self._read_stream(stats, read_time)
         finally:
@@ -305,10 +308,11 @@ class Monitor(CommitMixIn):
         self._fold_counts(final=True)
         self.checkpoint()
 
-    def _read_all(self, pairs, stats: PassStats, read_time: str, progress, todo: int = 0) -> None:
+    def _read_all(self, pairs, stats: PassStats, read_time: str, progress, todo: int = 0,
+                  spare: bool = False) -> None:
         ahead, forced = self._parse_ahead_bytes()
         if ahead is not None and todo >= ahead and (
-                forced or threading.active_count() == 1 and spare_core()):
+                forced or threading.active_count() == 1 and spare):
             # A catch-up: lines are parsed in a second process (parse_ahead.py), forked
             # now, while this process has no other thread (a thread holding a lock at
             # the fork, the allocator's or OpenSSL's, would leave it held in the child),
