@@ -6,6 +6,7 @@ left behind by an error or an interrupt while the files are written."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -144,18 +145,41 @@ class SplitCheckpointStoresWhatOneProcessStores(SplitCheckpointTest):
                 self.assertEqual(children(), [])
 
     def test_by_default_only_a_large_checkpoint_with_a_core_idle_splits(self):
-        write_lines(self.log, agent_lines(random.Random(SEED), 150, 3))
-        for limit, idle, expected in ((1000, True, []), (100, False, []), (100, True, [True])):
-            with self.subTest(limit=limit, idle=idle):
+        rng = random.Random(SEED)
+        write_lines(self.log, agent_lines(rng, 150, 3))
+        for limit, new, idle, expected in ((1000, 50, True, []), (100, 50, False, []),
+                                           (100, 200, True, []), (100, 50, True, [True])):
+            with self.subTest(limit=limit, new=new, idle=idle):
                 started, patcher = record_helper_starts()
                 try:
                     with mock.patch.object(index_helper, "SPLIT_ROUNDS", limit), \
+                            mock.patch.object(index_helper, "SPLIT_NEW_ROUNDS", new), \
                             mock.patch.object(index_helper, "spare_core", lambda: idle):
-                        code, err = self.monitor({}, self.tmp / f"out-{limit}-{idle}")
+                        code, err = self.monitor({}, self.tmp / f"out-{limit}-{new}-{idle}")
                 finally:
                     patcher.stop()
                 self.assertEqual(code, 0, err)
                 self.assertEqual(started, expected)
+
+    def test_a_follower_splits_its_catch_up_not_a_few_new_lines_of_a_long_session(self):
+        from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
+
+        rng, histories = random.Random(SEED), {}
+        write_lines(self.log, agent_lines(rng, 150, 2, 1, histories))
+        config = MonitorConfig(log_paths=[str(self.log)], output_dir=self.out, follow=True)
+        started, patcher = record_helper_starts()
+        try:
+            with mock.patch.object(index_helper, "SPLIT_ROUNDS", 50), \
+                    mock.patch.object(index_helper, "SPLIT_NEW_ROUNDS", 100), \
+                    mock.patch.object(index_helper, "spare_core", lambda: True), \
+                    Monitor(config, err=io.StringIO()) as monitor:
+                monitor.poll_once()          # 150 new rounds of 2 sessions: split
+                write_lines(self.log, agent_lines(rng, 3, 2, 151, histories))
+                monitor.poll_once()          # 3 new rounds of sessions of ~75: not
+        finally:
+            patcher.stop()
+        self.assertEqual(started, [True])
+        self.assertEqual(sum(len(d["rounds"]) for d in load_store(self.out).values()), 153)
 
 
 class SplitCheckpointNeverCommitsAheadOfTheFiles(SplitCheckpointTest):

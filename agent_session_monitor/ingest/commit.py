@@ -82,7 +82,8 @@ class CommitMixIn:
                 self.index.mark_pending([s.file_name for s in dirty])
                 # A large commit: its index rows are written by a child on the other core
                 # while this process writes the files (index_helper.py).
-                helper = IndexHelper.start(self.index, dirty) if split_wanted(dirty) else None
+                helper = (IndexHelper.start(self.index, dirty)
+                          if split_wanted(dirty, len(self.store.new_rounds)) else None)
                 try:
                     written = self.store.flush()
                     fault_at("index")

@@ -42,9 +42,12 @@ from .parse_ahead import spare_core
 
 SPLIT_ENV = "ASM_SPLIT_COMMIT_ROUNDS"
 # Rounds held by the sessions of a checkpoint from which their index rows are written by
-# a child: below it, the fork (a few ms for a large monitor) costs more than it saves,
-# and a follower's checkpoint of a few new lines stays in one process.
+# a child: below it, the fork (a few ms for a large monitor) costs more than it saves.
 SPLIT_ROUNDS = 1500
+# And rounds new since the last commit: a follower's checkpoint of a few new lines of a
+# long session stays in one process (a long-lived monitor minds its CPU more than the
+# milliseconds the child would save it).
+SPLIT_NEW_ROUNDS = 500
 
 
 class IndexHelperDied(Exception):
@@ -66,13 +69,16 @@ def split_rounds() -> tuple[int | None, bool]:
     return SPLIT_ROUNDS, False
 
 
-def wanted(sessions: list) -> bool:
-    """Whether a checkpoint of ``sessions`` should split off its index rows: enough
-    rounds, forks allowed and safe, and a core idle (parse_ahead.spare_core): on a busy
-    machine the child only adds its own costs (its copy-on-write page faults, the
-    parent's, the totals computed twice: ~+40% of the index work's CPU)."""
+def wanted(sessions: list, new_rounds: int) -> bool:
+    """Whether a checkpoint of ``sessions`` (``new_rounds`` of them new) should split off
+    its index rows: enough rounds, forks allowed and safe, and a core idle
+    (parse_ahead.spare_core): on a busy machine the child only adds its own costs (its
+    copy-on-write page faults, the parent's, the totals computed twice: ~+40% of the
+    index work's CPU)."""
     limit, forced = split_rounds()
     if limit is None or not sessions or not hasattr(os, "fork"):
+        return False
+    if not forced and new_rounds < SPLIT_NEW_ROUNDS:
         return False
     if os.environ.get(DISABLE_ENV) == "0" or threading.active_count() > 1:
         return False   # no forks wanted, or not safe (a thread's locks stay held in the child)
