@@ -25,7 +25,6 @@ from .config import (
 from .errors import (EXIT_OK, EXIT_RUNTIME, MonitorError, Terminated, silence_stdout,
                      stop_status)
 from .fmt import plural, safe_text
-from .reports.live import live_rows, render_live
 from .ingest.monitor import AlreadyRunning, Monitor, MonitorConfig
 from .ingest.pass_report import summary
 
@@ -165,7 +164,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
 def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         config = config_from_args(args, err)
-        args.finops = monitor_hooks.config_from_args(args)   # usage errors before the store opens
+        # Usage errors before the store opens; a one-pass run without a budget or alert
+        # flag has none to check and no watch (monitor_hooks.given).
+        args.finops = (monitor_hooks.config_from_args(args)
+                       if args.follow or monitor_hooks.given(args) else None)
         if args.reprice or args.rebuild_index:
             return _maintenance(config, args, out, err)
         return _run(config, args, out, err)
@@ -253,6 +255,8 @@ def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: Text
 
 def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
             out: TextIO, err: TextIO, fin: "monitor_hooks.FinOps") -> int:
+    from .reports.live import live_rows, render_live   # a follower's view only
+
     live = out.isatty() and not args.quiet
     waiting_said = False
     backoff = config.refresh_interval

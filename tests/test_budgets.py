@@ -374,7 +374,8 @@ class WatchImportedOnlyWhereItHasWork(TempDirTest):
     SCRIPT = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
               "from agent_session_monitor import monitor_cli; "
               "code = monitor_cli.main(sys.argv[2:]); "
-              "print(json.dumps([code, sorted(m for m in sys.modules if '.finops.' in m)]))")
+              "print(json.dumps([code, sorted(m for m in sys.modules if '.finops.' in m "
+              "or '.reports.' in m)]))")
 
     def run_pass(self, *flags: str) -> tuple[int, list, str]:
         log = self.tmp / "access.log"
@@ -405,6 +406,29 @@ class WatchImportedOnlyWhereItHasWork(TempDirTest):
         self.assertIn("Session budget exceeded", err)
         self.assertTrue(json.loads(json.loads(
             (self.out / ".state.json").read_text())["alerts"]["fired"]))
+
+    def test_a_plain_pass_imports_no_budget_alert_or_report_module(self) -> None:
+        code, modules, err = self.run_pass()
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(modules, ["agent_session_monitor.finops.monitor_hooks"])   # the flags
+        # A flag that only shapes the watch (no budget, no webhook): checked, then Idle.
+        code, modules, err = self.run_pass("--tz", "+08:00", "--budget-thresholds", "90")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("agent_session_monitor.finops.budgets", modules)
+        self.assertNotIn("agent_session_monitor.finops.budget_watch", modules)
+
+    def test_every_bad_budget_or_alert_value_is_still_a_usage_error_in_a_plain_pass(self):
+        for flags, said in ((["--budget-thresholds", "abc"], "--budget-thresholds"),
+                            (["--tz", "Nowhere/Atlantis"], "Nowhere/Atlantis"),
+                            (["--alert-max-age", "soon"], "--alert-max-age"),
+                            (["--alert-webhook", "ftp://example.invalid/x"], "--alert-webhook"),
+                            (["--consumer-daily-budget-usd", "team=lots"],
+                             "--consumer-daily-budget-usd")):
+            with self.subTest(flags=flags):
+                code, _modules, err = self.run_pass(*flags)
+                self.assertEqual(code, EXIT_USAGE, err)
+                self.assertEqual(err.count("\n"), 1, err)
+                self.assertIn(said, err)
 
     def test_an_unknown_anomaly_kind_is_still_a_usage_error(self) -> None:
         code, modules, err = self.run_pass("--alert-on-anomaly", "loop,nonsense")

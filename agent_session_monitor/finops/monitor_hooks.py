@@ -34,15 +34,12 @@ import time
 from typing import TextIO
 
 from ..argtypes import positive_float as _positive_float, positive_int as _positive_int
-from .alerts import parse_sink
-from .budgets import Budget, FinOpsConfig, parse_consumer_budget, parse_thresholds
 from ..config import ENV_BASE_URL, ENV_LINK_SECRET, resolve
 from ..errors import EXIT_USAGE, MonitorError
 from ..fmt import safe_text
-from ..reports.timerange import parse_tz
 
 __all__ = ["FinOps", "FinOpsConfig", "Idle", "add_arguments", "attach", "attach_for_pass",
-           "config_from_args"]
+           "config_from_args", "given"]
 
 # The watch itself (budget_watch.py: anomaly statistics, burn rates, delivery) is
 # imported when it is attached, and only where it has work: a cron pass without budget
@@ -55,7 +52,14 @@ def __getattr__(name: str):
     if name == "FinOps":
         from .budget_watch import FinOps
         return FinOps
+    if name in ("Budget", "FinOpsConfig"):
+        from . import budgets
+        return getattr(budgets, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# dest -> default of every flag add_arguments gave the parser (for given()).
+_DEFAULTS: dict = {}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +100,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _maybe_add(g, "--base-url", metavar="URL",
                help=f"web UI address for session links in alerts (default ${ENV_BASE_URL}); "
                     f"links are signed when ${ENV_LINK_SECRET} is set")
+    _DEFAULTS.update((action.dest, action.default) for action in g._group_actions)
+
+
+def given(args: argparse.Namespace) -> bool:
+    """Whether any budget or alert flag was given. Without one, a one-pass run has no
+    flag to check and no watch to attach (Idle), and imports none of the watch's modules
+    (budgets, alerts, their report windows): start-up every cron pass pays."""
+    return any(getattr(args, dest, default) != default for dest, default in _DEFAULTS.items())
 
 
 def _maybe_add(group, flag: str, **kwargs) -> None:
@@ -107,8 +119,12 @@ def _maybe_add(group, flag: str, **kwargs) -> None:
 
 
 
-def config_from_args(args: argparse.Namespace) -> FinOpsConfig:
+def config_from_args(args: argparse.Namespace) -> "FinOpsConfig":
     """The flags checked and resolved; MonitorError (exit 2) naming the bad one."""
+    from .alerts import parse_sink
+    from .budgets import Budget, FinOpsConfig, parse_consumer_budget, parse_thresholds
+    from ..reports.timerange import parse_tz
+
     budgets = []
     g = lambda name: getattr(args, name, None)  # noqa: E731
     for scope, unit, value in (("total", "tokens", g("budget")),
@@ -165,7 +181,7 @@ def _duration(text: str) -> float:
                            EXIT_USAGE) from None
 
 
-def attach(monitor, config: FinOpsConfig | argparse.Namespace, err: TextIO | None = None,
+def attach(monitor, config: "FinOpsConfig | argparse.Namespace", err: TextIO | None = None,
            clock=time.time) -> "FinOps":
     """Register the hooks on ``monitor`` (an open :class:`Monitor`) and start the senders.
     Returns the handle whose ``close()`` must run before the monitor is closed."""
@@ -184,8 +200,9 @@ class Idle:
         pass
 
 
-def attach_for_pass(monitor, config: FinOpsConfig, follow: bool) -> "FinOps | Idle":
-    """:func:`attach`, or :class:`Idle` when the watch has no work in this run."""
-    if not follow and not config.active:
+def attach_for_pass(monitor, config: "FinOpsConfig | None", follow: bool) -> "FinOps | Idle":
+    """:func:`attach`, or :class:`Idle` when the watch has no work in this run (None: no
+    flag was given, see :func:`given`)."""
+    if not follow and (config is None or not config.active):
         return Idle()
     return attach(monitor, config)
