@@ -147,15 +147,19 @@ class SplitCheckpointStoresWhatOneProcessStores(SplitCheckpointTest):
     def test_by_default_only_a_large_checkpoint_with_a_core_idle_splits(self):
         rng = random.Random(SEED)
         write_lines(self.log, agent_lines(rng, 150, 3))
-        for limit, new, idle, expected in ((1000, 50, True, []), (100, 50, False, []),
-                                           (100, 200, True, []), (100, 50, True, [True])):
-            with self.subTest(limit=limit, new=new, idle=idle):
+        big = index_helper.SPLIT_MAX_RESIDENT + 1
+        for limit, new, idle, resident, expected in (
+                (1000, 50, True, 0, []), (100, 50, False, 0, []), (100, 200, True, 0, []),
+                (100, 50, True, big, []), (100, 50, True, 0, [True])):
+            with self.subTest(limit=limit, new=new, idle=idle, resident=resident):
                 started, patcher = record_helper_starts()
+                out = self.tmp / f"out-{limit}-{new}-{idle}-{resident}"
                 try:
                     with mock.patch.object(index_helper, "SPLIT_ROUNDS", limit), \
                             mock.patch.object(index_helper, "SPLIT_NEW_ROUNDS", new), \
-                            mock.patch.object(index_helper, "spare_core", lambda: idle):
-                        code, err = self.monitor({}, self.tmp / f"out-{limit}-{new}-{idle}")
+                            mock.patch.object(index_helper, "spare_core", lambda: idle), \
+                            mock.patch.object(index_helper, "resident_bytes", lambda: resident):
+                        code, err = self.monitor({}, out)
                 finally:
                     patcher.stop()
                 self.assertEqual(code, 0, err)

@@ -48,6 +48,11 @@ SPLIT_ROUNDS = 1500
 # long session stays in one process (a long-lived monitor minds its CPU more than the
 # milliseconds the child would save it).
 SPLIT_NEW_ROUNDS = 500
+# And a monitor smaller than this: a child's resident size counts every page it shares
+# with the monitor, so a fork of a large one (a catch-up of 100,000 short sessions,
+# ~270 MB) would report a process past the 300 MB budget; its final checkpoint is a
+# small part of such a run anyway.
+SPLIT_MAX_RESIDENT = 160 * 2**20
 
 
 class IndexHelperDied(Exception):
@@ -82,12 +87,23 @@ def wanted(sessions: list, new_rounds: int) -> bool:
         return False
     if os.environ.get(DISABLE_ENV) == "0" or threading.active_count() > 1:
         return False   # no forks wanted, or not safe (a thread's locks stay held in the child)
+    if not forced and resident_bytes() > SPLIT_MAX_RESIDENT:
+        return False
     rounds = 0
     for session in sessions:
         rounds += len(session.doc["rounds"])
         if rounds >= limit:
             return forced or spare_core()
     return False
+
+
+def resident_bytes() -> int:
+    """This process's resident size (Linux /proc/self/statm; elsewhere 0)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
 
 
 class IndexHelper:
