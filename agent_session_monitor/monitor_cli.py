@@ -25,6 +25,7 @@ from .config import (
 from .errors import (EXIT_OK, EXIT_RUNTIME, MonitorError, Terminated, silence_stdout,
                      stop_status)
 from .fmt import plural, safe_text
+from .ingest.forgery import parse_log_format
 from .ingest.monitor import AlreadyRunning, Monitor, MonitorConfig
 from .ingest.pass_report import summary
 
@@ -81,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retention: remove session files whose last round is older than "
                         "DURATION (90d, 12w, 36h); their totals stay in the index and "
                         "reports (checked after each pass, hourly with --follow)")
+    p.add_argument("--log-format", action="append", type=_log_format, metavar="FORMAT",
+                   default=[],
+                   help="a custom access-log format whose ai_log comes after a request "
+                        "header: its keys in order, comma-separated, or the format itself "
+                        "as in the gateway's config (JSON); repeatable")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="errors only: no summary, warnings, notes or progress")
     monitor_hooks.add_arguments(p)
@@ -147,7 +153,15 @@ def config_from_args(args: argparse.Namespace, err: TextIO) -> MonitorConfig:
         store_content=not args.no_content, pricing=args.pricing, follow=args.follow,
         refresh_interval=args.refresh_interval, rotate_wait=args.rotate_wait,
         max_line_bytes=args.max_line_bytes, reset_from=args.reset_from,
-        checkpoint_bytes=args.checkpoint_bytes, allowed_log_dirs=allowed)
+        checkpoint_bytes=args.checkpoint_bytes, allowed_log_dirs=allowed,
+        log_formats=list(args.log_format))
+
+
+def _log_format(text: str) -> tuple:
+    try:
+        return parse_log_format(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not a log format: {e}") from None
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None,

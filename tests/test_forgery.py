@@ -21,7 +21,8 @@ import unittest
 from tests.helpers import TempDirTest, load_store, write_lines
 from tests.loggen import envoy_line, go_json
 from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
-from agent_session_monitor.ingest.forgery import CLIENT_FIELDS, HIGRESS_FORMAT
+from agent_session_monitor.ingest.forgery import (CLIENT_FIELDS, HIGRESS_FORMAT,
+                                                  declare_formats, parse_log_format)
 from agent_session_monitor.ingest.parse import parse_line
 from agent_session_monitor.ingest.request import BadLine, Request
 from agent_session_monitor.ingest.state import load_state
@@ -363,6 +364,86 @@ class ForgedAiLogInCustomFormats(unittest.TestCase):
                 self.assertEqual(got, "forged_non_ai")
 
 
+class DeclaredCustomFormats(unittest.TestCase):
+    """``--log-format``: an operator whose format logs ai_log after a raw header declares
+    it; its lines are then read by place, as Higress's are, so the genuine ai_log is
+    billed and a client's copy (an extra key right after a header) never is."""
+
+    def tearDown(self) -> None:
+        declare_formats([])
+
+    def outcome(self, raw: bytes):
+        try:
+            return parse_line(raw, READ_TIME)
+        except BadLine as bad:
+            return bad
+
+    def test_declared_layouts_bill_the_genuine_round_and_never_a_clients_copy(self):
+        cases = 0
+        unsafe = [l for l in custom_layouts() if "ai_log" in l and not ai_log_is_safe(l)]
+        self.assertGreater(len(unsafe), 20)
+        for layout in unsafe:
+            declare_formats([parse_log_format(",".join(layout))])
+            n = cases
+            got = self.outcome(layout_line(layout, go_json(genuine_ai(n)), {}, n))
+            with self.subTest(layout=layout, attack=None):
+                self.assertIsInstance(got, Request, layout)
+                self.assertEqual((got.session_id, got.input_token, got.warnings),
+                                 ("alice", 1000 + n, []))
+                self.assertEqual(got.timestamp, GENUINE_TIME)
+            for field in [k for k in layout if k in CLIENT_FIELDS]:
+                for name, payload in FORGING_PAYLOADS.items():
+                    for genuine in (go_json(genuine_ai(n)), "-"):
+                        raw = layout_line(layout, genuine, {field: payload}, n)
+                        got = self.outcome(raw)
+                        cases += 1
+                        with self.subTest(layout=layout[:3], field=field, payload=name,
+                                          genuine=genuine[:5]):
+                            if genuine == "-":
+                                self.assertEqual(got, "forged_non_ai", raw[:300])
+                            else:
+                                self.assertIsInstance(got, Request, raw[:300])
+                                self.assertEqual((got.session_id, got.input_token),
+                                                 ("alice", 1000 + n))
+                                self.assertIn("forged", got.warnings)
+                                self.assertIn(got.timestamp, (GENUINE_TIME, READ_TIME))
+        self.assertGreater(cases, 1000)
+
+    def test_a_format_pasted_from_the_gateway_config_marks_its_request_headers(self):
+        template = ('{"start_time":"%START_TIME%","ua":"%REQ(USER-AGENT)%",'
+                    '"method":"%REQ(:METHOD)%","code":"%RESPONSE_CODE%",'
+                    '"ai_log":"%FILTER_STATE(wasm.ai_log:PLAIN)%"}')
+        keys, raw = parse_log_format(template)
+        self.assertEqual(keys, ("start_time", "ua", "method", "code", "ai_log"))
+        self.assertEqual(raw, frozenset(("ua", "method")))
+        declare_formats([(keys, raw)])
+        layout = keys
+        values = {"start_time": GENUINE_TIME, "ua": "curl", "method": "POST", "code": "200"}
+
+        def line(attacks, ai):
+            parts = [f'"{k}":"{values[k]}{attacks.get(k, "")}"' if k != "ai_log" else
+                     '"ai_log":' + json.dumps(ai) for k in layout]
+            return ("{" + ",".join(parts) + "}").encode()
+
+        got = self.outcome(line({}, go_json(genuine_ai(1))))
+        self.assertEqual((got.session_id, got.warnings), ("alice", []))
+        for field in ("ua", "method"):   # headers by their template, whatever their name
+            got = self.outcome(line({field: PAYLOADS["second_ai_log"]}, "-"))
+            self.assertEqual(got, "forged_non_ai", field)
+        # Undeclared, the same lines are refused: "ua" is not a name known here, but the
+        # line is not Higress's and its ai_log follows a field the template marks raw.
+        declare_formats([])
+        got = self.outcome(line({"ua": PAYLOADS["second_ai_log"]}, "-"))
+        self.assertNotIsInstance(got, Request)
+
+    def test_bad_formats_are_refused_with_their_reason(self):
+        for bad in ("", "start_time,path", "ai_log,ai_log", "ai_log", "{not json",
+                    '{"a":"%REQ(X)%"}', '["ai_log","path"]', "ai_log,,path", "x" * 5000):
+            with self.subTest(bad=bad[:30]):
+                with self.assertRaises(ValueError):
+                    parse_log_format(bad)
+
+
 class ForgedLinesThroughTheMonitor(TempDirTest):
     def ingest(self, log, follow=False) -> tuple[Monitor, str]:
         err = io.StringIO()
@@ -425,6 +506,33 @@ class ForgedLinesThroughTheMonitor(TempDirTest):
         self.assertEqual(c["non_ai_lines"] + len(billed), c["forged_lines"])
         self.assertIn("skipped untrusted_ai_log line in", err)
         self.assertIn("log ai_log before every header field", err)
+
+    def test_a_declared_format_is_billed_by_place_and_an_undeclared_one_refused(self):
+        layout = ("start_time", "method", "path", "user_agent", "ai_log", "response_code")
+        lines = []
+        for n in range(60):
+            attack = {"user_agent": list(FORGING_PAYLOADS.values())[n % 5]} if n % 3 else {}
+            lines.append(layout_line(layout, go_json(genuine_ai(n)), attack, n) + b"\n")
+        log = self.tmp / "access.log"
+        write_lines(log, lines)
+        code, _out, err = self.run_monitor(log, extra=["-q"])
+        self.assertEqual((code, self.sessions()), (0, {}), err)
+        state, _ = load_state(self.out / ".state.json", None)
+        self.assertEqual(sum(state.counters["bad_lines"].values())
+                         + state.counters["non_ai_lines"], 60)
+        # Declared: every genuine round once, the client's copies never.
+        (self.out / ".state.json").unlink()
+        code, _out, err = self.run_monitor(log, extra=["-q", "--log-format", ",".join(layout)])
+        self.assertEqual(code, 0, err)
+        docs = self.sessions()
+        self.assertEqual(set(docs), {"alice"})
+        self.assertEqual(sorted(r["input_tokens"] for r in docs["alice"]["rounds"]),
+                         [1000 + n for n in range(60)])
+        state, _ = load_state(self.out / ".state.json", None)
+        self.assertEqual(state.counters["forged_lines"], 40)
+        code, _out, err = self.run_monitor(log, extra=["--log-format", "path,user_agent"])
+        self.assertEqual(code, 2)
+        self.assertIn("not a log format", err)
 
     def test_repeated_x_request_id_is_two_paid_rounds(self):
         # A client sending the same X-Request-Id on every request (or forging one with

@@ -30,6 +30,49 @@ SENSITIVE_FIELDS = ("ai_log", "start_time", "timestamp", "request_id")
 _SENSITIVE_KEYS = tuple(f'"{k}"'.encode() for k in SENSITIVE_FIELDS)
 
 
+# Formats an operator declared with --log-format: (keys in order, for each whether a
+# client writes it raw); and every raw field name, known or declared.
+_DECLARED: tuple = ()
+_CLIENT: frozenset = CLIENT_FIELDS
+_RAW_MARKS = ("%REQ(", "%REQ_WITHOUT_QUERY(")
+MAX_FORMAT_KEYS = 200
+
+
+def parse_log_format(text: str) -> tuple[tuple[str, ...], frozenset]:
+    """A ``--log-format`` value: the format's keys in order, and those a client writes
+    raw. Either the keys separated by commas (raw: the names Higress's format gives its
+    raw headers) or the access-log format itself, as in the gateway's configuration
+    (a JSON object of command operators; raw: a value with a request header,
+    ``%REQ(...)%``). Raises ValueError with the reason."""
+    text = text.strip()
+    raw: set = set()
+    if text.startswith("{"):
+        try:
+            template = json.loads(text, object_pairs_hook=list)
+        except ValueError:
+            raise ValueError("not a JSON object of the format's keys and command "
+                             "operators") from None
+        if not isinstance(template, list) or not all(isinstance(v, str) for _k, v in template):
+            raise ValueError("the format's values must be strings of command operators")
+        keys = [k for k, _v in template]
+        raw = {k for k, v in template if any(m in v for m in _RAW_MARKS)}
+    else:
+        keys = [k.strip() for k in text.split(",")]
+    if len(keys) > MAX_FORMAT_KEYS or not all(keys) or len(set(keys)) != len(keys):
+        raise ValueError(f"the keys must be distinct, non-empty, at most {MAX_FORMAT_KEYS}")
+    if "ai_log" not in keys or len(keys) < 2:
+        raise ValueError("it must hold ai_log and at least one other key")
+    return tuple(keys), frozenset(raw | (CLIENT_FIELDS & set(keys)))
+
+
+def declare_formats(formats: list) -> None:
+    """Read lines of these formats (from :func:`parse_log_format`) by place; [] forgets
+    them. Set before the parse worker forks: it inherits them."""
+    global _DECLARED, _CLIENT
+    _DECLARED = tuple((keys, tuple(k in raw for k in keys)) for keys, raw in formats)
+    _CLIENT = CLIENT_FIELDS.union(*(raw for _keys, raw in formats))
+
+
 class _Duplicated(dict):
     """An object in which some key occurred more than once; ``pairs`` keeps them all."""
 
@@ -74,7 +117,7 @@ def _is_trusted(raw: bytes, outer: dict) -> bool:
         # No raw header of a known name; a sensitive key written twice still comes from
         # one of another name (an nginx-style "http_user_agent"), and json kept the last.
         # A quoted key is never in an escaped ai_log string: the count is of keys.
-        return CLIENT_FIELDS.isdisjoint(keys) and not any(
+        return _CLIENT.isdisjoint(keys) and not any(
             raw.count(k) > 1 for k in _SENSITIVE_KEYS)
     tail = raw.find(_AI_LOG_END)
     if tail < 0:
@@ -98,16 +141,21 @@ def _genuine_fields(outer: dict) -> tuple[dict, bool]:
     """
     pairs = outer.pairs if isinstance(outer, _Duplicated) else list(outer.items())
     keys = [k for k, _ in pairs]
-    first_client = next((i for i, k in enumerate(keys) if k in CLIENT_FIELDS), len(keys))
+    first_client = next((i for i, k in enumerate(keys) if k in _CLIENT), len(keys))
     # A value that is not a string can hide genuine keys only where a client writes.
     nested = first_client < len(keys) and any(
         type(v) is not str for k, v in pairs if k != "ai_log")
     if first_client == len(keys) and not nested and not isinstance(outer, _Duplicated):
         return outer, False   # no raw header field in this format: nothing to forge with
     if not nested:
-        fmt = HIGRESS_FORMAT if keys[0] == "ai_log" else HIGRESS_FORMAT[1:]
-        places = _align(keys, fmt)
-        if places is not None:
+        # Higress's format; the declared ones; Higress's without its ai_log (a route
+        # logged without ai-statistics).
+        readings = (((HIGRESS_FORMAT, None),) + _DECLARED if keys[0] == "ai_log"
+                    else _DECLARED + ((HIGRESS_FORMAT[1:], None),))
+        for fmt, gap in readings:
+            places = _align(keys, fmt, gap)
+            if places is None:
+                continue
             genuine = {}
             forged = len(pairs) != len(fmt)
             for name, where in zip(fmt, places):
@@ -135,7 +183,7 @@ def _genuine_fields(outer: dict) -> tuple[dict, bool]:
         genuine[k] = v
     if "ai_log" not in genuine and counts.get("ai_log") == 1 and not forged:
         at = keys.index("ai_log")
-        raise _untrusted(next(k for k in reversed(keys[:at]) if k in CLIENT_FIELDS))
+        raise _untrusted(next(k for k in reversed(keys[:at]) if k in _CLIENT))
     return genuine, forged
 
 
@@ -143,18 +191,21 @@ def _untrusted(header: str) -> BadLine:
     return BadLine("untrusted_ai_log",
                    f"its ai_log comes after the client-controlled field {header}, where a "
                    "client can write one: log ai_log before every header field (as "
-                   "Higress's default format does)")
+                   "Higress's default format does), or declare the format (--log-format)")
 
 
-def _align(keys: list[str], fmt: tuple[str, ...]) -> list[set[int]] | None:
+def _align(keys: list[str], fmt: tuple[str, ...],
+           gap: tuple[bool, ...] | None = None) -> list[set[int]] | None:
     """For each key of ``fmt``, the positions in ``keys`` it can hold in a reading of
-    the line as ``fmt`` with extra keys only right after a client-controlled field; None
-    when the line cannot be read so (another format). Forward and backward reachability
-    over the fixed order: a position on both sides lies on a complete reading."""
+    the line as ``fmt`` with extra keys only right after a client-controlled field
+    (``gap``: which; by default Higress's); None when the line cannot be read so
+    (another format). Forward and backward reachability over the fixed order: a
+    position on both sides lies on a complete reading."""
     n, m = len(keys), len(fmt)
-    if n < m or keys[0] != fmt[0] or keys[-1] != fmt[-1]:
+    if gap is None:
+        gap = tuple(k in CLIENT_FIELDS for k in fmt)
+    if n < m or keys[0] != fmt[0] or (keys[-1] != fmt[-1] and not gap[-1]):
         return None
-    gap = [k in CLIENT_FIELDS for k in fmt]
     fwd: list[set[int]] = [{0}]
     for j in range(1, m):
         want, prev = fmt[j], fwd[-1]
@@ -167,7 +218,8 @@ def _align(keys: list[str], fmt: tuple[str, ...]) -> list[set[int]] | None:
             return None
         fwd.append(here)
     bwd: list[set[int]] = [set()] * m
-    bwd[m - 1] = {n - 1} & fwd[m - 1]
+    # A last field a client writes may be followed by keys of its own.
+    bwd[m - 1] = set(fwd[m - 1]) if gap[m - 1] else {n - 1} & fwd[m - 1]
     for j in range(m - 2, -1, -1):
         want, nxt = fmt[j], bwd[j + 1]
         if not nxt:

@@ -12,7 +12,7 @@ import sqlite3
 import sys
 import threading
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
@@ -27,6 +27,7 @@ from .commit import CommitMixIn
 from .container_logs import Unwrapper
 from ..store.index import Index
 from ..store.pruned_archive import ARCHIVE_NAME, Archive
+from .forgery import declare_formats
 from .parse import parse_line
 from .parse_ahead import (
     BAD, BATCH_BYTES, FILTERED, MAX_IN_FLIGHT, NON_AI, PARSED, REDO, REQUEST, ROUND,
@@ -74,6 +75,9 @@ class MonitorConfig:
     # Behind by this many bytes, a pass parses in a second process (parse_ahead.py);
     # None: never.
     parse_ahead_bytes: int | None = 4 * 2**20
+    # Custom access-log formats (--log-format, forgery.parse_log_format): lines of one of
+    # them are read by the place of each key, as Higress's are.
+    log_formats: list = field(default_factory=list)
 
     @property
     def state_path(self) -> Path:
@@ -157,6 +161,7 @@ class Monitor(CommitMixIn):
         if self.config.state_path.parent != out:
             ensure_dir(self.config.state_path.parent)
             begin_writing(self.config.state_path.parent, sweep=self.config.follow)
+        declare_formats(self.config.log_formats)   # before the parse worker forks
         self.state, note = load_state(self.config.state_path, self.config.reset_from)
         if note:   # the state was damaged: shown even with -q
             self.problems.append(note)
