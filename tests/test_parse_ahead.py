@@ -384,13 +384,15 @@ class WhenItForks(ParseAheadTest):
         log = self.tmp / "access.log"
         write_log(log, lines)
         env = {k: v for k, v in os.environ.items() if k != "ASM_PARSE_AHEAD_BYTES"}
-        # Busy on average and another task runnable now; or one core.
-        for load, running, cores in ((1.7, 2, 2), (0.0, 1, 1)):
+        # Busy on average and another task runnable now; others at work on average
+        # (past cores + 0.5) though idle this instant; or one core.
+        for load, running, cores in ((1.7, 2, 2), (2.6, 1, 2), (0.0, 1, 1)):
             with mock.patch.dict(os.environ, env, clear=True), \
                     mock.patch.object(os, "getloadavg", lambda: (load, load, load)), \
                     mock.patch.object(parse_ahead, "runnable_now", lambda: running), \
-                    mock.patch.object(os, "cpu_count", lambda: cores):
-                run = self.passes(self.tmp / f"busy{cores}", [log], None,
+                    mock.patch.object(os, "cpu_count", lambda: cores), \
+                    mock.patch.object(monitor_module.threading, "active_count", lambda: 1):
+                run = self.passes(self.tmp / f"busy{load}-{running}-{cores}", [log], None,
                                   config={"parse_ahead_bytes": 0})
             self.assertEqual(run["forks"], 0, (load, running, cores))
 

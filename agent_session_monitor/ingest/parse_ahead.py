@@ -140,11 +140,13 @@ def round_of(req: Request, key: str, fp: str | None, start: int, table: PriceTab
 def spare_core() -> bool:
     """A core for a second process (the worker, or index_helper.py's child): more than
     one, and either the 1-minute load average leaves one idle or, right now, no other
-    task is runnable. On a machine already busy a second process buys no time, it only
-    adds the cost of moving the lines and the records (measured: a catch-up ~15% slower
-    at load 8 on 2 cores). The average lags a minute behind: this monitor's own runs of
-    the last minute (cron passes, a benchmark alternating runs) kept it above the line
-    on an otherwise idle machine, and the choice flipped from run to run."""
+    task is runnable and the average is below cores + 0.5. On a machine already busy a
+    second process buys no time, it only adds the cost of moving the lines and the
+    records (measured: a catch-up ~15% slower at load 8 on 2 cores). The average lags a
+    minute behind: this monitor's own runs of the last minute (cron passes, a benchmark
+    alternating runs: at most ~2 busy processes) kept it above cores - 0.5 on an
+    otherwise idle machine, and the choice flipped from run to run; above cores + 0.5
+    others are at work, and an idle instant between their bursts is no idle core."""
     cores = os.cpu_count() or 1
     if cores < 2:
         return False
@@ -152,7 +154,7 @@ def spare_core() -> bool:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         return True
-    return load < cores - 0.5 or runnable_now() <= 1
+    return load < cores - 0.5 or (load < cores + 0.5 and runnable_now() <= 1)
 
 
 def runnable_now() -> int:
