@@ -223,6 +223,29 @@ class CommitCpuPaths(unittest.TestCase):
                 continue
             self.assertEqual(data, expected)
 
+    def test_remembered_prompt_refs_are_the_prompts_hashes(self):
+        rng = self.rng
+        prompts = ["You are Claude Code." * rng.randint(1, 50), "系统提示", "", "\ud800x",
+                   ["block"], {"type": "text"}, "a" * 300]
+        saved = ondisk.PROMPT_REF_CHARS
+        try:
+            for limit in (saved, 700):   # 700: the memory is emptied again and again
+                ondisk.PROMPT_REF_CHARS = limit
+                for _ in range(CASES // 10):
+                    doc = round_doc(rng, rng.randint(1, 4))
+                    for r in doc["rounds"]:
+                        if rng.random() < 0.8:
+                            r["system"] = rng.choice(prompts)
+                    warm = ondisk.compact(doc)
+                    ondisk._PROMPT_REFS.clear()
+                    ondisk._PROMPT_CHARS = 0
+                    self.assertEqual(exact(warm), exact(ondisk.compact(doc)))
+                    for ref, prompt in warm.get("systems", {}).items():
+                        self.assertTrue(ref.startswith(ondisk._ref(prompt)))
+                    self.assertLessEqual(ondisk._PROMPT_CHARS, limit)
+        finally:
+            ondisk.PROMPT_REF_CHARS = saved
+
 
 if __name__ == "__main__":
     unittest.main()

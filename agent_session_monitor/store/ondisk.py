@@ -102,7 +102,7 @@ def compact(doc: dict) -> dict:
         if system is not None:
             ref = known.get(system) if type(system) is str else None
             if ref is None:
-                ref = _ref(system)
+                ref = _prompt_ref(system) if type(system) is str else _ref(system)
                 while ref in systems and systems[ref] != system:
                     ref += "x"   # a hash collision must never swap two prompts
                 systems.setdefault(ref, system)
@@ -560,6 +560,28 @@ def _is_message(msg: object) -> bool:
 
 def _is_assistant(msg: object) -> bool:
     return isinstance(msg, dict) and msg.get("role") == "assistant"
+
+
+def _prompt_ref(system: str) -> str:
+    """:func:`_ref` of a prompt text, remembered: an agent's sessions share a handful of
+    system prompts, often of tens of KB (Claude Code's), hashed again for every session
+    written otherwise (45 us for 18 KB; a lookup hashes the text once per string)."""
+    global _PROMPT_CHARS
+    ref = _PROMPT_REFS.get(system)
+    if ref is None:
+        ref = _ref(system)
+        if _PROMPT_CHARS + len(system) > PROMPT_REF_CHARS:
+            _PROMPT_REFS.clear()
+            _PROMPT_CHARS = 0
+        if len(system) <= PROMPT_REF_CHARS:
+            _PROMPT_REFS[system] = ref
+            _PROMPT_CHARS += len(system)
+    return ref
+
+
+_PROMPT_REFS: dict[str, str] = {}
+_PROMPT_CHARS = 0          # characters of the prompts held by _PROMPT_REFS
+PROMPT_REF_CHARS = 4_000_000
 
 
 def _ref(system: object) -> str:
