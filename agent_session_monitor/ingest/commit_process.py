@@ -337,6 +337,12 @@ def _serve(directory: Path, state_path: Path, data_fd: int, reply_fd: int, paren
                     prepared = prepare_rows([(name, doc, size) for (name, doc), size
                                              in zip(docs, sizes)], fulltext.present(db),
                                             snapshot=False)
+                    # The rows hold the rounds (for their text): their messages, the bulk
+                    # of a batch and nothing the index keeps, are freed before the rows
+                    # are written, as a snapshot would have let them be (~10 MB).
+                    for _name, doc in docs:
+                        for rnd in doc["rounds"]:
+                            rnd.pop("messages", None)
                     del docs
                     durable.fault_at("index")
                     commit_prepared(db, prepared)
