@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import math
 import random
+import subprocess
+import sys
 import unittest
 
 from agent_session_monitor.pricing.cost import bucket_counts, usage_buckets
 from agent_session_monitor.store import fulltext, index, ondisk
 from agent_session_monitor.store.sessions import dump_document
+from tests.helpers import ROOT, TempDirTest, load_store
 
 CASES = 3000
 LEAVES = ["q", "A", "", "北京", 1, 1.0, True, 0, False, 0.0, -0.0, None, 2**64, 1e308,
@@ -245,6 +248,31 @@ class CommitCpuPaths(unittest.TestCase):
                     self.assertLessEqual(ondisk._PROMPT_CHARS, limit)
         finally:
             ondisk.PROMPT_REF_CHARS = saved
+
+
+class DeeplyNestedMessages(TempDirTest):
+    def test_a_question_nested_as_deep_as_the_parser_admits_is_stored_not_a_crash(self):
+        # The plain comparison raised RecursionError from ~400 levels: main.py stopped
+        # with an internal error, at the same line on every run after.
+        lines = []
+        for n, depth in enumerate((450, 900)):
+            nested = "[" * depth + '"x"' + "]" * depth
+            ai = ('{"model":"gpt-4o","input_token":100,"output_token":10,"messages":'
+                  f'[{{"role":"user","content":{nested}}}],"question":{nested},'
+                  f'"answer":"a","session_id":"deep-{depth}"}}')
+            lines.append(json.dumps({"ai_log": ai, "request_id": f"r{n}",
+                                     "start_time": "2026-02-01T09:00:00.000Z"}))
+        log = self.tmp / "access.log"
+        log.write_text("\n".join(lines) + "\n")
+        done = subprocess.run([sys.executable, str(ROOT / "main.py"), "--log-path", str(log),
+                               "--output-dir", str(self.out), "--allow-log-dir", str(self.tmp)],
+                              capture_output=True, text=True, timeout=120)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        docs = load_store(self.out)
+        self.assertEqual(sorted(docs), ["deep-450", "deep-900"])
+        for depth in (450, 900):
+            question = docs[f"deep-{depth}"]["rounds"][0]["question"]
+            self.assertEqual(json.dumps(question), "[" * depth + '"x"' + "]" * depth)
 
 
 if __name__ == "__main__":
