@@ -9,7 +9,7 @@ import math
 
 from ..store.names import UNSESSIONED_ID
 from ..values import MAX_TOKENS, canonical_time
-from .request import BadLine, Request, _decode
+from .request import BadLine, Request, _decode, decode_noting_repeats
 
 # Outer fields kept with the round: what a FinOps user filters or debugs by.
 GATEWAY_FIELDS = ("authority", "method", "path", "response_code", "route_name", "duration",
@@ -41,6 +41,9 @@ def _build(outer: dict, ai: dict, read_time: str, warnings: list[str]) -> Reques
     input_token, output_token, total_token, cached_tokens, reasoning_tokens = counts
     has_usage = counts != _NO_COUNTS
 
+    usage = ai.get("usage")
+    if type(usage) is str and usage.startswith("{") and len(usage) < 4096:
+        _usage_text_repeats(usage, warnings)   # the text rounds.provider_cost reads
     timestamp, time_source = _event_time(outer, ai, read_time, warnings)
     request_id = outer.get("request_id")
     if not isinstance(request_id, str) or request_id in ("", "-"):
@@ -59,8 +62,9 @@ def _build(outer: dict, ai: dict, read_time: str, warnings: list[str]) -> Reques
         total_token=total_token,
         cached_tokens=cached_tokens,
         reasoning_tokens=reasoning_tokens,
-        input_details=_details(ai.get("input_token_details"), warnings),
-        output_details=_details(ai.get("output_token_details"), warnings),
+        input_details=_details(ai.get("input_token_details"), warnings, "input_token_details"),
+        output_details=_details(ai.get("output_token_details"), warnings,
+                                "output_token_details"),
         has_usage=has_usage,
         warnings=warnings,
     )
@@ -73,23 +77,80 @@ BILLING_KEYS = frozenset(("session_id", "model", *TOKEN_FIELDS, "input_token_det
                           "provider_cost", "usage"))
 
 
-def repeated_keys(pairs: list, warnings: list[str]) -> None:
+# Billing members whose value is an object (or the JSON text of one) whose own members
+# decide the bill: the detail maps' buckets, the provider's usage.cost.
+NESTED_BILLING_KEYS = ("input_token_details", "output_token_details", "usage")
+
+
+def repeated_keys(ai: object, repeated: list, warnings: list[str]) -> None:
     """An ai_log holding a key twice (failure-scenarios P9). The plugin writes it with
     Go's json.Marshal of a map, which never repeats a key, and escapes every client text
     inside a value: a repeat was written by something else (a hand-made or altered log,
     a broken producer). Copies of a key that decides the bill and differ make the line
     bad: which one was paid cannot be known, and taking either lets that writer choose.
-    Otherwise the round is kept (json's value) and flagged."""
+    That holds inside the objects the bill is read from too (a detail map's bucket, a
+    usage.cost). Otherwise the round is kept (json's value) and flagged. ``repeated``:
+    every object of the decoded ``ai`` that held a key twice, as ``(obj, pairs)``
+    (request.decode_noting_repeats); repeats elsewhere (the messages) decide nothing."""
+    seen = {id(obj): pairs for obj, pairs in repeated}
+    found = False
+    pairs = seen.get(id(ai))
+    if pairs is not None:
+        _check_copies(pairs, BILLING_KEYS, "the ai_log")
+        found = True
+    if isinstance(ai, dict):
+        for key in NESTED_BILLING_KEYS:
+            found = _nested_repeats(ai.get(key), seen, key, 0) or found
+    if found:
+        warnings.append("duplicate_key")
+
+
+def _nested_repeats(value: object, seen: dict, where: str, depth: int) -> bool:
+    """Whether the object ``value`` (a billing member) or one inside it held a key twice;
+    raises BadLine when two copies of one of its keys differ (each decides a bucket)."""
+    if not isinstance(value, dict) or depth > 3:
+        return False
+    found = False
+    pairs = seen.get(id(value))
+    if pairs is not None:
+        _check_copies(pairs, None, where)
+        found = True
+    for key, inner in value.items():
+        if isinstance(inner, dict):
+            found = _nested_repeats(inner, seen, f"{where}.{key}", depth + 1) or found
+    return found
+
+
+def _usage_text_repeats(text: str, warnings: list[str]) -> None:
+    try:
+        value, repeated = decode_noting_repeats(text)
+    except (ValueError, RecursionError):
+        return   # no provider cost is read from it
+    if repeated is not None and isinstance(value, dict):
+        _nested_repeats(value, {id(o): p for o, p in repeated}, "usage", 0)
+        warnings.append("duplicate_key")
+
+
+def _check_copies(pairs: list, keys: frozenset | None, where: str) -> None:
+    """BadLine when two copies of a key (of ``keys``; None: any) differ. Compared as
+    JSON text: 1, 1.0 and true are three different values here, as they are to a bill."""
     first: dict = {}
     for key, value in pairs:
         if key in first:
-            if key in BILLING_KEYS and first[key] != value:
-                raise BadLine("duplicate_key", f"the ai_log holds {key} twice with different "
+            if (keys is None or key in keys) and _differ(first[key], value):
+                raise BadLine("duplicate_key", f"{where} holds {key} twice with different "
                               f"values ({_describe(first[key])} and {_describe(value)}); the "
                               "plugin never repeats a key: not billed")
         else:
             first[key] = value
-    warnings.append("duplicate_key")
+
+
+def _differ(a: object, b: object) -> bool:
+    if type(a) is not type(b):
+        return True
+    if isinstance(a, (dict, list)):
+        return json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True)
+    return a != b
 
 
 def client_session_id(session_id: str) -> str:
@@ -131,7 +192,7 @@ def _describe(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _details(value: object, warnings: list[str]) -> dict:
+def _details(value: object, warnings: list[str], where: str) -> dict:
     """Provider detail maps arrive as an object or as a JSON string of one."""
     if value is None or value == "":
         return {}
@@ -143,15 +204,20 @@ def _details(value: object, warnings: list[str]) -> dict:
             return dict(known)
         text = value
         try:
-            value = _decode(text)
+            value, repeated = decode_noting_repeats(text)
         except (ValueError, RecursionError):
             warnings.append("bad_details")
             return {}
         if not isinstance(value, dict):
             warnings.append("bad_details")
             return {}
+        if repeated is not None:
+            # A bucket written twice inside the map's text: as in the ai_log itself.
+            _nested_repeats(value, {id(o): p for o, p in repeated}, where, 0)
+            warnings.append("duplicate_key")
         _check_counts(value, 0)
-        if len(text) <= _DETAILS_MEMO_CHARS and all(type(v) is int for v in value.values()):
+        if (repeated is None and len(text) <= _DETAILS_MEMO_CHARS
+                and all(type(v) is int for v in value.values())):
             if len(_DETAILS_MEMO) >= _DETAILS_MEMO_LIMIT:
                 _DETAILS_MEMO.clear()   # hostile logs can send endless distinct maps
             _DETAILS_MEMO[text] = dict(value)

@@ -52,7 +52,7 @@ def _decode_whole(text: str, warnings: list[str]) -> object:
     """The ai_log decoded whole; a key it holds twice is checked (ai_log.repeated_keys)."""
     ai, repeated = decode_noting_repeats(text)
     if repeated is not None:
-        repeated_keys(repeated, warnings)
+        repeated_keys(ai, repeated, warnings)
     return ai
 
 

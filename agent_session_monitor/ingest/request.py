@@ -75,12 +75,13 @@ _NOTING_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=
 
 
 def decode_noting_repeats(text: str) -> tuple[object, list | None]:
-    """``_decode(text)``, and the members of its top-level object when one of its keys
-    occurs more than once (json keeps the last silently), else None."""
+    """``_decode(text)``, and when some object in it holds a key more than once (json
+    keeps the last silently) the list of every such object with its members, as
+    ``(obj, pairs)`` (the top-level object among them when it is one), else None."""
     _REPEATED.clear()
     try:
         value = _NOTING_DECODER.decode(text)
-        return value, next((pairs for obj, pairs in _REPEATED if obj is value), None)
+        return value, (list(_REPEATED) or None)
     finally:
         _REPEATED.clear()
 
