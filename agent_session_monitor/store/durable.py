@@ -225,14 +225,21 @@ def atomic_write_many(directory: Path, items: Iterable[tuple[Path | str, bytes]]
     renamed = 0
     folder = os.fspath(directory)
     whole: _WholeBatch | None = None   # past its first chunk, with syncfs: one sync
+    # Opened before the batch's first file is: syncfs reports a writeback error of the
+    # filesystem only if it happened after the descriptor it is given was opened (Linux
+    # samples the error sequence at open), so one opened at the first full chunk would
+    # miss an EIO on the pages of a file written before. The final fsync uses it too.
+    dirfd = -1
     try:
         for path, data in items:
+            if dirfd < 0:
+                dirfd = os.open(folder, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             fd, tmp = _open_temp(folder, data)
             chunk.append((fd, tmp, path))
             _maybe_fault(fault, done, "write")
             if len(chunk) >= CHUNK_FILES:
                 if whole is None and syncing is None:
-                    whole = _WholeBatch.start(folder)
+                    whole = _WholeBatch.start(dirfd)
                 if whole is not None:
                     whole.add(chunk)
                     chunk = []
@@ -265,13 +272,16 @@ def atomic_write_many(directory: Path, items: Iterable[tuple[Path | str, bytes]]
             _close_quietly(fd)
             _unlink_quietly(tmp)
         raise
+    else:
+        if renamed:
+            if fault == ("dir", 0):
+                _kill_self()
+            os.fsync(dirfd)
     finally:
         if pool is not None:
             pool.shutdown()
-    if renamed:
-        if fault == ("dir", 0):
-            _kill_self()
-        fsync_path(directory)
+        if dirfd >= 0:
+            _close_quietly(dirfd)
 
 
 class _Syncing:
@@ -335,18 +345,18 @@ class _WholeBatch:
     is the old one or the whole new one, as with an fsync per file."""
 
     def __init__(self, dirfd: int, syncfs) -> None:
-        self.dirfd = dirfd
+        self.dirfd = dirfd   # the caller's: open before the batch's first file, and closed by it
         self.syncfs = syncfs
         self.files: list[tuple[str, Path | str]] = []   # (temp, destination), in order
 
     @classmethod
-    def start(cls, folder: str) -> "_WholeBatch | None":
-        """A whole batch for ``folder``, or None where there is no syncfs (then the
-        caller fsyncs per chunk)."""
+    def start(cls, dirfd: int) -> "_WholeBatch | None":
+        """A whole batch for the directory open as ``dirfd``, or None where there is no
+        syncfs (then the caller fsyncs per chunk)."""
         syncfs = _syncfs_function()
         if syncfs is None:
             return None
-        return cls(os.open(folder, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)), syncfs)
+        return cls(dirfd, syncfs)
 
     def add(self, chunk: list[tuple[int, str, Path | str]]) -> None:
         for i, (fd, tmp, path) in enumerate(chunk):
@@ -388,9 +398,7 @@ class _WholeBatch:
         self.close()
 
     def close(self) -> None:
-        if self.dirfd >= 0:
-            _close_quietly(self.dirfd)
-            self.dirfd = -1
+        self.dirfd = -1   # atomic_write_many closes it
 
 
 _syncfs = False   # not looked up yet
