@@ -27,8 +27,9 @@ PLAIN = {"ASM_PARSE_AHEAD_BYTES": "-1", "ASM_COMMIT_PROCESS": "0",
 MODES = {
     "worker+commit-process+syncfs": {"ASM_PARSE_AHEAD_BYTES": "0",
                                      "ASM_SPLIT_COMMIT_ROUNDS": "-1"},
-    "index-helper+worker": {"ASM_PARSE_AHEAD_BYTES": "0", "ASM_COMMIT_PROCESS": "0",
-                            "ASM_SPLIT_COMMIT_ROUNDS": "0"},
+    # (ASM_COMMIT_PROCESS=0 would forbid the helper's fork: index_helper.wanted)
+    "index-helper+worker+commit-process": {"ASM_PARSE_AHEAD_BYTES": "0",
+                                           "ASM_SPLIT_COMMIT_ROUNDS": "0"},
     "index-helper+fsync": {"ASM_PARSE_AHEAD_BYTES": "-1", "ASM_SPLIT_COMMIT_ROUNDS": "0",
                            "ASM_BATCH_SYNC": "fsync"},
 }
