@@ -10,6 +10,7 @@ maps, absent and null keys), so a shortcut can never change a stored byte or a f
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
@@ -603,6 +604,30 @@ class RawHistoryFastPathTest(unittest.TestCase):
         req = parse_line(raw, READ_TIME)
         self.assertEqual(req.ai["messages"], past + mine[1:])
         self.assertEqual(req.ai["answer"], {"messages": past})
+
+
+class CollectorDuringAPassTest(unittest.TestCase):
+    def test_a_pass_runs_the_collector_less_often_and_restores_it_however_it_ends(self):
+        from agent_session_monitor.ingest import monitor
+        before = gc.get_threshold()
+        seen = []
+
+        def a_pass(self, stats):
+            seen.append(gc.get_threshold())
+            if len(seen) == 2:
+                raise KeyboardInterrupt
+
+        mon = monitor.Monitor.__new__(monitor.Monitor)   # no store: only the pass runs
+        mon._pass_cut = False
+        with mock.patch.object(monitor.Monitor, "_pass", a_pass):
+            mon.poll_once()
+            self.assertEqual(gc.get_threshold(), before)
+            with self.assertRaises(KeyboardInterrupt):
+                mon.poll_once()
+        self.assertEqual(gc.get_threshold(), before)
+        self.assertTrue(mon._pass_cut)
+        self.assertEqual([t[0] for t in seen], [monitor.PASS_GC_THRESHOLD] * 2)
+        self.assertEqual([t[1:] for t in seen], [before[1:]] * 2)
 
 
 def _known_ai_keys() -> frozenset:
