@@ -202,6 +202,12 @@ def _outcome(raw: bytes) -> tuple:
 
 
 class ParseShortcutsAttack(unittest.TestCase):
+    def setUp(self) -> None:
+        # Lines of any length take the history shortcuts (the generated ones are short).
+        patcher = mock.patch.object(parse, "HISTORY_MIN_BYTES", 0)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
     def test_agent_lines_parse_as_they_do_without_either_history_shortcut(self):
         """Every line of seeded agent logs (above) gives, with both history caches warm
         (the ai_log's decoded messages, history.CACHE; the line's bytes, history.RAW),
@@ -229,6 +235,12 @@ class ParseShortcutsAttack(unittest.TestCase):
 
 
 class HistoryCacheAttack(unittest.TestCase):
+    def setUp(self) -> None:
+        # Lines of any length take the history shortcuts (the generated ones are short).
+        patcher = mock.patch.object(parse, "HISTORY_MIN_BYTES", 0)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
     def test_an_ai_log_missing_its_first_member_is_a_bad_line_not_a_request(self):
         """``{,"messages":[...]...}`` is not JSON (a member dropped, its comma kept): the
         whole decode refuses it, so the line is bad_ai_log. history.py decoded the part

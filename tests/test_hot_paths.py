@@ -434,9 +434,20 @@ def _ai_log_text(rng: random.Random, session: object, messages: object) -> str:
     return text
 
 
+def history_for_every_line(test: unittest.TestCase) -> None:
+    """Lines of any length take the history shortcuts (parse.HISTORY_MIN_BYTES leaves
+    the short generated lines of these tests to the whole parse otherwise)."""
+    patcher = mock.patch.object(parse, "HISTORY_MIN_BYTES", 0)
+    patcher.start()
+    test.addCleanup(patcher.stop)
+
+
 class HistoryFastPathTest(unittest.TestCase):
     """history.py: the ai_log with the re-logged history taken from the previous request
     of the session equals the whole decode of it, whatever the text."""
+
+    def setUp(self) -> None:
+        history_for_every_line(self)
 
     def test_the_history_fast_path_decodes_exactly_what_a_whole_decode_does(self):
         rng = random.Random(SEED)
@@ -542,6 +553,9 @@ class RawHistoryFastPathTest(unittest.TestCase):
     messages of its session's previous request parses to exactly what the whole line
     does, whatever the line."""
 
+    def setUp(self) -> None:
+        history_for_every_line(self)
+
     def outcome(self, raw: bytes):
         return parse_outcome(raw, READ_TIME)
 
@@ -604,6 +618,60 @@ class RawHistoryFastPathTest(unittest.TestCase):
         req = parse_line(raw, READ_TIME)
         self.assertEqual(req.ai["messages"], past + mine[1:])
         self.assertEqual(req.ai["answer"], {"messages": past})
+
+
+class HistoryThresholdTest(unittest.TestCase):
+    """parse.HISTORY_MIN_BYTES: a line shorter than it is parsed whole (its history is
+    neither looked up nor kept), a longer one may take the shortcuts; sessions whose
+    lines grow across it and fall back below it parse exactly as with no shortcut."""
+
+    def test_sessions_crossing_the_threshold_parse_as_the_whole_lines_do(self):
+        rng = random.Random(SEED + 2)
+        history.CACHE.clear()
+        history.RAW.clear()
+        limit = parse.HISTORY_MIN_BYTES
+        lists = {f"s{i}": [] for i in range(4)}
+        looked = {"below": 0, "above": 0}
+        sides = {"below": 0, "above": 0}
+        shortened = 0
+        original_shorten = history.shorten
+
+        def counting(raw, cache=history.RAW):
+            nonlocal shortened
+            looked["below" if len(raw) < limit else "above"] += 1
+            found = original_shorten(raw, cache)
+            shortened += found is not None
+            return found
+
+        for n in range(CASES):
+            sid = rng.choice(list(lists))
+            grown = _mutate(rng, lists[sid])
+            if rng.random() < 0.3:   # a tool output that takes the line across the limit
+                grown.append({"role": "tool", "content": rng.choice(["x", "\u00e9", '"', "<", "\n"])
+                              * rng.randint(0, limit // 2)})
+            if len(json.dumps(grown)) > 2 * limit or rng.random() < 0.05:
+                grown = grown[-1:]   # a new conversation under the same id: short again
+            lists[sid] = grown
+            raw = _outer_line(rng, _ai_log_text(rng, sid, grown), n)
+            sides["below" if len(raw) < limit else "above"] += 1
+            with mock.patch.object(parse, "shorten", counting):
+                fast = parse_outcome(raw, READ_TIME)
+            with mock.patch.object(parse, "shorten", lambda raw: None), \
+                    mock.patch.object(parse, "decode_ai_log", lambda text: None), \
+                    mock.patch.object(parse, "remember", lambda raw, ai: None):
+                plain = parse_outcome(raw, READ_TIME)
+            self.assertEqual(fast[0], plain[0], raw[:300])
+            if fast[0] == "request":
+                self.assertTrue(all(same_json(a, b) for a, b in zip(fast[1], plain[1])),
+                                raw[:300])
+            else:
+                self.assertEqual(fast, plain)
+        self.assertEqual(looked["below"], 0)   # shorter lines never look
+        self.assertGreater(sides["below"], CASES // 5)
+        self.assertGreater(sides["above"], CASES // 5)
+        self.assertGreater(shortened, CASES // 20)   # longer ones take the shortcut
+        history.CACHE.clear()
+        history.RAW.clear()
 
 
 class CollectorDuringAPassTest(unittest.TestCase):

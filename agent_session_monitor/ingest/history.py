@@ -17,7 +17,8 @@ decode, :func:`decode_ai_log` gives None and the caller decodes the text whole a
 before, from where it always did, so errors and their messages are unchanged. Called
 from where the caller would call ``_decode``, every value is scanned from at least as
 deep a stack as the whole decode scans it from: a value too deeply nested for it is too
-deeply nested here, and then decoded whole.
+deeply nested here, and then decoded whole. Lines shorter than
+``parse.HISTORY_MIN_BYTES`` skip all of this (too little to gain).
 
 The messages reused are the very objects of the previous request's list: nothing
 downstream changes a decoded message in place (the session links them, ondisk.py
