@@ -57,6 +57,7 @@ def _decode_whole(text: str, warnings: list[str]) -> object:
         repeated_keys(ai, repeated, warnings)
     return ai
 
+
 # A shorter line is parsed whole, its history neither looked up nor kept (history.py):
 # what it could repeat costs less to decode than the bookkeeping of reusing it. Measured
 # on the bench logs (parse per line): short sessions 89 -> 61 us (their lines are
