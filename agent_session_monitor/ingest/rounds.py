@@ -11,7 +11,7 @@ import math
 
 from .request import Request
 from ..store.sanitize import MAX_COST
-from ..pricing.cost import Buckets, bucket_cost, usage_buckets
+from ..pricing.cost import Buckets, bucket_cost, bucket_counts, split_cost
 from ..pricing.table import PriceTable
 
 # ai_log keys that become round fields of their own; any other key (cache_status,
@@ -42,14 +42,15 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
     model = get("model")
     if not isinstance(model, str) or model in ("", "-"):
         model = None
-    buckets = usage_buckets(req.input_token, req.output_token, req.cached_tokens,
-                            req.reasoning_tokens, req.input_details, req.output_details)
+    split = bucket_counts(req.input_token, req.output_token, req.cached_tokens,
+                        req.reasoning_tokens, req.input_details, req.output_details)
+    uncached, cache_read, write_5m, write_1h, text_output, reasoning = split
     cost, priced_as, priced_by = None, None, None
     if model is not None:
         found = table.lookup(model)
         if found is not None:
             priced_as = found[0]
-            cost = _finite_cost(bucket_cost(buckets, found[1]), req.warnings)
+            cost = _finite_cost(split_cost(split, found[1]), req.warnings)
             priced_by = table.provenance(priced_as) if cost is not None else None
     tool_calls = get("tool_calls")
     cut_calls = isinstance(tool_calls, str) and tool_calls not in ("", "-")
@@ -63,37 +64,46 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
         "model": model,
         "input_tokens": req.input_token,
         "output_tokens": req.output_token,
-        "reasoning_tokens": buckets.reasoning if req.reasoning_tokens is None else req.reasoning_tokens,
+        "reasoning_tokens": reasoning if req.reasoning_tokens is None else req.reasoning_tokens,
         # Anthropic reports cache reads only in the details: cached_tokens is the
         # cache-read count whichever way the provider reported it.
-        "cached_tokens": buckets.cache_read if req.cached_tokens is None else req.cached_tokens,
-        "cache_write_tokens": buckets.cache_write + buckets.cache_write_1h,
+        "cached_tokens": cache_read if req.cached_tokens is None else req.cached_tokens,
+        "cache_write_tokens": write_5m + write_1h,
     }
     # Optional additions (OPTIONAL_FIELDS) are left out when empty: a long session has
     # hundreds of rounds, and their metadata must not outweigh the conversation.
     if req.total_token is not None:
         rnd["total_tokens"] = req.total_token
     # Only the non-zero buckets: absent means 0 (Buckets.from_dict).
-    b = buckets
-    rnd["buckets"] = {k: v for k, v in (
-        ("input", b.input), ("cache_read", b.cache_read), ("cache_write", b.cache_write),
-        ("cache_write_1h", b.cache_write_1h), ("output", b.output),
-        ("reasoning", b.reasoning)) if v}
+    buckets = rnd["buckets"] = {}
+    if uncached:
+        buckets["input"] = uncached
+    if cache_read:
+        buckets["cache_read"] = cache_read
+    if write_5m:
+        buckets["cache_write"] = write_5m
+    if write_1h:
+        buckets["cache_write_1h"] = write_1h
+    if text_output:
+        buckets["output"] = text_output
+    if reasoning:
+        buckets["reasoning"] = reasoning
     rnd["cost_usd"] = cost
     if priced_as != model:
         rnd["priced_as"] = priced_as   # only said when the price came from another table name
     if priced_by is not None:
         rnd["priced_by"] = priced_by
-    reported = provider_cost(ai) if not _PROVIDER_COST_FIELDS.isdisjoint(ai) else None
+    # (A dict's keys view looks the five names up, rather than hash every key of the ai_log.)
+    reported = provider_cost(ai) if not ai.keys().isdisjoint(_PROVIDER_COST_FIELDS) else None
     if reported is not None:
         rnd["provider_cost_usd"] = reported
     rnd["has_tool_calls"] = bool(tool_calls)
     rnd["response_type"] = _text(get("response_type"))
-    for name in _OPTIONAL_AI_TEXT:
+    for name, whole in _OPTIONAL_AI_FIELDS:
         value = get(name)
         if value is None:
             continue
-        value = _int_or_none(value) if name in _INT_FIELDS else _text(value)
+        value = _int_or_none(value) if whole else _text(value)
         if value is not None:
             rnd[name] = value
     rnd["messages"] = []
@@ -148,6 +158,7 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
 _OPTIONAL_AI_TEXT = ("chat_round", "chat_id", "consumer", "api", "api_type",
                      "llm_first_token_duration", "llm_service_duration")
 _INT_FIELDS = frozenset(("chat_round", "llm_first_token_duration", "llm_service_duration"))
+_OPTIONAL_AI_FIELDS = tuple((name, name in _INT_FIELDS) for name in _OPTIONAL_AI_TEXT)
 
 
 # What helps a FinOps user debug a round (which route, did it fail); the rest of the
@@ -218,6 +229,8 @@ def provider_cost(ai: dict) -> float | None:
 
 def _nonzero(details: dict) -> dict:
     """Provider detail maps without their zero entries ({"audio_tokens": 0, ...})."""
+    if not details:
+        return {}
     # A count (the usual value) is compared with 0 alone: it equals none of the others.
     return {k: v for k, v in details.items()
             if (v != 0 if type(v) is int else v not in _EMPTY_VALUES)}

@@ -83,10 +83,6 @@ def _count(details: dict, key: str) -> int:
     return 0
 
 
-def _nonneg(value: object) -> int:
-    return value if type(value) is int and value > 0 else 0
-
-
 def usage_buckets(input_token: int, output_token: int, cached_tokens: int | None = None,
                   reasoning_tokens: int | None = None, input_details: dict | None = None,
                   output_details: dict | None = None) -> Buckets:
@@ -104,10 +100,10 @@ def bucket_counts(input_token: int, output_token: int, cached_tokens: int | None
                   output_details: dict | None = None) -> tuple[int, int, int, int, int, int]:
     """:func:`usage_buckets` as a tuple in :class:`Buckets`' field order, for a caller
     that needs no Buckets (a frozen dataclass costs a microsecond to build; ondisk.py
-    derives every written round's buckets)."""
+    derives every written round's buckets; ingestion splits every round)."""
     # Runs for every round ingested and every round written (ondisk.py): a detail key
     # that is absent is 0, so it is looked up only when present (_count's answer for an
-    # absent key), and a count is checked inline (_nonneg).
+    # absent key), and a count is checked inline.
     ind = input_details if isinstance(input_details, dict) else _EMPTY
     outd = output_details if isinstance(output_details, dict) else _EMPTY
     if type(input_token) is not int or input_token < 0:
@@ -120,9 +116,15 @@ def bucket_counts(input_token: int, output_token: int, cached_tokens: int | None
     anthropic = False
     if ind:
         if not cache_read:
-            cache_read = (_count(ind, "cached_tokens")
-                          or _count(ind, "cache_read_input_tokens")
-                          or _count(ind, "cached_content_token_count"))
+            # The first of them that counts more than 0.
+            for name in _CACHE_READ_KEYS:
+                value = ind.get(name)
+                if value is not None:
+                    count = ((value if value > 0 else 0) if type(value) is int
+                             else _count(ind, name))
+                    if count:
+                        cache_read = count
+                        break
         if "cache_creation_input_tokens" in ind:
             write_5m = _count(ind, "cache_creation_input_tokens")
         split = ind.get("cache_creation")
@@ -160,6 +162,7 @@ def bucket_counts(input_token: int, output_token: int, cached_tokens: int | None
 
 
 _EMPTY: dict = {}
+_CACHE_READ_KEYS = ("cached_tokens", "cache_read_input_tokens", "cached_content_token_count")
 
 
 def _rates(price: Price, prompt_tokens: int) -> dict[str, float]:
@@ -203,12 +206,18 @@ def _rate_tuple(price: Price, prompt_tokens: int) -> tuple[float, ...]:
 def bucket_cost(buckets: Buckets, price: Price) -> float:
     """USD for ``buckets``; the size tier is chosen by this request's prompt tokens."""
     b = buckets
+    return split_cost((b.input, b.cache_read, b.cache_write, b.cache_write_1h, b.output,
+                       b.reasoning), price)
+
+
+def split_cost(split: tuple[int, int, int, int, int, int], price: Price) -> float:
+    """:func:`bucket_cost` of the counts of :func:`bucket_counts`."""
+    uncached, read, write, write_1h, output, reasoning = split
     r_in, r_out, r_read, r_write, r_write_1h, r_reasoning = _rate_tuple(
-        price, b.input + b.cache_read + b.cache_write + b.cache_write_1h)
+        price, uncached + read + write + write_1h)
     # PRICE_FIELDS order (fsum is exact whatever the order; kept for clarity).
-    return math.fsum((b.input * r_in, b.output * r_out, b.cache_read * r_read,
-                      b.cache_write * r_write, b.cache_write_1h * r_write_1h,
-                      b.reasoning * r_reasoning)) / 1e6
+    return math.fsum((uncached * r_in, output * r_out, read * r_read, write * r_write,
+                      write_1h * r_write_1h, reasoning * r_reasoning)) / 1e6
 
 
 def cache_savings(buckets: Buckets, price: Price) -> float:
