@@ -21,13 +21,15 @@ from unittest import mock
 from agent_session_monitor.ingest import history, parse
 from agent_session_monitor.ingest.parse import parse_line
 from agent_session_monitor.ingest.request import BadLine, Request, _decode
-from agent_session_monitor.ingest.rounds import build_round
+from agent_session_monitor.ingest.rounds import build_round, provider_cost
 from agent_session_monitor.pricing import tokens
 from agent_session_monitor.pricing.cost import (
-    PRICE_FIELDS, Buckets, Price, Tier, _count, _rates, bucket_cost, usage_buckets,
+    PRICE_FIELDS, Buckets, Price, Tier, _count, _rates, bucket_cost, bucket_counts, split_cost,
+    usage_buckets,
 )
 from agent_session_monitor.pricing.table import load_price_table
 from agent_session_monitor.store import document, fulltext
+from agent_session_monitor.store.sanitize import MAX_COST
 from agent_session_monitor.store.index import _json_list, quarter_hour, usage_rows
 from tests.helpers import parse_outcome
 
@@ -131,7 +133,9 @@ class HotPathsTest(unittest.TestCase):
         for _ in range(CASES * 5):
             args = (rng.choice(COUNTS), rng.choice(COUNTS), rng.choice(COUNTS),
                     rng.choice(COUNTS), random_details(rng), random_details(rng))
-            self.assertEqual(usage_buckets(*args), plain_usage_buckets(*args), args)
+            plain = plain_usage_buckets(*args)
+            self.assertEqual(usage_buckets(*args), plain, args)
+            self.assertEqual(bucket_counts(*args), tuple(plain.as_dict().values()), args)
 
     def test_cost_equals_the_per_bucket_rates_whatever_the_tier(self):
         rng = self.rng
@@ -147,6 +151,7 @@ class HotPathsTest(unittest.TestCase):
             rates = _rates(price, b.prompt_tokens)
             plain = math.fsum(getattr(b, f) * rates[f] for f in PRICE_FIELDS) / 1e6
             self.assertEqual(bucket_cost(b, price), plain)
+            self.assertEqual(split_cost(tuple(b.as_dict().values()), price), plain)
         # A new price object with the same id as a dropped one is never given its rates.
         for _ in range(50):
             cheap = Price(input=rng.random(), output=rng.random())
@@ -179,6 +184,64 @@ class HotPathsTest(unittest.TestCase):
                 found = table.lookup(rnd["model"]) if rnd["model"] is not None else None
                 self.assertEqual("priced_as" in rnd, rnd["model"] is not None
                                  and (found is None or found[0] != rnd["model"]))
+
+    def test_a_built_rounds_counts_and_cost_are_its_buckets_split_and_priced_plainly(self):
+        """build_round splits and prices the usage without a Buckets object: every count,
+        bucket, cost and detail map it stores equals the plain computation."""
+        rng, table = self.rng, load_price_table()
+        hostile = Price(input=1e300, output=1e300)   # a cost that overflows: unpriced
+        overflowed = 0
+        for i in range(CASES):
+            ai = self._random_ai_log(rng)
+            for key in ("input_token", "output_token", "cached_tokens", "reasoning_tokens"):
+                if rng.random() < 0.3:
+                    ai[key] = rng.choice([0, 1, 7, 4096, 2**40, "123", 3.0])
+            line = json.dumps({"ai_log": json.dumps(ai), "start_time": "2026-02-01T09:37:12.000Z"})
+            try:
+                req = parse_line(line.encode(), READ_TIME)
+            except BadLine:
+                continue
+            if not isinstance(req, Request):
+                continue
+            prices = table if rng.random() < 0.9 else mock.Mock(
+                lookup=lambda model: (model, hostile), provenance=lambda key: None)
+            warnings = list(req.warnings)
+            rnd = build_round(req, f"sha256:{i:032x}", {"fp": "f" * 16, "offset": i}, prices,
+                              rng.random() < 0.5)
+            b = usage_buckets(req.input_token, req.output_token, req.cached_tokens,
+                              req.reasoning_tokens, req.input_details, req.output_details)
+            self.assertEqual(rnd["buckets"], {k: v for k, v in b.as_dict().items() if v}, ai)
+            self.assertEqual(rnd["reasoning_tokens"], b.reasoning if req.reasoning_tokens
+                             is None else req.reasoning_tokens)
+            self.assertEqual(rnd["cached_tokens"], b.cache_read if req.cached_tokens is None
+                             else req.cached_tokens)
+            self.assertEqual(rnd["cache_write_tokens"], b.cache_write + b.cache_write_1h)
+            found = prices.lookup(rnd["model"]) if rnd["model"] is not None else None
+            cost = bucket_cost(b, found[1]) if found is not None else None
+            if cost is not None and not (math.isfinite(cost) and 0 <= cost < MAX_COST):
+                cost = None
+                warnings.append("cost_out_of_range")
+                overflowed += 1
+            self.assertEqual(rnd["cost_usd"], cost, ai)
+            self.assertEqual(set(rnd.get("warnings", [])), set(warnings + (
+                ["truncated_by_gateway"] if any(k.endswith("_truncated") for k in rnd) else []
+            )), ai)
+            self.assertEqual(rnd.get("provider_cost_usd"), provider_cost(req.ai), ai)
+            for name, details in (("input_token_details", req.input_details),
+                                  ("output_token_details", req.output_details)):
+                self.assertEqual(rnd[name], {k: v for k, v in details.items()
+                                             if v not in (0, "0", None, "", {}, [])}, ai)
+            for name in ("chat_round", "llm_first_token_duration", "llm_service_duration"):
+                value = req.ai.get(name)
+                whole = value if type(value) is int else (
+                    int(value) if isinstance(value, str) and value.isascii()
+                    and value.isdigit() and len(value) < 19 else None)
+                self.assertEqual(rnd.get(name), whole, (name, ai))
+            for name in ("chat_id", "consumer", "api", "api_type"):
+                value = req.ai.get(name)
+                self.assertEqual(rnd.get(name), value if isinstance(value, str)
+                                 and value not in ("", "-") else None, (name, ai))
+        self.assertGreater(overflowed, 10)   # the hostile table was met
 
     def _random_ai_log(self, rng: random.Random) -> dict:
         ai = {"session_id": rng.choice(["s1", "s2", "", None, 5]), "model": rng.choice(
@@ -672,6 +735,45 @@ class HistoryThresholdTest(unittest.TestCase):
         self.assertGreater(shortened, CASES // 20)   # longer ones take the shortcut
         history.CACHE.clear()
         history.RAW.clear()
+
+
+class PickledRequestTest(unittest.TestCase):
+    def test_a_request_pickled_as_the_parse_worker_sends_it_comes_back_field_for_field(self):
+        """Request.__reduce__ (its constructor's arguments, not the default slot state):
+        every field of requests parsed from seeded hostile lines survives the round trip
+        type for type, and the copy is a Request that pickles alike again."""
+        import pickle
+        rng = random.Random(SEED + 4)
+        lists = {f"s{i}": [] for i in range(3)}
+        requests = 0
+        for n in range(CASES // 2):
+            sid = rng.choice(list(lists) + [None, 7])
+            key = sid if sid in lists else "s0"
+            lists[key] = _mutate(rng, lists[key])
+            try:
+                raw = _outer_line(rng, _ai_log_text(rng, sid, lists[key]), n)
+            except UnicodeEncodeError:   # a lone surrogate the generator wrote unescaped
+                continue
+            try:
+                req = parse_line(raw, READ_TIME)
+            except BadLine:
+                continue
+            if not isinstance(req, Request):
+                continue
+            requests += 1
+            if rng.random() < 0.5:   # as the worker sends it: without its messages
+                req.ai = {k: v for k, v in req.ai.items() if k != "messages"}
+            try:
+                data = pickle.dumps(req, protocol=pickle.HIGHEST_PROTOCOL)
+            except RecursionError:   # nested too deeply: the worker sends it back to redo
+                continue
+            back = pickle.loads(data)
+            self.assertIs(type(back), Request)
+            for name in Request.__slots__:
+                self.assertTrue(same_json(getattr(back, name), getattr(req, name)),
+                                (name, raw[:200]))
+            self.assertEqual(pickle.dumps(back, protocol=2), pickle.dumps(req, protocol=2))
+        self.assertGreater(requests, CASES // 4)
 
 
 class CollectorDuringAPassTest(unittest.TestCase):
