@@ -201,7 +201,7 @@ class MetricsContent(TempDirTest):
         ingest(self.out, self.log)
         fam = parse_exposition(self.scrape().body.decode("utf-8"))
         c = json.loads((self.out / ".state.json").read_text())["counters"]
-        self.assertEqual(fam["asm_rounds_stored_total"], [({}, c["rounds_stored"])])
+        self.assertEqual(fam["asm_stored_rounds_total"], [({}, c["rounds_stored"])])
         self.assertEqual(fam["asm_non_ai_lines_total"], [({}, c["non_ai_lines"])])
         self.assertGreaterEqual(c["non_ai_lines"], 7)
         for family, group in (("asm_round_warnings_total", "warnings"),
@@ -219,7 +219,7 @@ class MetricsContent(TempDirTest):
                                  file_events=[1, 2])
         (self.out / ".state.json").write_text(json.dumps(state))
         fam = parse_exposition(self.scrape().body.decode("utf-8"))
-        self.assertEqual(fam["asm_rounds_stored_total"], [({}, 0)])
+        self.assertEqual(fam["asm_stored_rounds_total"], [({}, 0)])
         self.assertEqual(fam["asm_non_ai_lines_total"], [({}, 0)])
         self.assertNotIn("asm_file_events_total", {k for k, v in fam.items() if v})
 

@@ -31,7 +31,10 @@ class StopSignals(TempDirTest):
             [sys.executable, str(ROOT / "main.py"), "--log-path", str(log), "--output-dir",
              str(self.out), "--allow-log-dir", str(self.tmp), "--follow",
              "--refresh-interval", "0.05"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # A shell without job control starts background jobs with SIGINT ignored,
+            # and a child inherits that: give it Ctrl-C's default back.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 60
             while not (self.out.is_dir() and load_store(self.out)

@@ -180,10 +180,10 @@ class Monitor(CommitMixIn):
             for name, why in self.index.skipped:
                 self.problems.append(f"session file {out / name} is corrupt or unreadable "
                                      f"({why}); left out of the index, kept as it is")
-        elif self.index.repair_pending():
-            self.notes.append("re-indexed sessions an interrupted run had left pending")
+        elif self.index.repair_pending():   # after a crash: shown even with -q
+            self.problems.append("re-indexed sessions an interrupted run had left pending")
         if retention.recover(out, self.index.db):
-            self.notes.append("finished pruning sessions an interrupted prune had left")
+            self.problems.append("finished pruning sessions an interrupted prune had left")
         self._archive: Archive | None = None
         self._archive_absent = False
         self.store.pruned_keys = self._pruned_keys

@@ -175,7 +175,7 @@ def health_families(directory: Path, out: Exposition, state_path: Path | None = 
              "Rounds read again (rotation, restart) and recognised as already stored."),
             ("forged_lines_total", "forged_lines",
              "Lines where a client wrote keys of its own through a header (ignored)."),
-            ("rounds_stored_total", "rounds_stored",
+            ("stored_rounds_total", "rounds_stored",
              "Rounds the monitor stored, each line counted once across restarts (alert "
              "when it stops growing while asm_lines_read_total grows)."),
             ("non_ai_lines_total", "non_ai_lines",
