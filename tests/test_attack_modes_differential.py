@@ -7,7 +7,9 @@ shortcut off (no parse worker, commit on a thread, no index helper, an fsync per
 and once per mode with the parse worker forced on, the commit process on, the index
 helper forced, syncfs batches; small checkpoints so several commits happen. Stored
 session files, every index table (full text too), .state.json without its times and
-the CLI's list / stats / JSON export must be identical.
+the CLI's list / stats / JSON export must be identical. The same log is also followed
+(--follow, worker forced on, written in seeded chunks cut mid-line while it polls, then
+stopped with SIGTERM): the same store again.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import json
 import os
 import random
 import sqlite3
+import signal
 import subprocess
 import sys
+import time
 
 from tests.helpers import ROOT, TempDirTest, make_line, write_lines
 
@@ -70,13 +74,27 @@ class EveryModeStoresWhatAPlainPassStores(TempDirTest):
         self.assertNotIn("Traceback", r.stderr)
         self.assertEqual(r.returncode, 0, r.stderr[-2000:])
 
-    def snapshot(self, out) -> dict:
+    def snapshot(self, out, logical: bool = False) -> dict:
+        """``logical``: the index's rows by session file and round key instead of by row
+        id (a follower indexes sessions in another order: other ids, same rows)."""
         files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
                  for p in out.iterdir() if p.suffix == ".json" and not p.name.startswith(".")}
         db = sqlite3.connect(out / ".index.sqlite")
         tables = {}
-        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table' "
-                                  "AND name NOT LIKE 'sqlite_%' ORDER BY name"):
+        if logical:
+            file_of = dict(db.execute("SELECT sid, file FROM sessions"))
+            tables["sessions"] = sorted(repr(r[1:]) for r in db.execute("SELECT * FROM sessions"))
+            for name in ("usage", "round_usage", "spawns"):
+                tables[name] = sorted(repr((file_of[r[0]],) + r[1:])
+                                      for r in db.execute(f"SELECT * FROM {name}"))
+            tables["fts"] = sorted(repr((file_of[sid], key, text)) for sid, key, text in db.execute(
+                "SELECT f.sid, f.key, c.c0 FROM fts_rounds f JOIN content_fts_content c "
+                "ON c.id = f.rowid"))
+            names = []
+        else:
+            names = [n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE "
+                                              "type='table' AND name NOT LIKE 'sqlite_%'")]
+        for name in sorted(names):
             if name == "meta" or name.endswith(("_data", "_idx", "_docsize", "_config")):
                 continue
             rows = db.execute(f'SELECT * FROM "{name}"').fetchall()
@@ -116,6 +134,54 @@ class EveryModeStoresWhatAPlainPassStores(TempDirTest):
                 got = self.snapshot(out)
                 for part in want:
                     self.assertEqual(got[part], want[part], (name, part))
+
+    def test_seeded_hostile_log_followed_in_chunks_stores_what_a_cron_pass_stores(self):
+        rng = random.Random(1130)
+        data = b"".join(hostile_log(rng, 900))
+        reference_log = self.tmp / "ref" / "access.log"
+        reference_log.parent.mkdir()
+        reference_log.write_bytes(data)
+        self.run_main(reference_log, self.tmp / "plain", PLAIN)
+        want = self.snapshot(self.tmp / "plain", logical=True)
+        log = self.tmp / "logs" / "access.log"
+        log.parent.mkdir()
+        log.write_bytes(b"")
+        out = self.tmp / "followed"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ASM_")}
+        env.update({"ASM_PARSE_AHEAD_BYTES": "0", "ASM_SPLIT_COMMIT_ROUNDS": "0"})
+        proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--log-path", str(log),
+                                 "--allow-log-dir", str(log.parent), "--output-dir", str(out),
+                                 "--follow", "--refresh-interval", "0.05", "-q"],
+                                env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            at = 0
+            while at < len(data):   # cut anywhere, a line's end included or not
+                step = rng.randrange(1, 60000)
+                with open(log, "ab") as f:
+                    f.write(data[at:at + step])
+                at += step
+                time.sleep(rng.choice((0, 0.02, 0.1)))
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    state = json.loads((out / ".state.json").read_text())
+                    if state["sources"] and state["sources"][0]["offset"] == len(data):
+                        break
+                except (OSError, ValueError, KeyError, IndexError):
+                    pass
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.assertEqual(proc.returncode, 143, err)
+        self.assertNotIn("Traceback", err)
+        got = self.snapshot(out, logical=True)
+        for part in ("files", "tables", "cli"):
+            self.assertEqual(got[part], want[part], part)
+        self.assertEqual(got["state"]["counters"], want["state"]["counters"])
 
 
 if __name__ == "__main__":
