@@ -145,6 +145,10 @@ def config_from_args(args: argparse.Namespace, err: TextIO) -> MonitorConfig:
     for path in paths if reads_logs else ():
         if path != "-":   # standard input: whatever the caller pipes in
             check_log_path_allowed(path, allowed)
+            if os.path.isdir(path):
+                # Read as a log that is not there yet, it passed for "Nothing new" for ever.
+                raise MonitorError(f"--log-path {path} is a directory: give the access log "
+                                   f"in it (for example {os.path.join(path, 'access.log')})")
     out = data_dir(args.output_dir)
     return MonitorConfig(
         log_paths=paths, output_dir=out,

@@ -220,6 +220,26 @@ class MaintenanceReadsNoLog(EntryPointCase):
                     self.assertNotIn("refusing", err.getvalue())
 
 
+class LogPathIsADirectory(EntryPointCase):
+    def test_a_directory_given_as_the_log_is_one_line_and_exit_1_not_nothing_new(self) -> None:
+        logs = self.tmp / "higress"
+        logs.mkdir()
+        for follow in ([], ["--follow"]):
+            with self.subTest(follow=follow):
+                # A process with a timeout: a --follow that takes the directory for a log
+                # not written yet polls it for ever.
+                proc = subprocess.run(
+                    [sys.executable, str(ROOT / "main.py"), "--log-path", str(logs),
+                     "--output-dir", str(self.out), "--allow-log-dir", str(self.tmp), *follow],
+                    capture_output=True, text=True, timeout=60)
+                self.assertEqual(proc.returncode, 1, proc.stderr)
+                self.assertNotIn("Nothing new", proc.stdout)
+                lines = proc.stderr.strip().splitlines()
+                self.assertEqual(len(lines), 1, proc.stderr)
+                self.assertIn("is a directory", lines[0])
+                self.assertIn(str(logs / "access.log"), lines[0])
+
+
 class MainLeavesTheProcessAsItFoundIt(EntryPointCase):
     def test_signal_handlers_are_restored_after_main_returns(self) -> None:
         log = self.tmp / "access.log"
