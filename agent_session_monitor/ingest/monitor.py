@@ -173,6 +173,12 @@ class Monitor(CommitMixIn):
         try:
             self.index = Index(out)
         except sqlite3.Error as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                # Another program holds it (a reader's long query, a sqlite3 shell):
+                # deleting a busy index is not the fix.
+                raise MonitorError(f"cannot open the index {out / '.index.sqlite'}: {e} "
+                                   "(another program is using it: close it and run again)"
+                                   ) from e
             raise MonitorError(f"cannot open the index {out / '.index.sqlite'}: {e} "
                                "(it is derived data: delete it and it is rebuilt)") from e
         if self.index.needs_rebuild:
