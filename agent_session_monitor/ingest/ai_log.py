@@ -9,7 +9,7 @@ import math
 
 from ..store.names import UNSESSIONED_ID
 from ..values import MAX_TOKENS, canonical_time
-from .request import BadLine, Request, _decode, decode_noting_repeats
+from .request import BadLine, Request, decode_noting_repeats
 
 # Outer fields kept with the round: what a FinOps user filters or debugs by.
 GATEWAY_FIELDS = ("authority", "method", "path", "response_code", "route_name", "duration",

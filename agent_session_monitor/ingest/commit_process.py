@@ -106,25 +106,14 @@ class CommitProcess:
         if (not hasattr(os, "fork") or os.environ.get(DISABLE_ENV) == "0"
                 or threading.active_count() > 1):
             return None
-        data_r, data_w = os.pipe()
-        reply_r, reply_w = os.pipe()
-        grow_pipe(data_w)
         parent = os.getpid()
         try:
-            pid, held = fork_holding_signals((data_r, data_w, reply_r, reply_w))
+            pid, data_w, reply_r, held = fork_server(
+                lambda data_r, reply_w, held: _serve(directory, state_path, data_r, reply_w,
+                                                     parent, held),
+                to_size=_PIPE_BYTES)
         except OSError:
             return None
-        if pid == 0:   # the child: never returns into the monitor's code
-            code = 1
-            try:
-                os.close(data_w)
-                os.close(reply_r)
-                _serve(directory, state_path, data_r, reply_w, parent, held)
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(data_r)
-        os.close(reply_w)
         proc = cls(pid, data_w, reply_r)
         try:
             _release_signals(held)   # a signal that came meanwhile is raised here
@@ -257,6 +246,40 @@ class CommitProcess:
             os.kill(self.pid, signal.SIGKILL)
         except (ProcessLookupError, TypeError):
             pass
+
+
+def fork_server(serve, to_size: int = 0, from_size: int = 0) -> tuple[int, int, int, object]:
+    """Fork a child that runs ``serve(read_fd, write_fd, held)`` on two new pipes and
+    exits (0 once it returns, 1 if it raises: it never returns into the monitor's code).
+    In the parent: (pid, the fd to write to it, the fd to read it from, ``held``), with
+    SIGINT and SIGTERM still held (:func:`fork_holding_signals`): release them with
+    :func:`_release_signals` once ready for a signal. A pipe with a size is grown to it
+    first (:func:`grow_pipe`). OSError if a pipe or the fork fails, nothing left open.
+    One place for the commit process, the parse worker and the index helper."""
+    to_r, to_w = os.pipe()
+    try:
+        from_r, from_w = os.pipe()
+    except OSError:
+        os.close(to_r)
+        os.close(to_w)
+        raise
+    if to_size:
+        grow_pipe(to_w, to_size)
+    if from_size:
+        grow_pipe(from_w, from_size)
+    pid, held = fork_holding_signals((to_r, to_w, from_r, from_w))
+    if pid == 0:   # the child: never returns into the monitor's code
+        code = 1
+        try:
+            os.close(to_w)
+            os.close(from_r)
+            serve(to_r, from_w, held)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(to_r)
+    os.close(from_w)
+    return pid, to_w, from_r, held
 
 
 def fork_holding_signals(fds: tuple[int, ...]) -> tuple[int, object]:

@@ -34,7 +34,7 @@ import sys
 from collections import OrderedDict
 from json.decoder import scanstring
 
-from .request import _DECODER, _decode, _decode_unique
+from .request import _DECODER, _decode_unique
 
 _scan = _DECODER.scan_once
 _SESSION_KEY = '"session_id":"'

@@ -36,7 +36,7 @@ from ..store.document import summarise
 from ..store.index import connect, prepare_rows, replace_prepared
 from .commit_process import (
     DISABLE_ENV, _die_with, _read_message, _release_signals, _timeout, _wait,
-    _write_message, fork_holding_signals,
+    _write_message, fork_server,
 )
 from .parse_ahead import spare_core
 
@@ -123,26 +123,15 @@ class IndexHelper:
         connection exists on both sides of it."""
         names = [session.file_name for session in sessions]
         docs = [session.doc for session in sessions]
-        data_r, data_w = os.pipe()
-        reply_r, reply_w = os.pipe()
         parent = os.getpid()
         index.close()
         try:
-            pid, held = fork_holding_signals((data_r, data_w, reply_r, reply_w))
+            pid, data_w, reply_r, held = fork_server(
+                lambda data_r, reply_w, held: _serve(index.path, names, docs, data_r, reply_w,
+                                                     parent, held))
         except OSError:
             index.reconnect()
             return None
-        if pid == 0:   # the child: never returns into the monitor's code
-            code = 1
-            try:
-                os.close(data_w)
-                os.close(reply_r)
-                _serve(index.path, names, docs, data_r, reply_w, parent, held)
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(data_r)
-        os.close(reply_w)
         helper = cls(pid, data_w, reply_r, names)
         try:
             index.reconnect()

@@ -52,7 +52,7 @@ from collections import OrderedDict
 
 from ..pricing.table import PriceTable
 from ..store.document import LINE_KEY_PREFIX, common_prefix
-from .commit_process import _release_signals, fork_holding_signals, grow_pipe
+from .commit_process import _release_signals, fork_server
 from .parse import parse_line
 from .request import BadLine, Request
 from .rounds import build_round
@@ -200,27 +200,10 @@ class ParseWorker:
                  store_content: bool) -> None:
         import pickle   # here, not at start-up: a pass that never forks never needs it;
         self.protocol = pickle.HIGHEST_PROTOCOL   # and before the fork: the worker imports nothing
-        to_r, to_w = os.pipe()
-        try:
-            from_r, from_w = os.pipe()
-        except OSError:
-            os.close(to_r)
-            os.close(to_w)
-            raise
-        for fd in (to_w, from_w):
-            grow_pipe(fd, _PIPE_SIZE)
-        pid, held = fork_holding_signals((to_r, to_w, from_r, from_w))
-        if pid == 0:   # the worker: never returns
-            code = 1
-            try:
-                os.close(to_w)
-                os.close(from_r)
-                _serve(to_r, from_w, read_time, session_key, table, store_content, held)
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(to_r)
-        os.close(from_w)
+        pid, to_w, from_r, held = fork_server(
+            lambda to_r, from_w, held: _serve(to_r, from_w, read_time, session_key, table,
+                                              store_content, held),
+            to_size=_PIPE_SIZE, from_size=_PIPE_SIZE)
         self.pid = pid
         self.wfd, self.rfd = to_w, from_r
         os.set_blocking(self.wfd, False)
