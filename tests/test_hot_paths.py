@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import pickle
 import random
 import unittest
 
@@ -21,7 +22,7 @@ from unittest import mock
 from agent_session_monitor.ingest import history, parse
 from agent_session_monitor.ingest.parse import parse_line
 from agent_session_monitor.ingest.request import BadLine, Request, _decode
-from agent_session_monitor.ingest.rounds import build_round, provider_cost
+from agent_session_monitor.ingest.rounds import build_round, for_build_round, provider_cost
 from agent_session_monitor.pricing import tokens
 from agent_session_monitor.pricing.cost import (
     PRICE_FIELDS, Buckets, Price, Tier, _count, _rates, bucket_cost, bucket_counts, split_cost,
@@ -242,6 +243,46 @@ class HotPathsTest(unittest.TestCase):
                 self.assertEqual(rnd.get(name), value if isinstance(value, str)
                                  and value not in ("", "-") else None, (name, ai))
         self.assertGreater(overflowed, 10)   # the hostile table was met
+
+    def test_a_request_reduced_for_the_monitor_builds_the_same_round(self):
+        """The parse worker sends a request reduced to what build_round reads
+        (rounds.for_build_round): for any ai_log (unknown keys, provider costs, cut
+        values, every Envoy field, a failed status) and either content mode, the round
+        built from it is the round built from the whole request, field order included,
+        and it pickles to the same bytes as it would unreduced (what the worker sends)."""
+        rng, table = self.rng, load_price_table()
+        envoy = ["authority", "method", "path", "response_code", "route_name", "duration",
+                 "upstream_cluster", "user_agent", "x_forwarded_for", "request_id"]
+        failed = 0
+        for i in range(CASES):
+            ai = self._random_ai_log(rng)
+            for _ in range(rng.randrange(3)):
+                ai[rng.choice(["x_custom", "safecheck_status", "usage_cost", "provider_cost",
+                               "response_cost", "model_alias"])] = rng.choice(
+                    ["v", 3, None, {"a": 1}, "0.5"])
+            outer = {"ai_log": json.dumps(ai), "start_time": rng.choice(
+                ["2026-02-01T09:37:12.000Z", "-"])}
+            for name in envoy:
+                if rng.random() < 0.6:
+                    outer[name] = rng.choice(["200", "500", "-", "/v1/chat", "r", ""])
+            try:
+                whole = parse_line(json.dumps(outer).encode(), READ_TIME)
+            except BadLine:
+                continue
+            if not isinstance(whole, Request):
+                continue
+            failed += whole.gateway.get("response_code") not in (None, "200")
+            reduced = pickle.loads(pickle.dumps(whole))
+            for_build_round(reduced)
+            for content in (True, False):
+                key, source = f"sha256:{i:032x}", {"fp": "f" * 16, "offset": i}
+                a = build_round(pickle.loads(pickle.dumps(whole)), key, source, table, content)
+                b = build_round(pickle.loads(pickle.dumps(reduced)), key, source, table,
+                                content)
+                self.assertEqual(list(a), list(b), ai)
+                self.assertTrue(same_json(a, b), ai)
+                self.assertEqual(pickle.dumps(a), pickle.dumps(b), ai)
+        self.assertGreater(failed, 100)   # failed requests keep their gateway fields
 
     def _random_ai_log(self, rng: random.Random) -> dict:
         ai = {"session_id": rng.choice(["s1", "s2", "", None, 5]), "model": rng.choice(

@@ -55,7 +55,7 @@ from ..store.document import LINE_KEY_PREFIX, common_prefix
 from .commit_process import _release_signals, fork_server
 from .parse import parse_line
 from .request import BadLine, Request
-from .rounds import build_round
+from .rounds import build_round, for_build_round
 
 # Record kinds (first item of each record tuple: cheap to pickle, in order).
 BAD, NON_AI, BLANK, FILTERED, REQUEST, ROUND, REDO, PARSED = range(8)
@@ -104,8 +104,8 @@ def build_record(record: tuple, line: bytes, fp: str | None, start: int, table: 
     pred, shared, spawn)``: ``messages`` is the request's whole list, or with ``pred``
     (the key of the session's previous line) its part after the ``shared`` first
     messages; ``spawn`` is the whole list when the line reports a sub-agent spawn.
-    Without ``build``, the same with the request (its ai_log without the messages, all
-    that :func:`round_of` reads) in place of the round: ``PARSED``, built by the
+    Without ``build``, the same with the request (reduced to what :func:`round_of`
+    reads: rounds.for_build_round) in place of the round: ``PARSED``, built by the
     monitor when it has the time (the worker is the slower of the two)."""
     _kind, req, key = record
     warnings = list(req.warnings)   # counted as parsed: build_round may add to them
@@ -124,8 +124,8 @@ def build_record(record: tuple, line: bytes, fp: str | None, start: int, table: 
         elif isinstance(messages, str):
             tips.put(req.session_id, key, [], len(line))
     if not build:
-        req.ai = {k: v for k, v in req.ai.items() if k != "messages"}
-        return (PARSED, req.session_id, warnings, key, req, sent, pred, shared, spawn)
+        return (PARSED, req.session_id, warnings, key, for_build_round(req), sent, pred,
+                shared, spawn)
     rnd = round_of(req, key, fp, start, table, store_content)
     return (ROUND, req.session_id, warnings, key, rnd, sent, pred, shared, spawn)
 
