@@ -10,6 +10,7 @@ header broke (:func:`_salvage`).
 from __future__ import annotations
 
 import json
+import re
 from json.decoder import scanstring
 
 from .request import BadLine, _finite_float, _reject_constant
@@ -24,9 +25,14 @@ HIGRESS_FORMAT = (
     "user_agent", "x_forwarded_for", "response_code_details")
 # Pasted in raw from request headers: a client can end the value with `"` and write keys
 # of its own after it, so injected keys can only sit right after one of these.
-CLIENT_FIELDS = frozenset(("authority", "path", "request_id", "user_agent", "x_forwarded_for"))
+# (helm/core/templates/configmap.yaml: each is a %REQ(...)% of the accessLogFormat;
+# trace_id is X-B3-TraceId.)
+CLIENT_FIELDS = frozenset(("authority", "path", "request_id", "trace_id", "user_agent",
+                           "x_forwarded_for"))
 # The outer keys whose value decides a round, its time or its identity.
 SENSITIVE_FIELDS = ("ai_log", "start_time", "timestamp", "request_id")
+# The outer keys an event time is read from (ai_log.py, _TIME_SOURCES).
+TIME_FIELDS = ("start_time", "timestamp")
 _SENSITIVE_KEYS = tuple(f'"{k}"'.encode() for k in SENSITIVE_FIELDS)
 
 
@@ -68,9 +74,11 @@ def parse_log_format(text: str) -> tuple[tuple[str, ...], frozenset]:
 def declare_formats(formats: list) -> None:
     """Read lines of these formats (from :func:`parse_log_format`) by place; [] forgets
     them. Set before the parse worker forks: it inherits them."""
-    global _DECLARED, _CLIENT
+    global _DECLARED, _CLIENT, _TEXT_LAYOUTS
     _DECLARED = tuple((keys, tuple(k in raw for k in keys)) for keys, raw in formats)
     _CLIENT = CLIENT_FIELDS.union(*(raw for _keys, raw in formats))
+    _TEXT_LAYOUTS = (_HIGRESS_TEXT, *(_TextLayout(keys, gap) for keys, gap in _DECLARED),
+                     _HIGRESS_NON_AI_TEXT)
 
 
 class _Duplicated(dict):
@@ -92,7 +100,7 @@ def _pairs_hook(pairs: list) -> dict:
 _OUTER_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float,
                                   object_pairs_hook=_pairs_hook)
 _decode_outer = _OUTER_DECODER.decode
-_GAP_AFTER = frozenset(i for i, k in enumerate(HIGRESS_FORMAT) if k in CLIENT_FIELDS)
+_HIGRESS_NON_AI = HIGRESS_FORMAT[1:]   # a route logged without ai-statistics
 
 
 _AI_LOG_END = b'","authority":"'
@@ -126,18 +134,22 @@ def _is_trusted(raw: bytes, outer: dict) -> bool:
     return quotes == _TAIL_QUOTES or quotes - raw.count(b'\\"', tail) == _TAIL_QUOTES
 
 
-def _genuine_fields(outer: dict) -> tuple[dict, bool]:
-    """The outer fields a client cannot have written, and whether the line was forged.
+def _genuine_fields(outer: dict, warnings: list[str], text: str = "") -> dict:
+    """The outer fields a client cannot have written; "forged" (and "untrusted_time") are
+    added to ``warnings`` when the line holds keys a client wrote.
 
-    For a line in Higress's format, each field is taken by its place in the fixed key
-    order (:func:`_align`); keys a client added are dropped, and a field whose place is
-    ambiguous (a client copied whole runs of the format) is dropped too, so that the
-    event time falls back to the read time. For another format, a sensitive field is
-    kept only when it occurs once; ``ai_log`` only when it is the one ai_log before
-    every client-controlled field. Raises :class:`BadLine` ``untrusted_ai_log`` for a
-    line whose only ai_log comes after a raw header: the same bytes are a custom format
-    that puts it there and a client writing one into a format that has none, so it can
-    never decide a bill.
+    For a line in Higress's format or a declared one (--log-format), each field is taken
+    by its place in the fixed key order (:func:`_align`, on the keys json read; else
+    :func:`_read_by_place`, on the line's text, for a header that opened an object); keys
+    a client added are dropped, and a field whose place is ambiguous (a client copied
+    whole runs of the format) is dropped too, so that the event time falls back to the
+    read time; an ai_log whose place is ambiguous is never billed (``ambiguous_ai_log``).
+    For another format, a sensitive field is kept only when it occurs once, a time only
+    when it comes before every client-controlled field, ``ai_log`` only when it is the
+    one ai_log before every client-controlled field. Raises :class:`BadLine`
+    ``untrusted_ai_log`` for a line whose only ai_log comes after a raw header: the same
+    bytes are a custom format that puts it there and a client writing one into a format
+    that has none, so it can never decide a bill.
     """
     pairs = outer.pairs if isinstance(outer, _Duplicated) else list(outer.items())
     keys = [k for k, _ in pairs]
@@ -146,24 +158,41 @@ def _genuine_fields(outer: dict) -> tuple[dict, bool]:
     nested = first_client < len(keys) and any(
         type(v) is not str for k, v in pairs if k != "ai_log")
     if first_client == len(keys) and not nested and not isinstance(outer, _Duplicated):
-        return outer, False   # no raw header field in this format: nothing to forge with
+        return outer   # no raw header field in this format: nothing to forge with
     if not nested:
         # Higress's format; the declared ones; Higress's without its ai_log (a route
-        # logged without ai-statistics).
+        # logged without ai-statistics), only when no format with an ai_log reads the
+        # line. Every reading the line has counts (_agreed).
         readings = (((HIGRESS_FORMAT, None),) + _DECLARED if keys[0] == "ai_log"
-                    else _DECLARED + ((HIGRESS_FORMAT[1:], None),))
+                    else _DECLARED + ((_HIGRESS_NON_AI, None),))
+        found = []
         for fmt, gap in readings:
+            if found and fmt is _HIGRESS_NON_AI:
+                break
             places = _align(keys, fmt, gap)
             if places is None:
                 continue
-            genuine = {}
+            genuine, ambiguous = {}, None
             forged = len(pairs) != len(fmt)
             for name, where in zip(fmt, places):
                 if len(where) == 1:
                     genuine[name] = pairs[next(iter(where))][1]
                 else:
                     forged = True
-            return genuine, forged
+                    if name == "ai_log":
+                        ambiguous = [pairs[i][1] for i in sorted(where)]
+            found.append((genuine, forged, ambiguous))
+        if found:
+            return _agreed(found, warnings)
+    if text and _DECLARED:
+        # A header opened an object that swallowed genuine keys: the declared layouts
+        # are read by place on the text, as a line a header broke is.
+        found = [r for layout in _TEXT_LAYOUTS[1:-1]
+                 if (r := _read_by_place(text, layout)) is not None]
+        if found:
+            if nested:
+                warnings.append("forged")
+            return _agreed(found, warnings)
     counts: dict[str, int] = {}
     for k in keys:
         counts[k] = counts.get(k, 0) + 1
@@ -172,19 +201,67 @@ def _genuine_fields(outer: dict) -> tuple[dict, bool]:
     # a header of a name not known here wrote one of them: neither is taken.
     safe_ai_logs = keys[:first_client].count("ai_log")
     genuine = {}
-    for k, v in pairs:
-        if k in genuine:
+    late_time = False
+    seen: set = set()
+    for i, (k, v) in enumerate(pairs):
+        if k in genuine or k in seen:
             continue
+        seen.add(k)
         if k == "ai_log":
             if safe_ai_logs != 1:
                 continue
+        elif k in TIME_FIELDS and i > first_client:
+            # After a raw header of a format not known here, a client may have written
+            # it: never an event time (the format can be declared, --log-format, to
+            # read it by place).
+            late_time = True
+            continue
         elif k in SENSITIVE_FIELDS and (nested or counts[k] > 1):
             continue
         genuine[k] = v
     if "ai_log" not in genuine and counts.get("ai_log") == 1 and not forged:
         at = keys.index("ai_log")
         raise _untrusted(next(k for k in reversed(keys[:at]) if k in _CLIENT))
-    return genuine, forged
+    if forged:
+        warnings.append("forged")
+    if late_time:
+        warnings.append("untrusted_time")
+    return genuine
+
+
+def _agreed(found: list, warnings: list[str]) -> dict:
+    """The fields every reading of the line (one per format it can be read as: Higress's,
+    each declared one) puts at one place with one value; "forged" to ``warnings`` when
+    a client wrote keys. Readings that disagree on an AI ai_log (a client made the
+    line of one format read as another's, or copied keys around the ai_log) bill
+    nothing: BadLine ``ambiguous_ai_log``."""
+    genuine, forged, ambiguous = found[0]
+    if len(found) > 1 or ambiguous is not None:
+        copies = []
+        for fields, _forged, unsure in found:
+            copies += unsure if unsure is not None else [fields.get("ai_log")]
+        if any(c != copies[0] for c in copies):
+            _refuse_ambiguous(copies)
+            genuine = {k: v for k, v in genuine.items() if k != "ai_log"}
+        for fields, other_forged, _unsure in found[1:]:
+            agreed = {k: v for k, v in genuine.items() if k in fields and fields[k] == v}
+            forged = forged or other_forged or len(agreed) != len(genuine) \
+                or len(fields) != len(genuine)
+            genuine = agreed
+    if forged:
+        warnings.append("forged")
+    return genuine
+
+
+def _refuse_ambiguous(candidates: list) -> None:
+    """An ai_log a client made ambiguous (it copied the format's keys around it into a
+    header): never billed, and counted unless every copy is a non-AI one."""
+    if any(not (v is None or v == "-" or v == "") for v in candidates):
+        raise BadLine("ambiguous_ai_log",
+                      f"{len(candidates)} readings of the line by the format's places give "
+                      "different ai_logs (a client copied the format's keys into a header "
+                      "around it): none is billed; a format whose ai_log comes before every "
+                      "request header cannot be forged so")
 
 
 def _untrusted(header: str) -> BadLine:
@@ -235,17 +312,25 @@ def _align(keys: list[str], fmt: tuple[str, ...],
 
 
 
-def _salvage(text: str) -> tuple[dict, bool] | None:
-    """Recover ai_log (and times, ids) from a line that is not valid JSON, and whether
-    it was forged.
+def _salvage(text: str, warnings: list[str]) -> dict | None:
+    """Recover ai_log (and times, ids) from a line that is not valid JSON; "forged" and
+    "untrusted_time" go to ``warnings``.
 
     Envoy's TEXT format does not escape other fields, so a User-Agent holding ``"``
-    breaks the line while the ai_log, which the plugin escaped, is intact. The ai_log is
-    taken when it precedes every raw header field (its place in Higress's format) or
-    occurs once; a time or id only when its key occurs exactly once, so it cannot come
-    from hostile text.
+    (or ending in ``\\``) breaks the line while the ai_log, which the plugin escaped, is
+    intact. A line of Higress's format or a declared one is read by place
+    (:func:`_read_by_place`). Of another format the ai_log is taken when it precedes
+    every raw header field or occurs once; a time or id only when its key occurs
+    exactly once (a time: before every raw header too), so it cannot come from hostile
+    text.
     """
-    first_client = min((i for i in (text.find(f'"{k}":"') for k in CLIENT_FIELDS) if i >= 0),
+    found = [r for layout in _TEXT_LAYOUTS[:-1]
+             if (r := _read_by_place(text, layout)) is not None]
+    if not found:   # Higress's without ai_log only when no format with one reads it
+        found = [r for r in (_read_by_place(text, _TEXT_LAYOUTS[-1]),) if r is not None]
+    if found:
+        return _agreed(found, warnings)
+    first_client = min((i for i in (text.find(f'"{k}":"') for k in _CLIENT) if i >= 0),
                        default=len(text))
     ai_at = text.find('"ai_log":"')
     if ai_at < 0:
@@ -255,32 +340,178 @@ def _salvage(text: str) -> tuple[dict, bool] | None:
         if repeated:
             return None
         # A lone ai_log after a raw header: a client may have written it (_genuine_fields).
-        raise _untrusted(max(CLIENT_FIELDS, key=lambda k: text.rfind(f'"{k}":"', 0, ai_at)))
+        raise _untrusted(max(_CLIENT, key=lambda k: text.rfind(f'"{k}":"', 0, ai_at)))
     ai = _string_at(text, ai_at + len('"ai_log":"'))
     if ai is None:
         return None
     outer = {"ai_log": ai}
     forged = repeated
+    late_time = False
     for key in ("start_time", "timestamp", "request_id"):
-        value = _unique_string_value(text, key)
-        if value is not None:
-            outer[key] = value
-        elif text.count(f'"{key}":') > 1:
+        at = _unique_marker(text, key)
+        if key in TIME_FIELDS and text.find(f'"{key}":"') > first_client:
+            late_time = True   # as in _genuine_fields: a client may have written it
+        elif at is not None:
+            value = _string_at(text, at + len(key) + 4, False)
+            if value is not None:
+                outer[key] = value
+        if at is None and text.count(f'"{key}":') > 1:
             forged = True
-    return outer, forged
+    if forged:
+        warnings.append("forged")
+    if late_time:
+        warnings.append("untrusted_time")
+    return outer
 
 
-def _string_at(text: str, at: int) -> str | None:
+def _string_at(text: str, at: int, strict: bool = True) -> str | None:
     try:
-        value, _end = scanstring(text, at, True)
+        value, _end = scanstring(text, at, strict)
     except ValueError:
         return None
     return value
 
 
-def _unique_string_value(text: str, key: str) -> str | None:
+def _unique_marker(text: str, key: str) -> int | None:
     marker = f'"{key}":"'
     start = text.find(marker)
     if start < 0 or text.find(marker, start + 1) >= 0:
         return None
-    return _string_at(text, start + len(marker))
+    return start
+
+
+# Reading a line by place on its text (a line a header broke, or a header that opened an
+# object): Envoy writes the format's template with each operator replaced, so the line
+# is the template's keys in order, each value either written by Envoy (a JSON string:
+# quotes escaped, or none inside) or a raw header pasted as it came, which may hold
+# anything, quotes and copies of the format's keys included. A raw value ends at a
+# quote followed by the next key of the format; every way of cutting the line so is a
+# reading, and a field is taken only when every reading puts it at the same place.
+_WS = "[ \t]*"
+
+
+class _TextLayout:
+    """A format's keys, which are raw headers, and the patterns that find its keys."""
+
+    __slots__ = ("keys", "raw", "first", "after", "cut", "end", "marks")
+
+    def __init__(self, keys: tuple[str, ...], raw: tuple[bool, ...]) -> None:
+        quoted = [re.escape(json.dumps(k)) for k in keys]
+        self.keys, self.raw = keys, raw
+        self.first = re.compile(r"\{" + _WS + quoted[0] + _WS + ":" + _WS)
+        # The separator and key before each field after the first, after the value
+        # before it (whose closing quote a raw value's pattern includes).
+        self.after = [re.compile(_WS + "," + _WS + q + _WS + ":" + _WS) for q in quoted[1:]]
+        self.cut = [re.compile('"' + _WS + "," + _WS + q + _WS + ":" + _WS) for q in quoted[1:]]
+        self.end = re.compile(_WS + r"\}" + _WS + r"\Z")
+        # A key a client wrote into a raw value: any of the format's or a sensitive one.
+        names = sorted(set(keys) | set(SENSITIVE_FIELDS))
+        self.marks = re.compile('"(?:' + "|".join(re.escape(k) for k in names) + ')"'
+                                + _WS + ":")
+
+
+def _read_by_place(text: str, layout: _TextLayout) -> tuple[dict, bool, list | None] | None:
+    """The fields of ``text`` read as ``layout`` (see above), each only when all readings
+    agree on its place; whether a client wrote keys (a field with several places, or a
+    raw value holding a key); and the ai_log's values when it has several places (else
+    None). None when the text is not a line of this layout."""
+    keys, raw, n = layout.keys, layout.raw, len(layout.keys)
+    m = layout.first.match(text)
+    if m is None:
+        return None
+    # Forward: the value starts each field can have; for a value Envoy wrote, its
+    # decoded value, end and the next field's start; for a raw one, the quote-key
+    # matches after it (where it can end).
+    starts: list[set[int]] = [set() for _ in range(n)]
+    starts[0] = {m.end()}
+    parsed: list[dict] = [{} for _ in range(n)]
+    cuts: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    for j in range(n):
+        last = j == n - 1
+        if raw[j]:
+            here = {v for v in starts[j] if text.startswith('"', v)}
+            if not here:
+                return None
+            starts[j] = here
+            lo = min(here)
+            if last:
+                m = _RAW_END.search(text, lo + 1)
+                cuts[j] = [(m.start(), len(text))] if m else []
+            else:
+                # (matches cannot overlap: each starts with a quote a comma follows)
+                cuts[j] = [(c.start(), c.end()) for c in layout.cut[j].finditer(text, lo + 1)]
+            if not cuts[j]:
+                return None
+            if not last:
+                starts[j + 1] = {nxt for q, nxt in cuts[j] if q > lo}
+        else:
+            for v in starts[j]:
+                if not text.startswith('"', v):
+                    continue
+                try:
+                    value, end = scanstring(text, v + 1, False)
+                except ValueError:
+                    continue
+                follow = layout.end if last else layout.after[j]
+                e = follow.match(text, end)
+                if e is not None:
+                    parsed[j][v] = (value, end, None if last else e.end())
+            if not parsed[j]:
+                return None
+            if not last:
+                starts[j + 1] = {nxt for _value, _end, nxt in parsed[j].values()}
+    # Backward: the starts on some complete reading.
+    good: list[set[int]] = [set() for _ in range(n)]
+    for j in range(n - 1, -1, -1):
+        last = j == n - 1
+        if raw[j]:
+            ends = [q for q, nxt in cuts[j] if last or nxt in good[j + 1]]
+            if ends:
+                hi = max(ends)
+                good[j] = {v for v in starts[j] if v < hi}
+        else:
+            good[j] = {v for v, (_value, _end, nxt) in parsed[j].items()
+                       if last or nxt in good[j + 1]}
+        if not good[j]:
+            return None
+    genuine: dict = {}
+    forged = False
+    ambiguous = None
+    for j, name in enumerate(keys):
+        if len(good[j]) != 1:
+            forged = True
+            if name == "ai_log":
+                ambiguous = [parsed[j][v][0] for v in sorted(good[j])]
+            continue
+        v = next(iter(good[j]))
+        if not raw[j]:
+            genuine[name] = parsed[j][v][0]
+            continue
+        # A raw value ends at the quote before the next field's (one) start.
+        nxt = good[j + 1] if j + 1 < n else None
+        ends = [q for q, after in cuts[j] if q > v and (nxt is None or after in nxt)]
+        if len(ends) != 1 or (nxt is not None and len(nxt) != 1):
+            continue
+        value = text[v + 1:ends[0]]
+        if layout.marks.search(value):
+            forged = True
+        genuine[name] = _raw_value(value)
+    return genuine, forged, ambiguous
+
+
+_RAW_END = re.compile('"' + _WS + r"\}" + _WS + r"\Z")
+
+
+def _raw_value(value: str) -> str:
+    """A raw header's text as json would read it when it is a valid JSON string body
+    (a valid line's value), else as Envoy wrote it."""
+    try:
+        decoded, end = scanstring(value + '"', 0, False)
+    except ValueError:
+        return value
+    return decoded if end == len(value) + 1 else value
+
+
+_HIGRESS_TEXT = _TextLayout(HIGRESS_FORMAT, tuple(k in CLIENT_FIELDS for k in HIGRESS_FORMAT))
+_HIGRESS_NON_AI_TEXT = _TextLayout(HIGRESS_FORMAT[1:], _HIGRESS_TEXT.raw[1:])
+_TEXT_LAYOUTS: tuple = (_HIGRESS_TEXT, _HIGRESS_NON_AI_TEXT)

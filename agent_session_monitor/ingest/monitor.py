@@ -20,7 +20,7 @@ from typing import Callable, Iterator, TextIO
 
 from ..pricing import tokens
 from ..errors import MonitorError
-from ..fmt import safe_text
+from ..fmt import plural, safe_text
 from ..store.durable import (
     DirLock, begin_writing, check_store_dir, end_writing, ensure_dir, refuse_symlink,
 )
@@ -186,8 +186,11 @@ class Monitor(CommitMixIn):
             for name, why in self.index.skipped:
                 self.problems.append(f"session file {out / name} is corrupt or unreadable "
                                      f"({why}); left out of the index, kept as it is")
-        elif self.index.repair_pending():   # after a crash: shown even with -q
-            self.problems.append("re-indexed sessions an interrupted run had left pending")
+        elif n := self.index.repair_pending():
+            # Shown even with -q: a run killed mid-write (the OOM killer, a kill -9)
+            # leaves no other trace a cron mail would show.
+            self.problems.append(f"the previous run was killed mid-write: re-indexed the "
+                                 f"{plural(n, 'session')} it had left pending (nothing lost)")
         if retention.recover(out, self.index.db):
             self.problems.append("finished pruning sessions an interrupted prune had left")
         self._archive: Archive | None = None
@@ -466,10 +469,18 @@ class Monitor(CommitMixIn):
             return
         else:   # BLANK
             return
-        for w in warnings:
-            stats.warnings[w] += 1
-        if "forged" in warnings:
-            self._forged(stats, reported, path, start)
+        if warnings:
+            for w in warnings:
+                stats.warnings[w] += 1
+            if "forged" in warnings:
+                self._forged(stats, reported, path, start)
+            if "untrusted_time" in warnings:
+                reported["untrusted_time"] += 1
+                if reported["untrusted_time"] <= REPORT_PER_KIND:
+                    self._warn(f"warning: round in {path} at offset {start} dated by the time "
+                               "it was read: its start_time comes after a request header, "
+                               "where a client can write one, in a log format not declared "
+                               "(declare it with --log-format to read its time by place)")
         # Idempotency (storage.md): a round is where its line came from, never the
         # request_id a client may repeat. The place (file fingerprint + offset) survives
         # rotation and compression; the line's bytes identify it on a pipe, and also

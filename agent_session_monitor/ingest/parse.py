@@ -80,32 +80,31 @@ def _parse(raw: bytes, read_time: str, history: bool = True) -> Request | str:
         # round survives when they are not in the ai_log (checked in _build).
         text = raw.decode("utf-8", "surrogateescape")
         warnings.append("bad_utf8")
-    forged = False
     try:
         outer = _decode(text)
     except RecursionError:
         raise BadLine("bad_json", "nested too deeply") from None
     except ValueError as e:
-        salvaged = _salvage(text)
+        notes: list[str] = []
+        salvaged = _salvage(text, notes)
         if salvaged is None:
             if str(e).startswith("Invalid control character"):
                 raise BadLine("raw_control_char", str(e)[:120]) from None
             raise BadLine("bad_json", str(e)[:120]) from None
-        outer, forged = salvaged
+        outer = salvaged
         warnings.append("salvaged")
         if str(e).startswith("Invalid control character"):
             warnings.append("raw_control_char")
+        warnings += notes
     else:
         if not isinstance(outer, dict):
             raise BadLine("not_object", f"a JSON {type(outer).__name__}, not an object")
         if not _is_trusted(raw, outer):
             # The exact path: decode again keeping every key, and choose by place.
-            outer, forged = _genuine_fields(_decode_outer(text))
-    if forged:
-        warnings.append("forged")
+            outer = _genuine_fields(_decode_outer(text), warnings, text)
     ai = outer.get("ai_log")
     if ai is None or ai == "-" or ai == "":
-        return "forged_non_ai" if forged else "non_ai"
+        return "forged_non_ai" if "forged" in warnings else "non_ai"
     if "bad_utf8" in warnings:
         outer = _without_bad_bytes(outer)
     if isinstance(ai, str):
@@ -118,9 +117,31 @@ def _parse(raw: bytes, read_time: str, history: bool = True) -> Request | str:
             if str(e).startswith("Invalid control character"):
                 raise BadLine("raw_control_char", "in the ai_log: " + str(e)[:100]) from None
             raise BadLine("bad_ai_log", str(e)[:120]) from None
+    elif isinstance(ai, dict):
+        ai = _object_ai_log(text, ai, warnings)
     if not isinstance(ai, dict):
         raise BadLine("bad_ai_log", f"ai_log is a JSON {type(ai).__name__}, not an object")
     return _build(outer, ai, read_time, warnings)
+
+
+def _object_ai_log(text: str, ai: dict, warnings: list[str]) -> dict:
+    """An ai_log written as a JSON object, not a string (older producers, the skill's
+    examples): the line's decode kept the last of a repeated key silently, so it is
+    decoded again noting repeats and checked exactly as an ai_log string is
+    (ai_log.repeated_keys): differing copies of a billing key make the line bad, equal
+    ones are flagged. Only such lines pay for the second decode."""
+    whole, repeated = decode_noting_repeats(text)
+    if repeated is None:
+        return ai
+    # The genuine ai_log (forgery.py chose it by place): json's, or another copy.
+    candidates = [whole.get("ai_log")] if isinstance(whole, dict) else []
+    candidates += [v for obj, pairs in repeated if obj is whole
+                   for k, v in pairs if k == "ai_log"]
+    for found in candidates:
+        if isinstance(found, dict) and found == ai:
+            repeated_keys(found, repeated, warnings)
+            return found
+    return ai
 
 
 def _without_bad_bytes(outer: dict) -> dict:

@@ -133,6 +133,9 @@ WARNINGS = {
     "naive_time": "time without a zone in the log: read as UTC",
     "bad_time": "the log's time could not be read: another time of the line was used",
     "time_from_read": "no time in the line: the time it was read is shown",
+    "untrusted_time": "the line's time comes after a request header a client can write, "
+                      "in a log format not declared (--log-format): not used",
+    "duplicate_key": "the ai_log held a key twice, with equal values",
     "bad_details": "the provider's token details could not be read: totals used as logged",
     "truncated_by_gateway": "cut by the gateway's value_length_limit: some text is shown as "
                             "logged (head [truncated] tail)",
