@@ -149,6 +149,7 @@ def config_from_args(args: argparse.Namespace, err: TextIO) -> MonitorConfig:
                 # Read as a log that is not there yet, it passed for "Nothing new" for ever.
                 raise MonitorError(f"--log-path {path} is a directory: give the access log "
                                    f"in it (for example {os.path.join(path, 'access.log')})")
+            _refuse_directories_only(path)
     out = data_dir(args.output_dir)
     return MonitorConfig(
         log_paths=paths, output_dir=out,
@@ -318,10 +319,27 @@ def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
         return stop_status(stop)
 
 
+def _refuse_directories_only(pattern: str) -> None:
+    """A glob whose every match is a directory reads nothing, as a directory given as
+    the log does: one line and exit 1, not "Nothing new" for ever."""
+    import glob
+
+    if not glob.has_magic(pattern):
+        return
+    matches = sorted(glob.glob(pattern))
+    if matches and all(os.path.isdir(m) for m in matches):
+        shown = ", ".join(matches[:3]) + (f" and {len(matches) - 3} more" if len(matches) > 3
+                                          else "")
+        raise MonitorError(f"--log-path {pattern} matches only directories ({shown}): give "
+                           "the access log in them (for example "
+                           f"{os.path.join(matches[0], 'access.log')})")
+
+
 def _any_log_exists(patterns: list[str]) -> bool:
     import glob
 
-    return any(p == "-" or (glob.glob(p) if glob.has_magic(p) else os.path.exists(p))
+    return any(p == "-" or (any(not os.path.isdir(m) for m in glob.glob(p))
+                            if glob.has_magic(p) else os.path.exists(p))
                for p in patterns)
 
 

@@ -239,6 +239,37 @@ class LogPathIsADirectory(EntryPointCase):
                 self.assertIn("is a directory", lines[0])
                 self.assertIn(str(logs / "access.log"), lines[0])
 
+    def test_a_glob_matching_only_directories_is_one_line_and_exit_1(self) -> None:
+        # /var/log/higress* meant for the logs, matching only their directories.
+        for n in range(4):
+            (self.tmp / f"higress-{n}.d").mkdir()
+        (self.tmp / "higress-1.d" / "access.log").write_bytes(b"")   # inside, not matched
+        cases = [(str(self.tmp / "higress-*"), True), (str(self.tmp / "higress-[12].d"), True),
+                 (str(self.tmp / "higress-?.d"), True), (str(self.tmp / "nothing-*"), False)]
+        for pattern, dirs in cases:
+            for follow in ([], ["--follow"]) if dirs else ([],):
+                with self.subTest(pattern=pattern, follow=follow):
+                    proc = subprocess.run(
+                        [sys.executable, str(ROOT / "main.py"), "--log-path", pattern,
+                         "--output-dir", str(self.out), "--allow-log-dir", str(self.tmp),
+                         *follow], capture_output=True, text=True, timeout=60)
+                    self.assertEqual(proc.returncode, 1, proc.stderr)
+                    self.assertNotIn("Nothing new", proc.stdout)
+                    lines = proc.stderr.strip().splitlines()
+                    self.assertEqual(len(lines), 1, proc.stderr)
+                    self.assertNotIn("Traceback", proc.stderr)
+                    self.assertIn("matches only directories" if dirs else "no access log",
+                                  lines[0])
+        # A glob matching a directory and a log reads the log.
+        log = self.tmp / "higress-9.log"
+        write_lines(log, [make_line(1)], "wb")
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "main.py"), "--log-path", str(self.tmp / "higress-*"),
+             "--output-dir", str(self.out), "--allow-log-dir", str(self.tmp)],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("1 round stored", proc.stdout)
+
 
 class MainLeavesTheProcessAsItFoundIt(EntryPointCase):
     def test_signal_handlers_are_restored_after_main_returns(self) -> None:

@@ -101,3 +101,44 @@ class QuietMonitor(TempDirTest):
                              "--allow-log-dir", str(self.tmp), "-q"], out=o, err=e)
         self.assertEqual((code, o.getvalue()), (2, ""))
         self.assertIn("error", e.getvalue())
+
+
+class QuietAfterAKill(TempDirTest):
+    """-q prints errors, and the repair of what a killed run left: a monitor killed
+    mid-write (the OOM killer, kill -9) leaves no other trace a cron mail would show, so
+    the next run says so in one line, with -q too; nothing else, and nothing lost."""
+
+    def test_the_run_after_a_kill_says_so_in_one_note_with_q_too(self):
+        import signal
+        import subprocess
+        import sys
+        from tests.helpers import ROOT, stored_inputs
+
+        log = self.tmp / "access.log"
+        write_lines(log, [make_line(n, session=f"s{n % 40}") for n in range(400)])
+        argv = [sys.executable, str(ROOT / "main.py"), "--log-path", str(log),
+                "--output-dir", str(self.out), "--allow-log-dir", str(self.tmp), "-q"]
+        for quiet in (True, False):
+            with self.subTest(quiet=quiet):
+                if self.out.exists():
+                    import shutil
+                    shutil.rmtree(self.out)
+                env = dict(os.environ, ASM_FAULT_BATCH="rename:3")
+                killed = subprocess.run(argv, env=env, capture_output=True, text=True,
+                                        timeout=120)
+                self.assertEqual(killed.returncode, -signal.SIGKILL, killed.stderr)
+                env.pop("ASM_FAULT_BATCH")
+                after = subprocess.run(argv if quiet else argv[:-1], env=env,
+                                       capture_output=True, text=True, timeout=120)
+                self.assertEqual(after.returncode, 0, after.stderr)
+                notes = after.stderr.strip().splitlines()
+                self.assertEqual(len(notes), 1, after.stderr)
+                self.assertRegex(notes[0], r"^note: the previous run was killed mid-write: "
+                                 r"re-indexed the \d+ sessions? it had left pending "
+                                 r"\(nothing lost\)$")
+                self.assertEqual(after.stdout == "", quiet, after.stdout)
+                self.assertEqual(stored_inputs(self.out), [100 + n for n in range(400)])
+                # The repair is done once: the next run is silent with -q.
+                again = subprocess.run(argv, env=env, capture_output=True, text=True,
+                                       timeout=120)
+                self.assertEqual((again.returncode, again.stdout, again.stderr), (0, "", ""))
