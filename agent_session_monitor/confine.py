@@ -14,6 +14,8 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
+from .stop import signals_held
+
 # The kernel's name for an open descriptor's file (Linux): the path it was reached by,
 # every symlink resolved, at the moment of asking.
 PROC_FD = "/proc/self/fd/{}"
@@ -56,6 +58,7 @@ def open_log(path: str, roots: Sequence[Path] | None) -> BinaryIO:
             raise OutsideAllowed(path, real)
     # O_NONBLOCK: opening a FIFO would otherwise wait for a writer. No effect on files.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    f = None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -66,9 +69,20 @@ def open_log(path: str, roots: Sequence[Path] | None) -> BinaryIO:
                 raise OutsideAllowed(path, "a file that changed while it was being opened")
             if not is_within(real, roots):
                 raise OutsideAllowed(path, real)
-        return os.fdopen(fd, "rb")
+        # The descriptor passes to the file object whole: a SIGTERM raised just after
+        # fdopen made it (the handler runs between any two bytecodes) used to close it
+        # twice, once with the dropped file object and once below; the second close
+        # failed with EBADF, whose OSError replaced the stop, and the stop was lost
+        # ("cannot read access.log: Bad file descriptor" and a --follow monitor that
+        # went on: tests/test_stop_bounded.py).
+        with signals_held():
+            f = os.fdopen(fd, "rb")
+        return f
     except BaseException:
-        os.close(fd)
+        if f is None:
+            os.close(fd)
+        else:
+            f.close()
         raise
 
 

@@ -25,6 +25,7 @@ from .config import (
 from .errors import (EXIT_OK, EXIT_RUNTIME, MonitorError, Terminated, silence_stdout,
                      stop_status)
 from .fmt import plural, safe_text
+from .stop import StopRequest
 from .ingest.forgery import parse_log_format
 from .ingest.monitor import AlreadyRunning, Monitor, MonitorConfig
 from .ingest.pass_report import summary
@@ -173,11 +174,19 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
          err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    args = parse(build_parser(), argv, err, out)
-    if isinstance(args, int):
-        return args
-    with _terminate_as_interrupt():
-        return _main(args, out, err)
+    try:
+        with _terminate_as_interrupt():
+            args = parse(build_parser(), argv, err, out)
+            if isinstance(args, int):
+                return args
+            return _main(args, out, err)
+    except KeyboardInterrupt as stop:   # 130 on Ctrl-C, 143 on SIGTERM
+        # Wherever it came (start-up, a pass, the follow loop, the exit), every write
+        # before it was atomic and the state describes what is on disk: the next run
+        # goes on from there. A stop mid-pass first saved the state of its last
+        # checkpoint (_follow).
+        print("stopped; state saved.", file=err)
+        return stop_status(stop)
 
 
 def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -199,8 +208,6 @@ def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except MonitorError as e:
         print(f"main.py: error: {safe_text(e)}", file=err)
         return e.exit_code
-    except KeyboardInterrupt as stop:   # 130 on Ctrl-C, 143 on SIGTERM
-        return stop_status(stop)
     except BrokenPipeError:
         silence_stdout()
         return EXIT_OK
@@ -215,21 +222,33 @@ def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (systemd stop, kill) ends the monitor like Ctrl-C: state saved first,
-    then exit 143 (Ctrl-C: 130). The caller's handler is back when main() returns:
-    main() may be called by a program (a test runner, a wrapper) whose own handler must
-    keep working."""
+    then exit 143 (Ctrl-C: 130), within ASM_STOP_TIMEOUT seconds even if the exception
+    is swallowed or the stop hangs (stop.py). The caller's handler is back when main()
+    returns: main() may be called by a program (a test runner, a wrapper) whose own
+    handler must keep working."""
+    global _stop
+    stop = StopRequest()
+
     def handler(signum, frame):
+        stop.request()   # first: the exception below may be dropped (stop.py)
         raise Terminated
     try:
         previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:   # not the main thread (tests calling main() from a thread)
         yield
         return
+    _stop = stop
     try:
         yield
     finally:
+        _stop = None
+        stop.finish()
         signal.signal(signal.SIGTERM, previous)
 
+
+# The SIGTERM request of the main() running in this process, if any: the follow loop
+# checks it after every pass.
+_stop: StopRequest | None = None
 
 
 def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -252,6 +271,8 @@ def _run(config: MonitorConfig, args: argparse.Namespace, out: TextIO, err: Text
         try:
             if not config.follow:
                 stats = monitor.poll_once()
+                if _stop is not None:
+                    _stop.check()   # a SIGTERM whose exception a finaliser swallowed
                 if exporter is not None:
                     exporter.close()        # sends for up to --otlp-flush-seconds
                 if not args.quiet:
@@ -282,6 +303,8 @@ def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
     last_prune = -PRUNE_EVERY
     try:
         while True:
+            if _stop is not None:
+                _stop.check()   # a SIGTERM whose exception a finaliser swallowed
             if not _any_log_exists(config.log_paths):
                 if not waiting_said and not args.quiet:
                     print(f"waiting for {', '.join(config.log_paths)} to appear...", file=err)
@@ -311,12 +334,11 @@ def _follow(monitor: Monitor, config: MonitorConfig, args: argparse.Namespace,
                 monitor.checkpoint(idle_save=True)   # with the idle polls' pass count
                 return EXIT_OK     # the pipe closed and there is nothing else to follow
             time.sleep(config.refresh_interval)
-    except KeyboardInterrupt as stop:
+    except KeyboardInterrupt:
         monitor.checkpoint(idle_save=True)   # saves the pass count of idle polls too
         if live:
             out.write("\n")
-        print("stopped; state saved.", file=err)
-        return stop_status(stop)
+        raise   # main() says "stopped; state saved." and exits 130 or 143
 
 
 def _refuse_directories_only(pattern: str) -> None:

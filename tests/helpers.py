@@ -101,6 +101,30 @@ def stored_inputs(out: Path) -> list[int]:
     return sorted(r["input_tokens"] for doc in load_store(out).values() for r in doc["rounds"])
 
 
+def wait_until_catching_sigterm(pid: int, timeout: float = 60.0) -> bool:
+    """Wait until process ``pid`` handles SIGTERM itself (Linux: SigCgt in
+    /proc/PID/status); False if it ended or the timeout passed first. Before that
+    moment (the interpreter starting, ~20 ms idle) a SIGTERM takes the kernel's default
+    action, a kill like SIGKILL, which the kill tests cover; main.py catches it from its
+    first lines on."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("SigCgt:"):
+                        if int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+                            return True
+                        break
+        except OSError:
+            return False
+        time.sleep(0.001)
+    return False
+
+
 def venv_python(env_name: str, venv: str, module: str) -> str | None:
     """The python of a test-only venv (tools/install_test_deps.sh puts them in
     .venv-test/), or the one ``$env_name`` names, if it can import ``module``."""

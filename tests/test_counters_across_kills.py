@@ -30,7 +30,8 @@ import sys
 import time
 
 from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
-from tests.helpers import ROOT, TempDirTest, load_store, make_line, write_lines
+from tests.helpers import (ROOT, TempDirTest, load_store, make_line, wait_until_catching_sigterm,
+                           write_lines)
 from tests.loggen import iter_records
 from tests.test_commit_process import FAULT_VARS, CommitProcessTest, index_snapshot
 from tests.test_forgery import FIELDS, PAYLOADS, inject
@@ -135,6 +136,9 @@ class CountersAcrossKills(CommitProcessTest):
             env=clean, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             start_new_session=True)
         target = rng.choice(("monitor", "child", "group", "sigterm"))
+        if target == "sigterm":
+            # Counted from the moment it handles SIGTERM (before it, the kernel's kill).
+            wait_until_catching_sigterm(proc.pid)
         deadline = time.monotonic() + rng.uniform(0.15, duration)
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.002)
@@ -166,9 +170,9 @@ class CountersAcrossKills(CommitProcessTest):
         _out, err = proc.communicate(timeout=120)
         self.assertNotIn("Traceback", err)
         if target == "sigterm" and follow:
-            # (143 without "stopped; state saved." when it came during the start-up,
-            # before the follow loop: nothing read, nothing to save)
+            # Wherever it came, start-up included: 143 and the line.
             self.assertEqual(proc.returncode, 143, err)
+            self.assertEqual(err.strip().splitlines()[-1:], ["stopped; state saved."], err)
         self.wait_until_free()
         self.assert_state_not_ahead()
         return f"{target}@{proc.returncode}", proc.returncode == 0

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent / PKG
 LAYERS = {
     "": 0,           # the package itself (__version__)
     "errors": 0, "config": 0, "fmt": 0, "argtypes": 0, "links": 0, "confine": 0,
-    "session_keys": 0, "values": 0,
+    "session_keys": 0, "values": 0, "stop": 0,
     "pricing": 1,
     "store": 2,
     "ingest": 3,

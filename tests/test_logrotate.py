@@ -207,7 +207,10 @@ class RealLogrotateFollow(RealLogrotate):
             time.sleep(0.1)
         self.monitor()
         self.follower.send_signal(signal.SIGTERM)
-        # It finishes the pass in hand first; on 2 loaded cores that took over 30 s once.
+        # At most ASM_STOP_TIMEOUT (30 s) even if the stop hangs (stop.py). The follower
+        # CI once saw still running 90 s after its SIGTERM had lost it: the handler ran
+        # as open_log handed a descriptor over, whose double close's EBADF replaced the
+        # stop (tests/test_stop_bounded.py).
         code = self.follower.wait(90)
         err = self.follower_err()
         self.assertEqual(code, 143, err)

@@ -20,7 +20,7 @@ from pathlib import Path
 from unittest import mock
 
 from agent_session_monitor.ingest import commit_process
-from tests.helpers import ROOT, write_lines
+from tests.helpers import ROOT, wait_until_catching_sigterm, write_lines
 from tests.test_commit_process import (
     FAULT_VARS, SEED, SMALL_BATCHES, CommitProcessTest, agent_lines,
 )
@@ -130,7 +130,13 @@ class RandomKills(CommitProcessTest):
                      "--follow", *SMALL_BATCHES],
                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                     start_new_session=True)
-                time.sleep(rng.uniform(0.1, duration))
+                # From the moment it handles SIGTERM (main.py's first lines; before
+                # that a SIGTERM is the kernel's kill): start-up, catch-up or idle.
+                # Seed 2 once came 0.1 s after the start, before the handler on a
+                # loaded machine: exit -15 (the default action) or, in Monitor's
+                # start-up, 143 without the line below.
+                self.assertTrue(wait_until_catching_sigterm(proc.pid), proc.poll())
+                time.sleep(rng.uniform(0.0, duration))
                 group = rng.random() < 0.5
                 if group:
                     os.killpg(proc.pid, signal.SIGTERM)

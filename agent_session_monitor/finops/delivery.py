@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, TextIO
 
 from .. import __version__
+from ..stop import start_thread
 from .alerts import Alert, Sink, payload_for, stderr_line
 
 TRANSIENT = {408, 425, 429}
@@ -94,7 +95,7 @@ class Delivery:
         for sid in self.sinks:
             t = threading.Thread(target=self._work, args=(sid,), daemon=True,
                                  name=f"alerts-{self.sinks[sid].kind}-{sid[:6]}")
-            t.start()
+            start_thread(t)   # SIGTERM goes to the main thread (stop.py)
             self._threads.append(t)
 
     # -- the monitor's side --------------------------------------------------------

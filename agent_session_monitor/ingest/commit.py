@@ -26,6 +26,7 @@ import threading
 import time
 
 from ..errors import MonitorError
+from ..stop import start_thread
 from ..store.durable import atomic_write_many, begin_writing, fault_at
 from ..store.sessions import dump_document
 from .commit_process import CommitProcess, CommitProcessDied, signals_held
@@ -198,7 +199,7 @@ class CommitMixIn:
 
         self._commit_error = None
         self._commit_thread = threading.Thread(target=commit, name="asm-commit", daemon=True)
-        self._commit_thread.start()
+        start_thread(self._commit_thread)   # SIGTERM goes to the main thread
 
     def _send_commit(self) -> None:
         """:meth:`_start_commit` in the commit process: it gets the documents and the

@@ -42,7 +42,6 @@ Protocol (one commit in flight at a time, as with the thread):
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import select
@@ -52,8 +51,8 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
+from ..stop import hold_signals as _hold_signals, release_signals as _release_signals, signals_held
 from ..store import durable, fulltext
 from ..store.document import summarise
 from ..store.index import commit_prepared, connect, index_path, prepare_rows
@@ -66,22 +65,6 @@ DISABLE_ENV = "ASM_COMMIT_PROCESS"   # "0": commit on a thread (benchmarks, test
 TIMEOUT_ENV = "ASM_COMMIT_TIMEOUT"   # seconds without progress before the child is killed
 DEFAULT_TIMEOUT = 600.0
 MAX_TIMEOUT = 1e7
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM (Ctrl-C, ``systemctl stop``) wait until the end of the block:
-    a commit handed over, or its reply read and applied, is never cut in half. The
-    block waits at most for the batch in flight."""
-    mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        mask(signal.SIG_SETMASK, old)
 
 
 class CommitProcessDied(Exception):
@@ -298,20 +281,6 @@ def fork_holding_signals(fds: tuple[int, ...]) -> tuple[int, object]:
         for fd in fds:
             os.close(fd)
         raise
-
-
-def _hold_signals() -> object:
-    """Block SIGINT and SIGTERM in this thread; what :func:`_release_signals` restores
-    (None where there is no pthread_sigmask)."""
-    mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None:
-        return None
-    return mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
-def _release_signals(held: object) -> None:
-    if held is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _timeout() -> float:

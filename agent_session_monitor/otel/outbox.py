@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import MonitorError
+from ..stop import start_thread
 from .options import ExportConfig, add_arguments, config_from_args  # noqa: F401 (wiring API)
 from ..fmt import safe_text
 from ..store.names import UNSESSIONED_ID
@@ -197,7 +198,7 @@ class Exporter(Sender):
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="otlp-sender", daemon=True)
-        self._thread.start()
+        start_thread(self._thread)   # SIGTERM goes to the main thread (stop.py)
 
     def flush(self, seconds: float) -> bool:
         """Give the sender up to ``seconds`` to empty the outbox; True when it did. Gives up
