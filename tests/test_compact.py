@@ -9,6 +9,7 @@ import unittest
 
 from tests.helpers import TempDirTest, load_store, write_lines
 from tests.loggen import generate
+from agent_session_monitor.store import sessions
 from agent_session_monitor.store.ondisk import compact, expand
 
 # The round fields of the original skill (its README / storage.md), present on disk in
@@ -514,3 +515,67 @@ class ConversationBytes(TempDirTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class DumpDocumentBytes(unittest.TestCase):
+    """dump_document's encoder skips json's circular-reference check (a document is
+    decoded JSON): for any document (random content of any depth, past the recursion
+    limit too, shared sub-values, lone surrogates, non-ASCII text) it writes the bytes
+    json.dumps with its documented options writes, through the same fallbacks."""
+
+    def reference(self, doc: dict) -> bytes:
+        def dumps(value, ascii_only=False):
+            return json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":"),
+                              allow_nan=False)
+        try:
+            text = dumps(compact(doc))
+        except (ValueError, TypeError, RecursionError):
+            sessions._drop_unserialisable_content(doc)
+            text = dumps(compact(doc))
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            return dumps(compact(doc), True).encode("ascii")
+
+    def test_the_same_bytes_as_json_dumps_for_any_document(self):
+        import random
+
+        texts = ["q", "", "退款 💸", "\ud800", "a\u0000b", "\"\\/"]
+
+        def document(seed: int) -> dict:
+            # Built twice from its seed: a copy of a 5,000-deep value cannot be made.
+            rng = random.Random(seed)
+
+            def value(depth: int):
+                pick = rng.random()
+                if depth <= 0 or pick < 0.3:
+                    return rng.choice(texts + [0, -1, 2**70, 1.5, -0.0, True, None])
+                if pick < 0.65:
+                    return [value(depth - 1) for _ in range(rng.randint(0, 3))]
+                return {rng.choice(["content", "role", "x", "é"]): value(depth - 1)
+                        for _ in range(rng.randint(0, 3))}
+
+            shared = value(3)
+            rounds = []
+            for n in range(rng.randint(1, 4)):
+                messages = [{"role": "user", "content": rng.choice(
+                    [value(rng.randint(0, 6)), shared, rng.choice(texts)])}
+                    for _ in range(rng.randint(0, 3))]
+                if rng.random() < 0.05:
+                    deep = "deep"
+                    for _ in range(rng.choice([50, 400, 5000])):
+                        deep = [deep] if rng.random() < 0.5 else {"content": deep}
+                    messages.append({"role": "user", "content": deep})
+                rounds.append({"key": f"k{n}", "messages": messages, "buckets": {"input": n},
+                               "messages_offset": 0, "question": rng.choice(texts),
+                               "answer": value(2), "tool_calls": []})
+            return {**CompactEdgeCases().doc(rounds), "context_tip": rounds[-1]["key"]}
+
+        drops = surrogates = 0
+        for seed in range(600):
+            got = sessions.dump_document(document(seed))
+            self.assertEqual(got, self.reference(document(seed)), seed)
+            drops += b"unserialisable_content" in got
+            surrogates += b"\\ud800" in got
+        self.assertGreater(drops, 3)        # past the recursion limit: content dropped
+        self.assertGreater(surrogates, 50)  # a lone surrogate: the ASCII fallback

@@ -43,7 +43,11 @@ def dump_document(doc: dict) -> bytes:
 
 # json.dumps(..., ensure_ascii=False, separators=(",", ":"), allow_nan=False) without
 # building its encoder for every session written (it keeps no state between calls).
-_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# No check for circular references: a document is decoded JSON (it holds none), and one
+# nested too deeply is a RecursionError either way, caught above. The same bytes, 4%
+# fewer instructions (callgrind, 1,500 short sessions: no id per container kept in a dict).
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+                                 check_circular=False)
 
 CONTENT_KEYS = ("messages", "question", "answer", "reasoning", "system", "tool_calls", "extra",
                 "input_token_details", "output_token_details")
