@@ -165,7 +165,8 @@ class MetricsContent(TempDirTest):
         text = self.scrape().body.decode("utf-8")
         fam = parse_exposition(text)
         names = {k for samples in fam.values() for labels, _ in samples for k in labels}
-        self.assertLessEqual(names, {"model", "consumer", "agent", "kind", "version"})
+        self.assertLessEqual(names, {"model", "consumer", "agent", "kind", "version",
+                                     "pricing_epoch"})
         for doc in load_store(self.out).values():
             if not doc.get("unsessioned"):
                 self.assertNotIn(doc["session_id"], text)

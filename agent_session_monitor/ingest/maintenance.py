@@ -6,8 +6,10 @@ import math
 import os
 
 from ..store.durable import atomic_write_many
+from ..store.index import PRICING_EPOCH, REPRICING
 from ..store.names import is_session_file
 from .rounds import reprice_round
+from .state import save_state
 from ..store.document import summarise
 from ..store.sessions import dump_document, read_document, unreadable_reason
 
@@ -26,6 +28,12 @@ def reprice_store(monitor, skipped: list[tuple[str, str]] | None = None
     """
     directory = monitor.config.output_dir
     names = sorted(n for n in os.listdir(directory) if is_session_file(n))
+    # /metrics' cost counters must never go down, and a reprice may lower them: it
+    # starts a new pricing epoch, a new series for each (web/metrics.py). Until it has
+    # ended (or if it is killed: until a reprice ends), /metrics shows no cost at all,
+    # never a half-repriced total under either epoch.
+    epoch = pricing_epoch(monitor) + 1
+    monitor.index.set_meta(REPRICING, str(epoch))
     changed_sessions = rounds = 0
     before_total, after_total = [], []
     batch: list[tuple[str, dict, bytes]] = []
@@ -53,7 +61,39 @@ def reprice_store(monitor, skipped: list[tuple[str, str]] | None = None
             _commit(monitor, batch)
             batch = []
     _commit(monitor, batch)
+    if changed_sessions:
+        monitor.index.set_meta(PRICING_EPOCH, str(epoch))
+        monitor.state.extra[PRICING_EPOCH] = epoch   # after the data it describes
+        save_state(monitor.config.state_path, monitor.state)
+    monitor.index.set_meta(REPRICING, None)
     return changed_sessions, rounds, math.fsum(after_total) - math.fsum(before_total)
+
+
+def pricing_epoch(monitor) -> int:
+    """The store's pricing epoch: the index's, or the state's if the index was rebuilt
+    from nothing (the larger: both only grow)."""
+    return max(_epoch(monitor.index.meta(PRICING_EPOCH)),
+               _epoch(monitor.state.extra.get(PRICING_EPOCH)))
+
+
+def sync_pricing_epoch(monitor) -> str | None:
+    """At the start of a run: the index goes on from the state's epoch (an index rebuilt
+    from nothing starts at 0); a note if a reprice was cut short."""
+    epoch = pricing_epoch(monitor)
+    if _epoch(monitor.index.meta(PRICING_EPOCH)) != epoch:
+        monitor.index.set_meta(PRICING_EPOCH, str(epoch))
+    if monitor.index.meta(REPRICING) is not None:
+        return ("a --reprice was cut short: stored costs are partly repriced and /metrics "
+                "shows no cost until it is run again to the end")
+    return None
+
+
+def _epoch(value) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return 0
+    return n if 0 <= n < 2**53 else 0
 
 
 def _priced(rnd: dict) -> tuple:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
+from .maintenance import sync_pricing_epoch
 from ..pricing import tokens
 from ..errors import MonitorError
 from ..fmt import plural, safe_text
@@ -193,6 +194,9 @@ class Monitor(CommitMixIn):
                                  f"{plural(n, 'session')} it had left pending (nothing lost)")
         if retention.recover(out, self.index.db):
             self.problems.append("finished pruning sessions an interrupted prune had left")
+        cut_reprice = sync_pricing_epoch(self)   # /metrics' cost series (maintenance.py)
+        if cut_reprice:
+            self.problems.append(cut_reprice)
         self._archive: Archive | None = None
         self._archive_absent = False
         self.store.pruned_keys = self._pruned_keys

@@ -364,6 +364,16 @@ def create_schema(db: sqlite3.Connection) -> None:
     fulltext.create(db)
 
 
+# Index meta keys of --reprice (ingest/maintenance.py, web/metrics.py): the pricing
+# epoch (how many repricings changed stored costs; /metrics labels the cost counters with
+# it, so that a reprice starts new series instead of making a counter go down), and the
+# epoch of a reprice in progress (the costs are then partly old, partly new: /metrics
+# shows none). Also kept in .state.json's extra, so that an index rebuilt from nothing
+# goes on from the same epoch.
+PRICING_EPOCH = "pricing_epoch"
+REPRICING = "repricing"
+
+
 class Index:
     """Read-write access for the monitor (the single writer)."""
 

@@ -95,14 +95,30 @@ class Exposition:
         return "".join(self.parts)
 
 
+# The pricing epoch and a reprice in progress (store/index.py), read by the same
+# statement as the sums: one snapshot, so a reprice committing meanwhile cannot put new
+# costs under the old epoch.
+_EPOCH_SQL = ("SELECT (SELECT value FROM meta WHERE key = 'pricing_epoch'), "
+              "(SELECT value FROM meta WHERE key = 'repricing'), ")
+
+
 def usage_families(db: sqlite3.Connection, out: Exposition) -> None:
     """Counters per (model, consumer, agent) from the index's usage rows."""
     agents = any(r[1] == "agent" for r in db.execute("PRAGMA table_info(sessions)"))
-    rows, folded = fold_rare(db.execute(usage_sql(agents)).fetchall())
+    found = db.execute(_EPOCH_SQL + "* FROM (" + usage_sql(agents) + ")").fetchall()
+    epoch = found[0][0] if found else None
+    repricing = bool(found) and found[0][1] is not None
+    rows, folded = fold_rare([r[2:] for r in found])
     n = len(TOKEN_KINDS)
 
     def labels(r) -> dict:
         return {"model": r[0], "consumer": r[1], "agent": r[2]}
+
+    def priced(r) -> dict:
+        # --reprice changes costs, up or down, and a counter must never go down: each
+        # reprice that changed a cost starts new series (Prometheus sees the old ones
+        # end), and while one runs no cost is shown (README, /metrics).
+        return {**labels(r), "pricing_epoch": _epoch_label(epoch)}
 
     out.family("tokens_total", "counter",
                "Tokens, by kind: input (every prompt token, cache included), output (every "
@@ -115,12 +131,13 @@ def usage_families(db: sqlite3.Connection, out: Exposition) -> None:
                "asm_unpriced_rounds_total).",
                # A group whose every round is unpriced has an unknown cost, not $0: no
                # sample (asm_unpriced_rounds_total counts those rounds).
-               ((labels(r), round(r[3 + n] or 0.0, 12)) for r in rows if r[4 + n] != r[5 + n]))
+               ((priced(r), round(r[3 + n] or 0.0, 12)) for r in rows
+                if r[4 + n] != r[5 + n] and not repricing))
     out.family("rounds_total", "counter", "Rounds (model requests) stored.",
                ((labels(r), r[4 + n] or 0) for r in rows))
     out.family("unpriced_rounds_total", "counter",
                "Rounds whose model has no price: their cost is unknown, not zero.",
-               ((labels(r), r[5 + n] or 0) for r in rows))
+               ((priced(r), r[5 + n] or 0) for r in rows if not repricing))
     out.family("tool_call_rounds_total", "counter", "Rounds whose answer called a tool.",
                ((labels(r), r[6 + n] or 0) for r in rows))
     sessions = db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
@@ -129,6 +146,13 @@ def usage_families(db: sqlite3.Connection, out: Exposition) -> None:
     out.family("label_sets_folded", "gauge",
                f"(model, consumer, agent) label sets summed into the {OTHER} series: more "
                f"than {MAX_LABEL_SETS} exist (client-chosen model names?).", [({}, folded)])
+
+
+def _epoch_label(value: object) -> str:
+    try:
+        return str(max(int(value), 0))
+    except (TypeError, ValueError):
+        return "0"
 
 
 def fold_rare(rows: list, limit: int | None = None) -> tuple[list, int]:
