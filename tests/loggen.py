@@ -609,7 +609,9 @@ _AUTHORITIES = ["llm.example.com", "ai-gw.internal.example.com"]
 def _session_id(rng: random.Random, kind: str) -> str:
     """Ids shaped like the headers real agents send (x-openclaw-session-key, ...)."""
     if kind == "openclaw":
-        channel = rng.choice(["discord:channel", "telegram:dm", "slack:thread"])
+        # OpenClaw's shapes (session_keys.py): <channel>:<peer kind>:<peer id>; its docs wrote
+        # "dm" for "direct" until openclaw#26506, and "thread" is a suffix, not a kind.
+        channel = rng.choice(["discord:channel", "telegram:direct", "slack:channel"])
         return f"agent:main:{channel}:{rng.randint(10 ** 18, 10 ** 19 - 1)}"
     if kind == "claude":
         return _uuid(rng)

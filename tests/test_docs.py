@@ -160,7 +160,7 @@ class ReadmeCommandsRun(TempDirTest):
         command = re.sub(r"--alert-webhook https?://\S+", "--alert-webhook http://127.0.0.1:9/hook",
                          command)
         for placeholder in ("SESSION_ID", "会话ID"):
-            command = command.replace(placeholder, "agent:main:telegram:dm:3058755736454904720")
+            command = command.replace(placeholder, "agent:main:telegram:direct:3058755736454904720")
         return command
 
     def test_every_readme_command_runs(self):

@@ -491,9 +491,10 @@ def _answer_ref(msg: dict, base: dict) -> str | None:
 
 
 def _same(a: object, b: object) -> bool:
-    """``a`` and ``b`` are the same JSON value, so that a reference gives ``a`` back as
-    it was logged. Python's ``==`` is not enough: ``False == 0 == 0.0 == -0.0`` and
-    ``[True] == [1]``, and ``question``/``answer`` are whatever JSON the log holds."""
+    """``a`` and ``b`` are the same JSON value, key order included, so that a reference
+    gives ``a`` back as it was logged. Python's ``==`` is not enough: ``False == 0 ==
+    0.0 == -0.0``, ``[True] == [1]``, ``{"a": 1, "b": 2} == {"b": 2, "a": 1}``, and
+    ``question``/``answer`` are whatever JSON the log holds."""
     kind = type(a)
     if kind is not type(b):
         return False
@@ -513,10 +514,14 @@ def _same(a: object, b: object) -> bool:
                 return False
         return True
     if kind is dict:
-        if a.keys() != b.keys():
+        # Keys in the same order too: a reference gives back the referenced value's
+        # order, and a file must give every message back as logged (a script printing or
+        # hashing it sees the order; tests/test_faithful_key_order.py).
+        if len(a) != len(b):
             return False
-        for k, x in a.items():
-            y = b[k]
+        for (k, x), (k2, y) in zip(a.items(), b.items()):
+            if k != k2:
+                return False
             if type(x) is str:
                 if type(y) is not str or x != y:
                     return False
