@@ -197,6 +197,30 @@ class DeclaredLayoutsReadByPlaceInEveryPath(unittest.TestCase):
         for layout in (first, second):   # a plain line of either is billed
             self.assertGenuine(outcome(line(layout, 2, {})), 2, line(layout, 2, {}))
 
+    def test_a_header_of_a_megabyte_of_copied_keys_costs_little_and_bills_no_copy(self):
+        import resource
+        import time
+        copies = b'","ai_log":"' + FORGED_AI_TEXT
+        short = b'","ai_log":"-'
+        floods = [copies * (2**20 // len(copies)), short * (2**20 // len(short)),
+                  short * (2**20 // len(short)) + b'x"']   # the last one breaks the line
+        for layout, flood in itertools.product(
+                (CORE, ("ai_log", "start_time", "user_agent", "x_forwarded_for")), floods):
+            forgery.declare_formats([parse_log_format(",".join(layout))])
+            for field in raw_fields(layout):
+                raw = line(layout, 3, {field: flood})
+                cpu = time.process_time()
+                got = outcome(raw)
+                self.assertLess(time.process_time() - cpu, 5.0)
+                with self.subTest(layout=layout, field=field):
+                    if isinstance(got, Request):
+                        self.assertGenuine(got, 3, raw)
+                    else:   # counted, never the copy
+                        self.assertIsInstance(got, BadLine)
+                    if layout[0] == "ai_log":   # before every header: always billed
+                        self.assertIsInstance(got, Request)
+        self.assertLess(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 600 * 1024)
+
 
 class DeclaredLayoutsThroughTheMonitor(TempDirTest):
     def test_every_line_is_billed_once_or_counted_never_the_clients_copy(self):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import islice
 from json.decoder import scanstring
 
 from .request import BadLine, _finite_float, _reject_constant
@@ -338,7 +339,8 @@ def _salvage(text: str, warnings: list[str]) -> dict | None:
     repeated = text.find('"ai_log":"', ai_at + 1) >= 0
     if ai_at > first_client:
         if repeated:
-            return None
+            raise BadLine("ambiguous_ai_log", "its ai_log comes after a client-controlled "
+                          "field and occurs more than once: none is billed")
         # A lone ai_log after a raw header: a client may have written it (_genuine_fields).
         raise _untrusted(max(_CLIENT, key=lambda k: text.rfind(f'"{k}":"', 0, ai_at)))
     ai = _string_at(text, ai_at + len('"ai_log":"'))
@@ -388,6 +390,10 @@ def _unique_marker(text: str, key: str) -> int | None:
 # quote followed by the next key of the format; every way of cutting the line so is a
 # reading, and a field is taken only when every reading puts it at the same place.
 _WS = "[ \t]*"
+# Places one field can have: a 60 KiB header (Envoy's default limit) holds at most ~5,000
+# copies of a key; more (8 MB of copies cost 190 MB here) and the line is not read by
+# place: the fallback of _salvage (Higress's ai_log, first, is still billed) or refused.
+MAX_PLACES = 10_000
 
 
 class _TextLayout:
@@ -439,8 +445,9 @@ def _read_by_place(text: str, layout: _TextLayout) -> tuple[dict, bool, list | N
                 cuts[j] = [(m.start(), len(text))] if m else []
             else:
                 # (matches cannot overlap: each starts with a quote a comma follows)
-                cuts[j] = [(c.start(), c.end()) for c in layout.cut[j].finditer(text, lo + 1)]
-            if not cuts[j]:
+                cuts[j] = [(c.start(), c.end()) for c in
+                           islice(layout.cut[j].finditer(text, lo + 1), MAX_PLACES + 1)]
+            if not cuts[j] or len(cuts[j]) > MAX_PLACES:
                 return None
             if not last:
                 starts[j + 1] = {nxt for q, nxt in cuts[j] if q > lo}
