@@ -476,9 +476,11 @@ class ForgedClaims(TempDirTest):
                 {"status": "accepted", "childSessionKey": child, "runId": f"r{n}"})})
         ai = {"session_id": session, "model": "gpt-4o-2024-08-06", "input_token": cost_tokens,
               "output_token": 10, "messages": messages}
-        return json.dumps({"ai_log": json.dumps(ai), "request_id": f"req-{n}",
-                           "start_time": f"2026-03-02T09:{second // 60:02d}:{second % 60:02d}.000Z"}
-                          ).encode() + b"\n"
+        # start_time before the raw X-Request-Id: a time after a raw header in a format
+        # not declared is never used (test_attack_client_dated_rounds).
+        return json.dumps({"ai_log": json.dumps(ai),
+                           "start_time": f"2026-03-02T09:{second // 60:02d}:{second % 60:02d}.000Z",
+                           "request_id": f"req-{n}"}).encode() + b"\n"
 
     def run_log(self, lines: list[bytes]) -> StoreReader:
         log = self.tmp / f"a{len(lines)}-{random.random()}.log"
