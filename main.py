@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from agent_session_monitor.errors import Terminated, stop_status  # noqa: E402 (tiny)
+from agent_session_monitor.errors import Terminated, leave, stop_status  # noqa: E402 (tiny)
 
 
 def _stop_during_start_up(signum, frame):
@@ -29,4 +29,4 @@ if __name__ == "__main__":
     except KeyboardInterrupt as stop:
         print("stopped; state saved.", file=sys.stderr)   # nothing was read yet
         sys.exit(stop_status(stop))
-    sys.exit(main())
+    leave(main())

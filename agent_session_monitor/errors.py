@@ -2,6 +2,7 @@
 
 import os
 import sys
+from typing import NoReturn
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -39,3 +40,25 @@ def silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
+
+
+def leave(status: int) -> NoReturn:
+    """End the process with ``status`` once what it printed is out, without tearing the
+    interpreter down: a catch-up leaves its caches (millions of small objects: decoded
+    messages, history) that the interpreter would free one by one for nothing, ~1.5% of
+    a small catch-up's instructions. Every file is written, synced and closed by now and
+    every child reaped; the threads left are daemons, which an exit never waits for. A
+    reader gone from stdout (``main.py | head``) is no error, as in the commands."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            pass
+        except (OSError, ValueError) as e:   # a full disk under a redirection: say so
+            if stream is sys.stdout:
+                status = status or EXIT_RUNTIME
+                try:
+                    os.write(2, f"main.py: error: cannot write the output: {e}\n".encode())
+                except OSError:
+                    pass
+    os._exit(status)

@@ -9,9 +9,11 @@ import stat
 import sys
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:   # imported when a pool is made: concurrent.futures brings logging,
+    from concurrent.futures import ThreadPoolExecutor   # ~5 ms of every run's start
 
 from ..errors import MonitorError
 
@@ -247,7 +249,7 @@ def atomic_write_many(directory: Path, items: Iterable[tuple[Path | str, bytes]]
                 if syncing is not None:
                     renamed += syncing.rename(fault, done)
                 if pool is None:
-                    pool = ThreadPoolExecutor(max_workers=workers)
+                    pool = _pool(workers)
                 syncing, chunk = _Syncing(chunk, pool, workers, fault, done), []
         if whole is not None:
             whole.add(chunk)
@@ -259,7 +261,7 @@ def atomic_write_many(directory: Path, items: Iterable[tuple[Path | str, bytes]]
             syncing = None
         if chunk:
             if len(chunk) > 1 and pool is None:
-                pool = ThreadPoolExecutor(max_workers=workers)
+                pool = _pool(workers)
             syncing, chunk = _Syncing(chunk, pool, workers, fault, done), []
             renamed += syncing.rename(fault, done)
             syncing = None
@@ -284,6 +286,19 @@ def atomic_write_many(directory: Path, items: Iterable[tuple[Path | str, bytes]]
             _close_quietly(dirfd)
 
 
+def _pool(workers: int) -> "ThreadPoolExecutor":
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=workers)
+
+
+def _wait(tasks: list) -> None:
+    if tasks:   # futures exist only where a pool was made
+        from concurrent.futures import wait
+
+        wait(tasks)
+
+
 class _Syncing:
     """The open temp files of a chunk whose fsyncs run on the pool's threads (one task
     per worker over a slice, not a Future per file: that costs more than the fsync's
@@ -305,12 +320,12 @@ class _Syncing:
             for i in range(n):
                 self.tasks.append(pool.submit(_fsync_all, fds[i::n], synced))
         except BaseException:
-            wait(self.tasks)   # the caller closes the files: not while one is synced
+            _wait(self.tasks)   # the caller closes the files: not while one is synced
             raise
 
     def rename(self, fault, done: dict) -> int:
         """Wait for the chunk's fsyncs, close its files and rename them; how many."""
-        wait(self.tasks)
+        _wait(self.tasks)
         for task in self.tasks:
             if task.exception() is not None:
                 self.abandon()
@@ -330,7 +345,7 @@ class _Syncing:
 
     def abandon(self) -> None:
         """After a failure: once no fsync uses them, close and delete the temp files."""
-        wait(self.tasks)
+        _wait(self.tasks)
         chunk, self.chunk = self.chunk, []
         for fd, tmp, _path in chunk:
             _close_quietly(fd)
