@@ -82,9 +82,11 @@ def position_key(fp: str, offset: int) -> str:
     return f"{fp[:16]}:{offset}"
 
 
-def parse_record(line: bytes, read_time: str, session_key: str | None) -> tuple:
+def parse_record(line: bytes, read_time: str, session_key: str | None,
+                 key: str | None = None) -> tuple:
     """The store-independent verdict on one line: ``(BAD, kind, detail)``,
-    ``(NON_AI, forged)``, ``(BLANK,)``, ``(FILTERED,)`` or ``(REQUEST, req, key)``."""
+    ``(NON_AI, forged)``, ``(BLANK,)``, ``(FILTERED,)`` or ``(REQUEST, req, key)``;
+    ``key``: the line's :func:`line_key`, when the caller has it."""
     try:
         req = parse_line(line, read_time)
     except BadLine as bad:
@@ -95,7 +97,7 @@ def parse_record(line: bytes, read_time: str, session_key: str | None) -> tuple:
         return (NON_AI, req == "forged_non_ai")
     if session_key is not None and req.session_id != session_key:
         return (FILTERED,)
-    return (REQUEST, req, line_key(line))
+    return (REQUEST, req, key or line_key(line))
 
 
 def build_record(record: tuple, line: bytes, fp: str | None, start: int, table: PriceTable,
@@ -218,8 +220,9 @@ class ParseWorker:
             raise
 
     def send(self, fp: str | None, lines: list, build: bool = True) -> None:
-        """Send one batch ``[(start, line), ...]``; results read meanwhile are kept.
-        ``build``: the worker builds the rounds (else it sends ``PARSED`` records)."""
+        """Send one batch ``[(start, line), ...]`` or ``[(start, line, key), ...]`` (the
+        lines' keys hashed by the monitor); results read meanwhile are kept. ``build``:
+        the worker builds the rounds (else it sends ``PARSED`` records)."""
         import pickle
         import select
 
@@ -349,9 +352,11 @@ def _serve(rfd: int, wfd: int, read_time: str, session_key: str | None, table: P
             return
         fp, build, lines = batch
         records = []
-        for start, line in lines:
+        for entry in lines:
+            start, line = entry[0], entry[1]
             try:
-                record = parse_record(line, read_time, session_key)
+                record = parse_record(line, read_time, session_key,
+                                      entry[2] if len(entry) > 2 else None)
                 if record[0] == REQUEST:
                     record = build_record(record, line, fp, start, table, store_content, tips,
                                           build)
