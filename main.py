@@ -29,4 +29,4 @@ if __name__ == "__main__":
     except KeyboardInterrupt as stop:
         print("stopped; state saved.", file=sys.stderr)   # nothing was read yet
         sys.exit(stop_status(stop))
-    leave(main())
+    sys.exit(leave(main()))

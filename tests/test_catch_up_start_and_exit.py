@@ -132,6 +132,20 @@ class MainExits(TempDirTest):
         self.assertEqual(proc.returncode, 0)
         self.assertEqual(len(load_store(self.tmp / "c")), 20)
 
+    def test_profiled_as_the_issue_says_the_profile_is_written(self) -> None:
+        # python3 -m cProfile main.py ...: the profiler prints after the script returns.
+        log = self.tmp / "p.log"
+        write_log(log, 12, 4)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ASM_")}
+        proc = subprocess.run(
+            [PYTHON, "-m", "cProfile", "-s", "tottime", str(ROOT / "main.py"), "--log-path",
+             str(log), "--output-dir", str(self.tmp / "p"), "--allow-log-dir", str(self.tmp)],
+            capture_output=True, timeout=300, env=env)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn(b"Ordered by: internal time", proc.stdout)
+        self.assertIn(b"function calls", proc.stdout)
+        self.assertEqual(len(load_store(self.tmp / "p")), 4)
+
     def test_a_full_disk_under_stdout_is_one_line_and_status_1(self) -> None:
         if not os.path.exists("/dev/full"):
             self.skipTest("no /dev/full on this system")
