@@ -20,8 +20,11 @@ def ai_line(session_id, n: int, messages=None, start: str | None = None, **ai) -
     if messages is not None:
         body["messages"] = messages
         body["question"] = messages[-1]["content"] if messages else None
-    outer = {"ai_log": json.dumps(body, ensure_ascii=False), "request_id": f"r{n}",
-             "start_time": start or f"2026-02-01T10:{n // 60 % 60:02d}:{n % 60:02d}.000Z"}
+    # start_time before the raw X-Request-Id: after it, in a format not declared, a
+    # time is never used (test_attack_client_dated_rounds).
+    outer = {"ai_log": json.dumps(body, ensure_ascii=False),
+             "start_time": start or f"2026-02-01T10:{n // 60 % 60:02d}:{n % 60:02d}.000Z",
+             "request_id": f"r{n}"}
     return json.dumps(outer, ensure_ascii=False).encode() + b"\n"
 
 

@@ -23,8 +23,9 @@ def deep_line(n: int, depth: int, where: str) -> bytes:
     ai = {"model": "gpt-4o", "input_token": 7, "output_token": 1, "messages": messages,
           "question": nested if where == "question" else "hi", "answer": "a",
           "session_id": f"deep-{n}"}
-    return json.dumps({"ai_log": json.dumps(ai), "request_id": f"deep-{n}",
-                       "start_time": "2026-02-01T09:00:00.000Z"}).encode() + b"\n"
+    # (start_time before the raw X-Request-Id, or it is not an event time)
+    return json.dumps({"ai_log": json.dumps(ai), "start_time": "2026-02-01T09:00:00.000Z",
+                       "request_id": f"deep-{n}"}).encode() + b"\n"
 
 
 class UnpicklableLineMidCatchUp(CommitProcessTest):
