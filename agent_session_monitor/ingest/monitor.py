@@ -117,9 +117,10 @@ class Monitor(CommitMixIn):
         self._commit_thread: threading.Thread | None = None
         self._commit_error: BaseException | None = None
         self._commit_sources: list = []
-        # Parsing ahead (parse_ahead.py): session file -> (id of its Session, key of the
-        # round whose messages are its context tip), for rounds linked this pass.
-        self._ahead_tips: dict | None = None
+        # Parsing ahead (parse_ahead.py): a token of the pass in progress; a session's
+        # ``linked`` is (that token, key of the round whose messages are its context tip)
+        # for rounds linked this pass.
+        self._ahead_pass: object | None = None
         self.ahead_redecoded = 0   # lines decoded again here (tests, measurements)
         # The pass in progress: its counts, those of them already in self.state.counters
         # (commit.py, _fold_counts), and whether it was cut short.
@@ -411,7 +412,7 @@ class Monitor(CommitMixIn):
         file is read, and no checkpoint falls inside that drain (the reader has then
         already described the file's end: its size and tail hash)."""
         run = _AheadRun(worker, stats, read_time, progress, self.config.checkpoint_bytes)
-        self._ahead_tips = {}
+        self._ahead_pass = object()
         try:
             for src, lf in pairs:
                 run.begin(src, lf)
@@ -424,7 +425,7 @@ class Monitor(CommitMixIn):
             run.rewind()
             raise
         finally:
-            self._ahead_tips = None
+            self._ahead_pass = None
 
     def _read_stream(self, stats: PassStats, read_time: str) -> None:
         reported: Counter = Counter()
@@ -514,9 +515,8 @@ class Monitor(CommitMixIn):
         # No rounds yet: neither on disk nor earlier in this pass (no stat per round).
         created = not session.doc["rounds"]
         self.store.add_round(session_id, rnd, messages, len(line), session)
-        tips = self._ahead_tips
-        if tips is not None and isinstance(messages, (list, str)):
-            tips[session.file_name] = (id(session), key)
+        if self._ahead_pass is not None and isinstance(messages, (list, str)):
+            session.linked = (self._ahead_pass, key)
         stats.rounds += 1
         name = session.file_name
         if created:
@@ -553,8 +553,9 @@ class Monitor(CommitMixIn):
         the line keyed ``pred`` and the ``new`` ones: from this session's context tip
         when that is the round of line ``pred`` as linked in this pass, else decoded
         again from the line."""
-        mark = self._ahead_tips.get(session.file_name)
-        if mark == (id(session), pred) and session.doc.get("context_tip") == pred:
+        mark = session.linked
+        if (mark is not None and mark[0] is self._ahead_pass and mark[1] == pred
+                and session.doc.get("context_tip") == pred):
             base = session.tip_context()
             if len(base) >= shared:
                 return base[:shared] + new

@@ -62,7 +62,10 @@ BAD, NON_AI, BLANK, FILTERED, REQUEST, ROUND, REDO, PARSED = range(8)
 
 BATCH_BYTES = 1 * 2**20      # lines per message to the worker
 MAX_IN_FLIGHT = 3            # batches sent and not yet handled
-TIP_BYTES = 32 * 2**20       # line bytes of the per-session tips the worker keeps
+# Line bytes of the per-session tips the worker keeps (parsed, ~5 times that): catch-ups
+# of the bench logs find every tip they need at 2 MB (sessions are interleaved a few
+# hundred at a time).
+TIP_BYTES = 8 * 2**20
 # Seconds without an answer after which the worker is taken for stopped or hung (kill
 # -STOP, a debugger): it is killed and the monitor parses the rest itself.
 TIMEOUT_ENV = "ASM_PARSE_TIMEOUT"

@@ -146,9 +146,12 @@ class SessionStore:
     """
 
     def __init__(self, directory: Path, *, store_content: bool = True,
-                 cache_bytes: int = 16 * 2**20, warn=None) -> None:
+                 cache_bytes: int = 6 * 2**20, warn=None) -> None:
         self.directory = directory
         self.store_content = store_content
+        # A parsed document takes ~5 times its file's bytes (chat messages): 6 MB of
+        # files is ~2,400 short sessions, ~35 MB; a catch-up of short sessions re-reads
+        # none at a tenth of that (they are interleaved a few hundred at a time).
         self.cache_bytes = cache_bytes
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._cached_bytes = 0
