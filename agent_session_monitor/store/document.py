@@ -53,6 +53,22 @@ def new_document(session_id: str | None) -> dict:
     return doc
 
 
+# A new document's key order. summarise assigns its values in place, and expand puts
+# back at the end the keys a file leaves out (empty lists, a null provider cost, the
+# price counts): without this, a session re-read from disk and extended would be written
+# with its keys in another order than one that stayed in memory, and its bytes would
+# depend on the cache (the same data, other bytes).
+_DOCUMENT_ORDER = tuple(new_document(None))
+
+
+def in_document_order(doc: dict) -> dict:
+    """``doc`` with the keys a new document has in that document's order, then any other
+    keys (older versions', hand edits') in their own order."""
+    ordered = {name: doc[name] for name in _DOCUMENT_ORDER if name in doc}
+    ordered.update(doc)
+    return ordered
+
+
 class Session:
     """A session document plus what makes adding to it cheap: the set of keys already
     applied, and the full context of the latest request (for prefix detection)."""

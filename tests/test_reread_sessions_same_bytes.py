@@ -1,0 +1,60 @@
+"""A session's file does not depend on whether the session stayed in memory.
+
+A session the monitor extends is either still in its cache (parsed this run) or read
+back from its file (an earlier cron run, a cache eviction in a long run). Both must be
+written with the same bytes: the file leaves out keys it can give back (empty lists, a
+null provider cost, the price counts), reading puts them back, and a document whose keys
+came back at the end was written with ``unpriced_models``/``consumers`` elsewhere than
+one that never left memory: the same data, other bytes, and a store whose bytes depend on
+the cache size (which broke the byte-identical comparisons of every speed change).
+
+Seeded logs (tests/loggen.py: unknown models, consumers, bad and duplicate lines) are
+ingested once whole and again in seeded random slices, one cron run per slice; every
+session file must be byte for byte the one-run file."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from tests.helpers import TempDirTest, is_session_file, write_lines
+from tests.loggen import iter_records
+
+
+class ReReadSessionsSameBytes(TempDirTest):
+    def test_sessions_extended_across_cron_runs_are_written_as_in_one_run(self) -> None:
+        for seed in (1, 5, 9, 23, 31, 47):
+            with self.subTest(seed=seed):
+                lines = [line for line, _event, _kind in iter_records(
+                    seed, sessions=40, max_requests=30, bad_every=31, non_ai_every=23,
+                    duplicate_every=17)]
+                whole_log = self.tmp / f"whole-{seed}" / "access.log"
+                whole_log.parent.mkdir()
+                write_lines(whole_log, lines, "wb")
+                whole = self.tmp / f"store-whole-{seed}"
+                code, _out, err = self.run_monitor(whole_log, out=whole, extra=["-q"])
+                self.assertEqual(code, 0, err)
+
+                rng = random.Random(seed)
+                cuts = sorted(rng.sample(range(1, len(lines)), 7))
+                sliced_log = self.tmp / f"sliced-{seed}" / "access.log"
+                sliced_log.parent.mkdir()
+                sliced = self.tmp / f"store-sliced-{seed}"
+                for start, end in zip([0, *cuts], [*cuts, len(lines)]):
+                    write_lines(sliced_log, lines[start:end])
+                    code, _out, err = self.run_monitor(sliced_log, out=sliced, extra=["-q"])
+                    self.assertEqual(code, 0, err)
+
+                names = sorted(n for n in os.listdir(whole) if is_session_file(n))
+                self.assertEqual(names, sorted(n for n in os.listdir(sliced)
+                                               if is_session_file(n)))
+                self.assertGreater(len(names), 20)
+                differ = [n for n in names
+                          if (whole / n).read_bytes() != (sliced / n).read_bytes()]
+                self.assertEqual(differ, [], f"seed {seed}: {len(differ)} of {len(names)}")
+
+
+if __name__ == "__main__":
+    import unittest
+
+    unittest.main()
