@@ -10,7 +10,7 @@ import json
 import math
 
 from .request import Request
-from ..store.sanitize import MAX_COST
+from ..store.sanitize import MAX_COST, MAX_INT
 from ..pricing.cost import Buckets, bucket_cost, bucket_counts, split_cost
 from ..pricing.table import PriceTable
 
@@ -274,8 +274,13 @@ def _text(value: object) -> str | None:
 
 
 def _int_or_none(value: object) -> int | None:
+    # The range a reader accepts (sanitize.OPTIONAL_INTS: 0..2**53, what a JSON reader
+    # holds exactly): a round stored with 2**64 or -5 here was dropped, flagged
+    # bad_stored_value, when its session was read back, so a cron run and a long run
+    # stored different rounds. Out of range is unreadable, as a non-number is.
     if type(value) is int:
-        return value
+        return value if 0 <= value <= MAX_INT else None
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
-        return int(value)
+        number = int(value)
+        return number if number <= MAX_INT else None
     return None
