@@ -162,9 +162,10 @@ class ParseTests(unittest.TestCase):
         req = parse_line(hostile, READ_TIME)
         self.assertEqual(req.ai, AI)
         self.assertIn("forged", req.warnings)
-        # Without the genuine key first, two ai_logs after a header cannot be told apart.
+        # Without the genuine key first, two ai_logs after a header cannot be told apart:
+        # counted as such, never billed (f273c5d: reading by place names the case).
         ambiguous = ('{"user_agent":"a" "ai_log":"{}","ai_log":"' + good + '"}').encode()
-        self.assertBad(ambiguous, "bad_json")
+        self.assertBad(ambiguous, "ambiguous_ai_log")
 
     def test_missing_usage_is_marked(self):
         req = parse_line(line({"session_id": "s"}), READ_TIME)
