@@ -28,32 +28,36 @@ READ_TIME_WARNINGS = {"time_from_read", "bad_time", "untrusted_time"}
 
 
 class ReReadSessionsSameBytes(TempDirTest):
+    def one_run_and_cron_slices(self, name: str, lines: list, rng: random.Random,
+                                slices: int) -> tuple:
+        """The store of one run over ``lines`` and that of a cron run after each of
+        ``slices`` seeded random slices of them is appended; and the session file names."""
+        stores = []
+        cuts = sorted(rng.sample(range(1, len(lines)), slices - 1))
+        for label, bounds in (("whole", [(0, len(lines))]),
+                              ("sliced", list(zip([0, *cuts], [*cuts, len(lines)])))):
+            log = self.tmp / f"{name}-{label}" / "access.log"
+            log.parent.mkdir()
+            log.write_bytes(b"")
+            out = self.tmp / f"{name}-store-{label}"
+            for start, end in bounds:
+                write_lines(log, lines[start:end])
+                code, _out, err = self.run_monitor(log, out=out, extra=["-q"])
+                self.assertEqual(code, 0, err)
+            stores.append(out)
+        whole, sliced = stores
+        names = sorted(n for n in os.listdir(whole) if is_session_file(n))
+        self.assertEqual(names, sorted(n for n in os.listdir(sliced) if is_session_file(n)))
+        return whole, sliced, names
+
     def test_sessions_extended_across_cron_runs_are_written_as_in_one_run(self) -> None:
         for seed in (1, 5, 9, 23, 31, 47):
             with self.subTest(seed=seed):
                 lines = [line for line, _event, _kind in iter_records(
                     seed, sessions=40, max_requests=30, bad_every=31, non_ai_every=23,
                     duplicate_every=17)]
-                whole_log = self.tmp / f"whole-{seed}" / "access.log"
-                whole_log.parent.mkdir()
-                write_lines(whole_log, lines, "wb")
-                whole = self.tmp / f"store-whole-{seed}"
-                code, _out, err = self.run_monitor(whole_log, out=whole, extra=["-q"])
-                self.assertEqual(code, 0, err)
-
-                rng = random.Random(seed)
-                cuts = sorted(rng.sample(range(1, len(lines)), 7))
-                sliced_log = self.tmp / f"sliced-{seed}" / "access.log"
-                sliced_log.parent.mkdir()
-                sliced = self.tmp / f"store-sliced-{seed}"
-                for start, end in zip([0, *cuts], [*cuts, len(lines)]):
-                    write_lines(sliced_log, lines[start:end])
-                    code, _out, err = self.run_monitor(sliced_log, out=sliced, extra=["-q"])
-                    self.assertEqual(code, 0, err)
-
-                names = sorted(n for n in os.listdir(whole) if is_session_file(n))
-                self.assertEqual(names, sorted(n for n in os.listdir(sliced)
-                                               if is_session_file(n)))
+                whole, sliced, names = self.one_run_and_cron_slices(
+                    f"chat-{seed}", lines, random.Random(seed), 8)
                 self.assertGreater(len(names), 20)
                 differ = [n for n in names
                           if (whole / n).read_bytes() != (sliced / n).read_bytes()]
@@ -81,21 +85,8 @@ class ReReadSessionsSameBytes(TempDirTest):
             with self.subTest(seed=seed):
                 rng = random.Random(seed)
                 lines = [line + b"\n" for line in hostile_log(rng)]
-                whole_log = self.tmp / f"h-whole-{seed}" / "access.log"
-                whole_log.parent.mkdir()
-                write_lines(whole_log, lines, "wb")
-                whole = self.tmp / f"h-store-whole-{seed}"
-                code, _out, err = self.run_monitor(whole_log, out=whole, extra=["-q"])
-                self.assertEqual(code, 0, err)
-                cuts = sorted(rng.sample(range(1, len(lines)), 6))
-                sliced_log = self.tmp / f"h-sliced-{seed}" / "access.log"
-                sliced_log.parent.mkdir()
-                sliced = self.tmp / f"h-store-sliced-{seed}"
-                for start, end in zip([0, *cuts], [*cuts, len(lines)]):
-                    write_lines(sliced_log, lines[start:end])
-                    code, _out, err = self.run_monitor(sliced_log, out=sliced, extra=["-q"])
-                    self.assertEqual(code, 0, err)
-                names = sorted(n for n in os.listdir(whole) if is_session_file(n))
+                whole, sliced, names = self.one_run_and_cron_slices(
+                    f"hostile-{seed}", lines, rng, 7)
                 self.assertGreater(len(names), 50)
                 differ = [n for n in names if as_data(whole / n) != as_data(sliced / n)]
                 self.assertEqual(differ, [], f"seed {seed}: {len(differ)} of {len(names)}")
