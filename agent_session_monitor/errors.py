@@ -53,6 +53,8 @@ def leave(status: int) -> int:
     if sys.getprofile() is not None or sys.gettrace() is not None:
         return status
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:   # closed when the process started (``>&-``): nothing to flush
+            continue
         try:
             stream.flush()
         except BrokenPipeError:

@@ -172,8 +172,10 @@ def _log_format(text: str) -> tuple:
 
 def main(argv: list[str] | None = None, out: TextIO | None = None,
          err: TextIO | None = None) -> int:
-    out = out or sys.stdout
-    err = err or sys.stderr
+    # A stream closed at start (``main.py >&-``, ``2>&-`` in a cron line) is None in sys:
+    # the run still stores everything, and says nothing where nothing can be read.
+    out = out or sys.stdout or open(os.devnull, "w", encoding="utf-8")
+    err = err or sys.stderr or open(os.devnull, "w", encoding="utf-8")
     try:
         with _terminate_as_interrupt():
             args = parse(build_parser(), argv, err, out)
