@@ -213,7 +213,7 @@ def _genuine_fields(outer: dict, warnings: list[str], text: str = "") -> dict:
     late_time = False
     seen: set = set()
     for i, (k, v) in enumerate(pairs):
-        if k in genuine or k in seen:
+        if k in seen:
             continue
         seen.add(k)
         if k == "ai_log":
