@@ -126,8 +126,10 @@ def _is_trusted(raw: bytes, outer: dict) -> bool:
         # No raw header of a known name; a sensitive key written twice still comes from
         # one of another name (an nginx-style "http_user_agent"), and json kept the last.
         # A quoted key is never in an escaped ai_log string: the count is of keys.
+        # A key spelled with escapes ("ai\\u005flog" is ai_log) escapes that count: a
+        # line holding any \\u takes the exact path, which decodes every key.
         return _CLIENT.isdisjoint(keys) and not any(
-            raw.count(k) > 1 for k in _SENSITIVE_KEYS)
+            raw.count(k) > 1 for k in _SENSITIVE_KEYS) and b"\\u" not in raw
     tail = raw.find(_AI_LOG_END)
     if tail < 0:
         return False
