@@ -29,7 +29,8 @@ from ..errors import MonitorError
 from ..stop import start_thread
 from ..store.durable import atomic_write_many, begin_writing, fault_at
 from ..store.sessions import dump_document
-from .commit_process import CommitProcess, CommitProcessDied, signals_held
+from ..stop import signals_held
+from .commit_process import CommitProcess, CommitProcessDied
 from .index_helper import IndexHelper, IndexHelperDied, wanted as split_wanted
 from .pass_report import PassStats
 from .state import save_state

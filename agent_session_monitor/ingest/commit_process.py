@@ -52,7 +52,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..stop import hold_signals as _hold_signals, release_signals as _release_signals, signals_held
+from ..stop import hold_signals, release_signals
 from ..store import durable, fulltext
 from ..store.document import summarise
 from ..store.index import commit_prepared, connect, index_path, prepare_rows
@@ -99,7 +99,7 @@ class CommitProcess:
             return None
         proc = cls(pid, data_w, reply_r)
         try:
-            _release_signals(held)   # a signal that came meanwhile is raised here
+            release_signals(held)   # a signal that came meanwhile is raised here
         except BaseException:
             proc.close()   # the child exits at end of file: none is left behind
             raise
@@ -236,7 +236,7 @@ def fork_server(serve, to_size: int = 0, from_size: int = 0) -> tuple[int, int, 
     exits (0 once it returns, 1 if it raises: it never returns into the monitor's code).
     In the parent: (pid, the fd to write to it, the fd to read it from, ``held``), with
     SIGINT and SIGTERM still held (:func:`fork_holding_signals`): release them with
-    :func:`_release_signals` once ready for a signal. A pipe with a size is grown to it
+    :func:`release_signals` once ready for a signal. A pipe with a size is grown to it
     first (:func:`grow_pipe`). OSError if a pipe or the fork fails, nothing left open.
     One place for the commit process, the parse worker and the index helper."""
     to_r, to_w = os.pipe()
@@ -267,17 +267,17 @@ def fork_server(serve, to_size: int = 0, from_size: int = 0) -> tuple[int, int, 
 
 def fork_holding_signals(fds: tuple[int, ...]) -> tuple[int, object]:
     """``os.fork()`` with SIGINT and SIGTERM held across it: (pid, what to pass to
-    :func:`_release_signals`, which the child calls once its own handlers are set and
+    :func:`release_signals`, which the child calls once its own handlers are set and
     the parent once it is ready for a signal). A ``systemctl stop`` reaching the group at
     the fork would otherwise run the monitor's handler inside an at-fork hook (threading's,
     logging's _releaseLock), where its KeyboardInterrupt is ignored or printed: the stop
     was lost or a traceback appeared. If the fork fails, the signals are released,
     ``fds`` closed and the OSError raised."""
-    held = _hold_signals()
+    held = hold_signals()
     try:
         return os.fork(), held
     except OSError:
-        _release_signals(held)
+        release_signals(held)
         for fd in fds:
             os.close(fd)
         raise
@@ -299,7 +299,7 @@ def _serve(directory: Path, state_path: Path, data_fd: int, reply_fd: int, paren
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    _release_signals(held)   # one that came meanwhile is ignored now
+    release_signals(held)   # one that came meanwhile is ignored now
     _die_with(parent)
     durable.in_commit_process(parent)
     # No cyclic garbage collection while a batch is handled: unpickling, summarising

@@ -34,9 +34,9 @@ from pathlib import Path
 from ..store import fulltext
 from ..store.document import summarise
 from ..store.index import connect, prepare_rows, replace_prepared
+from ..stop import release_signals
 from .commit_process import (
-    DISABLE_ENV, _die_with, _read_message, _release_signals, _timeout, _wait,
-    _write_message, fork_server,
+    DISABLE_ENV, _die_with, _read_message, _timeout, _wait, _write_message, fork_server,
 )
 from .parse_ahead import spare_core
 
@@ -135,7 +135,7 @@ class IndexHelper:
         helper = cls(pid, data_w, reply_r, names)
         try:
             index.reconnect()
-            _release_signals(held)   # a signal that came meanwhile is raised here
+            release_signals(held)   # a signal that came meanwhile is raised here
         except BaseException:
             helper.abandon()
             raise
@@ -193,7 +193,7 @@ def _serve(path: Path, names: list[str], docs: list[dict], data_fd: int, reply_f
            parent: int, held: object) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):   # the monitor decides; it kills this
         signal.signal(sig, signal.SIG_IGN)
-    _release_signals(held)
+    release_signals(held)
     _die_with(parent)
     # The documents are the monitor's pages: a collection would visit, and copy, them all.
     gc.disable()

@@ -52,7 +52,8 @@ from collections import OrderedDict
 
 from ..pricing.table import PriceTable
 from ..store.document import LINE_KEY_PREFIX, common_prefix
-from .commit_process import _release_signals, fork_server
+from ..stop import release_signals
+from .commit_process import fork_server
 from .parse import parse_line
 from .request import BadLine, Request
 from .rounds import build_round, for_build_round
@@ -217,7 +218,7 @@ class ParseWorker:
         self.status: int | None = None
         self.timeout = _timeout()
         try:
-            _release_signals(held)   # a signal that came meanwhile is raised here
+            release_signals(held)   # a signal that came meanwhile is raised here
         except BaseException:
             self.close(kill=True)
             raise
@@ -342,7 +343,7 @@ def _serve(rfd: int, wfd: int, read_time: str, session_key: str | None, table: P
     # the log files.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _release_signals(held)   # held across the fork: from here on, as set just above
+    release_signals(held)   # held across the fork: from here on, as set just above
     low, high = sorted((rfd, wfd))
     os.closerange(3, low)
     os.closerange(low + 1, high)
