@@ -351,9 +351,14 @@ class ForgedAiLogInCustomFormats(unittest.TestCase):
                 self.assertIsInstance(got, Request)
                 self.assertEqual((got.timestamp, got.warnings), (GENUINE_TIME, []))
 
-    def test_duplicated_ai_log_in_a_format_with_headers_of_other_names_bills_neither(self):
+    def test_duplicated_ai_log_in_a_format_with_headers_of_other_names_bills_the_first_key(self):
         # A header this parser does not know by name (an nginx-style "http_user_agent")
-        # that writes a second ai_log: Python would keep the last; neither is taken.
+        # that writes a second ai_log: Python would keep the last. The genuine one is the
+        # line's first key, which no client can write (a header's keys follow its
+        # value): billed, flagged forged. It was dropped as a forged non-AI line, a paid
+        # round hidden as a free one. Where the first ai_log follows a key that may be a
+        # raw header, its place is unknown: ambiguous_ai_log (counted, never billed).
+        # Every header position and spelling: test_attack_undeclared_second_ai_log.py.
         forged = go_json({"session_id": "victim", "model": "gpt-4o",
                           "input_token": 5_000_000, "output_token": 1})
         for genuine in (go_json(genuine_ai(0)), "-"):
@@ -362,7 +367,17 @@ class ForgedAiLogInCustomFormats(unittest.TestCase):
             got = self.outcome(raw)
             with self.subTest(genuine=genuine[:10]):
                 self.assertNotBilledToTheVictim(got, raw)
-                self.assertEqual(got, "forged_non_ai")
+                if genuine == "-":
+                    self.assertEqual(got, "forged_non_ai")
+                else:
+                    self.assertEqual((got.session_id, got.input_token), ("alice", 1000))
+                    self.assertIn("forged", got.warnings)
+            raw = ('{"status":"200","http_user_agent":"x","ai_log":' + json.dumps(forged)
+                   + ',"ai_log":' + json.dumps(genuine) + ',"method":"POST"}').encode()
+            got = self.outcome(raw)
+            with self.subTest(genuine=genuine[:10], header_first=True):
+                self.assertIsInstance(got, BadLine)
+                self.assertEqual(got.kind, "ambiguous_ai_log")
 
 
 class DeclaredCustomFormats(unittest.TestCase):

@@ -35,6 +35,11 @@ SENSITIVE_FIELDS = ("ai_log", "start_time", "timestamp", "request_id")
 # The outer keys an event time is read from (ai_log.py, _TIME_SOURCES).
 TIME_FIELDS = ("start_time", "timestamp")
 _SENSITIVE_KEYS = tuple(f'"{k}"'.encode() for k in SENSITIVE_FIELDS)
+# Keys whose value the gateway writes itself, never a request header pasted raw: those of
+# Higress's format that are not client fields, and the skill's examples' own. In a format
+# not declared, only a key of these names can sit before the genuine ai_log without
+# leaving its place in doubt (any other name may be a raw header: nginx's http_user_agent).
+GATEWAY_FIELDS = frozenset(HIGRESS_FORMAT[1:] + ("__file_offset__", "timestamp")) - CLIENT_FIELDS
 
 
 # Formats an operator declared with --log-format: (keys in order, for each whether a
@@ -156,8 +161,11 @@ def _genuine_fields(outer: dict, warnings: list[str], text: str = "") -> dict:
     whole runs of the format) is dropped too, so that the event time falls back to the
     read time; an ai_log whose place is ambiguous is never billed (``ambiguous_ai_log``).
     For another format, a sensitive field is kept only when it occurs once, a time only
-    when it comes before every client-controlled field, ``ai_log`` only when it is the
-    one ai_log before every client-controlled field. Raises :class:`BadLine`
+    when it comes before every client-controlled field, ``ai_log`` only when it comes
+    before every client-controlled field and is the only one, or the first of several
+    with only keys the gateway writes (GATEWAY_FIELDS) before it; several ai_logs
+    otherwise leave the genuine one's place unknown: BadLine ``ambiguous_ai_log`` (or a
+    forged non-AI line when none is an AI one). Raises :class:`BadLine`
     ``untrusted_ai_log`` for a line whose only ai_log comes after a raw header: the same
     bytes are a custom format that puts it there and a client writing one into a format
     that has none, so it can never decide a bill.
@@ -208,9 +216,18 @@ def _genuine_fields(outer: dict, warnings: list[str], text: str = "") -> dict:
     for k in keys:
         counts[k] = counts.get(k, 0) + 1
     forged = nested or len(counts) != len(keys)
-    # The genuine ai_log can only be the one before every raw header; two there means
-    # a header of a name not known here wrote one of them: neither is taken.
-    safe_ai_logs = keys[:first_client].count("ai_log")
+    ai_at = [i for i, k in enumerate(keys) if k == "ai_log"]
+    if len(ai_at) > 1:
+        # A client wrote all but one. The first is the genuine one when every key before
+        # it is one the gateway writes (no header precedes it to write it from); else a
+        # header of a name not known here may have, and its place is unknown.
+        if _gateway_prefix(keys[:ai_at[0]]):
+            ai_at = ai_at[:1]
+        else:
+            _refuse_ambiguous([pairs[i][1] for i in ai_at], True)
+            ai_at = []
+    # The genuine ai_log: the one before every raw header of a known name.
+    take_ai = len(ai_at) == 1 and ai_at[0] < first_client
     genuine = {}
     late_time = False
     seen: set = set()
@@ -219,7 +236,7 @@ def _genuine_fields(outer: dict, warnings: list[str], text: str = "") -> dict:
             continue
         seen.add(k)
         if k == "ai_log":
-            if safe_ai_logs != 1:
+            if not take_ai:
                 continue
         elif k in TIME_FIELDS and i > first_client:
             # After a raw header of a format not known here, a client may have written
@@ -238,6 +255,12 @@ def _genuine_fields(outer: dict, warnings: list[str], text: str = "") -> dict:
     if late_time:
         warnings.append("untrusted_time")
     return genuine
+
+
+def _gateway_prefix(keys: list[str]) -> bool:
+    """No key of these can be a raw header: each is one the gateway writes and no
+    declared format marks raw."""
+    return all(k in GATEWAY_FIELDS and k not in _CLIENT for k in keys)
 
 
 def _agreed(found: list, warnings: list[str]) -> dict:
@@ -264,15 +287,20 @@ def _agreed(found: list, warnings: list[str]) -> dict:
     return genuine
 
 
-def _refuse_ambiguous(candidates: list) -> None:
+def _refuse_ambiguous(candidates: list, undeclared: bool = False) -> None:
     """An ai_log a client made ambiguous (it copied the format's keys around it into a
-    header): never billed, and counted unless every copy is a non-AI one."""
+    header; or, in a format not declared, wrote one where any of them may be the
+    format's): never billed, and counted unless every copy is a non-AI one."""
     if any(not (v is None or v == "-" or v == "") for v in candidates):
-        raise BadLine("ambiguous_ai_log",
-                      f"{len(candidates)} readings of the line by the format's places give "
-                      "different ai_logs (a client copied the format's keys into a header "
-                      "around it): none is billed; a format whose ai_log comes before every "
-                      "request header cannot be forged so")
+        raise BadLine("ambiguous_ai_log", (
+            f"{len(candidates)} ai_log keys, the first after a key that may be a raw "
+            "header of a format not declared: which one the gateway wrote is unknown, "
+            "none is billed; log ai_log first or declare the format (--log-format)")
+            if undeclared else (
+            f"{len(candidates)} readings of the line by the format's places give "
+            "different ai_logs (a client copied the format's keys into a header "
+            "around it): none is billed; a format whose ai_log comes before every "
+            "request header cannot be forged so"))
 
 
 def _untrusted(header: str) -> BadLine:
@@ -346,11 +374,17 @@ def _salvage(text: str, warnings: list[str]) -> dict | None:
     ai_at = text.find('"ai_log":"')
     if ai_at < 0:
         return None
-    repeated = text.find('"ai_log":"', ai_at + 1) >= 0
+    # Every ai_log key, however spelled ("ai\u005flog", "ai_log" :): a client's copies.
+    copies = [m for m in _ANY_AI_LOG_KEY.finditer(text)
+              if m.group(1) == "ai_log" or _string_at(m.group(0), 1) == "ai_log"]
+    repeated = len(copies) > 1
+    if repeated and (ai_at > first_client or copies[0].start() != ai_at
+                     or not _gateway_prefix(_keys_before(text, ai_at))):
+        # As in _genuine_fields: only keys the gateway writes may precede the genuine one.
+        _refuse_ambiguous([_value_after(text, m.end()) for m in copies], True)
+        warnings.append("forged")
+        return {}
     if ai_at > first_client:
-        if repeated:
-            raise BadLine("ambiguous_ai_log", "its ai_log comes after a client-controlled "
-                          "field and occurs more than once: none is billed")
         # A lone ai_log after a raw header: a client may have written it (_genuine_fields).
         raise _untrusted(max(_CLIENT, key=lambda k: text.rfind(f'"{k}":"', 0, ai_at)))
     ai = _string_at(text, ai_at + len('"ai_log":"'))
@@ -374,6 +408,32 @@ def _salvage(text: str, warnings: list[str]) -> dict | None:
     if late_time:
         warnings.append("untrusted_time")
     return outer
+
+
+# A quoted key, plain or with escapes, and its colon (group 1: a plain key's text).
+_ANY_AI_LOG_KEY = re.compile(r'"(ai_log)"[ \t\r\n]*:|"[^"]*\\u[^"]*"[ \t\r\n]*:')
+_WS_MATCH = re.compile(r"[ \t\r\n]*").match
+
+
+def _keys_before(text: str, at: int) -> list[str]:
+    """The keys of the line before offset ``at`` (where a key starts), or ["?"] when
+    that part is not a run of valid members (a header broke it)."""
+    head = text[:at].rstrip()
+    if head.endswith(","):
+        head = head[:-1]
+    try:
+        pairs = json.loads(head + "}", object_pairs_hook=list)
+    except (ValueError, RecursionError):
+        return ["?"]
+    return [k for k, _v in pairs] if isinstance(pairs, list) else ["?"]
+
+
+def _value_after(text: str, at: int) -> object:
+    """The string value after a key's colon at ``at``; "?" (an AI ai_log for
+    _refuse_ambiguous) when it is not one."""
+    m = _WS_MATCH(text, at)
+    value = _string_at(text, m.end() + 1, False) if text.startswith('"', m.end()) else None
+    return "?" if value is None else value
 
 
 def _string_at(text: str, at: int, strict: bool = True) -> str | None:
