@@ -43,17 +43,9 @@ DETAIL_KEYS = ["cached_tokens", "cache_read_input_tokens", "cached_content_token
                "cache_creation_input_tokens", "reasoning_tokens", "thoughts_token_count",
                "audio_tokens", "cache_creation"]
 BUCKET_NAMES = ["input", "cache_read", "cache_write", "cache_write_1h", "output", "reasoning"]
-# Every field a stored round can have, in the order build_round writes them.
-ROUND_ORDER = [
-    "round", "timestamp", "request_id", "key", "model", "input_tokens", "output_tokens",
-    "reasoning_tokens", "cached_tokens", "cache_write_tokens", "total_tokens", "buckets",
-    "cost_usd", "priced_as", "priced_by", "provider_cost_usd", "has_tool_calls",
-    "response_type", "chat_round", "chat_id", "consumer", "api", "api_type",
-    "llm_first_token_duration", "llm_service_duration", "messages", "messages_offset",
-    "input_token_details", "output_token_details", "source", "question", "answer",
-    "reasoning", "system", "tool_calls", "tool_calls_truncated", "question_truncated",
-    "answer_truncated", "reasoning_truncated", "system_truncated", "gateway", "time_source",
-    "warnings", "usage_missing", "extra"]
+# Every field a stored round can have, in the order build_round writes them (a round
+# read back from its file is put in that order: store/document.py).
+ROUND_ORDER = document.ROUND_ORDER
 OPTIONAL = ["total_tokens", "priced_by", "provider_cost_usd", "chat_round", "chat_id",
             "consumer", "api", "api_type", "llm_first_token_duration", "llm_service_duration"]
 
@@ -160,6 +152,10 @@ class HotPathsTest(unittest.TestCase):
 
     def test_built_rounds_keep_one_field_order_and_leave_out_only_empty_optional_fields(self):
         rng, table = self.rng, load_price_table()
+        # Rounds linked into one session (context_key, messages_truncated) keep it too:
+        # it is the order a round read back from its file is given (document.in_round_order).
+        session = document.Session(document.new_document("s"), "s.json")
+        history: list = []
         for i in range(CASES):
             ai = self._random_ai_log(rng)
             line = json.dumps({"ai_log": json.dumps(ai), "start_time": rng.choice(
@@ -174,8 +170,13 @@ class HotPathsTest(unittest.TestCase):
             for content in (True, False):
                 rnd = build_round(req, f"sha256:{i:032x}", {"fp": "f" * 16, "offset": i},
                                   table, content)
+                if content:
+                    history = history + [{"role": "user", "content": str(i)}] \
+                        if rng.random() < 0.8 else [{"role": "user", "content": str(i)}]
+                    session.add(rnd, rng.choice([history, history, "cut [truncated] x", None]))
                 keys = list(rnd)
                 self.assertEqual(keys, sorted(keys, key=ROUND_ORDER.index), ai)
+                self.assertEqual(list(document.in_round_order(rnd)), keys)
                 for name in OPTIONAL:
                     self.assertNotIn(rnd.get(name, "absent"), (None, {}), (name, ai))
                 self.assertEqual(rnd["has_tool_calls"], bool(rnd["tool_calls"]) or

@@ -69,6 +69,34 @@ def in_document_order(doc: dict) -> dict:
     return ordered
 
 
+# Every key a stored round can have, in the order ingest/rounds.build_round writes them
+# (an optional one only when it has a value), then what Session.add links (context_key,
+# or messages_truncated). expand puts back at the end of a round the keys its file left
+# out (messages_offset, source, total_tokens, buckets, context_key, ...): a round re-read
+# and written again would otherwise have other bytes than one that stayed in memory.
+# tests/test_hot_paths.py checks build_round against it.
+ROUND_ORDER = (
+    "round", "timestamp", "request_id", "key", "model", "input_tokens", "output_tokens",
+    "reasoning_tokens", "cached_tokens", "cache_write_tokens", "total_tokens", "buckets",
+    "cost_usd", "priced_as", "priced_by", "provider_cost_usd", "has_tool_calls",
+    "response_type", "chat_round", "chat_id", "consumer", "api", "api_type",
+    "llm_first_token_duration", "llm_service_duration", "messages", "messages_offset",
+    "input_token_details", "output_token_details", "source", "question", "answer",
+    "reasoning", "system", "tool_calls", "tool_calls_truncated", "question_truncated",
+    "answer_truncated", "reasoning_truncated", "system_truncated", "gateway", "time_source",
+    "warnings", "usage_missing", "extra", "context_key", "messages_truncated",
+)
+
+
+def in_round_order(rnd: dict) -> dict:
+    """``rnd`` with the keys a built round has in :data:`ROUND_ORDER`, then any other keys
+    (older versions', hand edits') in their own order."""
+    ordered = {name: rnd[name] for name in ROUND_ORDER if name in rnd}
+    if len(ordered) != len(rnd):
+        ordered.update(rnd)
+    return ordered
+
+
 class Session:
     """A session document plus what makes adding to it cheap: the set of keys already
     applied, and the full context of the latest request (for prefix detection)."""

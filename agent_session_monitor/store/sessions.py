@@ -19,7 +19,7 @@ from .durable import atomic_write_many, open_regular
 from .names import UNSESSIONED_FILE, file_name_for
 from ..values import format_time, utc_now
 from .sanitize import sanitise_document
-from .document import Session, in_document_order, new_document
+from .document import Session, in_document_order, in_round_order, new_document
 
 
 def dump_document(doc: dict) -> bytes:
@@ -102,7 +102,9 @@ def parse_document(data: bytes, mtime: float) -> dict:
     # Older versions and hand edits leave values no reader can use (sanitize.py).
     sanitise_document(doc, _file_time(mtime))
     try:
-        return in_document_order(expand(doc))
+        doc = in_document_order(expand(doc))
+        doc["rounds"] = [in_round_order(rnd) for rnd in doc["rounds"]]
+        return doc
     except (KeyError, TypeError, AttributeError, IndexError) as e:
         raise ValueError(f"its rounds do not fit together ({type(e).__name__}: {e})") from None
 
