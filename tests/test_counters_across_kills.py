@@ -46,7 +46,7 @@ FORCED = ["--checkpoint-bytes", "60000"]
 FORKS_ON = {"ASM_PARSE_AHEAD_BYTES": "0"}
 
 
-def hostile_log(seed: int) -> list[bytes]:
+def hostile_log(seed: int, size_limit: int = LOG_BYTES) -> list[bytes]:
     """A seeded log with every kind of line the counters count: rounds, exact duplicate
     lines (a shipper's retry), non-AI lines, every bad kind, salvaged lines (a quote in
     a User-Agent), unsessioned requests and forged lines (keys written through a header)."""
@@ -60,7 +60,7 @@ def hostile_log(seed: int) -> list[bytes]:
         if rng.random() < 0.04:
             n += 1
             lines.append(inject(n, {rng.choice(FIELDS): PAYLOADS[rng.choice(sorted(PAYLOADS))]}))
-        if size >= LOG_BYTES:
+        if size >= size_limit:
             return lines
     raise AssertionError("unreachable")
 

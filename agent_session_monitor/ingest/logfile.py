@@ -68,12 +68,12 @@ def held_key(src: SourceState) -> tuple[str, int, int]:
     return (src.fp, src.dev, src.ino)
 
 
-def tail_hash(f: BinaryIO, offset: int) -> str | None:
-    """Hash of the TAIL_LEN bytes before ``offset`` ("" before TAIL_LEN; None when the
-    file no longer has them: it shrank)."""
+def tail_hash(f: BinaryIO | int, offset: int) -> str | None:
+    """Hash of the TAIL_LEN bytes before ``offset`` in a file or descriptor ("" before
+    TAIL_LEN; None when the file no longer has them: it shrank)."""
     if offset < TAIL_LEN:
         return ""
-    data = os.pread(f.fileno(), TAIL_LEN, offset - TAIL_LEN)
+    data = os.pread(f if isinstance(f, int) else f.fileno(), TAIL_LEN, offset - TAIL_LEN)
     return sha(data) if len(data) == TAIL_LEN else None
 
 

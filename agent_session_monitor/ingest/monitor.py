@@ -46,7 +46,7 @@ from .state import load_state
 from ..store.sessions import SessionStore
 from ..store.subagents import note_spawns
 from .stdin_source import StreamSource
-from .logfile import tail_hash
+from .logfile import sha, tail_hash
 from .tail import Tailer
 
 REPORT_PER_KIND = 3   # bad lines reported in full per kind and pass; the rest are counted
@@ -408,9 +408,10 @@ class Monitor(CommitMixIn):
 
         Each source's offset moves as its lines are *read* (the reader and the
         unwrapper see exactly what they see in _read_all), but a checkpoint records the
-        end of the last line *handled*; a file's reader is drained before the next
-        file is read, and no checkpoint falls inside that drain (the reader has then
-        already described the file's end: its size and tail hash)."""
+        end of the last line *handled*, described by the hash of the bytes before it;
+        a file's reader is drained before the next file is read (the reader has then
+        described the file's end and may have closed it: a checkpoint in the drain
+        hashes through the run's own descriptor)."""
         run = _AheadRun(worker, stats, read_time, progress, self.config.checkpoint_bytes)
         self._ahead_pass = object()
         try:
@@ -624,6 +625,14 @@ class _AheadRun:
     def begin(self, src, lf) -> None:
         self.src, self.lf, self.name = src, lf, os.path.basename(lf.path)
         self.handled_end = src.offset
+        # The reader closes the file at its end (a cron pass; a drained rotation in
+        # --follow) while up to MAX_IN_FLIGHT batches read are not handled yet: a
+        # checkpoint in that drain still hashes the bytes before the offset it saves.
+        self._close_fd()
+        try:
+            self.fd = -1 if lf.gz else os.dup(lf.file.fileno())
+        except (OSError, ValueError):
+            self.fd = -1
         # What the reader changes when it reaches the file's end: put back if this pass
         # stops before the lines read are handled.
         self.before_end = (src.tail, src.size, src.mtime, src.gz_complete)
@@ -647,6 +656,14 @@ class _AheadRun:
             self._handle_ready(mon)
         self._handle_ready(mon)
         self.src = None
+        self._close_fd()
+
+    fd = -1   # a descriptor of the file being handled (begin)
+
+    def _close_fd(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def _as_handled(self) -> tuple:
         """Make the source describe the lines handled, as the sequential loop has it
@@ -663,6 +680,7 @@ class _AheadRun:
         handled, as the sequential loop leaves it."""
         if self.src is not None:
             self._as_handled()
+        self._close_fd()
 
     def _send(self, mon: "Monitor") -> None:
         batch, self.batch, self.batch_bytes = self.batch, [], 0
@@ -739,31 +757,41 @@ class _AheadRun:
                 # The offsets saved are those of the lines handled, not of those read.
                 now = self._as_handled()
                 try:
-                    _describe_offset(src, self.lf)
-                    mon.checkpoint(background=True)
+                    # Not described (the file is another one by now): no checkpoint
+                    # here; the pass's last one saves what the reader saw at the end.
+                    if _describe_offset(src, self.lf, self.fd):
+                        mon.checkpoint(background=True)
+                        self.since_checkpoint = 0
                 finally:
                     src.offset, src.tail, src.size, src.mtime, src.gz_complete = now
-                self.since_checkpoint = 0
             if self.progress:
                 self.progress.update(self.name, stats)
 
 
-def _describe_offset(src, lf) -> None:
+def _describe_offset(src, lf, fd: int = -1) -> bool:
     """Before a checkpoint in the middle of a file: the hash of the bytes before the
     offset it saves, which the reader otherwise sets only when it reaches the file's end.
     A state saved with the new offset and the old tail described no file: after a kill
-    the next run took the log for one rewritten in place and read it all again."""
+    the next run took the log for one rewritten in place, read it all again and counted
+    every line twice. ``fd`` (the parse-ahead drain, whose reader has closed the file):
+    read through it, if the file there still has the head of the one read. Whether the
+    source now describes its offset."""
     if lf.gz:
-        return
+        return True
     try:
-        tail = tail_hash(lf.file, src.offset)
+        if fd < 0:
+            tail = tail_hash(lf.file, src.offset)
+        else:
+            fp, n = src.matching()
+            if sha(os.pread(fd, n, 0)) != fp:   # truncated and written again meanwhile
+                return False
+            tail = tail_hash(fd, src.offset)
     except (OSError, ValueError):
-        # Closed: the parse worker's reader went on to the file's end and let it go,
-        # leaving at most a batch to handle; the pass's last checkpoint saves the tail
-        # the reader took at the end.
-        return
-    if tail is not None:   # None: it shrank meanwhile; the next pass sees that
-        src.tail = tail
+        return False
+    if tail is None:   # it shrank meanwhile; the next pass sees that
+        return False
+    src.tail = tail
+    return True
 
 
 # Allocations (net, of objects the cyclic collector tracks) between two collections of
