@@ -25,7 +25,8 @@ GENUINE = {"model": "gpt-4o-2024-08-06", "session_id": "victim", "input_token": 
            "chat_round": 1}
 FORGED = {**GENUINE, "session_id": "someone-else", "input_token": 1, "output_token": 1,
           "total_token": 2}
-CLIENT = ("authority", "path", "user_agent", "x_forwarded_for", "request_id", "trace_id")
+CLIENT = ("authority", "path", "user_agent", "x_forwarded_for", "request_id", "trace_id",
+          "requested_server_name")
 START = "2026-02-01T09:30:15.123Z"
 
 

@@ -27,9 +27,11 @@ HIGRESS_FORMAT = (
 # Pasted in raw from request headers: a client can end the value with `"` and write keys
 # of its own after it, so injected keys can only sit right after one of these.
 # (helm/core/templates/configmap.yaml: each is a %REQ(...)% of the accessLogFormat;
-# trace_id is X-B3-TraceId.)
-CLIENT_FIELDS = frozenset(("authority", "path", "request_id", "trace_id", "user_agent",
-                           "x_forwarded_for"))
+# trace_id is X-B3-TraceId; requested_server_name is the TLS ClientHello's SNI, which the
+# client writes and TLS libraries pass on with quotes in it: BoringSSL refuses only an
+# empty, over-long or NUL-holding name.)
+CLIENT_FIELDS = frozenset(("authority", "path", "request_id", "requested_server_name",
+                           "trace_id", "user_agent", "x_forwarded_for"))
 # The outer keys whose value decides a round, its time or its identity.
 SENSITIVE_FIELDS = ("ai_log", "start_time", "timestamp", "request_id")
 # The outer keys an event time is read from (ai_log.py, _TIME_SOURCES).
