@@ -78,8 +78,8 @@ def record_helper_starts() -> tuple[list, object]:
     started: list = []
     real = IndexHelper.start.__func__
 
-    def start(cls, index, sessions):
-        helper = real(cls, index, sessions)
+    def start(cls, index, sessions, *ahead):
+        helper = real(cls, index, sessions, *ahead)
         started.append(helper is not None)
         return helper
 

@@ -82,9 +82,12 @@ class CommitMixIn:
                 for hook in self.before_flush:
                     hook(self.store.new_rounds, self)
                 self.index.mark_pending([s.file_name for s in dirty])
+                # Rows computed while the catch-up waited for its parse worker
+                # (monitor._work_ahead), of sessions unchanged since.
+                ahead = self.store.rows_ahead(dirty)
                 # A large commit: its index rows are written by a child on the other core
                 # while this process writes the files (index_helper.py).
-                helper = (IndexHelper.start(self.index, dirty)
+                helper = (IndexHelper.start(self.index, dirty, ahead)
                           if split_wanted(dirty, len(self.store.new_rounds)) else None)
                 try:
                     written = self.store.flush()
@@ -92,7 +95,8 @@ class CommitMixIn:
                     if helper is not None:
                         helper.commit([s.file_name for s in written], [s.size for s in written])
                     else:
-                        self.index.update([(s.file_name, s.doc, s.size) for s in written])
+                        self.index.update([(s.file_name, s.doc, s.size) for s in written],
+                                          ahead)
                 finally:
                     if helper is not None:
                         helper.abandon()   # after a failure: killed before it commits

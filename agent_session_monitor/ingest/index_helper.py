@@ -117,18 +117,20 @@ class IndexHelper:
         self.timeout = _timeout()
 
     @classmethod
-    def start(cls, index, sessions: list) -> "IndexHelper | None":
+    def start(cls, index, sessions: list, ahead: dict | None = None) -> "IndexHelper | None":
         """Fork the helper for ``sessions`` (their pending mark is set), or None if the
         fork failed. ``index`` (the monitor's Index) is closed across the fork: no SQLite
-        connection exists on both sides of it."""
+        connection exists on both sides of it. ``ahead``: file name -> rows already
+        computed (index.rows_ahead) of sessions unchanged since: the child has them."""
         names = [session.file_name for session in sessions]
         docs = [session.doc for session in sessions]
+        rows = [(ahead or {}).get(name) for name in names]
         parent = os.getpid()
         index.close()
         try:
             pid, data_w, reply_r, held = fork_server(
-                lambda data_r, reply_w, held: _serve(index.path, names, docs, data_r, reply_w,
-                                                     parent, held))
+                lambda data_r, reply_w, held: _serve(index.path, names, docs, rows, data_r,
+                                                     reply_w, parent, held))
         except OSError:
             index.reconnect()
             return None
@@ -189,8 +191,8 @@ class IndexHelper:
         return f"it exited with status {os.waitstatus_to_exitcode(status)}"
 
 
-def _serve(path: Path, names: list[str], docs: list[dict], data_fd: int, reply_fd: int,
-           parent: int, held: object) -> None:
+def _serve(path: Path, names: list[str], docs: list[dict], rows: list, data_fd: int,
+           reply_fd: int, parent: int, held: object) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):   # the monitor decides; it kills this
         signal.signal(sig, signal.SIG_IGN)
     release_signals(held)
@@ -200,12 +202,14 @@ def _serve(path: Path, names: list[str], docs: list[dict], data_fd: int, reply_f
     db = connect(path)
     try:
         try:
-            for doc in docs:
+            todo = [(name, doc, 0) for name, doc, done in zip(names, docs, rows)
+                    if done is None]
+            for _name, doc, _size in todo:
                 summarise(doc)   # the same totals the monitor computes before serialising
             # No snapshot of the rounds' text: nothing changes them in this process.
-            prepared = prepare_rows([(name, doc, 0) for name, doc in zip(names, docs)],
-                                    fulltext.present(db), snapshot=False)
-            del docs
+            computed = iter(prepare_rows(todo, fulltext.present(db), snapshot=False))
+            prepared = [done if done is not None else next(computed) for done in rows]
+            del docs, todo, computed
             # Inside a transaction, not committed: invisible to readers and to a crash.
             replace_prepared(db, prepared)
             del prepared

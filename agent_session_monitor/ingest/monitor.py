@@ -28,7 +28,8 @@ from ..store.durable import (
 from ..store import retention
 from .commit import CommitMixIn
 from .container_logs import Unwrapper
-from ..store.index import Index
+from ..store import fulltext
+from ..store.index import Index, rows_ahead
 from ..store.pruned_archive import ARCHIVE_NAME, Archive
 from .forgery import declare_formats
 from .parse import parse_line
@@ -348,7 +349,7 @@ class Monitor(CommitMixIn):
                 worker = None
             if worker is not None:
                 try:
-                    self._read_ahead(pairs, stats, read_time, progress, worker)
+                    self._read_ahead(pairs, stats, read_time, progress, worker, todo)
                 except BaseException:
                     worker.close(kill=True)
                     raise
@@ -403,7 +404,7 @@ class Monitor(CommitMixIn):
         return (None if n is None or n < 0 else n), forced
 
     def _read_ahead(self, pairs, stats: PassStats, read_time: str, progress,
-                    worker: "ParseWorker") -> None:
+                    worker: "ParseWorker", todo: int = 0) -> None:
         """_read_all with the lines parsed by ``worker``, handled here in file order.
 
         Each source's offset moves as its lines are *read* (the reader and the
@@ -413,6 +414,9 @@ class Monitor(CommitMixIn):
         described the file's end and may have closed it: a checkpoint in the drain
         hashes through the run's own descriptor)."""
         run = _AheadRun(worker, stats, read_time, progress, self.config.checkpoint_bytes)
+        # Compressed files: how many bytes they hold is not known before they are read.
+        run.todo = None if any(lf.gz and not src.gz_complete for src, lf in pairs) else todo
+        worker.idle = functools.partial(self._work_ahead, run)
         self._ahead_pass = object()
         try:
             for src, lf in pairs:
@@ -427,6 +431,20 @@ class Monitor(CommitMixIn):
             raise
         finally:
             self._ahead_pass = None
+
+    def _work_ahead(self, run: "_AheadRun") -> bool:
+        """While this process waits for the parse worker: serialise a session ahead of
+        the checkpoint that writes it (SessionStore.prepare_idle). Not for a commit
+        process, which gets the documents and serialises them itself, until the rest of
+        the pass is expected to fit in the batch in progress: the checkpoint after the
+        last line is then this process's own, and nothing overlaps it. Their index rows
+        too (index.rows_ahead): the checkpoint's index helper, or this process, then
+        only writes them."""
+        if self._commit_proc is not None and not run.last_batch(self):
+            return False
+        if run.with_text is None:
+            run.with_text = fulltext.present(self.index.db)
+        return self.store.prepare_idle(functools.partial(rows_ahead, with_text=run.with_text))
 
     def _read_stream(self, stats: PassStats, read_time: str) -> None:
         reported: Counter = Counter()
@@ -618,6 +636,8 @@ class _AheadRun:
         self.batch_bytes = 0
         self.sent: deque = deque()    # batches sent whose records are not back
         self.src = self.lf = None
+        self.todo: int | None = None   # bytes the pass has to read (None: not known)
+        self.with_text: bool | None = None   # the index has full-text rows (once asked)
         # Lines per message: small enough that checkpoints fall where they fall when
         # the lines are parsed here (checkpoint_bytes, in tests a few KB).
         self.batch_limit = min(BATCH_BYTES, max(mon_checkpoint_bytes // 4, 4096))
@@ -724,6 +744,18 @@ class _AheadRun:
         self.worker = None
         self.sent.clear()
         self.batch, self.batch_bytes = [], 0
+
+    def last_batch(self, mon: "Monitor") -> bool:
+        """Whether the lines of the pass not yet handled are expected to fit in the
+        checkpoint batch in progress, at the rate content has been pending since the
+        last checkpoint (a guess: wrong, it only wastes what was serialised ahead)."""
+        done = self.since_checkpoint
+        if self.todo is None or done <= 0:
+            return False
+        left = max(self.todo - self.stats.bytes_read, 0)
+        pending = mon.store.pending_bytes
+        return (done + left < mon.config.checkpoint_bytes
+                and (pending + left * pending / done) * 1.25 < mon._pending_limit())
 
     def _checkpoint_due(self, mon: "Monitor") -> bool:
         return (self.since_checkpoint >= mon.config.checkpoint_bytes

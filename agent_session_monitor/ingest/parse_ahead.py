@@ -49,6 +49,7 @@ import signal
 import struct
 import time
 from collections import OrderedDict
+from typing import Callable
 
 from ..pricing.table import PriceTable
 from ..store.document import LINE_KEY_PREFIX, common_prefix
@@ -215,6 +216,9 @@ class ParseWorker:
         os.set_blocking(self.wfd, False)
         self.buf = bytearray()
         self.waited = False
+        # Work for this process while it would wait for the worker: a call does one
+        # piece and says whether there may be more (monitor._work_ahead).
+        self.idle: Callable[[], bool] | None = None
         self.status: int | None = None
         self.timeout = _timeout()
         try:
@@ -239,6 +243,9 @@ class ParseWorker:
                 # The pipe is full while the worker writes results: read them, so
                 # neither waits for the other.
                 self.waited = True
+                while self._idle() and not any(
+                        select.select([self.rfd], [self.wfd], [], 0)[:2]):
+                    pass
                 readable, writable, _x = select.select([self.rfd], [self.wfd], [], self.timeout)
                 if not readable and not writable:
                     raise WorkerGone(f"no answer for {self.timeout:g} s")
@@ -260,6 +267,8 @@ class ParseWorker:
         if not self._complete():
             ready, _w, _x = select.select([self.rfd], [], [], 0)
             self.waited = self.waited or not ready
+            while not ready and self._idle():
+                ready = select.select([self.rfd], [], [], 0)[0]
         while True:
             if len(self.buf) >= need:
                 size = _HEADER.unpack_from(self.buf)[0]
@@ -269,6 +278,9 @@ class ParseWorker:
                     del self.buf[:need]
                     return records
             self._fill()
+
+    def _idle(self) -> bool:
+        return self.idle is not None and self.idle()
 
     def _complete(self) -> bool:
         if len(self.buf) < _HEADER.size:

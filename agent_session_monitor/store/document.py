@@ -101,7 +101,8 @@ class Session:
     """A session document plus what makes adding to it cheap: the set of keys already
     applied, and the full context of the latest request (for prefix detection)."""
 
-    __slots__ = ("doc", "file_name", "keys", "_tip_context", "dirty", "size", "linked")
+    __slots__ = ("doc", "file_name", "keys", "_tip_context", "dirty", "size", "linked",
+                 "ready")
 
     def __init__(self, doc: dict, file_name: str, size: int = 0) -> None:
         self.doc = doc
@@ -115,6 +116,9 @@ class Session:
         # cache lets it go (a map of every session of a 100,000-session catch-up held
         # ~20 MB).
         self.linked: tuple | None = None
+        # (rounds, last round, file bytes, index rows) when serialised ahead of its
+        # checkpoint (SessionStore.prepare_idle); any round added makes it stale.
+        self.ready: tuple | None = None
 
     def add(self, rnd: dict, messages: object, store_content: bool = True) -> int:
         """Add one round (not yet in the session); returns how many messages it stores.
@@ -123,6 +127,7 @@ class Session:
         plugin truncated it, or None when it was not logged.
         """
         stored = 0
+        self.ready = None
         if store_content:
             stored = self._link_messages(rnd, messages)
         rounds = self.doc["rounds"]

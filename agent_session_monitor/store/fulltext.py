@@ -138,7 +138,8 @@ TEXT_FIELDS = ("question", "answer", "reasoning", "tool_calls")
 
 
 def sync(db: sqlite3.Connection, sid: int, rounds: list[tuple[str, dict]]) -> int:
-    """Bring the session's rows up to ``rounds`` (from :func:`round_keys`): index the
+    """Bring the session's rows up to ``rounds`` (from :func:`round_keys`, or with each
+    round's text in its place: index.rows_ahead): index the
     rounds whose keys it has not seen, delete the rows of rounds it no longer has.
     Returns the characters written to the full-text table. The caller holds the
     transaction and has checked :func:`present`."""
@@ -160,7 +161,7 @@ def sync(db: sqlite3.Connection, sid: int, rounds: list[tuple[str, dict]]) -> in
     for key, rnd in new:
         rowid = db.execute(f"INSERT INTO {ROUNDS} (sid, key) VALUES (?, ?)",
                            (sid, key)).lastrowid
-        text = round_text(rnd)
+        text = rnd if type(rnd) is str else round_text(rnd)   # (index.rows_ahead made it)
         if text:
             db.execute(f"INSERT INTO {TABLE} (rowid, text) VALUES (?, ?)", (rowid, text))
             written += len(text)
@@ -206,7 +207,7 @@ def sync_many(db: sqlite3.Connection, sessions: list[tuple[int, list[tuple[str, 
     for sid, key, rnd in new:
         top += 1   # the row id an insert without one gets: the largest so far, plus one
         keyed.append((top, sid, key))
-        text = round_text(rnd)
+        text = rnd if type(rnd) is str else round_text(rnd)   # (index.rows_ahead made it)
         if text:
             texts.append((top, text))
             written += len(text)

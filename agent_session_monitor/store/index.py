@@ -255,6 +255,17 @@ def prepare_rows(docs: list[tuple[str, dict, int]], with_text: bool,
     return prepared
 
 
+def rows_ahead(name: str, doc: dict, size: int, with_text: bool) -> tuple:
+    """:func:`prepare_rows` of one session, its rounds' full-text already made (the
+    text in place of each round: fulltext.sync_many takes either), for a checkpoint to
+    come: computed while the monitor waits for its parse worker (ingest/monitor.py)."""
+    prepared = prepare_rows([(name, doc, size)], with_text, snapshot=False)[0]
+    keyed = prepared[-1]
+    if keyed is None:
+        return prepared
+    return (*prepared[:-1], [(key, fulltext.round_text(rnd)) for key, rnd in keyed])
+
+
 def replace_prepared(db: sqlite3.Connection, prepared: list[tuple]) -> None:
     """Write the rows of these prepared sessions (the caller holds the transaction):
     one ``executemany`` per table, not a handful of single-row statements per session
@@ -424,11 +435,18 @@ class Index:
         names = sorted(set(self.pending()) | set(file_names))
         self._set_meta("pending", json.dumps(names))
 
-    def update(self, docs: list[tuple[str, dict, int]]) -> None:
-        """Replace the rows of these sessions and clear their pending mark, atomically."""
-        with self.db:
-            self._replace(docs)
-            self.db.execute("DELETE FROM meta WHERE key = 'pending'")
+    def update(self, docs: list[tuple[str, dict, int]], ahead: dict | None = None) -> None:
+        """Replace the rows of these sessions and clear their pending mark, atomically.
+        ``ahead``: file name -> rows computed earlier (:func:`rows_ahead`) of sessions
+        unchanged since, with the same size."""
+        if not ahead:
+            with self.db:
+                self._replace(docs)
+                self.db.execute("DELETE FROM meta WHERE key = 'pending'")
+            return
+        with_text = fulltext.present(self.db)
+        commit_prepared(self.db, [ahead.get(name) or prepare_rows(
+            [(name, doc, size)], with_text, snapshot=False)[0] for name, doc, size in docs])
 
     def prepare(self, docs: list[tuple[str, dict, int]]) -> list[tuple]:
         """:func:`prepare_rows` for this index (with full-text rows if it has FTS5)."""
