@@ -23,7 +23,7 @@ LEAVES = ["q", "A", "", "北京", 1, 1.0, True, 0, False, 0.0, -0.0, None, 2**64
 
 
 def plain_same(a: object, b: object) -> bool:
-    """ondisk._same by definition: one recursive call per member; dict keys in the same
+    """ondisk.same_json by definition: one recursive call per member; dict keys in the same
     order (a reference gives the referenced order back: tests/test_faithful_key_order)."""
     if type(a) is not type(b):
         return False
@@ -134,8 +134,8 @@ class CommitCpuPaths(unittest.TestCase):
         for _ in range(CASES):
             a = value(rng)
             b = look_alike(rng, a) if rng.random() < 0.8 else value(rng)
-            self.assertEqual(ondisk._same(a, b), plain_same(a, b), (a, b))
-            self.assertEqual(ondisk._same(b, a), plain_same(b, a), (b, a))
+            self.assertEqual(ondisk.same_json(a, b), plain_same(a, b), (a, b))
+            self.assertEqual(ondisk.same_json(b, a), plain_same(b, a), (b, a))
             agreed[plain_same(a, b)] += 1
         # Both answers were exercised, many times.
         self.assertGreater(min(agreed.values()), CASES // 10)
@@ -144,7 +144,7 @@ class CommitCpuPaths(unittest.TestCase):
         # The plain definition needed three frames per level and raised RecursionError
         # below json's own depth limit, which failed the whole commit.
         deep = json.loads("[" * 600 + '"x"' + "]" * 600)
-        self.assertTrue(ondisk._same(deep, json.loads(json.dumps(deep))))
+        self.assertTrue(ondisk.same_json(deep, json.loads(json.dumps(deep))))
         doc = {"session_id": "s", "context_tip": None,
                "rounds": [{"key": "k", "timestamp": "t", "question": deep,
                            "messages": [{"role": "user", "content": json.loads(json.dumps(deep))}]}]}

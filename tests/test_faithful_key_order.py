@@ -100,15 +100,13 @@ class ToolCallKeyOrder(TempDirTest):
 
 
 class ResentHistoryKeyOrder(TempDirTest):
-    @unittest.expectedFailure
     def test_a_history_resent_in_another_key_order_comes_back_as_each_request_logged_it(self):
-        """Found, not fixed (flips when fixed): the common prefix of two requests is
-        found with Python's ``==`` (document.common_prefix), which ignores key order
-        (and ``1 == 1.0 == True``): a request that re-sends an earlier message with its
-        keys in another order is stored as continuing it, and its full request comes
-        back in the earlier order. An exact comparison there costs the long shape's
-        catch-up (each prefix compared in Python where ``==`` compares in C and by
-        identity)."""
+        """The common prefix of two requests was found with Python's ``==``
+        (document.common_prefix), which ignores key order (and ``1 == 1.0 == True``): a
+        request that re-sent an earlier message with its keys in another order was
+        stored as continuing it, and its full request came back in the earlier order.
+        Messages are now shared only when they are the same JSON (every type and
+        spelling: tests/test_attack_prefix_dedup_same_json.py)."""
         rng = random.Random(SEED)
         log = self.tmp / "access.log"
         logged, lines = {}, []

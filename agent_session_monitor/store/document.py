@@ -9,10 +9,12 @@ stays as logged (ondisk.py deduplicates inside ``messages`` when it writes the f
 
 from __future__ import annotations
 
+import marshal
 import math
+from operator import is_not
 
 from ..pricing import tokens
-from .ondisk import price_summary
+from .ondisk import price_summary, same_json
 from .names import UNSESSIONED_ID
 
 # 2: every round carries the original skill's fields (ondisk.py); "tokens" totals.
@@ -212,15 +214,52 @@ def round_question(rnd: dict) -> object:
 
 
 def common_prefix(base: list, messages: list) -> int:
-    """Length of the common prefix of two message lists (exact comparison)."""
+    """Length of the common prefix of two message lists: messages that are the same JSON
+    value, types and key order included.
+
+    Python's ``==`` takes ``1.0`` and ``true`` for ``1`` and a dict for another of the same
+    items in any order: a request re-logging ``{"b": 2, "a": 1}`` where the previous one
+    had ``{"a": 1, "b": 2}`` shared it, and the session then gave the previous spelling
+    back for this request (tests/test_attack_prefix_dedup_same_json.py). ``==`` still
+    finds the prefix, in C; the messages a line took from the previous one's decode
+    (history.py) are the very objects, hence the same JSON; when others are in it (a line
+    parsed whole), the prefix is compared again as JSON (:func:`_same_json_run`)."""
     n = len(base)
     if len(messages) >= n and messages[:n] == base:  # the usual case, compared in C
-        return n
-    limit = min(n, len(messages))
-    i = 0
-    while i < limit and base[i] == messages[i]:
-        i += 1
-    return i
+        shared = n
+    else:
+        shared = 0
+        limit = min(n, len(messages))
+        while shared < limit and base[shared] == messages[shared]:
+            shared += 1
+    head = base if shared == n else base[:shared]
+    if shared and any(map(is_not, head, messages)):
+        earlier, later = [], []
+        for a, b in zip(head, messages):
+            if a is not b:
+                earlier.append(a)
+                later.append(b)
+        if not _same_json_run(earlier, later):
+            for i in range(shared):
+                a, b = base[i], messages[i]
+                try:
+                    if a is not b and not same_json(a, b):
+                        return i
+                except RecursionError:
+                    return i   # not shared: the message is stored whole, as logged
+    return shared
+
+
+def _same_json_run(a: list, b: list) -> bool:
+    """Two lists equal by ``==`` are the same JSON: compared as marshal's version-0 bytes,
+    which hold no references nor interning marks, only each value's type, its members'
+    order and its value (``1``, ``1.0``, ``True``, ``-0.0`` differ), in C, in one call
+    for all the messages of a prefix (a call per message costs as much as
+    :func:`ondisk.same_json`)."""
+    try:
+        return marshal.dumps(a, 0) == marshal.dumps(b, 0)
+    except ValueError:   # nested deeper than marshal goes: compared one by one
+        return False
 
 
 def full_context(by_key: dict, rnd: dict) -> list:

@@ -128,7 +128,7 @@ def compact(doc: dict) -> dict:
         last = len(messages) - 1
         if str(last) not in refs and _is_message(messages[last]) \
                 and rnd.get("question") is not None \
-                and _same(messages[last].get("content"), rnd["question"]):
+                and same_json(messages[last].get("content"), rnd["question"]):
             refs[str(last)] = _QUESTION
         if refs:
             messages = list(messages)
@@ -481,16 +481,16 @@ def _answer_ref(msg: dict, base: dict) -> str | None:
     """Which of ``base``'s answer fields the assistant message ``msg`` repeats."""
     answer = base.get("answer")
     same_answer = "content" in msg and answer is not None and answer != "" \
-        and _same(msg["content"], answer)
+        and same_json(msg["content"], answer)
     calls = base.get("tool_calls")
     same_calls = isinstance(calls, list) and bool(calls) and isinstance(msg.get("tool_calls"), list) \
-        and _same(msg["tool_calls"], _without_index(calls))
+        and same_json(msg["tool_calls"], _without_index(calls))
     if same_answer and same_calls:
         return _BOTH
     return _ANSWER if same_answer else _CALLS if same_calls else None
 
 
-def _same(a: object, b: object) -> bool:
+def same_json(a: object, b: object) -> bool:
     """``a`` and ``b`` are the same JSON value, key order included, so that a reference
     gives ``a`` back as it was logged. Python's ``==`` is not enough: ``False == 0 ==
     0.0 == -0.0``, ``[True] == [1]``, ``{"a": 1, "b": 2} == {"b": 2, "a": 1}``, and
@@ -510,7 +510,7 @@ def _same(a: object, b: object) -> bool:
             if type(x) is str:
                 if type(y) is not str or x != y:
                     return False
-            elif not _same(x, y):
+            elif not same_json(x, y):
                 return False
         return True
     if kind is dict:
@@ -525,7 +525,7 @@ def _same(a: object, b: object) -> bool:
             if type(x) is str:
                 if type(y) is not str or x != y:
                     return False
-            elif not _same(x, y):
+            elif not same_json(x, y):
                 return False
         return True
     return a == b
