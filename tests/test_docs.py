@@ -122,7 +122,8 @@ class SecurityTableNamesRealTests(unittest.TestCase):
         start = readme.index("### What is defended")
         section = readme[start:readme.index("\n## ", start)]
         rows = [line for line in section.splitlines() if re.match(r"\| \d+ \|", line)]
-        self.assertEqual([int(r.split("|")[1]) for r in rows], list(range(1, 14)))
+        self.assertGreaterEqual(len(rows), 14)
+        self.assertEqual([int(r.split("|")[1]) for r in rows], list(range(1, len(rows) + 1)))
         sources = {p.name: p.read_text(encoding="utf-8") for p in (ROOT / "tests").glob("test_*.py")}
         for row in rows:
             cited = re.findall(r"`(test_\w+?)(\.py)?`", row)

@@ -44,7 +44,7 @@ from ..values import utc_now
 from ..pricing.table import PriceTable, load_price_table
 from ..store.upgrade import upgrade_needed, upgrade_store
 from .state import load_state
-from ..store.sessions import SessionStore
+from ..store.sessions import PENDING_OBJECTS, SessionStore, containers
 from ..store.subagents import note_spawns
 from .stdin_source import StreamSource
 from .logfile import sha, tail_hash
@@ -376,13 +376,22 @@ class Monitor(CommitMixIn):
                     self._handle(line, src.fp, start, read_time, stats, reported, lf.path)
                 src.offset = end
                 if (since_checkpoint >= self.config.checkpoint_bytes
-                        or self.store.pending_bytes >= pending_limit):
+                        or self.store.pending_full(pending_limit)):
                     _describe_offset(src, lf)
-                    self.checkpoint(background=True)
+                    self._checkpoint_in_pass()
                     since_checkpoint = 0
                 if progress:
                     progress.update(name, stats)
             self._report_tail_events(stats)
+
+    def _checkpoint_in_pass(self) -> None:
+        """A background checkpoint in a catch-up; one of content that holds far more
+        objects than its bytes (nested deep, tiny containers) also waits for its commit,
+        so that its sessions, written, leave the cache now, not after the next batch."""
+        dense = self.store.pending_objects >= PENDING_OBJECTS
+        self.checkpoint(background=True)
+        if dense:
+            self._join_commit()
 
     def _pending_limit(self) -> int:
         # A background commit holds its batch serialised while the next one fills:
@@ -464,8 +473,14 @@ class Monitor(CommitMixIn):
 
     def _handle(self, line: bytes, fp: str | None, start: int, read_time: str, stats: PassStats,
                 reported: Counter, path: str) -> None:
+        # Containers the line leaves in memory (the collector's count of new ones less
+        # those freed: O(1), read once the decoded line is gone); the store weighs
+        # pending content by them as well as by bytes.
+        before = containers()
         record = parse_record(line, read_time, self.config.session_key)
         self._take(record, line, fp, start, read_time, stats, reported, path)
+        del record
+        self.store.note_objects(containers() - before)
 
     def _take(self, record: tuple, line: bytes, fp: str | None, start: int, read_time: str,
               stats: PassStats, reported: Counter, path: str) -> None:
@@ -726,7 +741,9 @@ class _AheadRun:
 
     def _receive(self, mon: "Monitor") -> None:
         try:
+            before = containers()
             records = self.worker.receive()
+            mon.store.note_objects(containers() - before)
         except WorkerGone:
             self._gone(mon)
             return
@@ -759,7 +776,7 @@ class _AheadRun:
 
     def _checkpoint_due(self, mon: "Monitor") -> bool:
         return (self.since_checkpoint >= mon.config.checkpoint_bytes
-                or mon.store.pending_bytes >= mon._pending_limit())
+                or mon.store.pending_full(mon._pending_limit()))
 
     def _handle_ready(self, mon: "Monitor") -> None:
         items, stats, path = self.items, self.stats, self.lf.path
@@ -781,9 +798,11 @@ class _AheadRun:
                 stats.lines += 1
                 if record is None:   # no worker (any more)
                     mon._handle(line, src.fp, start, self.read_time, stats, self.reported, path)
-                else:
+                else:   # (a session it loads from disk counts too)
+                    before = containers()
                     mon._take(record, line, src.fp, start, self.read_time, stats,
                               self.reported, path)
+                    mon.store.note_objects(containers() - before)
             self.handled_end = end
             if self._checkpoint_due(mon):
                 # The offsets saved are those of the lines handled, not of those read.
@@ -792,7 +811,7 @@ class _AheadRun:
                     # Not described (the file is another one by now): no checkpoint
                     # here; the pass's last one saves what the reader saw at the end.
                     if _describe_offset(src, self.lf, self.fd):
-                        mon.checkpoint(background=True)
+                        mon._checkpoint_in_pass()
                         self.since_checkpoint = 0
                 finally:
                     src.offset, src.tail, src.size, src.mtime, src.gz_complete = now

@@ -54,6 +54,7 @@ from typing import Callable
 from ..pricing.table import PriceTable
 from ..store.document import LINE_KEY_PREFIX, common_prefix
 from ..stop import release_signals
+from ..store.sessions import OBJECT_BYTES, containers
 from .commit_process import fork_server
 from .parse import parse_line
 from .request import BadLine, Request
@@ -64,9 +65,10 @@ BAD, NON_AI, BLANK, FILTERED, REQUEST, ROUND, REDO, PARSED = range(8)
 
 BATCH_BYTES = 1 * 2**20      # lines per message to the worker
 MAX_IN_FLIGHT = 3            # batches sent and not yet handled
-# Line bytes of the per-session tips the worker keeps (parsed, ~5 times that): catch-ups
-# of the bench logs find every tip they need at 2 MB (sessions are interleaved a few
-# hundred at a time).
+# What the per-session tips the worker keeps may cost: their lines' bytes, plus
+# OBJECT_BYTES a container their messages decoded into (content nested deep or made of
+# tiny containers costs ~40 times its bytes). Catch-ups of the bench logs find every
+# tip they need at 2 MB (sessions are interleaved a few hundred at a time).
 TIP_BYTES = 8 * 2**20
 # Seconds without an answer after which the worker is taken for stopped or hung (kill
 # -STOP, a debugger): it is killed and the monitor parses the rest itself.
@@ -106,7 +108,8 @@ def parse_record(line: bytes, read_time: str, session_key: str | None,
 
 
 def build_record(record: tuple, line: bytes, fp: str | None, start: int, table: PriceTable,
-                 store_content: bool, tips: "_Tips | None" = None, build: bool = True) -> tuple:
+                 store_content: bool, tips: "_Tips | None" = None, build: bool = True,
+                 objects: int = 0) -> tuple:
     """A ``REQUEST`` record built into ``(ROUND, session_id, warnings, key, rnd, messages,
     pred, shared, spawn)``: ``messages`` is the request's whole list, or with ``pred``
     (the key of the session's previous line) its part after the ``shared`` first
@@ -127,7 +130,8 @@ def build_record(record: tuple, line: bytes, fp: str | None, start: int, table: 
                 shared = common_prefix(tip[1], messages)
                 if shared:
                     pred, sent = tip[0], messages[shared:]
-            tips.put(req.session_id, key, messages, len(line))
+            tips.put(req.session_id, key, messages,
+                     len(line) + OBJECT_BYTES * max(objects, 0))
         elif isinstance(messages, str):
             tips.put(req.session_id, key, [], len(line))
     if not build:
@@ -362,6 +366,7 @@ def _serve(rfd: int, wfd: int, read_time: str, session_key: str | None, table: P
     os.closerange(high + 1, 1 << 20)
     tips = _Tips(TIP_BYTES)
     reader = _FrameReader(rfd)
+    count = containers
     while True:
         batch = reader.next()
         if batch is None:
@@ -371,11 +376,12 @@ def _serve(rfd: int, wfd: int, read_time: str, session_key: str | None, table: P
         for entry in lines:
             start, line = entry[0], entry[1]
             try:
+                before = count()   # containers decoded: what the tip costs
                 record = parse_record(line, read_time, session_key,
                                       entry[2] if len(entry) > 2 else None)
                 if record[0] == REQUEST:
                     record = build_record(record, line, fp, start, table, store_content, tips,
-                                          build)
+                                          build, count() - before)
             except Exception:
                 record = (REDO,)
             records.append(record)

@@ -4,6 +4,7 @@ atomically and only when it changed (spec: storage.md)."""
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import sys
@@ -48,6 +49,36 @@ def dump_document(doc: dict) -> bytes:
 # fewer instructions (callgrind, 1,500 short sessions: no id per container kept in a dict).
 _COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False,
                                  check_circular=False)
+
+# Containers left in memory since the last commit after which one is due (SessionStore):
+# a 12 MB batch of the bench logs' chats holds at most ~80,000; 12 MB of lists nested
+# deep, ~6 million (~500 MB).
+PENDING_OBJECTS = 400_000
+OBJECT_BYTES = 200   # what a small dict in a message costs, with its keys and GC header
+DENSE = 8            # containers costing 8 times the batch's bytes (bench logs: <= 2.5)
+# Containers of dense batches the cache may hold (~20 MB) before it lets every clean
+# session go: a small dense batch (a follow pass of a few lines, a hostile line in a
+# batch of 20 KB) empties nothing by itself, a trickle of them does.
+DENSE_HELD = 100_000
+
+
+def containers() -> int:
+    """A running count of containers (lists, dicts, ...) made less those freed: the
+    collector's count of its youngest generation (O(1)), plus what it had reached at each
+    collection, which resets it (a 1 MB batch of tiny dicts crosses a pass's threshold).
+    The difference across some work is what that work left in memory."""
+    if _on_collect not in gc.callbacks:
+        gc.callbacks.append(_on_collect)
+    return _collected[0] + gc.get_count()[0]
+
+
+_collected = [0]
+
+
+def _on_collect(phase: str, _info: dict) -> None:
+    if phase == "start":
+        _collected[0] += gc.get_count()[0]
+
 
 CONTENT_KEYS = ("messages", "question", "answer", "reasoning", "system", "tool_calls", "extra",
                 "input_token_details", "output_token_details")
@@ -163,6 +194,14 @@ class SessionStore:
         # files is ~2,400 short sessions, ~35 MB; a catch-up of short sessions re-reads
         # none at a tenth of that (they are interleaved a few hundred at a time).
         self.cache_bytes = cache_bytes
+        # Containers (lists, dicts) left in memory by what was added since the last
+        # commit (note_objects): what the bytes undercount, ~40 times for content
+        # nested deep or made of tiny containers. Past PENDING_OBJECTS a commit is due
+        # whatever the bytes; dense batches holding DENSE_HELD of them in all (one such
+        # batch, or many small ones) empty the cache once they are written.
+        self.pending_objects = 0
+        self._dense_held = 0    # containers of dense batches taken since the cache emptied
+        self._dense = False     # the next eviction lets every clean session go
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._cached_bytes = 0
         self._dirty: dict[str, Session] = {}
@@ -251,6 +290,23 @@ class SessionStore:
         self.pending_bytes += 512 + line_bytes * max(stored, 1) // max(total, 1)
         return True
 
+    def note_objects(self, n: int) -> None:
+        """``n`` containers the content being added left in memory (containers())."""
+        if n > 0:
+            self.pending_objects += n
+
+    def pending_full(self, limit: int) -> bool:
+        """Whether the content added since the last commit is due for one: ``limit``
+        bytes of it (their share of their lines), or PENDING_OBJECTS containers."""
+        return self.pending_bytes >= limit or self.pending_objects >= PENDING_OBJECTS
+
+    @property
+    def dense(self) -> bool:
+        """Whether the batch held objects out of proportion to its bytes (then a commit
+        waits for the one in flight and the cache lets every clean session go)."""
+        return (self.pending_objects >= PENDING_OBJECTS
+                or self.pending_objects * OBJECT_BYTES > DENSE * max(self.pending_bytes, 1))
+
     def has_key(self, session_id: str | None, key: str) -> bool:
         return key in self.get(session_id).keys
 
@@ -289,7 +345,11 @@ class SessionStore:
         self._dirty.clear()
         self._untouched.clear()
         self._ready_bytes = 0
-        self.pending_bytes = 0
+        if self.dense:
+            self._dense_held += self.pending_objects
+            if self._dense_held >= DENSE_HELD:
+                self._dense = True
+        self.pending_bytes = self.pending_objects = 0
         self.new_rounds = []
         return taken
 
@@ -374,7 +434,8 @@ class SessionStore:
         self._untouched.clear()
         self._ready_bytes = 0
         self._cached_bytes = 0
-        self.pending_bytes = 0
+        self._dense_held = 0
+        self.pending_bytes = self.pending_objects = 0
         self.new_rounds = []
 
     def evict(self) -> None:
@@ -390,7 +451,7 @@ class SessionStore:
         self._dirty.clear()
         self._untouched.clear()
         self._ready_bytes = 0
-        self.pending_bytes = 0
+        self.pending_bytes = self.pending_objects = 0
         self.new_rounds = []
 
     def forget(self, names: list[str]) -> None:
@@ -402,6 +463,13 @@ class SessionStore:
                 self._cached_bytes -= session.size
 
     def _evict(self) -> None:
+        if self._dense:   # every clean session goes: what they hold is not in their bytes
+            self._dense, self._dense_held = False, 0
+            for name, session in list(self._sessions.items()):
+                if not session.dirty:
+                    del self._sessions[name]
+                    self._cached_bytes -= session.size
+            return
         while self._cached_bytes > self.cache_bytes and self._sessions:
             name, session = next(iter(self._sessions.items()))
             if session.dirty:
