@@ -30,7 +30,7 @@ from ..stop import start_thread
 from ..store.durable import atomic_write_many, begin_writing, fault_at
 from ..store.sessions import dump_document
 from ..stop import signals_held
-from .commit_process import CommitProcess, CommitProcessDied
+from .commit_process import CommitProcess, CommitProcessDied, NotSent
 from .index_helper import IndexHelper, IndexHelperDied, wanted as split_wanted
 from .pass_report import PassStats
 from .state import save_state
@@ -220,10 +220,10 @@ class CommitMixIn:
         proc = self._commit_proc
         try:
             proc.send([(session.file_name, session.doc) for session in taken], state)
-        except RecursionError:
-            # A value nested too deeply to pickle (a hostile message list): nothing was
-            # sent, the process is idle; this commit goes on a thread instead, or one
-            # line would stop every pass at the same place.
+        except NotSent:
+            # A value nested too deeply to marshal (a hostile message list): the process
+            # took nothing of it and is idle; this commit goes on a thread instead, or
+            # one line would stop every pass at the same place.
             self._thread_commit_of(taken, sources, state)
             return
         except BaseException as e:

@@ -119,13 +119,18 @@ def session_text(doc: dict) -> str:
                                   if isinstance(r, dict)) if t)
 
 
-def round_keys(doc: dict, snapshot: bool = True) -> list[tuple[str, dict]]:
+def round_keys(doc: dict, snapshot: bool = True,
+               texts: bool = False) -> list[tuple[str, dict | str]]:
     """(key, the fields of the round its text is made of) of every round, taken when the
     rows are prepared: the document may gain rounds afterwards while another process
     writes (a round's text is fixed by its key, so its fields are enough). Only those
     fields: the rows cross a pipe to the commit process, and a round's messages, the
     bulk of it, say nothing the index keeps. ``snapshot=False``: the round itself in
-    place of that copy (its rows are written before it can change)."""
+    place of that copy (its rows are written before it can change). ``texts``: its
+    text (:func:`round_text`) in place of either; :func:`sync` takes all three."""
+    if texts:
+        return [(str(r.get("key") or f"@{i}"), round_text(r))
+                for i, r in enumerate(doc.get("rounds") or []) if isinstance(r, dict)]
     if not snapshot:
         return [(str(r.get("key") or f"@{i}"), r)
                 for i, r in enumerate(doc.get("rounds") or []) if isinstance(r, dict)]

@@ -239,19 +239,21 @@ def replace_rows(db: sqlite3.Connection, docs: list[tuple[str, dict, int]]) -> N
 
 
 def prepare_rows(docs: list[tuple[str, dict, int]], with_text: bool,
-                 snapshot: bool = True) -> list[tuple]:
+                 snapshot: bool = True, texts: bool = False) -> list[tuple]:
     """The rows of these sessions, computed now (the documents may change afterwards,
     while another thread writes the rows): (file name, session row, then the usage,
     per-round and spawn rows without their leading sid, and the rounds to bring the
     full-text rows up to (fulltext.round_keys), or None). ``snapshot=False``: the rows
-    are written before the documents can change (a synchronous commit, the commit
-    process), so the rounds' text fields need no copy."""
+    are written before the documents can change (a synchronous commit), so the rounds'
+    text fields need no copy. ``texts``: each round's text itself, made now, in place
+    of its fields (the commit process lets each document go before the rows are
+    written: the rounds' other fields, twice their text, are not kept for nothing)."""
     prepared = []
     for name, doc, size in docs:
         rows, rounds = _usage_rows(doc)
         prepared.append((name, _session_row(name, doc, size, rounds, 0), rows, rounds,
                          [(sql_text(child), at) for child, at in doc_claims(doc)],
-                         fulltext.round_keys(doc, snapshot) if with_text else None))
+                         fulltext.round_keys(doc, snapshot, texts) if with_text else None))
     return prepared
 
 
@@ -259,11 +261,7 @@ def rows_ahead(name: str, doc: dict, size: int, with_text: bool) -> tuple:
     """:func:`prepare_rows` of one session, its rounds' full-text already made (the
     text in place of each round: fulltext.sync_many takes either), for a checkpoint to
     come: computed while the monitor waits for its parse worker (ingest/monitor.py)."""
-    prepared = prepare_rows([(name, doc, size)], with_text, snapshot=False)[0]
-    keyed = prepared[-1]
-    if keyed is None:
-        return prepared
-    return (*prepared[:-1], [(key, fulltext.round_text(rnd)) for key, rnd in keyed])
+    return prepare_rows([(name, doc, size)], with_text, texts=True)[0]
 
 
 def replace_prepared(db: sqlite3.Connection, prepared: list[tuple]) -> None:
