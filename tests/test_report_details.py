@@ -22,7 +22,7 @@ from agent_session_monitor.ingest.pass_report import PassStats, summary
 class Grammar(unittest.TestCase):
     def test_one_of_a_thing_is_singular(self):
         stats = PassStats(files=1, bytes_read=100, lines=1, rounds=1, sessions={"a"},
-                          new_sessions={"a"}, unpriced=Counter({"m": 1}), non_ai=1)
+                          new_sessions=1, unpriced=Counter({"m": 1}), non_ai=1)
         text = summary(stats)
         self.assertIn("1 round stored in 1 session (1 new)", text)
         self.assertIn("1 round of 1 model has no price: m", text)
@@ -50,6 +50,44 @@ def _round(n: int, **extra) -> dict:
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather",
                                                           "arguments": '{"city":"Beijing"}'}}
+
+
+class PassSessionCounts(TempDirTest):
+    """A pass's "stored in N sessions (M new)": N the distinct sessions it added rounds
+    to, M those it created, also when its sessions leave the cache and are read back
+    from their files mid-pass (a tiny cache, many checkpoints) and over cron slices of
+    seeded logs whose sessions come back in later slices."""
+
+    def test_counts_hold_when_sessions_are_read_back_mid_pass(self):
+        import random
+
+        from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
+
+        for seed in range(5):
+            rng = random.Random(seed)
+            log = self.tmp / f"access-{seed}.log"
+            out = self.tmp / f"out-{seed}"
+            seen: set = set()
+            lines, n = [], 0
+            for _slice in range(3):
+                touched = set()
+                for _ in range(rng.randrange(20, 120)):
+                    session = f"s{rng.randrange(40)}"
+                    n += 1
+                    lines.append(make_line(n, session=session, pad=rng.randrange(300)))
+                    touched.add(session)
+                write_lines(log, lines)
+                lines = []
+                config = MonitorConfig(log_paths=[str(log)], output_dir=out,
+                                       checkpoint_bytes=rng.choice([2000, 6000, 50000]))
+                with Monitor(config, err=io.StringIO()) as monitor:
+                    monitor.store.cache_bytes = rng.choice([0, 1500])
+                    stats = monitor.poll_once()
+                self.assertEqual(len(stats.sessions), len(touched), seed)
+                self.assertEqual(stats.new_sessions, len(touched - seen), seed)
+                self.assertIn(f"in {len(touched)} sessions ({len(touched - seen)} new)",
+                              summary(stats))
+                seen |= touched
 
 
 class SessionPageWords(unittest.TestCase):

@@ -552,10 +552,9 @@ class Monitor(CommitMixIn):
         if self._ahead_pass is not None and isinstance(messages, (list, str)):
             session.linked = (self._ahead_pass, key)
         stats.rounds += 1
-        name = session.file_name
-        if created:
-            stats.new_sessions.add(name)
-        stats.sessions.add(name)
+        if created:   # once per session and pass: from then on it has a round
+            stats.new_sessions += 1
+        stats.sessions.add(session.file_name)
         t = tokens.of_round(rnd)
         stats.input_tokens += t["input"]
         stats.output_tokens += t["output"]

@@ -13,7 +13,10 @@ from .gzip_stream import GzipChunks, gzip_isize
 from .logfile import TAIL_LEN, LogFile, TailEvent, held_key, sha, tail_hash
 from .state import SourceState
 
-CHUNK = 4 * 2**20
+# Bytes per read. The reader keeps its last two chunks (_Recent) and a line cut by a
+# chunk's end is joined to the next chunk (a copy): ~3 chunks held. 1 MB reads cost no
+# more CPU than 4 MB ones and hold 9 MB less in a catch-up.
+CHUNK = 2**20
 
 
 class ReadLinesMixIn:

@@ -22,7 +22,7 @@ _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
 
 
 # Ids cached by :func:`file_name_for` at most this long: a client sending a new 60 KB id
-# per request would otherwise pin 65,536 of them (gigabytes) in a long-lived monitor.
+# per request would otherwise pin 8,192 of them (half a gigabyte) in a long-lived monitor.
 _CACHED_ID_CHARS = 256
 
 
@@ -42,7 +42,10 @@ def _file_name_for(session_id: str) -> str:
     return f"{prefix}~{digest}{SUFFIX}"
 
 
-_cached_file_name_for = lru_cache(maxsize=65536)(_file_name_for)
+# Lookups repeat for the live sessions (a few hundred interleave in a busy log); at
+# 65,536 a catch-up of 100,000 short sessions kept ~12 MB of ids and names never asked
+# for again.
+_cached_file_name_for = lru_cache(maxsize=8192)(_file_name_for)
 
 
 def is_session_file(name: str) -> bool:
