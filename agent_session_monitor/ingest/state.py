@@ -25,7 +25,9 @@ class SourceState:
 
     ``fp`` is the SHA-256 of the first ``fp_len`` bytes (decompressed for gzip), fixed
     when first recorded: it is also the namespace of the idempotency keys of lines
-    without a request_id, so it must not change while the file lives.
+    without a request_id, so it must not change while the file lives. A new file whose
+    head is a known one's gets those bytes and a random salt instead (tail.py, _adopt)
+    and is matched by ``head_fp``.
     """
 
     fp: str

@@ -81,32 +81,41 @@ class Tailer(ReadLinesMixIn):
 
         # 1. Same inode and same head: the file we know, wherever it moved.
         for i, lf in enumerate(files):
-            for src in by_inode.get((lf.dev, lf.ino), ()):
+            # Newest first: after a truncation or a reused inode, the file's current identity.
+            for src in reversed(by_inode.get((lf.dev, lf.ino), ())):
                 if id(src) not in taken and src.gz == lf.gz and lf.head_matches(src):
+                    if not lf.gz and not lf.could_be_copy_of(src):
+                        # Truncated (copytruncate) or rewritten, or the inode reused,
+                        # its head the same as before (a client's fixed first request,
+                        # a NUL hole): a copy found in step 3 holds what we read; this
+                        # file is a new one.
+                        continue
                     matched[i] = (src, lf)
                     taken.add(id(src))
                     break
         # 2. Files held open that no path leads to any more (renamed away, deleted, a
         #    symlink swapped): drain them through the old descriptor.
         draining = self._held_orphans(taken)
-        # 3. Same head, other inode: a copytruncate copy or a compressed rotation.
+        # 3. Same head, other inode: a copytruncate copy or a compressed rotation; a
+        #    copy with nothing new in it; or a new file that begins as a known one.
         for i, lf in enumerate(files):
             if i in matched:
                 continue
-            for src in self.sources:
-                if not lf.head_matches(src):
-                    continue
-                if id(src) not in taken and lf.could_be_copy_of(src):
-                    matched[i] = (src, lf)
-                    taken.add(id(src))
-                # Otherwise a second copy of a known file (.2 beside .2.gz), or one made
-                # before lines we have read since (copytruncate's copy of a file we read
-                # on to its truncation, a gzip of a file we drained): nothing new in it.
-                break
-            else:
-                src = self._adopt(lf, taken)
-                if src is not None:
-                    matched[i] = (src, lf)
+            same_head = [src for src in self.sources if lf.head_matches(src)]
+            copy_of = [src for src in same_head if lf.could_be_copy_of(src)]
+            free = next((src for src in copy_of if id(src) not in taken), None)
+            if free is not None:
+                matched[i] = (free, lf)
+                taken.add(id(free))
+                continue
+            if copy_of or (same_head and self._older_copy(lf, same_head, matched)):
+                # A second copy of a file read through another (.2 beside .2.gz), or one
+                # made before lines we have read since (copytruncate's copy of a file we
+                # read on to its truncation, a gzip of a file we drained): nothing new.
+                continue
+            src = self._adopt(lf, taken, collides=bool(same_head))
+            if src is not None:
+                matched[i] = (src, lf)
         result = []
         for i, lf in enumerate(files):
             if i in matched:
@@ -201,23 +210,61 @@ class Tailer(ReadLinesMixIn):
                 result.append((new, lf))
         return result
 
-    def _adopt(self, lf: LogFile, taken: set[int]) -> SourceState | None:
+    def _adopt(self, lf: LogFile, taken: set[int], collides: bool = False) -> SourceState | None:
         """A source for a file no known source matched: a new one, unless its identity
         is our own under a head we could not confirm (a hand-edited head_fp), which
-        stays one source: never a second with the same keys."""
+        stays one source: never a second with the same keys. ``collides``: its head is
+        a known file's, yet it is not that file nor a copy of it (a client's fixed first
+        request at the head of each new log, a writer's NUL hole after copytruncate):
+        its ``fp``, the namespace of its lines' keys, gets a random salt, or its lines
+        would take the known file's keys at the same offsets and be dropped as read."""
         src = self._new_source(lf)
         if src is None:
             return None
         known = next((s for s in self.sources if held_key(s) == held_key(src)), None)
-        if known is not None:
+        if known is not None and not collides:
             if id(known) in taken:
                 return None
             known.head_fp, known.head_len = src.fp, src.fp_len
             src = known
         else:
+            if collides:
+                src.head_fp, src.head_len = src.fp, src.fp_len   # matched by its head
+                src.fp = sha(lf.head[:src.fp_len] + os.urandom(16))
             self.sources.append(src)
         taken.add(id(src))
         return src
+
+    def _older_copy(self, lf: LogFile, same_head: list[SourceState], matched: dict) -> bool:
+        """Whether ``lf``, which begins as the known files ``same_head`` but is none of
+        them nor a copy of one, is a copy of one made before lines we read since (then
+        it is smaller than where reading stopped, and as far as its bytes go it is that
+        file). Never at the live path: no rotation copies a file there, and a file there
+        that begins as a known one is new. When unsure, it is new: its lines read again
+        are recognised by their bytes (counted duplicates), while a new file dropped
+        would never be billed."""
+        if lf.live:
+            return False
+        if lf.gz:
+            return True   # a compressed copy: its bytes cannot be compared cheaply
+        current = {id(src): f for src, f in matched.values()}   # each source's file now
+        for src in same_head:
+            if lf.size > src.offset:
+                continue   # it differs from src at src.offset (could_be_copy_of)
+            f = current.get(id(src))
+            if f is None:
+                # src's bytes are nowhere to compare with: truncated (copytruncate's
+                # race), deleted, rotated out of reach, its inode perhaps reused. Not
+                # a sign of a copy: read it (what was read is recognised by its bytes).
+                continue
+            if f.gz or f.size < lf.size:
+                return True   # truncated since: nothing left to compare
+            try:
+                if tail_hash(f.file, lf.size) == tail_hash(lf.file, lf.size):
+                    return True
+            except OSError:
+                return True
+        return False
 
     def _new_source(self, lf: LogFile) -> SourceState | None:
         head = lf.head
