@@ -108,7 +108,14 @@ class CommitMixIn:
             if (described is None or described != self._saved_described or idle_save
                     or now - self._saved_at >= self.idle_save_seconds):
                 fault_at("state")
-                save_state(self.config.state_path, self.state)
+                # What is saved and what this process remembers as saved change
+                # together: a SIGTERM between them made the stop rewind to the pair
+                # of before and save it over this one (its sources and counters). The
+                # copies are made first: only the save (one small file) is held.
+                remembered = self._copies_to_remember()
+                with signals_held():
+                    save_state(self.config.state_path, self.state)
+                    self._saved_sources, self._saved_counters = remembered
                 self._saved_described, self._saved_at = described, now
         except (OSError, sqlite3.Error, IndexHelperDied) as e:
             self.store.discard_dirty()
@@ -119,8 +126,10 @@ class CommitMixIn:
             raise MonitorError(f"cannot write the store in {self.config.output_dir}: "
                                f"{reason}; nothing was lost, the same lines are "
                                "read again once it is writable (free space?)") from e
-        self._saved_sources = copy.deepcopy(self.tailer.sources)
-        self._saved_counters = copy.deepcopy(self.state.counters)
+        self._saved_sources, self._saved_counters = self._copies_to_remember()
+
+    def _copies_to_remember(self) -> tuple[list, dict]:
+        return copy.deepcopy(self.tailer.sources), copy.deepcopy(self.state.counters)
 
     def _repair_index(self) -> None:
         # After a failed commit the index may still mark sessions of it pending, whose
@@ -282,17 +291,19 @@ class CommitMixIn:
         thread = self._commit_thread
         if thread is None:
             return
-        thread.join()
-        self._commit_thread = None
-        error, self._commit_error = self._commit_error, None
+        thread.join()   # (a stop here leaves the thread set: the stop's checkpoint joins it)
+        with signals_held():   # the commit's state is saved: remember it, uncut
+            self._commit_thread = None
+            error, self._commit_error = self._commit_error, None
+            if error is None:
+                self._saved_sources = self._commit_sources
+                self._saved_counters = self._commit_counters
         if error is not None:
             if not isinstance(error, (OSError, sqlite3.Error)):
                 self.store.discard_all()
                 self._rewind()
                 raise error
             self._commit_failed(error)
-        self._saved_sources = self._commit_sources
-        self._saved_counters = self._commit_counters
         self.store.evict()
 
     def _join_process(self, proc: CommitProcess) -> None:
