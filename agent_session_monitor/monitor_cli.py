@@ -234,17 +234,27 @@ def _terminate_as_interrupt() -> Iterator[None]:
     def handler(signum, frame):
         stop.request()   # first: the exception below may be dropped (stop.py)
         raise Terminated
+
+    def unraisable(info) -> None:
+        # The stop's exception dropped where Python cannot raise it (a finaliser, a
+        # garbage-collector callback) is raised again by stop.check(); it is not a
+        # bug to print with a traceback.
+        if isinstance(info.exc_value, Terminated) and stop.requested:
+            return
+        previous_hook(info)
     try:
         previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:   # not the main thread (tests calling main() from a thread)
         yield
         return
     _stop = stop
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
         _stop = None
         stop.finish()
+        sys.unraisablehook = previous_hook
         signal.signal(signal.SIGTERM, previous)
 
 
