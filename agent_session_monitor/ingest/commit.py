@@ -26,10 +26,9 @@ import threading
 import time
 
 from ..errors import MonitorError
-from ..stop import start_thread
+from ..stop import signals_held, start_thread
 from ..store.durable import atomic_write_many, begin_writing, fault_at
 from ..store.sessions import dump_document
-from ..stop import signals_held
 from .commit_process import CommitProcess, CommitProcessDied, NotSent
 from .index_helper import IndexHelper, IndexHelperDied, wanted as split_wanted
 from .pass_report import PassStats

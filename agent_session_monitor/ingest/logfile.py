@@ -68,6 +68,13 @@ def held_key(src: SourceState) -> tuple[str, int, int]:
     return (src.fp, src.dev, src.ino)
 
 
+def has_head(fd: int, src: SourceState) -> bool:
+    """Whether the file open at ``fd`` still begins as ``src`` did (not truncated and
+    written again since it was matched)."""
+    fp, n = src.matching()
+    return sha(os.pread(fd, n, 0)) == fp
+
+
 def tail_hash(f: BinaryIO | int, offset: int) -> str | None:
     """Hash of the TAIL_LEN bytes before ``offset`` in a file or descriptor ("" before
     TAIL_LEN; None when the file no longer has them: it shrank)."""

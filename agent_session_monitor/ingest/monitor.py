@@ -47,7 +47,7 @@ from .state import load_state
 from ..store.sessions import PENDING_OBJECTS, SessionStore, containers
 from ..store.subagents import note_spawns
 from .stdin_source import StreamSource
-from .logfile import sha, tail_hash
+from .logfile import has_head, tail_hash
 from .tail import Tailer
 
 REPORT_PER_KIND = 3   # bad lines reported in full per kind and pass; the rest are counted
@@ -832,8 +832,7 @@ def _describe_offset(src, lf, fd: int = -1) -> bool:
         if fd < 0:
             tail = tail_hash(lf.file, src.offset)
         else:
-            fp, n = src.matching()
-            if sha(os.pread(fd, n, 0)) != fp:   # truncated and written again meanwhile
+            if not has_head(fd, src):   # truncated and written again meanwhile
                 return False
             tail = tail_hash(fd, src.offset)
     except (OSError, ValueError):

@@ -10,7 +10,7 @@ import time
 from typing import BinaryIO, Iterator
 
 from .gzip_stream import GzipChunks, gzip_isize
-from .logfile import TAIL_LEN, LogFile, TailEvent, held_key, sha, tail_hash
+from .logfile import TAIL_LEN, LogFile, TailEvent, has_head, held_key, sha, tail_hash
 from .state import SourceState
 
 # Bytes per read. The reader keeps its last two chunks (_Recent) and a line cut by a
@@ -39,9 +39,8 @@ class ReadLinesMixIn:
         # Read as the file we matched, or not at all: a truncation (copytruncate, say)
         # landing between our fstat and our reads must not pass the new content off as
         # this file's, at this file's offsets.
-        fp, n = src.matching()
         fd = lf.file.fileno()
-        still_ours = lambda: sha(os.pread(fd, n, 0)) == fp   # noqa: E731
+        still_ours = lambda: has_head(fd, src)   # noqa: E731
         recent = _Recent(_plain_chunks(lf.file, src.offset, end, still_ours), src.offset)
         yield from split_lines(recent, src.offset, self.max_line, final)
         self._after_read(src, lf, recent)

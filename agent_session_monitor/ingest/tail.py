@@ -119,7 +119,8 @@ class Tailer(ReadLinesMixIn):
         result = []
         for i, lf in enumerate(files):
             if i in matched:
-                result.append(self._check_in_place(*matched[i]))
+                # (each holds what was read of its source: could_be_copy_of, above)
+                result.append(self._check_in_place(*matched[i], verified=True))
             else:
                 lf.file.close()
         result = draining + result
@@ -276,8 +277,10 @@ class Tailer(ReadLinesMixIn):
         return SourceState(fp=sha(head[:n]), fp_len=n, dev=lf.dev, ino=lf.ino,
                            path=lf.path, gz=lf.gz)
 
-    def _check_in_place(self, src: SourceState, lf: LogFile) -> tuple[SourceState, LogFile]:
-        """Same file: was it truncated (T1/T2) or rewritten in place (T7) under us?"""
+    def _check_in_place(self, src: SourceState, lf: LogFile,
+                        verified: bool = False) -> tuple[SourceState, LogFile]:
+        """Same file: was it truncated (T1/T2) or rewritten in place (T7) under us?
+        ``verified``: matched because it holds what was read (no second tail hash)."""
         if src.missing_since is not None:
             src.missing_since = None
             src.loss_reported = False
@@ -304,7 +307,8 @@ class Tailer(ReadLinesMixIn):
                 "(lines already stored are skipped)", quiet=True))
             src.offset = 0
             src.tail = ""
-        elif src.tail and src.offset >= TAIL_LEN and tail_hash(lf.file, src.offset) not in (
+        elif not verified and src.tail and src.offset >= TAIL_LEN and tail_hash(
+                lf.file, src.offset) not in (
                 src.tail, None):   # None: it shrank since fstat; the next poll sees it
             self.events.append(TailEvent(
                 "rewritten", f"{lf.path} was rewritten in place before offset {src.offset}; "
