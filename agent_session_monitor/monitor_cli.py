@@ -214,6 +214,13 @@ def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         silence_stdout()
         return EXIT_OK
     except Exception as e:  # a bug: still one line, with a way to get the details
+        if _stop is not None and _stop.requested and not os.environ.get(
+                "AGENT_SESSION_MONITOR_DEBUG"):
+            # The stop cut code that then failed in its own clean-up (CPython's
+            # Thread.join interrupted between its lock's check and release raises
+            # "release unlocked lock" in place of the stop): every write was atomic, so
+            # this ends as the stop the user asked for.
+            raise Terminated from e
         if os.environ.get("AGENT_SESSION_MONITOR_DEBUG"):
             raise
         print(f"main.py: internal error: {type(e).__name__}: {safe_text(e)} (set "
