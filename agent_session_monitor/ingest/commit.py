@@ -172,9 +172,10 @@ class CommitMixIn:
     def _finish_commits(self) -> None:
         """On exit: let a commit in flight end (its outcome is the next run's to see),
         and reap the commit process."""
-        thread, self._commit_thread = self._commit_thread, None
+        thread = self._commit_thread
         if thread is not None:
-            thread.join()
+            _wait_for(thread)
+            self._commit_thread = None
         if self._commit_proc is not None:
             self._commit_proc.close()
             self._commit_proc = None
@@ -199,6 +200,8 @@ class CommitMixIn:
         self._commit_sources, self._commit_counters = sources, state.counters
         self._saved_described = None   # a state is saved that checkpoint() did not see
 
+        done = threading.Event()
+
         def commit() -> None:
             try:
                 if items:
@@ -209,10 +212,15 @@ class CommitMixIn:
                 save_state(self.config.state_path, state)
             except BaseException as e:   # handed to the main thread by _join_commit
                 self._commit_error = e
+            finally:
+                done.set()
 
         self._commit_error = None
-        self._commit_thread = threading.Thread(target=commit, name="asm-commit", daemon=True)
-        start_thread(self._commit_thread)   # SIGTERM goes to the main thread
+        thread = threading.Thread(target=commit, name="asm-commit", daemon=True)
+        thread.done = done
+        with signals_held():   # recorded once it runs: a stop never finds one unstarted
+            self._commit_thread = thread
+            start_thread(thread)   # SIGTERM goes to the main thread
 
     def _send_commit(self) -> None:
         """:meth:`_start_commit` in the commit process: it gets the documents and the
@@ -290,7 +298,7 @@ class CommitMixIn:
         thread = self._commit_thread
         if thread is None:
             return
-        thread.join()   # (a stop here leaves the thread set: the stop's checkpoint joins it)
+        _wait_for(thread)   # (a stop here leaves the thread set: the stop's checkpoint waits)
         with signals_held():   # the commit's state is saved: remember it, uncut
             self._commit_thread = None
             error, self._commit_error = self._commit_error, None
@@ -419,3 +427,14 @@ def pass_counts(stats: PassStats) -> dict:
         for kind, n in by_kind.items():
             counts[(group, kind)] = n
     return counts
+
+
+def _wait_for(thread: threading.Thread) -> None:
+    """Until the commit thread's work is done. Not ``join()``: in CPython 3.11 a signal
+    handler that raises inside it (the stop) makes its clean-up release the lock the
+    still-running thread holds and mark it stopped, so every later ``join()`` returned at
+    once while it still wrote: the stop then closed the index under it (a segfault) and
+    took its state as saved. An Event cut by a signal is left as it was; once it is set,
+    the thread has only to return."""
+    thread.done.wait()
+    thread.join()
