@@ -9,15 +9,77 @@ Progress goes to the terminal one line per test module (its counts and time) as 
 module finishes; failures are listed in full after the summary table. A test needing a
 tool that is not installed (chromium, logrotate, a test-only Python package) is skipped
 with its reason; the reasons are listed before the last line.
+
+A test that hangs must not hang the run: CI has a fixed time, and a run it kills prints
+no result at all. A watchdog gives each test ``ASM_TEST_TIMEOUT`` seconds (600): past
+that it prints every thread's stack, raises ``TestHung`` in the test (it fails, the run
+goes on) and, if the test is still there ``ASM_TEST_GRACE`` seconds (60) later, ends
+the run with its counts so far and this test counted failed.
 """
 
+import faulthandler
 import os
+import signal
 import sys
+import threading
 import time
 import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+
+class TestHung(Exception):
+    """Raised in a test that ran past its time (the watchdog's signal)."""
+
+
+class Watchdog:
+    """One daemon thread watching the running test's age (see the module's docstring)."""
+
+    def __init__(self, limit: float, grace: float, result: "ModuleProgress") -> None:
+        self.limit, self.grace, self.result = limit, grace, result
+        self.test: str | None = None
+        self.since = 0.0
+        self.stage = 0          # 0 watching; 1 TestHung sent; 2 gave up
+        self.lock = threading.Lock()
+        self.main = threading.main_thread().ident
+
+    def start_test(self, test_id: str) -> None:
+        with self.lock:
+            self.test, self.since, self.stage = test_id, time.monotonic(), 0
+
+    def stop_test(self) -> None:
+        with self.lock:
+            self.test = None
+
+    def run(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with self.lock:
+                test, age, stage = self.test, time.monotonic() - self.since, self.stage
+            if test is None:
+                continue
+            if stage == 0 and age > self.limit:
+                self._say(f"\n{test}: still running after {age:.0f} s; every thread's stack:")
+                faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
+                with self.lock:
+                    if self.test == test:
+                        self.stage = 1
+                # SIGALRM's handler (installed in main()) raises TestHung in the main thread.
+                signal.pthread_kill(self.main, signal.SIGALRM)
+            elif stage == 1 and age > self.limit + self.grace:
+                self._say(f"{test}: did not end {self.grace:.0f} s after TestHung; "
+                          "ending the run here")
+                print(self.result.summary_line(extra_failed=1), file=sys.__stdout__, flush=True)
+                os._exit(1)
+
+    @staticmethod
+    def _say(text: str) -> None:
+        print(text, file=sys.__stderr__, flush=True)
+
+
+def _raise_hung(_signum, _frame):
+    raise TestHung(f"ran past ASM_TEST_TIMEOUT ({os.environ.get('ASM_TEST_TIMEOUT', '600')} s)")
 
 
 class ModuleProgress(unittest.TextTestResult):
@@ -30,6 +92,13 @@ class ModuleProgress(unittest.TextTestResult):
         self._current: str | None = None
         self._counts: dict = {}
         self._started = 0.0
+        self.watchdog: Watchdog | None = None
+
+    def summary_line(self, extra_failed: int = 0) -> str:
+        skipped = len(self.skipped)
+        failed = len(self.failures) + len(self.errors) + len(self.unexpectedSuccesses)
+        passed = self.testsRun - failed - skipped - len(self.expectedFailures) - extra_failed
+        return f"{passed} passed, {failed + extra_failed} failed, {skipped} skipped"
 
     def _module_of(self, test) -> str:
         return type(test).__module__.rsplit(".", 1)[-1]
@@ -40,7 +109,14 @@ class ModuleProgress(unittest.TextTestResult):
             self._finish_module()
             self._current, self._counts, self._started = module, {"passed": 0, "failed": 0,
                                                                   "skipped": 0}, time.monotonic()
+        if self.watchdog:
+            self.watchdog.start_test(test.id())
         super().startTest(test)
+
+    def stopTest(self, test):
+        if self.watchdog:
+            self.watchdog.stop_test()
+        super().stopTest(test)
 
     def _finish_module(self) -> None:
         if self._current is None:
@@ -75,6 +151,12 @@ class ModuleProgress(unittest.TextTestResult):
         self._counts["failed"] += 1
         unittest.TestResult.addError(self, test, err) if self.quiet else super().addError(test, err)
 
+    def addSubTest(self, test, subtest, err):
+        # A failing subtest fails its test: count it in the module's line too.
+        if err is not None:
+            self._counts["failed"] += 1
+        super().addSubTest(test, subtest, err)
+
     def addSkip(self, test, reason):
         self._counts["skipped"] += 1
         unittest.TestResult.addSkip(self, test, reason) if self.quiet else super().addSkip(test, reason)
@@ -89,19 +171,30 @@ class ModuleProgress(unittest.TextTestResult):
             super().addUnexpectedSuccess(test)
 
 
-def main(argv: list[str]) -> int:
-    loader = unittest.TestLoader()
-    patterns = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-k"]
-    if patterns:
-        loader.testNamePatterns = [f"*{p}*" for p in patterns]
-    suite = loader.discover(os.path.join(ROOT, "tests"), pattern="test_*.py", top_level_dir=ROOT)
+def main(argv: list[str], suite: unittest.TestSuite | None = None) -> int:
+    if suite is None:
+        loader = unittest.TestLoader()
+        patterns = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-k"]
+        if patterns:
+            loader.testNamePatterns = [f"*{p}*" for p in patterns]
+        suite = loader.discover(os.path.join(ROOT, "tests"), pattern="test_*.py",
+                                top_level_dir=ROOT)
     verbosity = 2 if "-v" in argv else 1
     started = time.monotonic()
-    result = unittest.TextTestRunner(verbosity=verbosity, buffer=True,
-                                     resultclass=ModuleProgress).run(suite)
-    skipped = len(result.skipped)
+    limit = float(os.environ.get("ASM_TEST_TIMEOUT", "600"))
+    signal.signal(signal.SIGALRM, _raise_hung)
+    runner = unittest.TextTestRunner(verbosity=verbosity, buffer=True, resultclass=ModuleProgress)
+    made = runner._makeResult
+
+    def make_result():
+        result = made()
+        result.watchdog = Watchdog(limit, float(os.environ.get("ASM_TEST_GRACE", "60")), result)
+        threading.Thread(target=result.watchdog.run, name="test-watchdog", daemon=True).start()
+        return result
+
+    runner._makeResult = make_result
+    result = runner.run(suite)
     failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
-    passed = result.testsRun - failed - skipped - len(result.expectedFailures)
     slowest = sorted(result.modules, key=lambda m: -m[2])[:5]
     print(f"\n{len(result.modules)} modules in {time.monotonic() - started:.0f} s; slowest: "
           + ", ".join(f"{name} {seconds:.0f} s" for name, _, seconds in slowest))
@@ -110,7 +203,7 @@ def main(argv: list[str]) -> int:
         print("failing modules: " + ", ".join(failing))
     for test, reason in result.skipped:
         print(f"skipped: {test.id()}: {reason}")
-    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    print(result.summary_line())
     return 0 if failed == 0 and result.testsRun > 0 else 1
 
 
