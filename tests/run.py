@@ -14,14 +14,14 @@ A test that hangs must not hang the run: CI has a fixed time, and a run it kills
 no result at all. A watchdog gives each test ``ASM_TEST_TIMEOUT`` seconds (600): past
 that it prints every thread's stack, raises ``TestHung`` in the test (it fails, the run
 goes on) and, if the test is still there ``ASM_TEST_GRACE`` seconds (60) later, ends
-the run with its counts so far and this test counted failed.
+the run with its counts so far and this test counted failed. A test must also leave the
+stop signals as it found them (a SIGTERM left blocked hangs a later test's stop).
 """
 
 import faulthandler
 import os
 import signal
 import sys
-import threading
 import time
 import unittest
 
@@ -29,57 +29,55 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 class TestHung(Exception):
     """Raised in a test that ran past its time (the watchdog's signal)."""
 
 
 class Watchdog:
-    """One daemon thread watching the running test's age (see the module's docstring)."""
+    """A time limit per test, kept without a thread: the monitor forks its helpers
+    only while it is the one thread of the process (a test runner's thread would
+    silently turn every in-process run into its threaded fallback). faulthandler's
+    own C thread prints the stacks; SIGALRM raises ``TestHung`` in the test, then
+    ends the run ``grace`` seconds later; faulthandler ends it if even that cannot
+    run (the main thread stuck in C)."""
 
     def __init__(self, limit: float, grace: float, result: "ModuleProgress") -> None:
         self.limit, self.grace, self.result = limit, grace, result
         self.test: str | None = None
-        self.since = 0.0
-        self.stage = 0          # 0 watching; 1 TestHung sent; 2 gave up
-        self.lock = threading.Lock()
-        self.main = threading.main_thread().ident
+        self.stage = 0
 
     def start_test(self, test_id: str) -> None:
-        with self.lock:
-            self.test, self.since, self.stage = test_id, time.monotonic(), 0
+        self.test, self.stage = test_id, 0
+        faulthandler.dump_traceback_later(self.limit, exit=False, file=sys.__stderr__)
+        signal.signal(signal.SIGALRM, self._alarm)
+        signal.setitimer(signal.ITIMER_REAL, self.limit + 0.5)
 
     def stop_test(self) -> None:
-        with self.lock:
-            self.test = None
+        self.test = None
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        faulthandler.cancel_dump_traceback_later()
 
-    def run(self) -> None:
-        while True:
-            time.sleep(1.0)
-            with self.lock:
-                test, age, stage = self.test, time.monotonic() - self.since, self.stage
-            if test is None:
-                continue
-            if stage == 0 and age > self.limit:
-                self._say(f"\n{test}: still running after {age:.0f} s; every thread's stack:")
-                faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
-                with self.lock:
-                    if self.test == test:
-                        self.stage = 1
-                # SIGALRM's handler (installed in main()) raises TestHung in the main thread.
-                signal.pthread_kill(self.main, signal.SIGALRM)
-            elif stage == 1 and age > self.limit + self.grace:
-                self._say(f"{test}: did not end {self.grace:.0f} s after TestHung; "
-                          "ending the run here")
-                print(self.result.summary_line(extra_failed=1), file=sys.__stdout__, flush=True)
-                os._exit(1)
+    def _alarm(self, _signum, _frame) -> None:
+        if self.test is None:
+            return
+        if self.stage == 0:
+            self.stage = 1
+            self._say(f"{self.test}: still running after {self.limit:.0f} s (its stacks "
+                      "are above); raising TestHung in it")
+            faulthandler.dump_traceback_later(self.grace + 5, exit=True, file=sys.__stderr__)
+            signal.setitimer(signal.ITIMER_REAL, self.grace)
+            raise TestHung(f"ran past ASM_TEST_TIMEOUT ({self.limit:g} s)")
+        self._say(f"{self.test}: did not end {self.grace:.0f} s after TestHung; "
+                  "ending the run here")
+        print(self.result.summary_line(extra_failed=1), file=sys.__stdout__, flush=True)
+        os._exit(1)
 
     @staticmethod
     def _say(text: str) -> None:
-        print(text, file=sys.__stderr__, flush=True)
-
-
-def _raise_hung(_signum, _frame):
-    raise TestHung(f"ran past ASM_TEST_TIMEOUT ({os.environ.get('ASM_TEST_TIMEOUT', '600')} s)")
+        print(f"\n{text}", file=sys.__stderr__, flush=True)
 
 
 class ModuleProgress(unittest.TextTestResult):
@@ -103,7 +101,15 @@ class ModuleProgress(unittest.TextTestResult):
     def _module_of(self, test) -> str:
         return type(test).__module__.rsplit(".", 1)[-1]
 
+    def _signal_state(self) -> tuple:
+        """What a test must leave as it found it: the main thread's blocked signals and
+        the handlers of SIGINT and SIGTERM. A test that leaves SIGTERM blocked makes a
+        later one's stop wait for ever (the follower polls on)."""
+        return (frozenset(signal.pthread_sigmask(signal.SIG_BLOCK, set()) & _STOP_SIGNALS),
+                tuple(signal.getsignal(sig) for sig in sorted(_STOP_SIGNALS)))
+
     def startTest(self, test):
+        self._signals_before = self._signal_state()
         module = self._module_of(test)
         if module != self._current:
             self._finish_module()
@@ -116,6 +122,20 @@ class ModuleProgress(unittest.TextTestResult):
     def stopTest(self, test):
         if self.watchdog:
             self.watchdog.stop_test()
+        after = self._signal_state()
+        if after != self._signals_before:
+            blocked, handlers = self._signals_before
+            for sig, handler in zip(sorted(_STOP_SIGNALS), handlers):
+                signal.signal(sig, signal.SIG_IGN)   # a pending one is dropped here
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+            signal.pthread_sigmask(signal.SIG_SETMASK, (mask - _STOP_SIGNALS) | blocked)
+            for sig, handler in zip(sorted(_STOP_SIGNALS), handlers):
+                signal.signal(sig, handler)
+            try:
+                raise AssertionError(f"left the stop signals changed: blocked/handlers "
+                                     f"{self._signals_before} -> {after}")
+            except AssertionError:
+                self.addFailure(test, sys.exc_info())
         super().stopTest(test)
 
     def _finish_module(self) -> None:
@@ -182,14 +202,12 @@ def main(argv: list[str], suite: unittest.TestSuite | None = None) -> int:
     verbosity = 2 if "-v" in argv else 1
     started = time.monotonic()
     limit = float(os.environ.get("ASM_TEST_TIMEOUT", "600"))
-    signal.signal(signal.SIGALRM, _raise_hung)
     runner = unittest.TextTestRunner(verbosity=verbosity, buffer=True, resultclass=ModuleProgress)
     made = runner._makeResult
 
     def make_result():
         result = made()
         result.watchdog = Watchdog(limit, float(os.environ.get("ASM_TEST_GRACE", "60")), result)
-        threading.Thread(target=result.watchdog.run, name="test-watchdog", daemon=True).start()
         return result
 
     runner._makeResult = make_result

@@ -51,6 +51,22 @@ class B(unittest.TestCase):
 '''
 
 
+ALONE = '''
+import signal, threading, unittest
+
+class C(unittest.TestCase):
+    def test_1_the_runner_adds_no_thread(self):
+        # the monitor forks its helpers only while it is the one thread
+        self.assertEqual(threading.active_count(), 1, threading.enumerate())
+
+    def test_2_leaves_sigterm_blocked(self):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def test_3_finds_it_unblocked_again(self):
+        self.assertNotIn(signal.SIGTERM, signal.pthread_sigmask(signal.SIG_BLOCK, set()))
+'''
+
+
 class Watchdog(TempDirTest):
     def run_module(self, name: str, text: str) -> subprocess.CompletedProcess:
         (self.tmp / f"{name}.py").write_text(text)
@@ -82,3 +98,11 @@ class Watchdog(TempDirTest):
         self.assertEqual(run.stdout.strip().splitlines()[-1], "1 passed, 1 failed, 0 skipped",
                          run.stdout + run.stderr)
         self.assertIn("did not end 3 s after TestHung", run.stderr)
+
+    def test_the_runner_stays_one_thread_and_fails_a_test_that_leaves_sigterm_blocked(self):
+        run = self.run_module("alone_mod", ALONE)
+        self.assertEqual(run.returncode, 1, run.stderr)
+        self.assertEqual(run.stdout.strip().splitlines()[-1], "2 passed, 1 failed, 0 skipped",
+                         run.stdout + run.stderr)
+        self.assertIn("FAIL: test_2_leaves_sigterm_blocked", run.stderr)
+        self.assertIn("left the stop signals changed", run.stderr)
