@@ -191,3 +191,67 @@ def parse_outcome(raw: bytes, read_time: str) -> tuple:
     if isinstance(req, Request):
         return ("request", [getattr(req, k) for k in req.__slots__])
     return ("skipped", req)
+
+
+class SignalPoints:
+    """The opcode events at which a real signal's handler can run in the traced code.
+
+    Tests that send a SIGTERM "at bytecode N" run the handler from a trace function, so
+    its exception is raised at that instruction. CPython 3.11+ runs handlers only where
+    the interpreter checks for them: at a function's RESUME, at backward jumps, and after
+    a call returns (a C call also runs them when a blocking wait is interrupted). Raising
+    anywhere else makes states no signal can: between a ``with lock:`` body and the
+    ``__exit__`` call (outside the exception table), which leaves the lock held for
+    good: threading's own ``_active_limbo_lock`` left so hung a later thread's exit and
+    the whole suite (CI, killed at 5400 s). So a point here is a RESUME, a backward jump,
+    or the instruction after a call when an exception there goes to the same handler as
+    one raised by the call. (On 3.10, which checks before most instructions and has no
+    exception table, every instruction after a call counts.)"""
+
+    CALLS = {"CALL", "CALL_FUNCTION", "CALL_METHOD", "CALL_FUNCTION_KW", "CALL_FUNCTION_EX",
+             "CALL_KW"}
+    CHECKS = {"RESUME", "JUMP_BACKWARD", "JUMP_ABSOLUTE", "POP_JUMP_BACKWARD_IF_FALSE",
+              "POP_JUMP_BACKWARD_IF_TRUE", "POP_JUMP_BACKWARD_IF_NONE",
+              "POP_JUMP_BACKWARD_IF_NOT_NONE"}
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[object, int]] = {}   # id(frame) -> (code, offset)
+        self._handlers: dict[object, list] = {}
+
+    def is_point(self, frame, event: str) -> bool:
+        """Call from the trace function for every event of a traced frame."""
+        import dis
+
+        key = id(frame)
+        if event == "return":
+            self._last.pop(key, None)
+            return False
+        if event != "opcode":
+            return False
+        code, offset = frame.f_code, frame.f_lasti
+        name = dis.opname[code.co_code[offset]]
+        before = self._last.get(key)
+        self._last[key] = (code, offset)
+        if name in self.CHECKS:
+            return True
+        if before is None or before[0] is not code:
+            return False
+        previous = dis.opname[code.co_code[before[1]]]
+        # 3.11's PRECALL makes the call itself only when specialised for a builtin (then
+        # CALL is skipped); a CALL after it has not called yet: not a point.
+        if previous not in self.CALLS and not (previous == "PRECALL" and name != "CALL"):
+            return False
+        return self._handler(code, before[1]) == self._handler(code, offset)
+
+    def _handler(self, code, offset: int):
+        import dis
+
+        table = self._handlers.get(code)
+        if table is None:
+            parse = getattr(dis, "_parse_exception_table", None)   # 3.11+
+            table = self._handlers[code] = [(e.start, e.end, e.target)
+                                            for e in (parse(code) if parse else ())]
+        for start, end, target in table:
+            if start <= offset < end:
+                return target
+        return None

@@ -22,6 +22,7 @@ import faulthandler
 import os
 import signal
 import sys
+import threading
 import time
 import unittest
 
@@ -122,6 +123,15 @@ class ModuleProgress(unittest.TextTestResult):
     def stopTest(self, test):
         if self.watchdog:
             self.watchdog.stop_test()
+        if threading._active_limbo_lock._is_owned():
+            # A lock of threading's own left held by this thread (an exception raised
+            # at the end of its ``with`` block): every later thread's exit would wait.
+            while threading._active_limbo_lock._is_owned():
+                threading._active_limbo_lock.release()
+            try:
+                raise AssertionError("left threading._active_limbo_lock held")
+            except AssertionError:
+                self.addFailure(test, sys.exc_info())
         after = self._signal_state()
         if after != self._signals_before:
             blocked, handlers = self._signals_before

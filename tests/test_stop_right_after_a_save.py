@@ -10,8 +10,9 @@ twice that way (the next run reads the log again and finds its rounds stored), b
 restart re-reads the whole log and the counters are wrong until it has.
 
 The class: a real SIGTERM (the handler main() installs) at every one of the first 200
-bytecodes after save_state returns and at every 37th up to 3,000, in the synchronous checkpoint of a follow pass,
-worker on and off; the state on disk after the stop must describe the whole log."""
+points after save_state returns where a signal can land (helpers.SignalPoints) and at
+every 37th up to 3,000, in the synchronous checkpoint of a follow pass, worker on and
+off; the state on disk after the stop must describe the whole log."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ from unittest import mock
 from agent_session_monitor.errors import Terminated
 from agent_session_monitor.ingest import commit as commit_mod
 from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
-from tests.helpers import TempDirTest, make_line, write_lines
+from tests.helpers import SignalPoints, TempDirTest, make_line, write_lines
 
-# Every opcode of the first 200 after the save (the window was a deepcopy wide: hundreds),
-# then every 37th up to 3,000 (into the next pass).
+# Every signal point of the first 200 after the save (the window was a deepcopy wide:
+# hundreds), then every 37th up to 3,000 (into the next pass).
 OPCODES = [*range(1, 201), *range(201, int(os.environ.get("ASM_AFTER_SAVE_OPCODES", "3000")), 37)]
 
 
@@ -41,10 +42,11 @@ class StopRightAfterASave(TempDirTest):
         config = MonitorConfig(log_paths=[str(log)], output_dir=out, follow=True)
         real = commit_mod.save_state
         count = [0]
+        points = SignalPoints()
 
         def tracer(frame, event, arg):
             frame.f_trace_opcodes = True
-            if event == "opcode":
+            if points.is_point(frame, event):
                 count[0] += 1
                 if count[0] == n:
                     sys.settrace(None)
@@ -71,6 +73,8 @@ class StopRightAfterASave(TempDirTest):
                         monitor.poll_once()   # (the SIGTERM came after the checkpoint)
                 except KeyboardInterrupt:
                     monitor.checkpoint(idle_save=True)   # what the follow loop does
+        except KeyboardInterrupt:
+            pass   # it landed in the monitor's exit: main() ends there with 143
         finally:
             sys.settrace(None)
             signal.signal(signal.SIGTERM, previous)
