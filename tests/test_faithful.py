@@ -20,6 +20,7 @@ import random
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from unittest import mock
 
 from tests.helpers import DATA, ROOT, TempDirTest, load_store
 from agent_session_monitor.cli import main as cli_main
+from agent_session_monitor.store.sessions import dump_document, read_document
 from agent_session_monitor.store.names import file_name_for
 
 LEGACY = DATA / "legacy-schema1"
@@ -199,6 +201,18 @@ class UpgradeFromSchema1(TempDirTest):
         self.assertAlmostEqual(gem["cost_usd"], (3808 * 0.3 + 8192 * 0.03 + 340 * 2.5) / 1e6, 15)
         self.assertTrue(gem["priced_by"].startswith("table:"))
         self.assertLess(gem["cost_usd"], before_raw["gemini-native-cache.json"]["rounds"][0]["cost_usd"])
+        # A cost went down: /metrics' cost counters start a new pricing epoch (as after
+        # --reprice), in the index and in the state (an index rebuilt goes on from it).
+        db = sqlite3.connect(store / ".index.sqlite")
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+        db.close()
+        self.assertEqual(meta.get("pricing_epoch"), "1")
+        self.assertNotIn("repricing", meta)
+        self.assertEqual(json.loads((store / ".state.json").read_text())["extra"]["pricing_epoch"], 1)
+        # A file upgraded is what a later run writes from it: the same bytes (the
+        # upgrade's defaults went to the end of each round).
+        for path in session_files(store):
+            self.assertEqual(dump_document(read_document(path)), path.read_bytes(), path)
         # Rounds an earlier version priced say so, until --reprice records the table.
         claude = upgraded["sess_claude_42"]
         self.assertEqual(claude["priced_by"], {"unrecorded": 1})

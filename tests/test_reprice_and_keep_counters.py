@@ -26,7 +26,7 @@ from unittest import mock
 from agent_session_monitor.ingest import maintenance
 from agent_session_monitor.monitor_cli import main as monitor_main
 from agent_session_monitor.store import retention
-from agent_session_monitor.store.sessions import read_document
+from agent_session_monitor.store.sessions import dump_document, read_document
 from agent_session_monitor.store.names import is_session_file
 from agent_session_monitor.store.pruned_archive import ARCHIVE_NAME
 from agent_session_monitor.web import metrics
@@ -149,6 +149,12 @@ class RepriceNeverLowersACounter(TempDirTest):
                     seen.see(after, f"case {case} step {step}")
                     costs = cost_samples(after)
                     self.assertAlmostEqual(sum(costs.values()), stored_cost(self.store), places=9)
+                    # a file repriced is what a later run writes from it: the same bytes
+                    # (priced_by, changed by a reprice, was moved to its round's end)
+                    for path in self.store.iterdir():
+                        if is_session_file(path.name):
+                            self.assertEqual(dump_document(read_document(path)),
+                                             path.read_bytes(), path)
                     epochs.append({re.search(r'pricing_epoch="(\d+)"', k[1]).group(1)
                                    for k in costs})
                     self.assertEqual(len(epochs[-1]), 1, costs)   # one epoch at a time
@@ -170,7 +176,7 @@ class RepriceNeverLowersACounter(TempDirTest):
         write_lines(log, lines(rng, 81, 10))
         code, err = self.run_main("--log-path", str(log), "--allow-log-dir", str(self.tmp))
         self.assertEqual(code, 0, err)
-        self.assertIn("a --reprice was cut short", err)
+        self.assertIn("a reprice (--reprice, or the upgrade of an old store) was cut short", err)
         self.assertEqual(cost_samples(scrape(self.store)), {})
         code, err = self.reprice(rng, seen, "again")
         self.assertEqual(code, 0, err)

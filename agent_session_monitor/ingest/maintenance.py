@@ -6,11 +6,11 @@ import math
 import os
 
 from ..store.durable import atomic_write_many
-from ..store.index import PRICING_EPOCH, REPRICING
+from ..store.index import PRICING_EPOCH, REPRICING, epoch_value as _epoch
 from ..store.names import is_session_file
 from .rounds import reprice_round
 from .state import save_state
-from ..store.document import summarise
+from ..store.document import in_round_order, summarise
 from ..store.sessions import dump_document, read_document, unreadable_reason
 
 BATCH = 500
@@ -54,6 +54,9 @@ def reprice_store(monitor, skipped: list[tuple[str, str]] | None = None
         before_total.extend(c[0] for c in before if c[0] is not None)
         after_total.extend(c[0] for c in after if c[0] is not None)
         if before != after:   # a new cost, or the same cost from other price data
+            # priced_by went to the end of its round: back in a new round's key order,
+            # or the next run that writes the file would write other bytes
+            doc["rounds"] = [in_round_order(rnd) for rnd in doc["rounds"]]
             summarise(doc)
             batch.append((name, doc, dump_document(doc)))
             changed_sessions += 1
@@ -67,6 +70,18 @@ def reprice_store(monitor, skipped: list[tuple[str, str]] | None = None
         save_state(monitor.config.state_path, monitor.state)
     monitor.index.set_meta(REPRICING, None)
     return changed_sessions, rounds, math.fsum(after_total) - math.fsum(before_total)
+
+
+def end_upgrade_reprice(monitor) -> None:
+    """After an upgrade that changed stored costs (store/upgrade.py): the new pricing
+    epoch it announced is the store's, as at the end of :func:`reprice_store`."""
+    epoch = _epoch(monitor.index.meta(REPRICING))
+    if epoch <= pricing_epoch(monitor):
+        epoch = pricing_epoch(monitor) + 1
+    monitor.index.set_meta(PRICING_EPOCH, str(epoch))
+    monitor.state.extra[PRICING_EPOCH] = epoch   # after the data it describes
+    save_state(monitor.config.state_path, monitor.state)
+    monitor.index.set_meta(REPRICING, None)
 
 
 def pricing_epoch(monitor) -> int:
@@ -83,17 +98,10 @@ def sync_pricing_epoch(monitor) -> str | None:
     if _epoch(monitor.index.meta(PRICING_EPOCH)) != epoch:
         monitor.index.set_meta(PRICING_EPOCH, str(epoch))
     if monitor.index.meta(REPRICING) is not None:
-        return ("a --reprice was cut short: stored costs are partly repriced and /metrics "
-                "shows no cost until it is run again to the end")
+        return ("a reprice (--reprice, or the upgrade of an old store) was cut short: stored "
+                "costs are partly repriced and /metrics shows no cost until --reprice is run "
+                "to the end")
     return None
-
-
-def _epoch(value) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        return 0
-    return n if 0 <= n < 2**53 else 0
 
 
 def _priced(rnd: dict) -> tuple:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
-from .maintenance import sync_pricing_epoch
+from .maintenance import end_upgrade_reprice, sync_pricing_epoch
 from ..pricing import tokens
 from ..errors import MonitorError
 from ..fmt import plural, safe_text
@@ -204,8 +204,11 @@ class Monitor(CommitMixIn):
         self.store.pruned_keys = self._pruned_keys
         if upgrade_needed(self.index):
             try:
-                n = upgrade_store(out, self.index, self.table, self.config.store_content,
-                                  self._upgrade_progress if self.progress else None)
+                n, repriced = upgrade_store(out, self.index, self.table,
+                                            self.config.store_content,
+                                            self._upgrade_progress if self.progress else None)
+                if repriced:
+                    end_upgrade_reprice(self)
             except (OSError, sqlite3.Error) as e:
                 # The upgrade rewrites every file: a disk that fills or a directory
                 # another user owns shows here first. Each file is replaced atomically.

@@ -383,6 +383,15 @@ PRICING_EPOCH = "pricing_epoch"
 REPRICING = "repricing"
 
 
+def epoch_value(value) -> int:
+    """A pricing epoch read back (meta or state: text, or anything a hand edit left)."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return 0
+    return n if 0 <= n < 2**53 else 0
+
+
 class Index:
     """Read-write access for the monitor (the single writer)."""
 

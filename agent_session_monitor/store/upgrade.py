@@ -24,11 +24,11 @@ import json
 import os
 from typing import Callable
 
-from .index import Index
+from .index import PRICING_EPOCH, REPRICING, Index, epoch_value as _epoch
 from .names import is_session_file
 from ..pricing.cost import Buckets, bucket_cost, usage_buckets
 from ..pricing.table import PriceTable
-from .document import SCHEMA, summarise
+from .document import SCHEMA, in_document_order, in_round_order, summarise
 from .ondisk import LAYOUT
 from .sessions import dump_document, parse_document
 from .durable import atomic_write_many, open_regular
@@ -45,11 +45,17 @@ def upgrade_needed(index: Index) -> bool:
 
 
 def upgrade_store(directory, index: Index, table: PriceTable, store_content: bool = True,
-                  progress: Callable[[int, int], None] | None = None) -> int:
+                  progress: Callable[[int, int], None] | None = None) -> tuple[int, bool]:
     """Rewrite every session file older than :data:`SCHEMA` or :data:`LAYOUT`; returns
-    how many."""
+    how many, and whether a stored cost changed (Gemini's cache reads split again).
+
+    A changed cost may be lower: /metrics' cost counters must then start a new pricing
+    epoch, as after ``--reprice`` (ingest/maintenance.py). Before the first such file is
+    written the index says a reprice is in progress (:data:`REPRICING`: /metrics shows
+    no cost meanwhile, and a run killed here says so at its next start); the caller ends
+    it (maintenance.end_upgrade_reprice)."""
     names = sorted(n for n in os.listdir(directory) if is_session_file(n))
-    upgraded = 0
+    upgraded, repriced = 0, False
     batch: list[tuple[str, dict, bytes]] = []
     for i, name in enumerate(names, 1):
         if progress:
@@ -62,7 +68,13 @@ def upgrade_store(directory, index: Index, table: PriceTable, store_content: boo
         except (OSError, ValueError):
             continue   # the monitor moves an unreadable file aside when it next needs it
         if _schema(doc) < SCHEMA:
-            upgrade_document(doc, table, store_content)
+            if upgrade_document(doc, table, store_content) and not repriced:
+                repriced = True
+                if index.meta(REPRICING) is None:
+                    index.set_meta(REPRICING, str(_epoch(index.meta(PRICING_EPOCH)) + 1))
+            # the summaries schema 2 adds, in a new document's place: what a later run
+            # writes from this file is then the same bytes
+            doc = in_document_order(doc)
         new = dump_document(doc)
         if new == data:
             continue   # a document no layout fits is written as it was: nothing to do
@@ -73,20 +85,29 @@ def upgrade_store(directory, index: Index, table: PriceTable, store_content: boo
             batch = []
     _commit(directory, index, batch)
     index.set_meta("store_schema", STORE_VERSION)
-    return upgraded
+    return upgraded, repriced
 
 
-def upgrade_document(doc: dict, table: PriceTable, store_content: bool = True) -> None:
-    """A document read from a schema-1 file (expanded) -> the current schema, in place."""
-    for rnd in doc.get("rounds") or []:
+def upgrade_document(doc: dict, table: PriceTable, store_content: bool = True) -> bool:
+    """A document read from a schema-1 file (expanded) -> the current schema, in place;
+    whether a round's cost changed."""
+    repriced = False
+    rounds = doc.get("rounds") or []
+    for rnd in rounds:
         for name, default in _TEXT_DEFAULT.items():
             rnd.setdefault(name, default if store_content else None)
         rnd.setdefault("tool_calls", [])
         rnd.setdefault("input_token_details", {})
         rnd.setdefault("output_token_details", {})
+        before = rnd.get("cost_usd")
         _resplit_gemini_cache(rnd, table)
+        repriced = repriced or rnd.get("cost_usd") != before
+    # In a new round's key order (the defaults above went to the end): a later run that
+    # reads the file and writes it again must write the same bytes.
+    doc["rounds"] = [in_round_order(rnd) for rnd in rounds]
     summarise(doc)
     doc["schema"] = SCHEMA
+    return repriced
 
 
 def _resplit_gemini_cache(rnd: dict, table: PriceTable) -> None:
