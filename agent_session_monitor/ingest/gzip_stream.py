@@ -45,13 +45,15 @@ def gzip_isize(f: BinaryIO) -> int:
 class GzipChunks:
     """Decompressed bytes of a gzip file from ``offset`` on (gzip keeps the original
     byte offsets, so a saved plain offset is valid inside the ``.gz``). ``error`` says
-    why it stopped early, ``complete`` that it reached the end of the last member."""
+    why it stopped early, ``complete`` that it reached the end of the last member;
+    ``before`` holds the last ``keep`` bytes before ``offset`` once it is passed."""
 
-    def __init__(self, f: BinaryIO, offset: int) -> None:
-        self.f, self.offset = f, offset
+    def __init__(self, f: BinaryIO, offset: int, keep: int = 0) -> None:
+        self.f, self.offset, self.keep = f, offset, keep
         self.position = 0        # decompressed bytes produced so far
         self.complete = False    # reached the end of the last gzip member
         self.error: str | None = None
+        self.before = b""
 
     def __iter__(self) -> Iterator[bytes]:
         fd = self.f.fileno()
@@ -96,8 +98,12 @@ class GzipChunks:
         start = self.position
         self.position += len(data)
         if self.position <= self.offset:
+            if self.keep:
+                self.before = (self.before + data[-self.keep:])[-self.keep:]
             return
         if start < self.offset:
+            if self.keep:
+                self.before = (self.before + data[:self.offset - start])[-self.keep:]
             data = data[self.offset - start:]
         yield data
 

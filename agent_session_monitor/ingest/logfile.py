@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
-from typing import BinaryIO
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterable
 
-from .gzip_stream import GZIP_MAGIC, gzip_head, gzip_isize
+from .gzip_stream import GZIP_MAGIC, GzipChunks, gzip_head
 from .state import SourceState
 
 FP_LEN = 1024
@@ -33,6 +33,11 @@ class LogFile:
     head: bytes
     live: bool
     orphan: bool = False   # read through a descriptor held open, no path leads to it
+    # A .gz's decompressed bytes as far as they were needed (the Tailer keeps it while
+    # the file is unchanged, so a file re-checked every poll is decompressed once).
+    content: "GzipContent | None" = None
+    # The bytes last read (read_lines), to hash the bytes before a checkpoint's offset.
+    recent: object = None
 
     def head_matches(self, src: SourceState) -> bool:
         fp, n = src.matching()
@@ -40,14 +45,93 @@ class LogFile:
 
     def could_be_copy_of(self, src: SourceState) -> bool:
         """A file of another inode with the same head is the copy (copytruncate) or the
-        compressed form of ``src`` only if it holds everything read from ``src``."""
+        compressed form of ``src`` only if it holds everything read from ``src``: it
+        reaches ``src.offset`` and the bytes before it are those read (for a .gz, its
+        decompressed bytes: its length alone matched a file that merely began alike)."""
         if self.gz:
-            isize = gzip_isize(self.file)
-            return src.offset >= 2**32 or isize < 0 or isize >= src.offset
+            return self.gz_content().holds(self.file, src)
         if self.size < src.offset:
             return False
         return not src.tail or src.offset < TAIL_LEN or tail_hash(self.file, src.offset) == src.tail
 
+    def tail_at(self, offset: int) -> str | None:
+        """tail_hash of this file's (decompressed) bytes at ``offset``."""
+        if self.gz:
+            return self.gz_content().tail_at(self.file, offset)
+        return tail_hash(self.file, offset)
+
+    def gz_content(self) -> "GzipContent":
+        if self.content is None:
+            self.content = GzipContent()
+        return self.content
+
+
+@dataclass
+class GzipContent:
+    """What a .gz file decompresses to, as far as it was needed to tell which file it
+    is a copy of: the hash of the TAIL_LEN bytes before given offsets (as tail_hash),
+    and its length once decompressed to its end (or to the damage that ends it: the
+    bytes before it are what the file holds, R9). Inflating is the costly part: one scan
+    answers every offset asked at once, and the Tailer keeps this while the file is
+    unchanged, so a .gz left unmatched (.2.gz beside .2) is not inflated every poll."""
+
+    tails: dict = field(default_factory=dict)     # offset -> hash, or None: beyond the end
+    length: int | None = None
+    lines_end: int = 0      # the end of its last complete line (known with ``length``)
+
+    def holds(self, f: BinaryIO, src: SourceState) -> bool:
+        """Whether it holds what was read of ``src``: the bytes up to its offset."""
+        tail = self.tail_at(f, src.offset)
+        return tail is not None and (not src.tail or src.offset < TAIL_LEN or tail == src.tail)
+
+    def tail_at(self, f: BinaryIO, offset: int) -> str | None:
+        if offset not in self.tails:
+            self.scan(f, [offset])
+        return self.tails[offset]
+
+    def end_of_lines(self, f: BinaryIO) -> int:
+        """The end of its last complete line, all of it decompressed once if not yet:
+        where a cut or damaged .gz is compared with another file (at a line's end the
+        bytes before it are that line's own: its request id and time, not a stretch of
+        messages that lines of other files share)."""
+        if self.length is None:
+            self.scan(f, [], to_end=True)
+        return self.lines_end
+
+    def scan(self, f: BinaryIO, offsets: Iterable[int], to_end: bool = False) -> None:
+        """Decompress from the start as far as the furthest offset not yet known (to the
+        end with ``to_end``), hashing the bytes before each on the way."""
+        want = sorted({o for o in offsets if o not in self.tails})
+        if self.length is not None:
+            for o in want:
+                if o > self.length:
+                    self.tails[o] = None
+            want = [o for o in want if o <= self.length]
+        if not want and (not to_end or self.length is not None):
+            return
+        reader = GzipChunks(f, 0)
+        last, pos, j = b"", 0, 0
+        lines_end, lines_tail = 0, ""
+        for chunk in reader:
+            buf, base = last + chunk, pos - len(last)
+            pos += len(chunk)
+            nl = buf.rfind(b"\n") + 1
+            if nl > len(last):
+                lines_end = base + nl
+                lines_tail = sha(buf[nl - TAIL_LEN:nl]) if lines_end >= TAIL_LEN else ""
+            while j < len(want) and want[j] <= pos:
+                o = want[j]
+                self.tails[o] = sha(buf[o - TAIL_LEN - base:o - base]) if o >= TAIL_LEN else ""
+                j += 1
+            last = buf[-TAIL_LEN:]
+            if j == len(want) and not to_end:
+                return
+        # The end of the data (or the damage that ends it).
+        self.length, self.lines_end = pos, lines_end
+        self.tails.setdefault(pos, sha(last) if pos >= TAIL_LEN else "")
+        self.tails.setdefault(lines_end, lines_tail)
+        for o in want[j:]:
+            self.tails[o] = None
 
 
 @dataclass

@@ -830,6 +830,11 @@ def _describe_offset(src, lf, fd: int = -1) -> bool:
     read through it, if the file there still has the head of the one read. Whether the
     source now describes its offset."""
     if lf.gz:
+        # From the bytes read (decompressed), when the reader still has them; else not
+        # known ("": a .gz is then matched by its length, as before the tail was kept).
+        recent = lf.recent
+        tail = recent.hash_at(src.offset) if recent is not None else None
+        src.tail = tail if tail is not None else ""
         return True
     try:
         if fd < 0:

@@ -85,11 +85,18 @@ class ReadLinesMixIn:
             # The trailer's length equals what was read: it holds nothing new, so
             # it is not decompressed again.
             src.gz_complete = True
+            src.mtime = lf.mtime   # the .gz matched: step 1 need not check it again
             lf.file.close()
             return
-        reader = GzipChunks(lf.file, src.offset)
-        yield from split_lines(reader, src.offset, self.max_line, final=True,
+        reader = GzipChunks(lf.file, src.offset, keep=TAIL_LEN)
+        recent = lf.recent = _Recent(reader, src.offset, lambda: reader.before)
+        yield from split_lines(recent, src.offset, self.max_line, final=True,
                                complete=lambda: reader.complete)
+        if recent.start != src.offset:
+            # What was read of it, as for a plain file: a .gz is known as a copy of a
+            # file by the bytes before the offset reached (logfile.GzipContent).
+            known = recent.hash_at(src.offset)
+            src.tail = known if known is not None else ""
         if reader.error:
             self.events.append(TailEvent("bad_gzip", f"{lf.path}: {reader.error}; "
                                          "kept the lines before the damage"))
@@ -101,7 +108,7 @@ class ReadLinesMixIn:
                 "truncated", f"{lf.path} holds {reader.position:,} bytes, less than where "
                 f"reading stopped ({src.offset:,}); reading it again from the start",
                 quiet=True))
-            src.offset, src.gz_complete = 0, False
+            src.offset, src.gz_complete, src.tail = 0, False, ""
         src.size = max(src.size, reader.position)
         src.mtime = lf.mtime
         lf.file.close()
@@ -112,8 +119,9 @@ class _Recent:
     the offset reached from the bytes read rather than from the file, which may be
     another one by now."""
 
-    def __init__(self, chunks: Iterator[bytes], start: int) -> None:
+    def __init__(self, chunks: Iterator[bytes], start: int, before=lambda: b"") -> None:
         self.chunks, self.start = chunks, start
+        self.before = before   # the bytes just before ``start`` (a .gz's: GzipChunks)
         self.kept: list[tuple[int, bytes]] = []
 
     def __iter__(self) -> Iterator[bytes]:
@@ -126,8 +134,12 @@ class _Recent:
     def hash_at(self, offset: int) -> str | None:
         if offset < TAIL_LEN:
             return ""
-        data = b"".join(c for _, c in self.kept)
-        first = self.kept[0][0] if self.kept else offset
+        kept = self.kept
+        before = self.before() if kept and kept[0][0] == self.start else b""
+        if before:
+            kept = [(self.start - len(before), before)] + kept
+        data = b"".join(c for _, c in kept)
+        first = kept[0][0] if kept else offset
         if first <= offset - TAIL_LEN and offset <= first + len(data):
             return sha(data[offset - TAIL_LEN - first:offset - first])
         return None

@@ -17,7 +17,8 @@ from typing import BinaryIO
 
 from ..confine import NotRegularFile, OutsideAllowed, open_log
 from .logfile import (
-    FP_LEN, MIN_FP_LEN, TAIL_LEN, LogFile, TailEvent, held_key, read_head, sha, tail_hash,
+    FP_LEN, MIN_FP_LEN, TAIL_LEN, GzipContent, LogFile, TailEvent, held_key, read_head, sha,
+    tail_hash,
 )
 from .read_lines import ReadLinesMixIn
 from .rotations import discover
@@ -51,6 +52,9 @@ class Tailer(ReadLinesMixIn):
         # by its source alone, never shared with a file opened by path.
         self._held: dict[tuple[str, int, int], tuple[BinaryIO, int, int]] = {}
         self._quiet_since: dict[str, tuple[int, float]] = {}     # fp -> (size, monotonic)
+        # What the .gz files found last poll were found to hold, by (dev, ino, size,
+        # mtime): a .gz left unmatched (a second copy, an older one) is met every poll.
+        self._gz_contents: dict[tuple, GzipContent] = {}
 
     # -- matching ------------------------------------------------------------------
 
@@ -84,11 +88,12 @@ class Tailer(ReadLinesMixIn):
             # Newest first: after a truncation or a reused inode, the file's current identity.
             for src in reversed(by_inode.get((lf.dev, lf.ino), ())):
                 if id(src) not in taken and src.gz == lf.gz and lf.head_matches(src):
-                    if not lf.gz and not lf.could_be_copy_of(src):
+                    if (not lf.gz or lf.mtime != src.mtime) and not lf.could_be_copy_of(src):
                         # Truncated (copytruncate) or rewritten, or the inode reused,
                         # its head the same as before (a client's fixed first request,
                         # a NUL hole): a copy found in step 3 holds what we read; this
-                        # file is a new one.
+                        # file is a new one. A .gz is never rewritten: the one read
+                        # last (same mtime) is not decompressed again to be checked.
                         continue
                     matched[i] = (src, lf)
                     taken.add(id(src))
@@ -102,13 +107,21 @@ class Tailer(ReadLinesMixIn):
             if i in matched:
                 continue
             same_head = [src for src in self.sources if lf.head_matches(src)]
-            copy_of = [src for src in same_head if lf.could_be_copy_of(src)]
-            free = next((src for src in copy_of if id(src) not in taken), None)
+            if lf.gz:
+                free, skip = self._place_gz(lf, same_head, taken, matched, draining)
+            else:
+                # (A source found this poll has read nothing yet: every file that
+                # begins as it "holds what was read of it", and is no copy for that.)
+                copy_of = [src for src in same_head if (src.offset or id(src) not in taken)
+                           and lf.could_be_copy_of(src)]
+                free = next((src for src in copy_of if id(src) not in taken), None)
+                skip = bool(copy_of) or bool(same_head) and self._older_copy(
+                    lf, same_head, matched)
             if free is not None:
                 matched[i] = (free, lf)
                 taken.add(id(free))
                 continue
-            if copy_of or (same_head and self._older_copy(lf, same_head, matched)):
+            if skip:
                 # A second copy of a file read through another (.2 beside .2.gz), or one
                 # made before lines we have read since (copytruncate's copy of a file we
                 # read on to its truncation, a gzip of a file we drained): nothing new.
@@ -135,6 +148,7 @@ class Tailer(ReadLinesMixIn):
 
     def _open_candidates(self) -> tuple[list[LogFile], bool]:
         files: list[LogFile] = []
+        contents, self._gz_contents = self._gz_contents, {}
         seen_inodes: set[tuple[int, int]] = set()
         unreadable = False
         for path, live in discover(self.patterns, self.max_rotate):
@@ -162,8 +176,14 @@ class Tailer(ReadLinesMixIn):
                 unreadable = True
                 self.events.append(TailEvent("unreadable", f"cannot read {path}: {e.strerror}"))
                 continue
-            files.append(LogFile(path, f, st.st_dev, st.st_ino, st.st_size, st.st_mtime,
-                                 gz, head, live))
+            lf = LogFile(path, f, st.st_dev, st.st_ino, st.st_size, st.st_mtime, gz, head, live)
+            if gz:
+                key += (st.st_size, st.st_mtime_ns)
+                lf.content = contents.get(key)
+                if lf.content is None:
+                    lf.content = GzipContent()
+                self._gz_contents[key] = lf.content
+            files.append(lf)
         return files, unreadable
 
     def _refuse(self, e: OutsideAllowed) -> None:
@@ -246,8 +266,6 @@ class Tailer(ReadLinesMixIn):
         would never be billed."""
         if lf.live:
             return False
-        if lf.gz:
-            return True   # a compressed copy: its bytes cannot be compared cheaply
         current = {id(src): f for src, f in matched.values()}   # each source's file now
         for src in same_head:
             if lf.size > src.offset:
@@ -258,14 +276,57 @@ class Tailer(ReadLinesMixIn):
                 # race), deleted, rotated out of reach, its inode perhaps reused. Not
                 # a sign of a copy: read it (what was read is recognised by its bytes).
                 continue
-            if f.gz or f.size < lf.size:
+            if not f.gz and f.size < lf.size:
                 return True   # truncated since: nothing left to compare
             try:
-                if tail_hash(f.file, lf.size) == tail_hash(lf.file, lf.size):
+                theirs = f.tail_at(lf.size)   # (a .gz decompressed as far as that)
+                if theirs is None or theirs == tail_hash(lf.file, lf.size):
                     return True
             except OSError:
                 return True
         return False
+
+    def _place_gz(self, lf: LogFile, same_head: list[SourceState], taken: set[int],
+                  matched: dict, draining: list) -> tuple[SourceState | None, bool]:
+        """For a .gz that begins as the known files ``same_head`` (step 3): the free one
+        whose copy it is (it holds what was read of it: its decompressed bytes, not its
+        length, which a file that merely begins alike can share), else whether it adds
+        nothing to a file being read this poll (a second copy, .2.gz beside .2; a copy
+        made before lines read since): all it holds is that file's, byte for byte where
+        it ends. When unsure it is new: read (what was read before is recognised by its
+        bytes, never billed twice), while a file skipped would never be billed.
+
+        Cost: the .gz is decompressed once while it is unchanged (LogFile.content keeps
+        what was found), as far as the furthest offset asked, or to its end when it is
+        compared with the files being read."""
+        if not same_head:
+            return None, False
+        content = lf.gz_content()
+        ids = {id(src) for src in same_head}
+        current = [] if lf.live else [   # (no rotation copies a file to the live path)
+            f for src, f in draining + list(matched.values()) if id(src) in ids]
+        # Furthest first: of two files it holds what was read of, it is the copy of the
+        # one read further (the other merely begins as that one).
+        free = sorted((src for src in same_head if id(src) not in taken),
+                      key=lambda src: -src.offset)
+        # One pass for every offset (to its end if it is to be compared with files).
+        content.scan(lf.file, [src.offset for src in free], to_end=bool(current))
+        for src in free:
+            if content.holds(lf.file, src):
+                return src, False
+        if not current:
+            return None, False
+        end = content.end_of_lines(lf.file)
+        mine = content.tail_at(lf.file, end)
+        for f in current:
+            # The lines it holds are all in ``f``, which is read this poll. (Not "holds
+            # what was read of f's source": a source found this poll has read nothing.)
+            try:
+                if (f.gz or f.size >= end) and f.tail_at(end) == mine:
+                    return None, True
+            except OSError:
+                return None, True   # as _older_copy: cannot compare, and the file is there
+        return None, False
 
     def _new_source(self, lf: LogFile) -> SourceState | None:
         head = lf.head
