@@ -59,7 +59,7 @@ def shorten(text: str, width: int) -> str:
     return text[: max(width - 1, 0)] + "…"
 
 
-def content_text(value: object) -> str:
+def content_text(value: object, _depth: int = 0) -> str:
     """A message ``content`` (or question / answer) as plain text, whatever its shape: a
     string, OpenAI / Anthropic content blocks, a tool result, or any JSON value."""
     if value is None:
@@ -67,15 +67,22 @@ def content_text(value: object) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        return "\n".join(part for part in (_block_text(v) for v in value) if part)
+        if _depth > TEXT_DEPTH:
+            return _json(value)
+        return "\n".join(part for part in (_block_text(v, _depth + 1) for v in value) if part)
     if isinstance(value, dict):
-        return _block_text(value)
+        return _block_text(value, _depth)
     return str(value)
 
 
-def _block_text(block: object) -> str:
+# Levels of blocks shown as text; deeper, as JSON (a store an older version wrote can
+# hold content nested ~980 deep: this walk took ~5 frames per level).
+TEXT_DEPTH = 32
+
+
+def _block_text(block: object, _depth: int = 0) -> str:
     if not isinstance(block, dict):
-        return content_text(block)
+        return content_text(block, _depth)
     kind = block.get("type")
     if isinstance(block.get("text"), str):
         return block["text"]
@@ -83,7 +90,9 @@ def _block_text(block: object) -> str:
         name, arguments = tool_call_parts(block)
         return f"[tool call] {name}({arguments})"
     if kind == "tool_result":
-        return f"[tool result] {content_text(block.get('content'))}"
+        if _depth > TEXT_DEPTH:
+            return f"[tool result] {_json(block.get('content'))}"
+        return f"[tool result] {content_text(block.get('content'), _depth + 1)}"
     if isinstance(kind, str) and ("image" in kind or "audio" in kind or kind == "file"):
         return f"[{kind}]"
     return _json(block)
@@ -109,6 +118,8 @@ def _json(value: object) -> str:
         return json.dumps(value, ensure_ascii=False, sort_keys=True)
     except (TypeError, ValueError):
         return str(value)
+    except RecursionError:   # nested deeper than this stack allows (an older store)
+        return "[nested too deeply to show]"
 
 
 def fmt_time(timestamp: str | None, tz: tzinfo | None = None, seconds: bool = True) -> str:

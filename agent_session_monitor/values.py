@@ -1,6 +1,7 @@
 """What a stored value may be: the one text form of a time (UTC, milliseconds, ``Z``),
-the range of times a zone can show, and the bound on a token count. Shared by the parser,
-which makes values so, and the store, which checks that what it loads still is."""
+the range of times a zone can show, the bound on a token count and on nesting. Shared by
+the parser, which makes values so, and the store, which checks that what it loads still
+is."""
 
 from __future__ import annotations
 
@@ -64,3 +65,35 @@ def format_time(moment: datetime) -> str:
 
 def utc_now() -> str:
     return format_time(datetime.now(timezone.utc))
+
+
+# Levels a stored content value may nest (a list or object is one level; "x" none). Real
+# agents' messages reach ~6 (content blocks in a tool result); readers walk a few frames
+# per level from stacks up to ~100 deep, under the 1,000 CPython allows. Deeper content
+# is kept as its JSON text (ingest/nesting.py).
+MAX_DEPTH = 64
+
+
+def too_deep(value: object, skip: int = 0, limit: int = MAX_DEPTH) -> bool:
+    """Whether the list or object ``value`` nests more than ``limit`` levels; the first
+    ``skip`` items of a list are not looked at (checked before). Level by level, never
+    recursive."""
+    if type(value) is dict:
+        level = [v for v in value.values() if type(v) is list or type(v) is dict]
+    elif type(value) is list:
+        level = [v for v in (value[skip:] if skip else value)
+                 if type(v) is list or type(v) is dict]
+    else:
+        return False
+    depth = 1
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below = []
+        for v in level:
+            for x in (v.values() if type(v) is dict else v):
+                if type(x) is list or type(x) is dict:
+                    below.append(x)
+        level = below
+    return False

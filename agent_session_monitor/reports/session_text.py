@@ -151,7 +151,10 @@ def _render_round(out: TextIO, rnd: dict, tz: tzinfo, max_chars: int,
         _text_field(out, "System", rnd["system"], max_chars)
     messages = rnd.get("messages")
     if rnd.get("messages_truncated") or isinstance(messages, str):
-        _text_field(out, "Messages (logged truncated by the gateway)", messages, max_chars)
+        label = ("Messages (nested too deeply: the JSON text as logged)"
+                 if "messages" in (rnd.get("nested_as_text") or ())
+                 else "Messages (logged truncated by the gateway)")
+        _text_field(out, label, messages, max_chars)
     elif context is not None:
         w(f"    Full context ({len(context)} messages; new in this round from "
           f"#{(rnd.get('messages_offset') or 0) + 1}):\n")

@@ -72,20 +72,36 @@ def present(db: sqlite3.Connection) -> bool:
                                       (TABLE,)).fetchone() is not None
 
 
-def _text(value: object) -> str:
+def _text(value: object, depth: int = 0) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
         return value[:FIELD_CHARS]
     if isinstance(value, list):   # content blocks
+        if depth > TEXT_DEPTH:
+            return ""   # deeper than any real content (an older store's hostile nesting)
         parts = []
         for block in value:
             if isinstance(block, dict):
-                parts.append(_text(block.get("text") or block.get("content")))
+                parts.append(_text(block.get("text") or block.get("content"), depth + 1))
             else:
-                parts.append(_text(block))
+                parts.append(_text(block, depth + 1))
         return " ".join(p for p in parts if p)[:FIELD_CHARS]
+    if isinstance(value, dict):
+        return _json_text(value)
     return str(value)[:FIELD_CHARS]
+
+
+# Levels of content blocks indexed (real content has a few; fmt.TEXT_DEPTH likewise).
+TEXT_DEPTH = 32
+
+
+def _json_text(value: dict) -> str:
+    # str() of a dict, as before; repr recurses, so a deep one is not indexed.
+    try:
+        return str(value)[:FIELD_CHARS]
+    except RecursionError:
+        return ""
 
 
 def round_text(r: dict) -> str:

@@ -8,6 +8,7 @@ import gc
 import json
 import os
 import sys
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -18,7 +19,7 @@ from ..errors import MonitorError
 from ..fmt import safe_text
 from .durable import atomic_write_many, open_regular
 from .names import UNSESSIONED_FILE, file_name_for
-from ..values import format_time, utc_now
+from ..values import MAX_DEPTH, format_time, too_deep, utc_now
 from .sanitize import sanitise_document
 from .document import Session, in_document_order, in_round_order, new_document
 
@@ -123,7 +124,7 @@ def parse_document(data: bytes, mtime: float) -> dict:
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8 (byte {e.start})") from None
     except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
+        doc = _decode_deep_document(data)
     except ValueError as e:
         raise ValueError(f"not valid JSON ({e})" if data.strip() else "empty") from None
     if not isinstance(doc, dict):
@@ -138,6 +139,62 @@ def parse_document(data: bytes, mtime: float) -> dict:
         return doc
     except (KeyError, TypeError, AttributeError, IndexError) as e:
         raise ValueError(f"its rounds do not fit together ({type(e).__name__}: {e})") from None
+
+
+def _decode_deep_document(data: bytes) -> dict:
+    """A session file an older version wrote with content nested ~1,000 deep (the
+    parser now keeps such a field as its JSON text, ingest/nesting.py), too deep for
+    json from this stack: decoded on a thread of its own (an empty stack), each too-deep
+    content value replaced by its JSON text (a message of a list one by one, so the
+    message chain still fits), named in ``nested_as_text``. Raises ValueError when even
+    that fails. Rare: only such files pay for the thread."""
+    found: list = []
+
+    def work() -> None:
+        try:
+            doc = json.loads(data)
+            if isinstance(doc, dict) and isinstance(doc.get("rounds"), list):
+                for rnd in doc["rounds"]:
+                    if type(rnd) is dict:
+                        _nested_content_as_text(rnd)
+            found.append(doc)
+        except (ValueError, RecursionError) as e:
+            found.append(e)
+
+    thread = threading.Thread(target=work, name="asm-deep-document", daemon=True)
+    thread.start()
+    thread.join()
+    if not found or isinstance(found[0], BaseException):
+        raise ValueError("JSON nested too deeply") from None
+    return found[0]
+
+
+def _nested_content_as_text(rnd: dict) -> None:
+    kept = []
+    for key in CONTENT_KEYS:
+        value = rnd.get(key)
+        if key == "extra" and type(value) is dict:
+            for name, inner in value.items():
+                if too_deep(inner):
+                    value[name] = _as_text(inner)
+                    kept.append(name)
+        elif key == "messages" and type(value) is list:
+            for i, message in enumerate(value):
+                if too_deep(message, limit=MAX_DEPTH - 1):
+                    value[i] = _as_text(message)
+                    kept.append(key)
+        elif too_deep(value):
+            rnd[key] = _as_text(value)
+            kept.append(key)
+    if kept:
+        rnd["nested_as_text"] = sorted(set(kept) | set(rnd.get("nested_as_text") or ()))
+        warnings = rnd.get("warnings")
+        rnd["warnings"] = sorted(set(warnings if isinstance(warnings, list) else [])
+                                 | {"deeply_nested_messages"})
+
+
+def _as_text(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def unreadable_reason(e: BaseException) -> str:

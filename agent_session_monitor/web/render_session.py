@@ -171,7 +171,7 @@ def message(m: dict) -> Markup:
 def messages_block(r: dict) -> Markup | None:
     if r["truncated_messages"] is not None:
         return h("details", {"class": "field msgs"},
-                 h("summary", None, "Messages (logged truncated by the gateway)"),
+                 h("summary", None, r["messages_label"]),
                  _pre(r["truncated_messages"]))
     if not r["messages"]:
         return None

@@ -139,6 +139,9 @@ WARNINGS = {
     "bad_details": "the provider's token details could not be read: totals used as logged",
     "truncated_by_gateway": "cut by the gateway's value_length_limit: some text is shown as "
                             "logged (head [truncated] tail)",
+    "deeply_nested_messages": "a field the client wrote (messages, question, ...) nested "
+                              "deeper than 64 levels: kept as the JSON text it was logged "
+                              "as (nested_as_text); the round is billed as usual",
     "cost_out_of_range": "the tokens priced to an impossible amount: left unpriced",
     "raw_control_char": "a raw control character in the log line was replaced",
     "bad_session_id": "the session id was not usable: the round is kept as unsessioned",
@@ -216,6 +219,9 @@ def _round_view(rnd: dict, tz: tzinfo, results: dict, previous_system: object,
         "reasoning_open": len(content_text(rnd.get("reasoning")) or "") <= SHORT_REASONING,
         "messages": [_message_view(m) for m in new],
         "truncated_messages": _clip(messages) if truncated and isinstance(messages, str) else None,
+        "messages_label": ("Messages (nested too deeply: the JSON text as logged)"
+                           if "messages" in (rnd.get("nested_as_text") or ())
+                           else "Messages (logged truncated by the gateway)"),
         "new_from": offset + 1,
         "context_count": 0 if truncated else offset + len(new),
     }
@@ -314,11 +320,13 @@ def _pretty(arguments: str) -> str:
     """Tool arguments logged as a JSON string, indented; anything else as logged."""
     try:
         value = json.loads(arguments)
-    except (TypeError, ValueError):
+        if not isinstance(value, (dict, list)):
+            return arguments
+        return json.dumps(value, indent=2, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        # (A JSON text nested deeper than json, or its indenting encoder at ~3 frames a
+        # level, goes: a model's or a client's tool arguments can be.)
         return arguments
-    if not isinstance(value, (dict, list)):
-        return arguments
-    return json.dumps(value, indent=2, ensure_ascii=False)
 
 
 def _text_or_none(value: object) -> str | None:

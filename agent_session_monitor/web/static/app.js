@@ -354,7 +354,7 @@
     let messages = null;
     if (r.truncated_messages !== null) {
       messages = el("details", { "class": "field msgs" },
-        el("summary", null, "Messages (logged truncated by the gateway)"),
+        el("summary", null, r.messages_label || "Messages (logged truncated by the gateway)"),
         preBlock(r.truncated_messages));
     } else if (r.messages.length) {
       messages = el("details", { "class": "field msgs" },
