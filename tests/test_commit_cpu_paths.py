@@ -272,8 +272,11 @@ class DeeplyNestedMessages(TempDirTest):
         docs = load_store(self.out)
         self.assertEqual(sorted(docs), ["deep-450", "deep-900"])
         for depth in (450, 900):
-            question = docs[f"deep-{depth}"]["rounds"][0]["question"]
-            self.assertEqual(json.dumps(question), "[" * depth + '"x"' + "]" * depth)
+            # Deeper than the readers walk (nesting.MAX_DEPTH): the JSON text as logged.
+            rnd = docs[f"deep-{depth}"]["rounds"][0]
+            self.assertEqual(rnd["question"], "[" * depth + '"x"' + "]" * depth)
+            self.assertEqual(rnd["nested_as_text"], ["messages", "question"])
+            self.assertEqual(rnd["input_tokens"], 100)
 
 
 if __name__ == "__main__":

@@ -83,19 +83,27 @@ class HistoryCache:
 
 
 CACHE = HistoryCache()
+# Messages the last decode_ai_log took from the cache (the first ones of its list).
+reused = 0
 
 
 def decode_ai_log(text: str, cache: HistoryCache | None = CACHE) -> object:
     """``request._decode(text)``, with the re-logged history of a session taken from
     ``cache`` where the text repeats it; None when the text has no top-level messages
     list in the plain form or does not decode (the caller then decodes it whole, and
-    reports its error)."""
+    reports its error). :data:`reused` is then how many of its first messages are the
+    cached ones (checked with an earlier line: nesting.py)."""
+    global reused
+    reused = 0
     if cache is None:
         return None
     try:
-        return _split(text, cache)
+        found = _split(text, cache)
     except (ValueError, StopIteration, IndexError, RecursionError):
-        return None   # _Irregular, or an error the whole decode reports in its words
+        found = None   # _Irregular, or an error the whole decode reports in its words
+    if found is None or found.get("messages") is None:
+        reused = 0
+    return found
 
 
 def _split(text: str, cache: HistoryCache) -> dict | None:
@@ -145,6 +153,7 @@ def _messages(text: str, start: int, cache: HistoryCache) -> tuple[list, int]:
     """The list at ``start`` and the index after it: the cached list of the session's
     previous request where this text begins with its text, plus what follows. Scanned
     from as deep a stack as a whole decode scans it (decode, raw_decode, the object)."""
+    global reused
     entry = cache.get(_session_hint(text))
     if entry is not None:
         opening, previous, _size = entry
@@ -152,9 +161,12 @@ def _messages(text: str, start: int, cache: HistoryCache) -> tuple[list, int]:
         if previous and text.startswith(opening, start) and end < len(text):
             c = text[end]
             if c == "]":
+                reused = len(previous)
                 return list(previous), end + 1
             if c == ",":
-                return _rest(text, end + 1, list(previous))
+                found = _rest(text, end + 1, list(previous))
+                reused = len(previous)
+                return found
     return _scan(text, start)
 
 

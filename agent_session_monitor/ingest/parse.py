@@ -11,9 +11,14 @@ validated in ``ai_log.py``.
 
 from __future__ import annotations
 
+import json
+
+from . import history as _history
 from .ai_log import _build, repeated_keys
 from .forgery import _decode_outer, _genuine_fields, _is_trusted, _salvage
 from .history import decode_ai_log, remember, restore, shorten
+from ..values import MAX_DEPTH, too_deep
+from .nesting import DECIDING_KEYS, WARNING as NESTED, decode_members, deep_members
 from .request import BadLine, Request, _decode, decode_noting_repeats
 
 BOM = b"\xef\xbb\xbf"
@@ -46,8 +51,9 @@ def parse_line(raw: bytes, read_time: str) -> Request | str:
     return req
 
 
-# Lines parsed whole whatever their history: their outer fields were read another way.
-_ODD = frozenset(("salvaged", "forged", "bad_utf8", "duplicate_key"))
+# Lines parsed whole whatever their history: their outer fields were read another way,
+# or a field is kept as its text (the shortened line's text is not the line's).
+_ODD = frozenset(("salvaged", "forged", "bad_utf8", "duplicate_key", NESTED))
 
 
 def _decode_whole(text: str, warnings: list[str]) -> object:
@@ -82,12 +88,14 @@ def _parse(raw: bytes, read_time: str, history: bool = True) -> Request | str:
         warnings.append("bad_utf8")
     try:
         outer = _decode(text)
-    except RecursionError:
-        raise BadLine("bad_json", "nested too deeply") from None
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
+        # Nested too deeply for json: only a raw header can be (the ai_log is a string),
+        # so the line is read by place as one a header broke is.
         notes: list[str] = []
         salvaged = _salvage(text, notes)
         if salvaged is None:
+            if isinstance(e, RecursionError):
+                raise BadLine("bad_json", "nested too deeply") from None
             if str(e).startswith("Invalid control character"):
                 raise BadLine("raw_control_char", str(e)[:120]) from None
             raise BadLine("bad_json", str(e)[:120]) from None
@@ -107,21 +115,72 @@ def _parse(raw: bytes, read_time: str, history: bool = True) -> Request | str:
         return "forged_non_ai" if "forged" in warnings else "non_ai"
     if "bad_utf8" in warnings:
         outer = _without_bad_bytes(outer)
+    nested: tuple = ()
     if isinstance(ai, str):
+        ai_text, noted = ai, len(warnings)
         try:
-            # The history this request re-logs is not decoded again (history.py).
-            ai = (history and decode_ai_log(ai)) or _decode_whole(ai, warnings)
+            # The history this request re-logs is not decoded again (history.py); the
+            # messages it took from there were checked with an earlier line.
+            ai = (history and decode_ai_log(ai_text)) or _decode_whole(ai_text, warnings)
+            if type(ai) is dict and deep_members(ai, _history.reused if history else 0):
+                raise RecursionError   # content deeper than the readers go
         except RecursionError:
-            raise BadLine("bad_ai_log", "nested too deeply") from None
+            del warnings[noted:]   # what the whole decode noted is noted again
+            ai, nested = _decode_nested(ai_text, warnings)
         except ValueError as e:
             if str(e).startswith("Invalid control character"):
                 raise BadLine("raw_control_char", "in the ai_log: " + str(e)[:100]) from None
             raise BadLine("bad_ai_log", str(e)[:120]) from None
     elif isinstance(ai, dict):
         ai = _object_ai_log(text, ai, warnings)
+        if deep_members(ai):
+            ai, nested = _nested_object(ai, warnings)
     if not isinstance(ai, dict):
         raise BadLine("bad_ai_log", f"ai_log is a JSON {type(ai).__name__}, not an object")
-    return _build(outer, ai, read_time, warnings)
+    req = _build(outer, ai, read_time, warnings)
+    if nested:
+        req.nested_as_text = nested
+    return req
+
+
+def _decode_nested(text: str, warnings: list[str]) -> tuple[dict, tuple]:
+    """An ai_log holding a value nested deeper than MAX_DEPTH (nesting.py): decoded
+    member by member, each too-deep content field kept as its text. The history caches
+    let go of the session: its decoded messages are not this line's."""
+    try:
+        ai, nested, repeated = decode_members(text)
+    except RecursionError:   # a value the member scan could not finish: not JSON
+        raise BadLine("bad_ai_log", "nested too deeply and not valid JSON") from None
+    except ValueError as e:
+        if str(e).startswith("Invalid control character"):
+            raise BadLine("raw_control_char", "in the ai_log: " + str(e)[:100]) from None
+        raise BadLine("bad_ai_log", "nested too deeply: " + str(e)[:100]) from None
+    if repeated is not None:
+        repeated_keys(ai, repeated, warnings)
+    sid = ai.get("session_id")
+    if type(sid) is str:
+        _history.CACHE.drop(sid)
+    if nested:
+        warnings.append(NESTED)
+    return ai, nested
+
+
+def _nested_object(ai: dict, warnings: list[str]) -> tuple[dict, tuple]:
+    """The same for an ai_log written as an object (older producers): the too-deep
+    fields as JSON text again (the line's own text is not at hand)."""
+    out, nested = dict(ai), []
+    for key, value in ai.items():
+        if not too_deep(value):
+            continue
+        if key in DECIDING_KEYS:
+            raise BadLine("bad_ai_log", f"{key} is nested more than {MAX_DEPTH} levels deep")
+        try:
+            out[key] = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        except RecursionError:
+            raise BadLine("bad_ai_log", f"{key} is nested too deeply") from None
+        nested.append(key)
+    warnings.append(NESTED)
+    return out, tuple(nested)
 
 
 def _object_ai_log(text: str, ai: dict, warnings: list[str]) -> dict:

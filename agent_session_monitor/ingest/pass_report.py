@@ -107,6 +107,10 @@ def summary(stats: PassStats) -> str:
     if stats.forged:
         parts.append(f"{fmt_int(stats.forged)} forged lines (keys a client wrote through a "
                      "header were ignored)")
+    nested = stats.warnings.get("deeply_nested_messages")
+    if nested:
+        parts.append(f"{plural(nested, 'round')} with content nested too deeply, kept as its "
+                     "JSON text (billed as usual)")
     if stats.non_ai:
         parts.append(f"{plural(stats.non_ai, 'non-AI line')}")
     if stats.filtered:

@@ -38,6 +38,8 @@ class Request:
     output_details: dict
     has_usage: bool
     warnings: list[str] = field(default_factory=list)
+    # Fields kept as the JSON text they were logged as: nested too deeply (nesting.py).
+    nested_as_text: tuple = ()
 
     def __reduce__(self) -> tuple:
         # Pickled for every line the parse worker sends (parse_ahead.py): as the

@@ -129,15 +129,18 @@ def build_round(req: Request, key: str, source: dict, table: PriceTable,
         rnd["tool_calls"] = [] if cut_calls else [_tool_name_only(call) for call in tool_calls]
     # The plugin's value_length_limit cuts any attribute into a Go-formatted string
     # "head [truncated] tail": kept as logged (never dropped or nulled), and said so.
-    cut = ["tool_calls"] if cut_calls else []
+    nested = req.nested_as_text   # JSON text kept for a value nested too deeply
+    cut = ["tool_calls"] if cut_calls and "tool_calls" not in nested else []
     for name in TRUNCATABLE_FIELDS:
         value = get(name)
-        if isinstance(value, str) and TRUNCATED_MARK in value:
+        if isinstance(value, str) and TRUNCATED_MARK in value and name not in nested:
             cut.append(name)
     for name in cut:
         rnd[f"{name}_truncated"] = True
     if cut:
         req.warnings.append("truncated_by_gateway")
+    if nested:
+        rnd["nested_as_text"] = list(nested)
     if req.gateway.get("response_code") not in (None, "200"):
         # A failed request is worth its route and status; a successful one's Envoy
         # fields repeat on every round.

@@ -85,7 +85,8 @@ ROUND_ORDER = (
     "llm_first_token_duration", "llm_service_duration", "messages", "messages_offset",
     "input_token_details", "output_token_details", "source", "question", "answer",
     "reasoning", "system", "tool_calls", "tool_calls_truncated", "question_truncated",
-    "answer_truncated", "reasoning_truncated", "system_truncated", "gateway", "time_source",
+    "answer_truncated", "reasoning_truncated", "system_truncated", "nested_as_text",
+    "gateway", "time_source",
     "warnings", "usage_missing", "extra", "context_key", "messages_truncated",
 )
 
@@ -151,10 +152,12 @@ class Session:
 
     def _link_messages(self, rnd: dict, messages: object) -> int:
         if isinstance(messages, str):
-            # Cut by the plugin's value_length_limit: kept as given, flagged, and it
-            # cannot extend a chain; the next round starts a new one.
+            # Cut by the plugin's value_length_limit, or nested too deeply and kept as
+            # its JSON text (nested_as_text): kept as given, flagged, and it cannot
+            # extend a chain; the next round starts a new one.
             rnd["messages"] = messages
-            rnd["messages_truncated"] = True
+            if "messages" not in rnd.get("nested_as_text", ()):
+                rnd["messages_truncated"] = True
             self._set_tip(rnd["key"], [])
             return 1
         if not isinstance(messages, list):
