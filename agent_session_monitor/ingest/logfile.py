@@ -17,6 +17,10 @@ FP_LEN = 1024
 # by unrelated files. No AI request line is this short, so waiting loses nothing.
 MIN_FP_LEN = 64
 TAIL_LEN = 64
+# At most this much of the last line before an offset is hashed (line_hash): a line's
+# end is the client's (user agent, forwarded-for: up to Envoy's header limit, 60 KiB by
+# default); the gateway's fields before them must be in it.
+LINE_WINDOW = 2**20
 
 
 @dataclass
@@ -52,13 +56,23 @@ class LogFile:
             return self.gz_content().holds(self.file, src)
         if self.size < src.offset:
             return False
-        return not src.tail or src.offset < TAIL_LEN or tail_hash(self.file, src.offset) == src.tail
+        if src.tail and src.offset >= TAIL_LEN and tail_hash(self.file, src.offset) != src.tail:
+            return False
+        return not src.line or not src.offset or line_hash(self.file, src.offset) == src.line
 
     def tail_at(self, offset: int) -> str | None:
         """tail_hash of this file's (decompressed) bytes at ``offset``."""
         if self.gz:
             return self.gz_content().tail_at(self.file, offset)
         return tail_hash(self.file, offset)
+
+    def bytes_at(self, offset: int) -> tuple[str | None, str | None]:
+        """tail_hash and line_hash of this file's (decompressed) bytes at ``offset``:
+        whether two files are alike there."""
+        if self.gz:
+            content = self.gz_content()
+            return content.tail_at(self.file, offset), content.lines.get(offset)
+        return tail_hash(self.file, offset), line_hash(self.file, offset)
 
     def gz_content(self) -> "GzipContent":
         if self.content is None:
@@ -76,18 +90,24 @@ class GzipContent:
     unchanged, so a .gz left unmatched (.2.gz beside .2) is not inflated every poll."""
 
     tails: dict = field(default_factory=dict)     # offset -> hash, or None: beyond the end
+    lines: dict = field(default_factory=dict)     # offset -> line_hash there (as tails)
     length: int | None = None
     lines_end: int = 0      # the end of its last complete line (known with ``length``)
 
     def holds(self, f: BinaryIO, src: SourceState) -> bool:
         """Whether it holds what was read of ``src``: the bytes up to its offset."""
         tail = self.tail_at(f, src.offset)
-        return tail is not None and (not src.tail or src.offset < TAIL_LEN or tail == src.tail)
+        if tail is None or src.tail and src.offset >= TAIL_LEN and tail != src.tail:
+            return False
+        return not src.line or not src.offset or self.lines.get(src.offset) == src.line
 
     def tail_at(self, f: BinaryIO, offset: int) -> str | None:
         if offset not in self.tails:
             self.scan(f, [offset])
         return self.tails[offset]
+
+    def bytes_at(self, f: BinaryIO, offset: int) -> tuple[str | None, str | None]:
+        return self.tail_at(f, offset), self.lines.get(offset)
 
     def end_of_lines(self, f: BinaryIO) -> int:
         """The end of its last complete line, all of it decompressed once if not yet:
@@ -105,33 +125,44 @@ class GzipContent:
         if self.length is not None:
             for o in want:
                 if o > self.length:
-                    self.tails[o] = None
+                    self.tails[o] = self.lines[o] = None
             want = [o for o in want if o <= self.length]
         if not want and (not to_end or self.length is not None):
             return
         reader = GzipChunks(f, 0)
+        # ``last``: the bytes since the last newline but one (a line being cut by the
+        # chunks), at most LINE_WINDOW and at least TAIL_LEN.
         last, pos, j = b"", 0, 0
-        lines_end, lines_tail = 0, ""
+        lines_end, lines_at_end = 0, ("", "")
         for chunk in reader:
             buf, base = last + chunk, pos - len(last)
             pos += len(chunk)
             nl = buf.rfind(b"\n") + 1
             if nl > len(last):
                 lines_end = base + nl
-                lines_tail = sha(buf[nl - TAIL_LEN:nl]) if lines_end >= TAIL_LEN else ""
+                lines_at_end = self._hashes(buf, nl, lines_end)
             while j < len(want) and want[j] <= pos:
                 o = want[j]
-                self.tails[o] = sha(buf[o - TAIL_LEN - base:o - base]) if o >= TAIL_LEN else ""
+                self.tails[o], self.lines[o] = self._hashes(buf, o - base, o)
                 j += 1
-            last = buf[-TAIL_LEN:]
+            keep = max(len(buf) - buf.rfind(b"\n", 0, max(len(buf) - 1, 0)) - 1, TAIL_LEN)
+            last = buf[-min(keep, LINE_WINDOW):]
             if j == len(want) and not to_end:
                 return
         # The end of the data (or the damage that ends it).
         self.length, self.lines_end = pos, lines_end
-        self.tails.setdefault(pos, sha(last) if pos >= TAIL_LEN else "")
-        self.tails.setdefault(lines_end, lines_tail)
+        if pos not in self.tails:
+            self.tails[pos], self.lines[pos] = self._hashes(last, len(last), pos)
+        if lines_end not in self.tails:
+            self.tails[lines_end], self.lines[lines_end] = lines_at_end
         for o in want[j:]:
-            self.tails[o] = None
+            self.tails[o] = self.lines[o] = None
+
+    @staticmethod
+    def _hashes(buf: bytes, i: int, offset: int) -> tuple[str, str]:
+        """tail_hash and line_hash at ``offset``, which is at ``buf[i]``."""
+        tail = sha(buf[i - TAIL_LEN:i]) if offset >= TAIL_LEN else ""
+        return tail, line_digest(buf, i) if offset else ""
 
 
 @dataclass
@@ -166,6 +197,31 @@ def tail_hash(f: BinaryIO | int, offset: int) -> str | None:
         return ""
     data = os.pread(f if isinstance(f, int) else f.fileno(), TAIL_LEN, offset - TAIL_LEN)
     return sha(data) if len(data) == TAIL_LEN else None
+
+
+def line_digest(data: bytes, end: int) -> str:
+    """Hash of the line that ends at ``data[end]`` (from the byte after the newline
+    before it, at most LINE_WINDOW): the bytes ``data`` holds of it; the caller makes
+    sure it holds the whole line or the window."""
+    start = data.rfind(b"\n", max(end - 1 - LINE_WINDOW, 0), max(end - 1, 0)) + 1
+    return sha(data[max(start, end - LINE_WINDOW):end])
+
+
+def line_hash(f: BinaryIO | int, offset: int) -> str | None:
+    """Hash of the last line before ``offset`` in a file or descriptor ("" at 0, None
+    when the file no longer reaches ``offset``), read backwards as far as its start."""
+    if offset <= 0:
+        return ""
+    fd = f if isinstance(f, int) else f.fileno()
+    want = 4096
+    while True:
+        start = max(offset - want, 0)
+        data = os.pread(fd, offset - start, start)
+        if len(data) < offset - start:
+            return None
+        if start == 0 or data.rfind(b"\n", 0, len(data) - 1) >= 0 or want > LINE_WINDOW:
+            return line_digest(data, len(data))   # (past the window: its last bytes)
+        want *= 8
 
 
 def read_head(f: BinaryIO) -> tuple[bool, bytes]:

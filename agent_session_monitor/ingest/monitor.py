@@ -48,7 +48,7 @@ from .state import load_state
 from ..store.sessions import PENDING_OBJECTS, SessionStore, containers
 from ..store.subagents import note_spawns
 from .stdin_source import StreamSource
-from .logfile import has_head, tail_hash
+from .logfile import has_head, line_hash, tail_hash
 from .tail import Tailer
 
 REPORT_PER_KIND = 3   # bad lines reported in full per kind and pass; the rest are counted
@@ -315,6 +315,7 @@ class Monitor(CommitMixIn):
         if self.state.extra.pop("reset_to_end", False):
             for src, lf in pairs:
                 src.offset = _last_line_end(lf)
+                _describe_offset(src, lf)   # (a .gz: from offset 0, nothing to describe)
         stats.files = len(pairs)
         todo = sum(max((lf.size if not lf.gz else 0) - src.offset, 0) for src, lf in pairs)
         progress = Progress(self.err, todo) if self.progress else None
@@ -681,7 +682,7 @@ class _AheadRun:
             self.fd = -1
         # What the reader changes when it reaches the file's end: put back if this pass
         # stops before the lines read are handled.
-        self.before_end = (src.tail, src.size, src.mtime, src.gz_complete)
+        self.before_end = (src.tail, src.line, src.size, src.mtime, src.gz_complete)
 
     def add(self, mon: "Monitor", start: int, end: int, line) -> None:
         item = [start, end, line, None]
@@ -716,9 +717,9 @@ class _AheadRun:
         while it handles them (the reader may have gone further, even to the file's end:
         its size and tail hash); returns what to put back."""
         src = self.src
-        now = (src.offset, src.tail, src.size, src.mtime, src.gz_complete)
+        now = (src.offset, src.tail, src.line, src.size, src.mtime, src.gz_complete)
         src.offset = self.handled_end
-        src.tail, src.size, src.mtime, src.gz_complete = self.before_end
+        src.tail, src.line, src.size, src.mtime, src.gz_complete = self.before_end
         return now
 
     def rewind(self) -> None:
@@ -825,7 +826,8 @@ class _AheadRun:
                         mon._checkpoint_in_pass()
                         self.since_checkpoint = 0
                 finally:
-                    src.offset, src.tail, src.size, src.mtime, src.gz_complete = now
+                    (src.offset, src.tail, src.line, src.size, src.mtime,
+                     src.gz_complete) = now
             if self.progress:
                 self.progress.update(self.name, stats)
 
@@ -844,19 +846,20 @@ def _describe_offset(src, lf, fd: int = -1) -> bool:
         recent = lf.recent
         tail = recent.hash_at(src.offset) if recent is not None else None
         src.tail = tail if tail is not None else ""
+        src.line = (recent.line_at(src.offset) if recent is not None else None) or ""
         return True
     try:
         if fd < 0:
-            tail = tail_hash(lf.file, src.offset)
+            tail, line = tail_hash(lf.file, src.offset), line_hash(lf.file, src.offset)
         else:
             if not has_head(fd, src):   # truncated and written again meanwhile
                 return False
-            tail = tail_hash(fd, src.offset)
+            tail, line = tail_hash(fd, src.offset), line_hash(fd, src.offset)
     except (OSError, ValueError):
         return False
-    if tail is None:   # it shrank meanwhile; the next pass sees that
+    if tail is None or line is None:   # it shrank meanwhile; the next pass sees that
         return False
-    src.tail = tail
+    src.tail, src.line = tail, line
     return True
 
 

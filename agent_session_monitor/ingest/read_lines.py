@@ -10,7 +10,10 @@ import time
 from typing import BinaryIO, Iterator
 
 from .gzip_stream import GzipChunks, gzip_isize
-from .logfile import TAIL_LEN, LogFile, TailEvent, has_head, held_key, sha, tail_hash
+from .logfile import (
+    LINE_WINDOW, TAIL_LEN, LogFile, TailEvent, has_head, held_key, line_digest, line_hash, sha,
+    tail_hash,
+)
 from .state import SourceState
 
 # Bytes per read. The reader keeps its last two chunks (_Recent) and a line cut by a
@@ -51,6 +54,8 @@ class ReadLinesMixIn:
             # From the bytes read, not read again: the file may be another one by now.
             known = tail.hash_at(src.offset)
             src.tail = known if known is not None else (tail_hash(lf.file, src.offset) or "")
+            known = tail.line_at(src.offset)
+            src.line = known if known is not None else (line_hash(lf.file, src.offset) or "")
         if self.keep_open and not lf.gz:
             key = held_key(src)
             old = self._held.get(key)
@@ -97,6 +102,7 @@ class ReadLinesMixIn:
             # file by the bytes before the offset reached (logfile.GzipContent).
             known = recent.hash_at(src.offset)
             src.tail = known if known is not None else ""
+            src.line = recent.line_at(src.offset) or ""
         if reader.error:
             self.events.append(TailEvent("bad_gzip", f"{lf.path}: {reader.error}; "
                                          "kept the lines before the damage"))
@@ -108,7 +114,7 @@ class ReadLinesMixIn:
                 "truncated", f"{lf.path} holds {reader.position:,} bytes, less than where "
                 f"reading stopped ({src.offset:,}); reading it again from the start",
                 quiet=True))
-            src.offset, src.gz_complete, src.tail = 0, False, ""
+            src.offset, src.gz_complete, src.tail, src.line = 0, False, "", ""
         src.size = max(src.size, reader.position)
         src.mtime = lf.mtime
         lf.file.close()
@@ -142,6 +148,22 @@ class _Recent:
         first = kept[0][0] if kept else offset
         if first <= offset - TAIL_LEN and offset <= first + len(data):
             return sha(data[offset - TAIL_LEN - first:offset - first])
+        return None
+
+    def line_at(self, offset: int) -> str | None:
+        """line_hash at ``offset`` from the chunks read, if they hold that line (it began
+        at or after where this read began: offsets are at line ends) or its last
+        LINE_WINDOW bytes."""
+        if not offset:
+            return ""
+        kept = self.kept
+        data = b"".join(c for _, c in kept)
+        first = kept[0][0] if kept else offset
+        end = offset - first
+        if not 0 < end <= len(data):
+            return None
+        if end > LINE_WINDOW or first == self.start or data.rfind(b"\n", 0, end - 1) >= 0:
+            return line_digest(data, end)
         return None
 
 

@@ -39,6 +39,11 @@ class SourceState:
     size: int = 0
     mtime: float = 0.0
     tail: str = ""            # hash of the 64 bytes before offset: catches in-place rewrites
+    # Hash of the last line before offset (logfile.line_hash): what a copy must hold. In
+    # Higress's format the 64 bytes of ``tail`` are a line's last fields (user agent,
+    # forwarded-for, response details), alike from line to line; the whole line holds
+    # the gateway's request id, time and ports. "": not known (an older state).
+    line: str = ""
     # The matching fingerprint grows with the file up to 1 KiB (``fp`` stays fixed): a
     # head of a few bytes ("\n", one short line) is shared by unrelated files.
     head_fp: str = ""
@@ -107,7 +112,7 @@ class BadState(ValueError):
 _MAX_OFFSET = 2**63 - 1          # what os.pread and SQLite take
 _INT_FIELDS = {"fp_len": 1024, "dev": 2**64 - 1, "ino": 2**64 - 1, "offset": _MAX_OFFSET,
                "size": _MAX_OFFSET, "head_len": 1024}
-_HASH_FIELDS = ("fp", "tail", "head_fp")
+_HASH_FIELDS = ("fp", "tail", "head_fp", "line")
 _BOOL_FIELDS = ("gz", "live", "gz_complete", "loss_reported")
 _REQUIRED = ("fp", "fp_len", "dev", "ino", "path")
 _COUNTERS = {"passes", "lines_read", "rounds_stored", "duplicates_skipped", "non_ai_lines"}

@@ -279,8 +279,8 @@ class Tailer(ReadLinesMixIn):
             if not f.gz and f.size < lf.size:
                 return True   # truncated since: nothing left to compare
             try:
-                theirs = f.tail_at(lf.size)   # (a .gz decompressed as far as that)
-                if theirs is None or theirs == tail_hash(lf.file, lf.size):
+                theirs = f.bytes_at(lf.size)   # (a .gz decompressed as far as that)
+                if theirs[0] is None or theirs == lf.bytes_at(lf.size):
                     return True
             except OSError:
                 return True
@@ -317,12 +317,12 @@ class Tailer(ReadLinesMixIn):
         if not current:
             return None, False
         end = content.end_of_lines(lf.file)
-        mine = content.tail_at(lf.file, end)
+        mine = content.bytes_at(lf.file, end)
         for f in current:
             # The lines it holds are all in ``f``, which is read this poll. (Not "holds
             # what was read of f's source": a source found this poll has read nothing.)
             try:
-                if (f.gz or f.size >= end) and f.tail_at(end) == mine:
+                if (f.gz or f.size >= end) and f.bytes_at(end) == mine:
                     return None, True
             except OSError:
                 return None, True   # as _older_copy: cannot compare, and the file is there
@@ -367,7 +367,7 @@ class Tailer(ReadLinesMixIn):
                 f"stopped ({src.offset:,}): truncated; reading it again from the start "
                 "(lines already stored are skipped)", quiet=True))
             src.offset = 0
-            src.tail = ""
+            src.tail = src.line = ""
         elif not verified and src.tail and src.offset >= TAIL_LEN and tail_hash(
                 lf.file, src.offset) not in (
                 src.tail, None):   # None: it shrank since fstat; the next poll sees it
