@@ -46,6 +46,22 @@ def fixed_first_line(n: int) -> bytes:
     return json.dumps(outer).encode() + b"\n"
 
 
+def reader(test: TempDirTest, log, out, follow: bool):
+    """A read of ``log`` into ``out``: one poll of a long-lived follow-mode monitor, or a
+    cron run (a fresh monitor for one pass)."""
+    config = MonitorConfig(log_paths=[str(log)], output_dir=out, follow=follow,
+                           rotate_wait=0.0)
+    if not follow:
+        def once() -> None:
+            with Monitor(config, err=io.StringIO()) as monitor:
+                monitor.poll_once()
+        return once
+    monitor = Monitor(config, err=io.StringIO())
+    monitor.__enter__()
+    test.addCleanup(monitor.__exit__, None, None, None)
+    return monitor.poll_once
+
+
 class SharedHeads(TempDirTest):
     def scenario(self, seed: int, follow: bool, nul_writer: bool) -> None:
         rng = random.Random(f"heads-{seed}-{follow}-{nul_writer}")
@@ -56,12 +72,7 @@ class SharedHeads(TempDirTest):
         self.addCleanup(lambda: os.close(fd) if fd_open[0] else None)
         fd_open = [True]
         written, n, fixed = [], 0, 0
-        config = MonitorConfig(log_paths=[str(log)], output_dir=out, follow=follow,
-                               rotate_wait=0.0)
-        monitor = Monitor(config, err=io.StringIO()) if follow else None
-        if monitor is not None:
-            monitor.__enter__()
-            self.addCleanup(monitor.__exit__, None, None, None)
+        read = reader(self, log, out, follow)
 
         def head_line() -> None:
             nonlocal fixed
@@ -75,13 +86,6 @@ class SharedHeads(TempDirTest):
                 n += 1
                 os.write(fd, make_line(n, session=f"s{rng.randrange(3)}"))
                 written.append(100 + n)
-
-        def read() -> None:
-            if monitor is not None:
-                monitor.poll_once()
-            else:
-                with Monitor(config, err=io.StringIO()) as once:
-                    once.poll_once()
 
         def rotate(kind: str) -> None:
             nonlocal fd

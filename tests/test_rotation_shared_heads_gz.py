@@ -23,16 +23,14 @@ Every round must be stored exactly once (the generator's ground truth)."""
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import random
 import shutil
 import zlib
 
-from agent_session_monitor.ingest.monitor import Monitor, MonitorConfig
 from tests.helpers import DATA, TempDirTest, make_line, stored_inputs
-from tests.test_rotation_shared_heads import fixed_first_line
+from tests.test_rotation_shared_heads import fixed_first_line, reader
 
 SEEDS = int(os.environ.get("ASM_SHARED_HEAD_SEEDS", "12"))
 _HIGRESS = json.loads(
@@ -79,12 +77,7 @@ class SharedHeadsCompressed(TempDirTest):
         base.mkdir()
         log, out = base / "access.log", base / "out"
         written, n, fixed, day = [], 0, 0, 0
-        config = MonitorConfig(log_paths=[str(log)], output_dir=out, follow=follow,
-                               rotate_wait=0.0)
-        monitor = Monitor(config, err=io.StringIO()) if follow else None
-        if monitor is not None:
-            monitor.__enter__()
-            self.addCleanup(monitor.__exit__, None, None, None)
+        read = reader(self, log, out, follow)
 
         def head_line() -> None:
             nonlocal fixed
@@ -99,13 +92,6 @@ class SharedHeadsCompressed(TempDirTest):
                     n += 1
                     f.write(line(n, f"s{rng.randrange(3)}"))
                     written.append(100 + n)
-
-        def read() -> None:
-            if monitor is not None:
-                monitor.poll_once()
-            else:
-                with Monitor(config, err=io.StringIO()) as once:
-                    once.poll_once()
 
         def rotate_numbered() -> None:
             for i in range(keep, 0, -1):
@@ -228,19 +214,7 @@ class SharedHeadsCompressed(TempDirTest):
         base = self.tmp / f"d-{seed}-{follow}-{damage}"
         base.mkdir()
         log, out = base / "access.log", base / "out"
-        config = MonitorConfig(log_paths=[str(log)], output_dir=out, follow=follow,
-                               rotate_wait=0.0)
-        monitor = Monitor(config, err=io.StringIO()) if follow else None
-        if monitor is not None:
-            monitor.__enter__()
-            self.addCleanup(monitor.__exit__, None, None, None)
-
-        def read() -> None:
-            if monitor is not None:
-                monitor.poll_once()
-            else:
-                with Monitor(config, err=io.StringIO()) as once:
-                    once.poll_once()
+        read = reader(self, log, out, follow)
 
         n, fixed = 0, 0
 
