@@ -85,7 +85,9 @@ class Generated:
         self.gateway_deep = 0      # bad_ai_log: a field the gateway writes
         self.header_deep = 0       # a raw header: billed, forged
         self.at_the_limit = 0      # MAX_DEPTH levels: kept as JSON
-        self.expected_text: dict[str, tuple[str, str]] = {}   # request_id -> (field, text)
+        # (session, chat_round) -> {field: its text} (a header opening brackets leaves the
+        # request_id unsure: not taken)
+        self.expected_text: dict[tuple, dict] = {}
         histories = {f"deep-s{i}": [] for i in range(sessions)}
         deep_history: dict[str, str] = {}   # session -> the nested text its history holds
         n = 0
@@ -161,7 +163,7 @@ class Generated:
                                    "other_plugin_key": "safecheck_detail"}.get(place, place))
                 if fields:
                     self.deep_rounds += 1
-                    self.expected_text[outer["request_id"]] = {
+                    self.expected_text[(sid, len(hist))] = {
                         f: _member_text(text, f) for f in fields}
                 t = self.truth.setdefault(sid, {"input": 0, "output": 0, "cached": 0,
                                                 "reasoning": 0, "rounds": 0})
@@ -325,9 +327,9 @@ class DeeplyNestedThroughTheMonitor(TempDirTest):
         self.assertEqual(counters.get("warnings", {}).get("deeply_nested_messages", 0),
                          gen.deep_rounds)
         kept = 0
-        for doc in docs.values():
+        for sid, doc in docs.items():
             for rnd in doc["rounds"]:
-                want = gen.expected_text.get(rnd["request_id"])
+                want = gen.expected_text.get((sid, rnd["chat_round"]))
                 if want is None:
                     self.assertNotIn("nested_as_text", rnd)
                     continue
@@ -395,10 +397,11 @@ class DeeplyNestedThroughTheMonitor(TempDirTest):
         rng = random.Random(SEED + 3)
         log = self.tmp / "access.log"
         log.touch()
-        for worker in ("0", "-1"):
-            out = self.tmp / f"follow{worker}"
+        for worker, commit in (("0", "1"), ("-1", "0")):
+            out = self.tmp / f"follow{worker}{commit}"
             write_lines(log, [], "wb")
-            with mock.patch.dict(os.environ, {"ASM_PARSE_AHEAD_BYTES": worker}):
+            with mock.patch.dict(os.environ, {"ASM_PARSE_AHEAD_BYTES": worker,
+                                              "ASM_COMMIT_PROCESS": commit}):
                 config = MonitorConfig(log_paths=[str(log)], output_dir=out, follow=True,
                                        allow_log_dirs=[str(self.tmp)]) \
                     if "allow_log_dirs" in MonitorConfig.__dataclass_fields__ else \
