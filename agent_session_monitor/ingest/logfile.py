@@ -40,6 +40,7 @@ class LogFile:
     # A .gz's decompressed bytes as far as they were needed (the Tailer keeps it while
     # the file is unchanged, so a file re-checked every poll is decompressed once).
     content: "GzipContent | None" = None
+    growing: bool = False   # a .gz that changed since the last poll: still being written
     # The bytes last read (read_lines), to hash the bytes before a checkpoint's offset.
     recent: object = None
 

@@ -149,6 +149,7 @@ class Tailer(ReadLinesMixIn):
     def _open_candidates(self) -> tuple[list[LogFile], bool]:
         files: list[LogFile] = []
         contents, self._gz_contents = self._gz_contents, {}
+        before = {key[:2]: key[2:] for key in contents}   # .gz (dev, ino) -> (size, mtime)
         seen_inodes: set[tuple[int, int]] = set()
         unreadable = False
         for path, live in discover(self.patterns, self.max_rotate):
@@ -182,6 +183,7 @@ class Tailer(ReadLinesMixIn):
                 lf.content = contents.get(key)
                 if lf.content is None:
                     lf.content = GzipContent()
+                    lf.growing = key[:2] in before
                 self._gz_contents[key] = lf.content
             files.append(lf)
         return files, unreadable
@@ -301,6 +303,11 @@ class Tailer(ReadLinesMixIn):
         compared with the files being read."""
         if not same_head:
             return None, False
+        if lf.growing and not lf.live:
+            # Changed since the last poll: gzip is still writing it (the file it is made
+            # from is still there, and read). Checked when it stops changing: decompressed
+            # now it would be decompressed again at every poll while gzip works.
+            return None, True
         content = lf.gz_content()
         ids = {id(src) for src in same_head}
         current = [] if lf.live else [   # (no rotation copies a file to the live path)
