@@ -319,6 +319,43 @@ class ParseDeeplyNested(unittest.TestCase):
         self.assertEqual(len(req.ai["question"]), 2 * depth)
 
 
+class DeepTextInsideAField(TempDirTest):
+    def test_a_usage_text_nested_past_the_decoder_is_no_provider_cost_not_a_stop(self):
+        # A usage object logged as a JSON string (provider_cost reads its cost): under
+        # 4 KB, "[" two characters a level nest past json's limit. It made build_round
+        # raise RecursionError: "internal error" at the same line on every run.
+        lines = []
+        for n, depth in enumerate((500, 990, 2000)):
+            usage = '{"cost":' + "[" * depth + "]" * depth + "}"
+            ai = {"session_id": f"u{n}", "model": "gpt-4o", "input_token": 10 + n,
+                  "output_token": 1, "usage": usage}
+            lines.append(envoy_line(genuine_outer(n), go_json(ai)))
+        log = self.tmp / "access.log"
+        write_lines(log, lines, "wb")
+        code, _out, err = monitor_main("--log-path", str(log), "--output-dir", str(self.out),
+                                       "--allow-log-dir", str(self.tmp))
+        self.assertEqual(code, 0, err)
+        docs = load_store(self.out)
+        self.assertEqual(sorted(docs), ["u0", "u1", "u2"])
+        for n in range(3):
+            rnd = docs[f"u{n}"]["rounds"][0]
+            self.assertEqual(rnd["input_tokens"], 10 + n)
+            self.assertNotIn("provider_cost_usd", rnd)
+
+
+    def test_a_detail_map_text_nested_deep_is_unreadable_details_not_stored(self):
+        # A detail map logged as a JSON string is not walked as a member: decoded, one
+        # nested past MAX_DEPTH is as unreadable as one json cannot decode (bad_details).
+        for depth in (65, 500, 990, 5000):
+            details = '{"cached_tokens":' + "[" * depth + "]" * depth + "}"
+            ai = {"session_id": "s", "model": "gpt-4o", "input_token": 10, "output_token": 1,
+                  "input_token_details": details}
+            req = parse_line(envoy_line(genuine_outer(1), go_json(ai)).rstrip(b"\n"),
+                             READ_TIME)
+            self.assertEqual((req.input_token, req.input_details), (10, {}), depth)
+            self.assertIn("bad_details", req.warnings)
+
+
 class DeeplyNestedThroughTheMonitor(TempDirTest):
     def check_store(self, gen: Generated, out, counters: dict) -> None:
         docs = load_store(out)

@@ -8,7 +8,7 @@ import json
 import math
 
 from ..store.names import UNSESSIONED_ID
-from ..values import MAX_TOKENS, canonical_time
+from ..values import MAX_TOKENS, canonical_time, too_deep
 from .request import BadLine, Request, decode_noting_repeats
 
 # Outer fields kept with the round: what a FinOps user filters or debugs by.
@@ -208,7 +208,8 @@ def _details(value: object, warnings: list[str], where: str) -> dict:
         except (ValueError, RecursionError):
             warnings.append("bad_details")
             return {}
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) or too_deep(value):
+            # (Nested deeper than any reader walks, as one json cannot decode is.)
             warnings.append("bad_details")
             return {}
         if repeated is not None:

@@ -234,7 +234,7 @@ def provider_cost(ai: dict) -> float | None:
     if isinstance(usage, str) and usage.startswith("{") and len(usage) < 4096:
         try:
             usage = json.loads(usage)
-        except ValueError:
+        except (ValueError, RecursionError):   # 4 KB of "[" nest past what json goes
             usage = None
     if isinstance(usage, dict):
         values.append(usage.get("cost"))
