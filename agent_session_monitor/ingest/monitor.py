@@ -174,23 +174,8 @@ class Monitor(CommitMixIn):
         # A session file found damaged and moved aside: an error, shown even with -q.
         self.store = SessionStore(out, store_content=self.config.store_content,
                                   warn=functools.partial(self._warn, error=True))
-        try:
-            self.index = Index(out)
-        except sqlite3.Error as e:
-            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
-                # Another program holds it (a reader's long query, a sqlite3 shell):
-                # deleting a busy index is not the fix.
-                raise MonitorError(f"cannot open the index {out / '.index.sqlite'}: {e} "
-                                   "(another program is using it: close it and run again)"
-                                   ) from e
-            raise MonitorError(f"cannot open the index {out / '.index.sqlite'}: {e} "
-                               "(it is derived data: delete it and it is rebuilt)") from e
-        if self.index.needs_rebuild:
-            self.index.rebuild(self._index_progress if self.progress else None)
-            for name, why in self.index.skipped:
-                self.problems.append(f"session file {out / name} is corrupt or unreadable "
-                                     f"({why}); left out of the index, kept as it is")
-        elif n := self.index.repair_pending():
+        rebuilt = self._open_index()   # (then nothing is pending)
+        if not rebuilt and (n := self.index.repair_pending()):
             # Shown even with -q: a run killed mid-write (the OOM killer, a kill -9)
             # leaves no other trace a cron mail would show.
             self.problems.append(f"the previous run was killed mid-write: re-indexed the "
@@ -280,6 +265,43 @@ class Monitor(CommitMixIn):
             end_writing(self.config.output_dir)
             end_writing(self.config.state_path.parent)
 
+    def _open_index(self) -> bool:
+        """Open the index, rebuilt from the session files if it is new or incomplete
+        (then True)."""
+        out = self.config.output_dir
+        try:
+            self.index = Index(out)
+        except sqlite3.Error as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                # Another program holds it (a reader's long query, a sqlite3 shell):
+                # deleting a busy index is not the fix.
+                raise MonitorError(f"cannot open the index {out / '.index.sqlite'}: {e} "
+                                   "(another program is using it: close it and run again)"
+                                   ) from e
+            raise MonitorError(f"cannot open the index {out / '.index.sqlite'}: {e} "
+                               "(it is derived data: delete it and it is rebuilt)") from e
+        if self.index.needs_rebuild:
+            self.index.rebuild(self._index_progress if self.progress else None)
+            for name, why in self.index.skipped:
+                self.problems.append(f"session file {out / name} is corrupt or unreadable "
+                                     f"({why}); left out of the index, kept as it is")
+            return True
+        return False
+
+    def _reopen_replaced_index(self) -> None:
+        """A follower whose index file was deleted or replaced (it is derived data: a
+        user may delete it) opens and rebuilds it at the next pass, with the pricing
+        epoch the state keeps; it went on writing to the deleted file, which no reader
+        sees."""
+        if not self.index.replaced():
+            return
+        self._join_commit()   # a commit in flight writes through the old connection
+        self.index.close()
+        self._open_index()
+        sync_pricing_epoch(self)
+        self._warn(f"the index {self.index.path} was deleted or replaced: rebuilt from the "
+                   "session files")
+
     def _warn(self, message: str, error: bool = False) -> None:
         if error or not self.quiet:
             print(safe_text(message), file=self.err, flush=True)
@@ -303,6 +325,7 @@ class Monitor(CommitMixIn):
         return stats
 
     def _pass(self, stats: PassStats) -> None:
+        self._reopen_replaced_index()
         read_time = utc_now()
         before = {id(src): src.offset for src in self.tailer.sources}
         pairs = self.tailer.poll_files()

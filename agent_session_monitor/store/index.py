@@ -399,6 +399,13 @@ class Index:
         self.directory = directory
         self.path = index_path(directory)
         fresh = not self.path.exists()
+        if fresh:
+            # A -wal/-shm left by an index deleted while a reader (the web UI) had it
+            # open: SQLite would take them for the new file's ("disk I/O error", and
+            # every run failed until the reader ended). Without their database they are
+            # nothing (derived data).
+            for suffix in ("-wal", "-shm", "-journal"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
         self.db = connect(self.path)
         version = self._meta("version")
         if version is not None and version != str(INDEX_VERSION):
@@ -411,6 +418,8 @@ class Index:
         if fresh:
             os.chmod(self.path, 0o600)
         create_schema(self.db)
+        st = os.stat(self.path)
+        self._ident = (st.st_dev, st.st_ino)   # the file this index is (replaced())
         self.needs_rebuild = fresh or self._meta("complete") != "1"
         self.skipped: list[tuple[str, str]] = []   # (file, why) the last rebuild left out
         self._set_meta("version", str(INDEX_VERSION))
@@ -516,6 +525,18 @@ class Index:
 
     def close(self) -> None:
         self.db.close()
+
+    def replaced(self) -> bool:
+        """Whether the index file was deleted or replaced since it was opened (a user
+        told it is derived data deleted it): this connection then writes to a file no
+        reader sees, and a commit process opening the path would start a partial one."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) != self._ident
 
 
 def load_entry(directory: Path, name: str,
