@@ -41,6 +41,7 @@ class LogFile:
     # the file is unchanged, so a file re-checked every poll is decompressed once).
     content: "GzipContent | None" = None
     growing: bool = False   # a .gz that changed since the last poll: still being written
+    unchanged: bool = False   # a .gz of the same size and mtime as at the last poll
     # The bytes last read (read_lines), to hash the bytes before a checkpoint's offset.
     recent: object = None
 

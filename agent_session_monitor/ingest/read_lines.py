@@ -69,6 +69,16 @@ class ReadLinesMixIn:
         else:
             lf.file.close()
 
+    def _gz_cut(self, src: SourceState, lf: LogFile, kept: int) -> None:
+        """A .gz that ends before its end and has not changed for --rotate-wait: not one
+        gzip is still writing, one cut for good (killed, or the disk filled). Said once
+        and not decompressed again, as a damaged one; what it lost is unknown."""
+        self.events.append(TailEvent(
+            "bad_gzip", f"{lf.path}: the compressed data ends early (gzip killed, or the disk "
+            f"filled?) and has not changed for {self.rotate_wait:g} s; kept the {kept:,} "
+            "bytes of lines before the cut, the rest is lost"))
+        src.gz_complete = True
+
     def _is_quiet(self, src: SourceState, lf: LogFile) -> bool:
         """No growth for ``rotate_wait`` seconds. A file first seen is judged by its age
         on the clock (all a one-pass cron run has); one watched since is judged on the
@@ -86,11 +96,20 @@ class ReadLinesMixIn:
 
     def _gz_lines(self, src: SourceState, lf: LogFile) -> Iterator[tuple[int, int, bytes | None]]:
         if ((src.gz_complete or src.size == src.offset)
-                and gzip_isize(lf.file) == src.offset & 0xFFFFFFFF):
-            # The trailer's length equals what was read: it holds nothing new, so
-            # it is not decompressed again.
+                and gzip_isize(lf.file) == src.offset & 0xFFFFFFFF) or (
+                src.gz_complete and src.mtime == lf.mtime):
+            # The trailer's length equals what was read, or it was read to its end (or
+            # to its damage, or its cut) and has not changed since: it holds nothing
+            # new, so it is not decompressed again (a follower polls every second).
             src.gz_complete = True
             src.mtime = lf.mtime   # the .gz matched: step 1 need not check it again
+            lf.file.close()
+            return
+        if lf.unchanged and src.mtime == lf.mtime:
+            # The bytes read at the last poll, unchanged: nothing new. (A .gz that ends
+            # early: gzip still writing it, or cut for good, said once it is quiet.)
+            if self._is_quiet(src, lf):
+                self._gz_cut(src, lf, src.size)
             lf.file.close()
             return
         reader = GzipChunks(lf.file, src.offset, keep=TAIL_LEN)
@@ -107,6 +126,8 @@ class ReadLinesMixIn:
             self.events.append(TailEvent("bad_gzip", f"{lf.path}: {reader.error}; "
                                          "kept the lines before the damage"))
         src.gz_complete = reader.complete or bool(reader.error)
+        if not src.gz_complete and self._is_quiet(src, lf):
+            self._gz_cut(src, lf, reader.position)
         if reader.complete and reader.position < src.offset:
             # Shorter than where reading stopped: a state ahead of the file. Read it
             # again from the start on the next pass; stored lines are skipped by key.

@@ -181,6 +181,7 @@ class Tailer(ReadLinesMixIn):
             if gz:
                 key += (st.st_size, st.st_mtime_ns)
                 lf.content = contents.get(key)
+                lf.unchanged = lf.content is not None
                 if lf.content is None:
                     lf.content = GzipContent()
                     lf.growing = key[:2] in before
