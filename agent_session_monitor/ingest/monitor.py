@@ -32,7 +32,7 @@ from ..store import fulltext
 from ..store.index import Index, rows_ahead
 from ..store.pruned_archive import ARCHIVE_NAME, Archive
 from .forgery import declare_formats
-from .nesting import MAX_DEPTH, WARNING as NESTED
+from .nesting import HUGE_WARNING as HUGE, MAX_CONTAINERS, MAX_DEPTH, WARNING as NESTED
 from .parse import parse_line
 from .parse_ahead import (
     BAD, BATCH_BYTES, FILTERED, MAX_IN_FLIGHT, NON_AI, PARSED, REDO, REQUEST, ROUND,
@@ -549,6 +549,13 @@ class Monitor(CommitMixIn):
                                f"client wrote nests deeper than {MAX_DEPTH} levels: billed, "
                                "that field kept as the JSON text it was logged as "
                                "(nested_as_text)")
+            if HUGE in warnings:
+                reported[HUGE] += 1
+                if reported[HUGE] == 1:
+                    self._warn(f"warning: round in {path} at offset {start}: a field the "
+                               f"client wrote holds more than {MAX_CONTAINERS:,} lists and "
+                               "objects: billed, that field kept as the JSON text it was "
+                               "logged as, never decoded (nested_as_text)")
             if "untrusted_time" in warnings:
                 reported["untrusted_time"] += 1
                 if reported["untrusted_time"] <= REPORT_PER_KIND:

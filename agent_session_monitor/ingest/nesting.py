@@ -31,6 +31,12 @@ from .ai_log import BILLING_KEYS
 from .request import _NOTING_DECODER, _REPEATED, BadLine
 
 WARNING = "deeply_nested_messages"
+# Content holding more lists and objects than this is kept as its JSON text too, without
+# decoding it: decoded, each costs ~400 bytes (a 9 MB line of 1.26 million small objects
+# peaked at 498 MB; at --max-line-bytes' 64 MiB, gigabytes). A real request holds a few
+# thousand (messages, their content parts, tool calls).
+MAX_CONTAINERS = 200_000
+HUGE_WARNING = "huge_messages"
 
 # ai_log keys the gateway writes and something is decided by: the bill (BILLING_KEYS),
 # the event time, the model, the consumer, the round's metadata.
@@ -49,11 +55,13 @@ def deep_members(ai: dict, skip_messages: int = 0) -> bool:
     return False
 
 
-def decode_members(text: str) -> tuple[dict, tuple, list | None]:
+def decode_members(text: str, huge: bool = False) -> tuple[dict, tuple, list | None]:
     """The ai_log ``text`` decoded member by member: ``(object, keys kept as their JSON
     text, repeats)`` (repeats as request.decode_noting_repeats gives them). Raises
     ValueError when the text is not a JSON object (a too-deep value is checked for valid
-    strings and matching brackets), BadLine for a deciding key nested too deeply."""
+    strings and matching brackets), BadLine for a deciding key nested too deeply. With
+    ``huge`` (the text holds more than MAX_CONTAINERS brackets), a content member holding
+    more is kept as its text without being decoded."""
     match = _WS
     idx = match(text, 0).end()
     if not text.startswith("{", idx):
@@ -76,8 +84,13 @@ def decode_members(text: str) -> tuple[dict, tuple, list | None]:
             deep = False
             _REPEATED.clear()
             try:
-                value, idx = _NOTING_DECODER.scan_once(text, idx)
-                deep = too_deep(value)
+                if huge and key not in DECIDING_KEYS and text.startswith(("[", "{"), idx) \
+                        and _containers(text, start, end := skip_value(text, start)) \
+                        > MAX_CONTAINERS:
+                    idx, deep = end, True   # never decoded: its text is what is kept
+                else:
+                    value, idx = _NOTING_DECODER.scan_once(text, idx)
+                    deep = too_deep(value)
             except StopIteration:
                 raise ValueError(f"Expecting value: char {idx}") from None
             except RecursionError:
@@ -109,6 +122,12 @@ def decode_members(text: str) -> tuple[dict, tuple, list | None]:
     if len(obj) != len(pairs):
         repeated.append((obj, pairs))
     return obj, tuple(k for k in obj if k in kept), repeated or None
+
+
+def _containers(text: str, start: int, end: int) -> int:
+    """At most how many lists and objects text[start:end] holds (brackets in strings
+    counted too: an upper bound, in C)."""
+    return text.count("[", start, end) + text.count("{", start, end)
 
 
 _WS = re.compile(r"[ \t\n\r]*").match

@@ -18,7 +18,8 @@ from .ai_log import _build, repeated_keys
 from .forgery import _decode_outer, _genuine_fields, _is_trusted, _salvage
 from .history import decode_ai_log, remember, restore, shorten
 from ..values import MAX_DEPTH, too_deep
-from .nesting import DECIDING_KEYS, WARNING as NESTED, decode_members, deep_members
+from .nesting import (DECIDING_KEYS, HUGE_WARNING as HUGE, MAX_CONTAINERS, WARNING as NESTED,
+                      decode_members, deep_members)
 from .request import BadLine, Request, _decode, decode_noting_repeats
 
 BOM = b"\xef\xbb\xbf"
@@ -118,7 +119,10 @@ def _parse(raw: bytes, read_time: str, history: bool = True) -> Request | str:
     nested: tuple = ()
     if isinstance(ai, str):
         ai_text, noted = ai, len(warnings)
+        huge = len(ai_text) > 2 * MAX_CONTAINERS and _openers(ai_text) > MAX_CONTAINERS
         try:
+            if huge:   # never decoded whole: its content is kept as text (nesting.py)
+                raise RecursionError
             # The history this request re-logs is not decoded again (history.py); the
             # messages it took from there were checked with an earlier line.
             ai = (history and decode_ai_log(ai_text)) or _decode_whole(ai_text, warnings)
@@ -127,7 +131,7 @@ def _parse(raw: bytes, read_time: str, history: bool = True) -> Request | str:
                 raise RecursionError   # content deeper than the readers go
         except RecursionError:
             del warnings[noted:]   # what the whole decode noted is noted again
-            ai, nested = _decode_nested(ai_text, warnings)
+            ai, nested = _decode_nested(ai_text, warnings, huge)
         except ValueError as e:
             if str(e).startswith("Invalid control character"):
                 raise BadLine("raw_control_char", "in the ai_log: " + str(e)[:100]) from None
@@ -151,12 +155,12 @@ def _openers(text: str) -> int:
     return text.count("[") + text.count("{")
 
 
-def _decode_nested(text: str, warnings: list[str]) -> tuple[dict, tuple]:
+def _decode_nested(text: str, warnings: list[str], huge: bool = False) -> tuple[dict, tuple]:
     """An ai_log holding a value nested deeper than MAX_DEPTH (nesting.py): decoded
     member by member, each too-deep content field kept as its text. The history caches
     let go of the session: its decoded messages are not this line's."""
     try:
-        ai, nested, repeated = decode_members(text)
+        ai, nested, repeated = decode_members(text, huge)
     except RecursionError:   # a value the member scan could not finish: not JSON
         raise BadLine("bad_ai_log", "nested too deeply and not valid JSON") from None
     except ValueError as e:
@@ -169,7 +173,7 @@ def _decode_nested(text: str, warnings: list[str]) -> tuple[dict, tuple]:
     if type(sid) is str:
         _history.CACHE.drop(sid)
     if nested:
-        warnings.append(NESTED)
+        warnings.append(HUGE if huge else NESTED)
     return ai, nested
 
 

@@ -111,6 +111,10 @@ def summary(stats: PassStats) -> str:
     if nested:
         parts.append(f"{plural(nested, 'round')} with content nested too deeply, kept as its "
                      "JSON text (billed as usual)")
+    huge = stats.warnings.get("huge_messages")
+    if huge:
+        parts.append(f"{plural(huge, 'round')} with content too large to decode, kept as its "
+                     "JSON text (billed as usual)")
     if stats.non_ai:
         parts.append(f"{plural(stats.non_ai, 'non-AI line')}")
     if stats.filtered:

@@ -142,6 +142,9 @@ WARNINGS = {
     "deeply_nested_messages": "a field the client wrote (messages, question, ...) nested "
                               "deeper than 64 levels: kept as the JSON text it was logged "
                               "as (nested_as_text); the round is billed as usual",
+    "huge_messages": "a field the client wrote holds more than 200,000 lists and objects: "
+                     "kept as the JSON text it was logged as (nested_as_text), never decoded; "
+                     "the round is billed as usual",
     "cost_out_of_range": "the tokens priced to an impossible amount: left unpriced",
     "raw_control_char": "a raw control character in the log line was replaced",
     "bad_session_id": "the session id was not usable: the round is kept as unsessioned",
