@@ -193,6 +193,21 @@ def parse_outcome(raw: bytes, read_time: str) -> tuple:
     return ("skipped", req)
 
 
+def parse_with_peak(raw: bytes, read_time: str):
+    """parse_line's result and the peak of the memory Python allocated meanwhile
+    (tracemalloc): what one hostile line can make the monitor hold."""
+    import tracemalloc
+
+    from agent_session_monitor.ingest.parse import parse_line
+
+    tracemalloc.start()
+    try:
+        req = parse_line(raw, read_time)
+        return req, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 class SignalPoints:
     """The opcode events at which a real signal's handler can run in the traced code.
 

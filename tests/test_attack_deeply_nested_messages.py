@@ -24,7 +24,7 @@ import random
 import unittest
 from unittest import mock
 
-from tests.helpers import TempDirTest, load_store, write_lines
+from tests.helpers import TempDirTest, load_store, parse_with_peak, write_lines
 from tests.loggen import envoy_line, go_json
 from tests.test_forgery import genuine_outer
 from tests.test_fuzz_pipeline import ReaderSweep, monitor_main
@@ -314,18 +314,12 @@ class ParseDeeplyNested(unittest.TestCase):
     def test_a_million_levels_with_something_between_brackets_stay_small(self):
         # "[1,[1,..." or '{"k":{"k":...': each level its own run of brackets. The open
         # ones were kept as a list of runs (~100 bytes a level: 1.3 GB for a 50 MB line).
-        import tracemalloc
         for unit, close in (("[1,", "]"), ('{"k":', "}"), ('["x",', "]")):
             levels = 4 * 2**20 // (len(unit) + 1)
             text = ('{"input_token":3,"question":' + unit * levels + "1" + close * levels
                     + ',"session_id":"s"}')
             raw = envoy_line(genuine_outer(1), text).rstrip(b"\n")
-            tracemalloc.start()
-            try:
-                req = parse_line(raw, READ_TIME)
-                peak = tracemalloc.get_traced_memory()[1]
-            finally:
-                tracemalloc.stop()
+            req, peak = parse_with_peak(raw, READ_TIME)
             self.assertEqual(req.input_token, 3)
             self.assertEqual(req.nested_as_text, ("question",))
             # The line, its text and the kept field: a few times 4 MB, not 100 MB.

@@ -12,14 +12,13 @@ the gateway's counts."""
 from __future__ import annotations
 
 import random
-import tracemalloc
 import unittest
 
 from tests.loggen import envoy_line, go_json
+from tests.helpers import parse_with_peak
 from tests.test_forgery import genuine_outer
 from agent_session_monitor.ingest import history
 from agent_session_monitor.ingest.nesting import MAX_CONTAINERS
-from agent_session_monitor.ingest.parse import parse_line
 from agent_session_monitor.ingest.request import BadLine, Request
 
 READ_TIME = "2026-03-01T00:00:00.000Z"
@@ -39,12 +38,7 @@ class HugeContent(unittest.TestCase):
         history.CACHE.clear()
         history.RAW.clear()
         raw = envoy_line(genuine_outer(1), text).rstrip(b"\n")
-        tracemalloc.start()
-        try:
-            req = parse_line(raw, READ_TIME)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        req, peak = parse_with_peak(raw, READ_TIME)
         return req, peak, len(raw)
 
     def test_every_place_is_billed_kept_as_text_and_small(self):

@@ -59,6 +59,13 @@ _NEVER = 2**63        # an offset past any file's end
 ERROR_EVENTS = frozenset(("data_loss", "unreadable", "refused", "bad_gzip"))
 
 
+# Content kept as its JSON text (nesting.py), and what the warning says of it.
+_KEPT_AS_TEXT = {
+    NESTED: f"nests deeper than {MAX_DEPTH} levels",
+    HUGE: f"holds more than {MAX_CONTAINERS:,} lists and objects (never decoded)",
+}
+
+
 @dataclass
 class MonitorConfig:
     log_paths: list[str]
@@ -541,21 +548,14 @@ class Monitor(CommitMixIn):
                 stats.warnings[w] += 1
             if "forged" in warnings:
                 self._forged(stats, reported, path, start)
-            if NESTED in warnings:
-                # Once per pass in full; the summary counts them all.
-                reported[NESTED] += 1
-                if reported[NESTED] == 1:
-                    self._warn(f"warning: round in {path} at offset {start}: a field the "
-                               f"client wrote nests deeper than {MAX_DEPTH} levels: billed, "
-                               "that field kept as the JSON text it was logged as "
-                               "(nested_as_text)")
-            if HUGE in warnings:
-                reported[HUGE] += 1
-                if reported[HUGE] == 1:
-                    self._warn(f"warning: round in {path} at offset {start}: a field the "
-                               f"client wrote holds more than {MAX_CONTAINERS:,} lists and "
-                               "objects: billed, that field kept as the JSON text it was "
-                               "logged as, never decoded (nested_as_text)")
+            for flag, what in _KEPT_AS_TEXT.items():
+                if flag in warnings:
+                    # Once per pass in full; the summary counts them all.
+                    reported[flag] += 1
+                    if reported[flag] == 1:
+                        self._warn(f"warning: round in {path} at offset {start}: a field "
+                                   f"the client wrote {what}: billed, that field kept as the "
+                                   "JSON text it was logged as (nested_as_text)")
             if "untrusted_time" in warnings:
                 reported["untrusted_time"] += 1
                 if reported["untrusted_time"] <= REPORT_PER_KIND:
