@@ -111,12 +111,14 @@ class Tailer(ReadLinesMixIn):
                 free, skip = self._place_gz(lf, same_head, taken, matched, draining)
             else:
                 # (A source found this poll has read nothing yet: every file that
-                # begins as it "holds what was read of it", and is no copy for that.)
+                # begins as it "holds what was read of it", and is no copy for that;
+                # _same_bytes compares the two files instead.)
                 copy_of = [src for src in same_head if (src.offset or id(src) not in taken)
                            and lf.could_be_copy_of(src)]
                 free = next((src for src in copy_of if id(src) not in taken), None)
-                skip = bool(copy_of) or bool(same_head) and self._older_copy(
-                    lf, same_head, matched)
+                skip = bool(copy_of) or bool(same_head) and (
+                    self._older_copy(lf, same_head, matched)
+                    or self._same_bytes(lf, same_head, taken, matched))
             if free is not None:
                 matched[i] = (free, lf)
                 taken.add(id(free))
@@ -287,6 +289,27 @@ class Tailer(ReadLinesMixIn):
                     return True
             except OSError:
                 return True
+        return False
+
+    @staticmethod
+    def _same_bytes(lf: LogFile, same_head: list[SourceState], taken: set[int],
+                    matched: dict) -> bool:
+        """Whether ``lf`` and the file of a source found this poll (nothing read of it
+        yet) are copies of one file, equal where the shorter ends: copytruncate's copy
+        still being written beside the live log it copies. Then ``lf`` waits for the
+        next poll, as a second copy; two files that merely begin alike are both read."""
+        current = {id(src): f for src, f in matched.values()}
+        for src in same_head:
+            f = current.get(id(src))
+            if src.offset or id(src) not in taken or f is None:
+                continue
+            try:
+                end = f.gz_content().end_of_lines(f.file) if f.gz else f.size
+                at = min(lf.size, end)
+                if at and f.bytes_at(at) == lf.bytes_at(at):
+                    return True
+            except OSError:
+                continue
         return False
 
     def _place_gz(self, lf: LogFile, same_head: list[SourceState], taken: set[int],
