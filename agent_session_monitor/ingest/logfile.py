@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable
 
-from .gzip_stream import GZIP_MAGIC, GzipChunks, gzip_head
+from .gzip_stream import GZIP_MAGIC, GzipChunks, gzip_head, gzip_isize
 from .state import SourceState
 
 FP_LEN = 1024
@@ -61,6 +61,14 @@ class LogFile:
         if src.tail and src.offset >= TAIL_LEN and tail_hash(self.file, src.offset) != src.tail:
             return False
         return not src.line or not src.offset or line_hash(self.file, src.offset) == src.line
+
+    def read_whole(self, src: SourceState) -> bool:
+        """Whether this .gz is the one ``src`` read to its end, known without
+        decompressing it: same mtime and its trailer's length what was read. (An mtime
+        alone is not enough: gzip gives the .gz its source's, and a deleted rotation's
+        inode goes to the next file at once.)"""
+        return (self.mtime == src.mtime and src.gz_complete
+                and gzip_isize(self.file) == src.offset & 0xFFFFFFFF)
 
     def tail_at(self, offset: int) -> str | None:
         """tail_hash of this file's (decompressed) bytes at ``offset``."""

@@ -88,12 +88,12 @@ class Tailer(ReadLinesMixIn):
             # Newest first: after a truncation or a reused inode, the file's current identity.
             for src in reversed(by_inode.get((lf.dev, lf.ino), ())):
                 if id(src) not in taken and src.gz == lf.gz and lf.head_matches(src):
-                    if (not lf.gz or lf.mtime != src.mtime) and not lf.could_be_copy_of(src):
+                    if not (lf.gz and lf.read_whole(src)) and not lf.could_be_copy_of(src):
                         # Truncated (copytruncate) or rewritten, or the inode reused,
                         # its head the same as before (a client's fixed first request,
                         # a NUL hole): a copy found in step 3 holds what we read; this
-                        # file is a new one. A .gz is never rewritten: the one read
-                        # last (same mtime) is not decompressed again to be checked.
+                        # file is a new one. A .gz read whole is not decompressed
+                        # again to be checked.
                         continue
                     matched[i] = (src, lf)
                     taken.add(id(src))
