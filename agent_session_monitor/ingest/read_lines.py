@@ -122,6 +122,11 @@ class ReadLinesMixIn:
             known = recent.hash_at(src.offset)
             src.tail = known if known is not None else ""
             src.line = recent.line_at(src.offset) or ""
+            if lf.content is not None and src.line and (src.tail or src.offset < TAIL_LEN):
+                # What this very file holds there (the Tailer keeps it while the file
+                # is unchanged): the next poll's check of it is not a decompression.
+                lf.content.tails.setdefault(src.offset, src.tail)
+                lf.content.lines.setdefault(src.offset, src.line)
         if reader.error:
             self.events.append(TailEvent("bad_gzip", f"{lf.path}: {reader.error}; "
                                          "kept the lines before the damage"))
