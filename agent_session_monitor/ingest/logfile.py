@@ -70,18 +70,11 @@ class LogFile:
         return (self.mtime == src.mtime and src.gz_complete
                 and gzip_isize(self.file) == src.offset & 0xFFFFFFFF)
 
-    def tail_at(self, offset: int) -> str | None:
-        """tail_hash of this file's (decompressed) bytes at ``offset``."""
-        if self.gz:
-            return self.gz_content().tail_at(self.file, offset)
-        return tail_hash(self.file, offset)
-
     def bytes_at(self, offset: int) -> tuple[str | None, str | None]:
         """tail_hash and line_hash of this file's (decompressed) bytes at ``offset``:
         whether two files are alike there."""
         if self.gz:
-            content = self.gz_content()
-            return content.tail_at(self.file, offset), content.lines.get(offset)
+            return self.gz_content().bytes_at(self.file, offset)
         return tail_hash(self.file, offset), line_hash(self.file, offset)
 
     def gz_content(self) -> "GzipContent":
